@@ -1,0 +1,647 @@
+//! One function per command; each opens what it needs and calls the layers.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use sovryn_engine::node::parse_label;
+use sovryn_engine::scan::{ScanOptions, ScanProgress};
+use sovryn_engine::{Home, InitOptions, Node};
+use sovryn_store::{Access, EntryKind, FileRecord};
+
+use crate::output::{self, bytes, time};
+use crate::unlock;
+use crate::{Cli, Command, ConfigAction};
+
+struct Ctx {
+    home: Home,
+    passphrase_file: Option<PathBuf>,
+    json: bool,
+}
+
+impl Ctx {
+    fn open(&self, access: Access) -> Result<Node> {
+        let key = unlock::master_key(&self.home, self.passphrase_file.as_deref())?;
+        Ok(Node::open(self.home.clone(), &key, access)?)
+    }
+}
+
+fn cwd() -> Result<PathBuf> {
+    std::env::current_dir().context("reading the current directory")
+}
+
+fn progress_bar(label: &str) -> indicatif::ProgressBar {
+    let pb = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    pb.set_message(label.to_owned());
+    pb
+}
+
+fn scan_with_progress(
+    node: &mut Node,
+    prefixes: &[String],
+    opts: &ScanOptions,
+) -> Result<sovryn_engine::scan::ScanReport> {
+    let pb = progress_bar("scanning");
+    let mut last = std::time::Instant::now();
+    let report = node.scan(prefixes, opts, &mut |p: &ScanProgress| {
+        if last.elapsed().as_millis() >= 100 {
+            pb.set_message(format!(
+                "{} entries, {} read, {}",
+                p.entries,
+                bytes(p.bytes_hashed),
+                p.current
+            ));
+            pb.tick();
+            last = std::time::Instant::now();
+        }
+    })?;
+    pb.finish_and_clear();
+    Ok(report)
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx {
+        home: Home::locate(cli.home.clone())?,
+        passphrase_file: cli.passphrase_file.clone(),
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Init {
+            storage_path,
+            node_id,
+            listen,
+            mcp_port,
+            folder_key_file,
+            no_passphrase,
+        } => init(
+            &ctx,
+            storage_path,
+            node_id,
+            listen,
+            mcp_port,
+            folder_key_file,
+            no_passphrase,
+        ),
+        Command::Id => {
+            let config = sovryn_engine::Config::load(&ctx.home)?;
+            let key = sovryn_engine::identity::load(&ctx.home.identity())?;
+            if ctx.json {
+                output::json(
+                    &json!({"node_id": key.public().to_string(), "name": config.node_name}),
+                )
+            } else {
+                println!("{}", key.public());
+                Ok(())
+            }
+        }
+        Command::Keygen => {
+            println!("{}", sovryn_store::keys::random_code());
+            Ok(())
+        }
+        Command::FolderKey => {
+            let key = unlock::master_key(&ctx.home, ctx.passphrase_file.as_deref())?;
+            println!("{}", key.to_hex());
+            Ok(())
+        }
+        Command::Unlock => {
+            let kf = Node::key_file(&ctx.home)?;
+            if !kf.needs_passphrase() {
+                println!("this node has no passphrase: nothing to unlock");
+                return Ok(());
+            }
+            let secret = unlock::passphrase(
+                ctx.passphrase_file.as_deref(),
+                "passphrase (or recovery code): ",
+            )?;
+            let key = kf.open(secret.as_deref())?;
+            let path = unlock::cache_session(&ctx.home, &key)?;
+            println!(
+                "unlocked for this session (key cached in {}; 'sovryn lock' forgets it)",
+                path.display()
+            );
+            Ok(())
+        }
+        Command::Lock => {
+            let path = unlock::session_file(&ctx.home);
+            match std::fs::remove_file(&path) {
+                Ok(()) => println!("locked"),
+                Err(_) => println!("was not unlocked"),
+            }
+            Ok(())
+        }
+        Command::Add { paths, message } => add(&ctx, &paths, message),
+        Command::Remove { path } => remove(&ctx, &path),
+        Command::Scan => {
+            let mut node = ctx.open(Access::ReadWrite)?;
+            let report = scan_with_progress(&mut node, &[], &ScanOptions::default())?;
+            print_scan(&ctx, &report)
+        }
+        Command::Ls { path, long } => ls(&ctx, path.as_deref(), long),
+        Command::Cat { path, version } => cat(&ctx, &path, version.as_deref()),
+        Command::Versions { path } => versions(&ctx, &path),
+        Command::Restore { path, version } => {
+            let mut node = ctx.open(Access::ReadWrite)?;
+            let rel = node.resolve(&cwd()?, &path)?;
+            let rec = node.restore(&rel, &version, None)?;
+            if ctx.json {
+                output::json(
+                    &json!({"path": rel, "version": format!("v{}", rec.label), "restored_from": format!("v{}", parse_label(&version)?)}),
+                )
+            } else {
+                println!(
+                    "restored {rel} from v{} as v{}",
+                    parse_label(&version)?,
+                    rec.label
+                );
+                Ok(())
+            }
+        }
+        Command::Diff { path, v1, v2 } => diff(&ctx, &path, &v1, v2.as_deref()),
+        Command::Search { query, path, limit } => search(&ctx, &query, path.as_deref(), limit),
+        Command::Status => status(&ctx),
+        Command::Stats => stats(&ctx),
+        Command::Config { action } => config(&ctx, action),
+        Command::Verify => verify(&ctx),
+        Command::Gc => gc(&ctx),
+    }
+}
+
+fn init(
+    ctx: &Ctx,
+    storage_path: PathBuf,
+    node_id: Option<String>,
+    listen: Option<String>,
+    mcp_port: Option<u16>,
+    folder_key_file: Option<PathBuf>,
+    no_passphrase: bool,
+) -> Result<()> {
+    if ctx.home.exists() {
+        bail!(
+            "a node is already initialised in {}; use another --home, or remove it first",
+            ctx.home.dir.display()
+        );
+    }
+    let passphrase = if no_passphrase {
+        None
+    } else if let Some(f) = &ctx.passphrase_file {
+        unlock::passphrase(Some(f), "")?
+    } else if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password("passphrase to protect the key (empty: none): ")?;
+        if p.is_empty() {
+            None
+        } else {
+            if rpassword::prompt_password("again: ")? != p {
+                bail!("the passphrases differ; nothing was created");
+            }
+            Some(p)
+        }
+    } else {
+        None
+    };
+    let folder_key = match folder_key_file {
+        Some(f) => Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("reading folder key {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let out = Node::init(
+        &ctx.home,
+        InitOptions {
+            storage_path,
+            node_name: node_id,
+            listen,
+            mcp_port,
+            passphrase,
+            folder_key,
+            kdf: None,
+        },
+    )?;
+    if ctx.json {
+        return output::json(&json!({
+            "node_id": out.node_id.to_string(),
+            "name": out.config.node_name,
+            "home": ctx.home.dir,
+            "storage_path": out.config.storage_path,
+            "folder_id": out.folder_id,
+            "recovery_code": out.recovery_code,
+        }));
+    }
+    println!(
+        "initialised node '{}' in {}",
+        out.config.node_name,
+        ctx.home.dir.display()
+    );
+    println!("  node id:      {}", out.node_id);
+    println!("  storage path: {}", out.config.storage_path.display());
+    println!("  folder id:    {}", out.folder_id);
+    match &out.recovery_code {
+        Some(code) => {
+            println!("\nRECOVERY CODE (shown once; it opens the key if you forget the passphrase):\n\n    {code}\n");
+        }
+        None => println!(
+            "  key:          stored unencrypted in {} (mode 0600); use --passphrase-file to protect it",
+            ctx.home.keyfile().display()
+        ),
+    }
+    Ok(())
+}
+
+fn print_scan(ctx: &Ctx, report: &sovryn_engine::scan::ScanReport) -> Result<()> {
+    if ctx.json {
+        return output::json(report);
+    }
+    println!(
+        "{} entries scanned: {} added, {} modified, {} deleted ({} read){}",
+        report.entries,
+        report.added,
+        report.modified,
+        report.deleted,
+        bytes(report.bytes_hashed),
+        if report.unstable > 0 {
+            format!(
+                ", {} changing while read (left for the next scan)",
+                report.unstable
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn add(ctx: &Ctx, paths: &[String], message: Option<String>) -> Result<()> {
+    let mut node = ctx.open(Access::ReadWrite)?;
+    let cwd = cwd()?;
+    let rels = paths
+        .iter()
+        .map(|p| node.resolve(&cwd, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let _ = message; // Messages are recorded by restore; scans carry none yet.
+    let report = scan_with_progress(&mut node, &rels, &ScanOptions::default())?;
+    print_scan(ctx, &report)
+}
+
+fn remove(ctx: &Ctx, path: &str) -> Result<()> {
+    let mut config = sovryn_engine::Config::load(&ctx.home)?;
+    let rel = sovryn_engine::paths::resolve_user_path(&config.storage_path, &cwd()?, path)?;
+    if rel.is_empty() {
+        bail!("cannot remove the storage root itself");
+    }
+    let pattern = format!("/{rel}");
+    if !config.sync.exclude.contains(&pattern) {
+        config.sync.exclude.push(pattern);
+    }
+    config.save(&ctx.home)?;
+    println!("{rel} is no longer kept on this node; its history is kept and the local files were left in place");
+    Ok(())
+}
+
+fn list_row(rec: &FileRecord, long: bool) -> String {
+    let name = if rec.entry.kind == EntryKind::Dir {
+        format!("{}/", rec.path)
+    } else {
+        rec.path.clone()
+    };
+    let name = match &rec.entry.target {
+        Some(t) => format!("{name} -> {t}"),
+        None => name,
+    };
+    if !long {
+        return name;
+    }
+    format!(
+        "{:>6o} {:>10} {:>5} {} {:<12} {}",
+        rec.entry.mode & 0o7777,
+        rec.entry.size,
+        format!("v{}", rec.label),
+        time(rec.entry.mtime_ns),
+        rec.entry.author,
+        name
+    )
+}
+
+fn ls(ctx: &Ctx, path: Option<&str>, long: bool) -> Result<()> {
+    let node = ctx.open(Access::ReadOnly)?;
+    let cwd = cwd()?;
+    let rel = match path {
+        Some(p) => node.resolve(&cwd, p)?,
+        None => node.resolve(&cwd, ".").unwrap_or_default(),
+    };
+    let all = node.store.files_under(&rel)?;
+    let depth = if rel.is_empty() {
+        0
+    } else {
+        rel.matches('/').count() + 1
+    };
+    let mut rows: Vec<&FileRecord> = all
+        .iter()
+        .filter(|r| !r.entry.deleted)
+        .filter(|r| {
+            if r.path == rel {
+                r.entry.kind != EntryKind::Dir
+            } else {
+                r.path.matches('/').count() == depth
+            }
+        })
+        .collect();
+    if rows.is_empty() && !rel.is_empty() && !all.iter().any(|r| r.path == rel && !r.entry.deleted)
+    {
+        bail!("not tracked: {rel}");
+    }
+    rows.sort_by(|a, b| a.path.cmp(&b.path));
+    if ctx.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({"path": r.path, "kind": r.entry.kind, "size": r.entry.size, "mode": r.entry.mode & 0o7777,
+                       "version": format!("v{}", r.label), "mtime_ns": r.entry.mtime_ns, "author": r.entry.author,
+                       "target": r.entry.target})
+            })
+            .collect();
+        return output::json(&v);
+    }
+    for r in rows {
+        println!("{}", list_row(r, long));
+    }
+    Ok(())
+}
+
+fn cat(ctx: &Ctx, path: &str, version: Option<&str>) -> Result<()> {
+    let node = ctx.open(Access::ReadOnly)?;
+    let rel = node.resolve(&cwd()?, path)?;
+    let entry = match version {
+        Some(v) => node.find_version(&rel, v)?.entry,
+        None => node.record(&rel)?.entry,
+    };
+    if entry.deleted {
+        bail!("{rel} is deleted in that version");
+    }
+    if entry.kind != EntryKind::File {
+        bail!("{rel} is not a file");
+    }
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    node.store.write_content(&entry, &mut lock)?;
+    lock.flush()?;
+    Ok(())
+}
+
+fn versions(ctx: &Ctx, path: &str) -> Result<()> {
+    let node = ctx.open(Access::ReadOnly)?;
+    let rel = node.resolve(&cwd()?, path)?;
+    node.record(&rel)?;
+    let vs = node.store.versions(&rel)?;
+    if ctx.json {
+        let v: Vec<_> = vs
+            .iter()
+            .map(|v| {
+                json!({"version": format!("v{}", v.label), "time_ns": v.entry.time_ns, "time": time(v.entry.time_ns),
+                       "node": v.entry.author, "actor": v.entry.actor, "size": v.entry.size, "deleted": v.entry.deleted,
+                       "message": v.entry.message, "content_hash": v.entry.content_hash()})
+            })
+            .collect();
+        return output::json(&v);
+    }
+    println!(
+        "{:<8} {:<20} {:<14} {:>10}  Message",
+        "Version", "Date", "Node", "Size"
+    );
+    for v in vs {
+        let msg = match (&v.entry.message, v.entry.deleted) {
+            (_, true) => "(deleted)".to_owned(),
+            (Some(m), _) => m.clone(),
+            (None, _) => String::new(),
+        };
+        let node_col = match &v.entry.actor {
+            Some(a) => format!("{} ({a})", v.entry.author),
+            None => v.entry.author.clone(),
+        };
+        println!(
+            "{:<8} {:<20} {:<14} {:>10}  {}",
+            format!("v{}", v.label),
+            time(v.entry.time_ns),
+            node_col,
+            v.entry.size,
+            msg
+        );
+    }
+    Ok(())
+}
+
+fn diff(ctx: &Ctx, path: &str, v1: &str, v2: Option<&str>) -> Result<()> {
+    let mut node = ctx.open(Access::ReadOnly)?;
+    let rel = node.resolve(&cwd()?, path)?;
+    let a = node.find_version(&rel, v1)?;
+    let a_label = format!("v{}", a.label);
+    let out = match v2 {
+        Some(v) => {
+            let b = node.find_version(&rel, v)?;
+            node.diff(
+                &rel,
+                (&a_label, &a.entry),
+                (&format!("v{}", b.label), &b.entry),
+            )?
+        }
+        None => {
+            // The file as it is on disk now; a read-only node cannot ingest, so read it directly.
+            let abs = sovryn_engine::paths::confined(node.root(), &rel)?;
+            let current = match std::fs::read(&abs) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e).with_context(|| format!("reading {}", abs.display())),
+            };
+            let old = node.store.content(&a.entry)?;
+            match (String::from_utf8(old), String::from_utf8(current.clone())) {
+                (Ok(x), Ok(y)) if !x.contains('\0') && !y.contains('\0') => {
+                    similar::TextDiff::from_lines(&x, &y)
+                        .unified_diff()
+                        .context_radius(3)
+                        .header(&format!("{rel}@{a_label}"), &format!("{rel}@current"))
+                        .to_string()
+                }
+                _ => format!(
+                    "binary files differ: {rel}@{a_label} ({} bytes) vs {rel}@current ({} bytes)\n",
+                    a.entry.size,
+                    current.len()
+                ),
+            }
+        }
+    };
+    let _ = &mut node;
+    if ctx.json {
+        return output::json(&json!({"path": rel, "diff": out}));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn search(ctx: &Ctx, query: &str, path: Option<&str>, limit: usize) -> Result<()> {
+    let node = ctx.open(Access::ReadOnly)?;
+    let prefix = match path {
+        Some(p) => node.resolve(&cwd()?, p)?,
+        None => String::new(),
+    };
+    let hits = node.store.search(query, &prefix, limit)?;
+    if ctx.json {
+        return output::json(&hits);
+    }
+    if hits.is_empty() {
+        println!("no matches");
+    }
+    for h in hits {
+        println!("{}: {}", h.path, h.snippet.replace('\n', " "));
+    }
+    Ok(())
+}
+
+fn status(ctx: &Ctx) -> Result<()> {
+    let mut node = ctx.open(Access::ReadOnly)?;
+    let stats = node.store.stats()?;
+    // What changed on disk since the last scan, without recording anything.
+    let pending = node.scan(
+        &[],
+        &ScanOptions {
+            dry_run: true,
+            actor: None,
+        },
+        &mut |_| {},
+    )?;
+    let pending_count = pending.added + pending.modified + pending.deleted;
+    if ctx.json {
+        return output::json(&json!({
+            "name": node.config.node_name, "node_id": node.node_id().to_string(), "home": node.home.dir,
+            "storage_path": node.config.storage_path, "folder_id": node.store.folder_id(),
+            "files": stats.files, "dirs": stats.dirs, "sequence": stats.sequence,
+            "pending_changes": pending_count, "pending_paths": pending.changed,
+        }));
+    }
+    println!("node        {} ({})", node.config.node_name, node.node_id());
+    println!("home        {}", node.home.dir.display());
+    println!("storage     {}", node.config.storage_path.display());
+    println!("folder id   {}", node.store.folder_id());
+    println!(
+        "tracked     {} files, {} directories, {} symlinks ({})",
+        stats.files,
+        stats.dirs,
+        stats.symlinks,
+        bytes(stats.tree_bytes)
+    );
+    println!("change log  sequence {}", stats.sequence);
+    if pending_count == 0 {
+        println!("disk        in step with the index");
+    } else {
+        println!("disk        {pending_count} unrecorded change(s): run 'sovryn scan'");
+        for p in pending.changed.iter().take(10) {
+            println!("              {p}");
+        }
+    }
+    Ok(())
+}
+
+fn stats(ctx: &Ctx) -> Result<()> {
+    let node = ctx.open(Access::ReadOnly)?;
+    let s = node.store.stats()?;
+    if ctx.json {
+        return output::json(&s);
+    }
+    println!(
+        "files             {} ({} dirs, {} symlinks)",
+        s.files, s.dirs, s.symlinks
+    );
+    println!("versions          {}", s.versions);
+    println!("tree bytes        {}", bytes(s.tree_bytes));
+    println!(
+        "logical bytes     {} (every kept version, whole)",
+        bytes(s.logical_bytes)
+    );
+    println!(
+        "unique bytes      {} in {} chunks",
+        bytes(s.unique_bytes),
+        s.chunks
+    );
+    println!(
+        "stored bytes      {} (compressed + encrypted); packs on disk {}",
+        bytes(s.stored_bytes),
+        bytes(s.pack_bytes)
+    );
+    println!("dedup ratio       {:.2}", s.dedup_ratio);
+    println!("compression ratio {:.2}", s.compression_ratio);
+    Ok(())
+}
+
+fn config(ctx: &Ctx, action: ConfigAction) -> Result<()> {
+    let mut config = sovryn_engine::Config::load(&ctx.home)?;
+    match action {
+        ConfigAction::Get { key } => println!("{}", config.get(&key)?),
+        ConfigAction::Set { key, value } => {
+            config.set(&key, &value)?;
+            config.save(&ctx.home)?;
+            println!("{key} = {}", config.get(&key)?);
+        }
+    }
+    Ok(())
+}
+
+fn verify(ctx: &Ctx) -> Result<()> {
+    let node = ctx.open(Access::ReadOnly)?;
+    let pb = progress_bar("verifying");
+    let report = node.store.verify(&mut |done, total| {
+        if done.is_multiple_of(512) {
+            pb.set_message(format!("verifying chunks {done}/{total}"));
+        }
+    })?;
+    pb.finish_and_clear();
+    if ctx.json {
+        output::json(&report)?;
+    } else {
+        println!(
+            "checked {} chunks ({}) and {} records: {}",
+            report.chunks_checked,
+            bytes(report.bytes_checked),
+            report.records_checked,
+            if report.problems.is_empty() {
+                "ok".to_owned()
+            } else {
+                format!("{} problem(s)", report.problems.len())
+            }
+        );
+        for p in &report.problems {
+            println!("  {p}");
+        }
+    }
+    if !report.problems.is_empty() {
+        bail!("the store has {} problem(s)", report.problems.len());
+    }
+    Ok(())
+}
+
+fn gc(ctx: &Ctx) -> Result<()> {
+    let mut node = ctx.open(Access::ReadWrite)?;
+    let policy = node.config.retention.clone();
+    let report = node.store.gc(&policy, sovryn_store::now_ns())?;
+    if ctx.json {
+        return output::json(&report);
+    }
+    println!(
+        "pruned {} versions, removed {} chunks, rewrote {} packs: {} -> {}",
+        report.versions_pruned,
+        report.chunks_removed,
+        report.packs_rewritten,
+        bytes(report.pack_bytes_before),
+        bytes(report.pack_bytes_after)
+    );
+    Ok(())
+}

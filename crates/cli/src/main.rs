@@ -1,0 +1,175 @@
+//! `sovryn`: the command line of a Sovryn node.
+
+mod commands;
+mod output;
+mod unlock;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Sovereign peer-to-peer encrypted file sync with an MCP server.
+#[derive(Parser, Debug)]
+#[command(name = "sovryn", version, about)]
+pub struct Cli {
+    /// Home directory of the node (config, keys, index, chunk store).
+    #[arg(long, global = true, env = "SOVRYN_HOME")]
+    pub home: Option<PathBuf>,
+    /// File holding the passphrase that opens the master key.
+    #[arg(long, global = true, env = "SOVRYN_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log filter (tracing syntax), e.g. `info` or `sovryn=debug`.
+    #[arg(long, global = true, env = "SOVRYN_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a node: identity, config, keys and an empty store.
+    Init {
+        /// The folder to keep in sync (created if missing).
+        #[arg(long)]
+        storage_path: PathBuf,
+        /// Name of this node (default: host name).
+        #[arg(long)]
+        node_id: Option<String>,
+        /// UDP address for sync (default 0.0.0.0:7777).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Port of the MCP HTTP server (default 8765).
+        #[arg(long)]
+        mcp_port: Option<u16>,
+        /// Join an existing mesh: a file holding its folder key ('sovryn folder-key' on a member).
+        #[arg(long)]
+        folder_key_file: Option<PathBuf>,
+        /// Store the master key unwrapped, without asking for a passphrase.
+        #[arg(long)]
+        no_passphrase: bool,
+    },
+    /// Print this node's id (its iroh endpoint id).
+    Id,
+    /// Print a fresh random passphrase.
+    Keygen,
+    /// Print the folder key other nodes need to join this mesh (secret!).
+    FolderKey,
+    /// Open a passphrase-protected key for this login session.
+    Unlock,
+    /// Forget the key cached by 'sovryn unlock'.
+    Lock,
+    /// Scan these paths now and record their changes.
+    Add {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// A note stored with the versions.
+        #[arg(long, short)]
+        message: Option<String>,
+    },
+    /// Stop keeping a path on this node (history is kept; local files are left alone).
+    Remove {
+        /// File or directory.
+        path: String,
+    },
+    /// Scan the whole storage path.
+    Scan,
+    /// List tracked paths.
+    Ls {
+        /// Directory or file (default: the current directory or root).
+        path: Option<String>,
+        /// Mode, size, version, time and author.
+        #[arg(long, short)]
+        long: bool,
+    },
+    /// Print a file's content.
+    Cat {
+        /// The file.
+        path: String,
+        /// A past version (v1, v2, …).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// List a path's versions, newest first.
+    Versions {
+        /// The file.
+        path: String,
+    },
+    /// Bring back an old version as a new one.
+    Restore {
+        /// The file.
+        path: String,
+        /// The version to restore (v1, v2, …).
+        #[arg(long)]
+        version: String,
+    },
+    /// Show the changes between two versions (V2 defaults to the current file).
+    Diff {
+        /// The file.
+        path: String,
+        /// From this version.
+        v1: String,
+        /// To this version.
+        v2: Option<String>,
+    },
+    /// Full-text search of text files.
+    Search {
+        /// Words to find.
+        query: String,
+        /// Only under this path.
+        #[arg(long)]
+        path: Option<String>,
+        /// Most results.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// The node's state.
+    Status,
+    /// Files, versions, bytes, dedup and compression.
+    Stats,
+    /// Read or change config.toml.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Check every chunk and every version.
+    Verify,
+    /// Prune old versions (retention policy) and free unreferenced chunks.
+    Gc,
+}
+
+/// `sovryn config` actions.
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Print a value.
+    Get {
+        /// Dotted key, e.g. mcp.port.
+        key: String,
+    },
+    /// Set a value.
+    Set {
+        /// Dotted key.
+        key: String,
+        /// New value (TOML literal, or a bare string).
+        value: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = commands::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

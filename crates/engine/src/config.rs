@@ -1,0 +1,299 @@
+//! A node's home directory and its `config.toml`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sovryn_store::RetentionPolicy;
+
+use crate::{Error, Result};
+
+/// The files of a node's home directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    /// The directory itself.
+    pub dir: PathBuf,
+}
+
+impl Home {
+    /// The home at `dir`, or `$SOVRYN_HOME`, or `$XDG_DATA_HOME/sovryn`, or `~/.local/share/sovryn`.
+    pub fn locate(dir: Option<PathBuf>) -> Result<Self> {
+        if let Some(d) = dir {
+            return Ok(Home { dir: absolute(&d)? });
+        }
+        if let Some(d) = std::env::var_os("SOVRYN_HOME").filter(|d| !d.is_empty()) {
+            return Ok(Home {
+                dir: absolute(Path::new(&d))?,
+            });
+        }
+        if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            return Ok(Home {
+                dir: PathBuf::from(d).join("sovryn"),
+            });
+        }
+        let home = std::env::var_os("HOME")
+            .ok_or_else(|| Error::Usage("set --home, $SOVRYN_HOME or $HOME".into()))?;
+        Ok(Home {
+            dir: PathBuf::from(home).join(".local/share/sovryn"),
+        })
+    }
+    /// `config.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    /// The node's ed25519 secret key (mode 0600).
+    pub fn identity(&self) -> PathBuf {
+        self.dir.join("identity.key")
+    }
+    /// The master key file (mode 0600), plain or passphrase-wrapped.
+    pub fn keyfile(&self) -> PathBuf {
+        self.dir.join("master.key")
+    }
+    /// Whether a node was initialised here.
+    pub fn exists(&self) -> bool {
+        self.config().exists()
+    }
+}
+
+/// Makes `p` absolute against the current directory (without resolving symlinks).
+pub fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_owned())
+    } else {
+        let cwd = std::env::current_dir().map_err(|e| Error::io(Path::new("."), e))?;
+        Ok(cwd.join(p))
+    }
+}
+
+/// MCP listener settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct McpConfig {
+    /// Serve MCP over HTTP while the node runs.
+    pub enabled: bool,
+    /// Address the HTTP listener binds.
+    pub bind: String,
+    /// Port of the HTTP listener.
+    pub port: u16,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            enabled: true,
+            bind: "127.0.0.1".into(),
+            port: 8765,
+        }
+    }
+}
+
+/// What this node keeps and never syncs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncConfig {
+    /// Gitignore-style patterns ignored on this node (added to `.sovrynignore` files).
+    pub ignore: Vec<String>,
+    /// Selective sync: when non-empty, only paths matching one of these are kept.
+    pub include: Vec<String>,
+    /// Selective sync: paths matching these are not kept on this node.
+    pub exclude: Vec<String>,
+}
+
+/// Full-text search settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SearchConfig {
+    /// Index text files for `search`. The index holds plaintext words.
+    pub enabled: bool,
+    /// Largest file indexed, bytes.
+    pub max_text_bytes: u64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            enabled: true,
+            max_text_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// This node's name (shown as the author of its versions).
+    pub node_name: String,
+    /// The folder this node keeps in sync.
+    pub storage_path: PathBuf,
+    /// UDP address the sync endpoint binds.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// MCP listener.
+    #[serde(default)]
+    pub mcp: McpConfig,
+    /// Version retention for `gc`.
+    #[serde(default)]
+    pub retention: RetentionPolicy,
+    /// Ignore and selective-sync patterns.
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// Full-text search.
+    #[serde(default)]
+    pub search: SearchConfig,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:7777".into()
+}
+
+/// Keys `sovryn config get/set` accepts.
+pub const CONFIG_KEYS: &[&str] = &[
+    "node_name",
+    "storage_path",
+    "listen",
+    "mcp.enabled",
+    "mcp.bind",
+    "mcp.port",
+    "retention.keep_last",
+    "retention.keep_within_secs",
+    "retention.staggered",
+    "retention.staggered_max_age_secs",
+    "sync.ignore",
+    "sync.include",
+    "sync.exclude",
+    "search.enabled",
+    "search.max_text_bytes",
+];
+
+impl Config {
+    /// A config with defaults for everything but the name and folder.
+    pub fn new(node_name: String, storage_path: PathBuf) -> Self {
+        Config {
+            node_name,
+            storage_path,
+            listen: default_listen(),
+            mcp: McpConfig::default(),
+            retention: RetentionPolicy::default(),
+            sync: SyncConfig::default(),
+            search: SearchConfig::default(),
+        }
+    }
+
+    /// Reads `config.toml` from `home`.
+    pub fn load(home: &Home) -> Result<Self> {
+        let path = home.config();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoNode(home.dir.clone()));
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Writes `config.toml` (write, fsync, rename).
+    pub fn save(&self, home: &Home) -> Result<()> {
+        let text = toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
+        crate::fsutil::write_atomic(&home.config(), text.as_bytes(), 0o644)
+    }
+
+    /// The value at a dotted key, as TOML.
+    pub fn get(&self, key: &str) -> Result<String> {
+        if !CONFIG_KEYS.contains(&key) {
+            return Err(Error::Config(format!(
+                "unknown key '{key}'; keys: {}",
+                CONFIG_KEYS.join(", ")
+            )));
+        }
+        let value = toml::Value::try_from(self).map_err(|e| Error::Config(e.to_string()))?;
+        let mut cur = Some(&value);
+        for part in key.split('.') {
+            cur = cur.and_then(|v| v.get(part));
+        }
+        Ok(match cur {
+            None => "(unset)".into(),
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        })
+    }
+
+    /// Sets a dotted key from text (a TOML literal, or a bare string), validating the result.
+    pub fn set(&mut self, key: &str, raw: &str) -> Result<()> {
+        if !CONFIG_KEYS.contains(&key) {
+            return Err(Error::Config(format!(
+                "unknown key '{key}'; keys: {}",
+                CONFIG_KEYS.join(", ")
+            )));
+        }
+        let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+        let mut value = toml::Value::try_from(&*self).map_err(|e| Error::Config(e.to_string()))?;
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut table = value
+            .as_table_mut()
+            .ok_or_else(|| Error::Config("config is not a table".into()))?;
+        for part in &parts[..parts.len() - 1] {
+            table = table
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .ok_or_else(|| Error::Config(format!("{part} is not a section")))?;
+        }
+        table.insert(parts[parts.len() - 1].to_string(), parsed);
+        let updated: Config = value
+            .try_into()
+            .map_err(|e| Error::Config(format!("invalid value for {key}: {e}")))?;
+        updated.validate()?;
+        *self = updated;
+        Ok(())
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<()> {
+        if self.node_name.trim().is_empty() || self.node_name.contains(['/', '\0']) {
+            return Err(Error::Config(
+                "node_name must be non-empty and contain no '/'".into(),
+            ));
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::Config(format!(
+                "listen must be HOST:PORT, got '{}'",
+                self.listen
+            )));
+        }
+        if self.mcp.bind.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::Config(format!(
+                "mcp.bind must be an IP address, got '{}'",
+                self.mcp.bind
+            )));
+        }
+        if !self.storage_path.is_absolute() {
+            return Err(Error::Config("storage_path must be absolute".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_validates_and_round_trips() {
+        let mut c = Config::new("a".into(), "/tmp/x".into());
+        c.set("mcp.port", "9000").unwrap();
+        assert_eq!(c.mcp.port, 9000);
+        c.set("retention.keep_last", "5").unwrap();
+        assert_eq!(c.retention.keep_last, Some(5));
+        assert_eq!(c.get("retention.keep_last").unwrap(), "5");
+        c.set("sync.exclude", "[\"big/**\"]").unwrap();
+        assert_eq!(c.sync.exclude, vec!["big/**".to_string()]);
+        assert!(c.set("mcp.port", "not a port").is_err());
+        assert!(c.set("listen", "nonsense").is_err());
+        assert!(c.set("no.such", "1").is_err());
+        assert_eq!(c.mcp.port, 9000);
+    }
+}

@@ -1,0 +1,57 @@
+//! Crash-safe file writes: temp file in the same directory, fsync, rename.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sovryn_store::DiskStat;
+
+use crate::{Error, Result};
+
+/// Prefix of temp files; the scanner never records them.
+pub const TEMP_PREFIX: &str = ".sovryn-tmp-";
+
+/// A fresh temp path beside `target`.
+pub fn temp_beside(target: &Path) -> PathBuf {
+    let name = format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>());
+    target.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` atomically with `mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let tmp = temp_beside(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sovryn_store::fsync_parent(path)?;
+    Ok(())
+}
+
+/// The identity of what is at `path` now (not following symlinks).
+pub fn disk_stat(path: &Path) -> Result<DiskStat> {
+    let m = fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+    Ok(stat_of(&m))
+}
+
+/// [`DiskStat`] from metadata.
+pub fn stat_of(m: &fs::Metadata) -> DiskStat {
+    DiskStat {
+        size: m.len(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        inode: m.ino(),
+        mode: m.mode(),
+    }
+}
+
+/// Sets permission bits.
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,424 @@
+//! An opened node and its local operations.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sovryn_store::keys::KdfParams;
+use sovryn_store::{
+    Access, Change, DiskStat, Entry, EntryKind, FileRecord, KeyFile, MasterKey, Store,
+    VersionRecord,
+};
+
+use crate::config::{Config, Home};
+use crate::fsutil::{self, disk_stat, set_mode, temp_beside};
+use crate::identity::{self, PublicKey, SecretKey};
+use crate::paths;
+use crate::rules::Rules;
+use crate::{Error, Result};
+
+/// What `init` needs.
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    /// The folder to keep in sync (created if missing).
+    pub storage_path: PathBuf,
+    /// Node name; defaults to the host name.
+    pub node_name: Option<String>,
+    /// Sync listen address.
+    pub listen: Option<String>,
+    /// MCP port.
+    pub mcp_port: Option<u16>,
+    /// Wrap the master key with this passphrase.
+    pub passphrase: Option<String>,
+    /// Join an existing mesh: use its folder key instead of a fresh one.
+    pub folder_key: Option<String>,
+    /// Argon2id cost (defaults are the production values).
+    pub kdf: Option<KdfParams>,
+}
+
+/// What `init` made.
+#[derive(Debug, Clone)]
+pub struct InitOutcome {
+    /// The node's endpoint id.
+    pub node_id: PublicKey,
+    /// Shown once when a passphrase was set.
+    pub recovery_code: Option<String>,
+    /// The folder's public id.
+    pub folder_id: String,
+    /// The config written.
+    pub config: Config,
+}
+
+/// A node opened with its key: config, identity, rules and store.
+pub struct Node {
+    /// Its home directory.
+    pub home: Home,
+    /// Its configuration.
+    pub config: Config,
+    /// Its identity.
+    pub secret: SecretKey,
+    /// 16-hex-digit id used in version vectors.
+    pub short_id: String,
+    /// Ignore and selective-sync rules.
+    pub rules: Rules,
+    /// The store.
+    pub store: Store,
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+/// Parses `v3`, `V3` or `3` into a label number.
+pub fn parse_label(spec: &str) -> Result<u64> {
+    spec.trim()
+        .trim_start_matches(['v', 'V'])
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "'{spec}' is not a version; versions look like v1, v2, …"
+            ))
+        })
+}
+
+impl Node {
+    /// Creates a node: identity, key file, config, empty store.
+    pub fn init(home: &Home, opts: InitOptions) -> Result<InitOutcome> {
+        if home.exists() {
+            return Err(Error::AlreadyInitialised(home.dir.clone()));
+        }
+        let storage = crate::config::absolute(&opts.storage_path)?;
+        fs::create_dir_all(&storage).map_err(|e| Error::io(&storage, e))?;
+        let storage = fs::canonicalize(&storage).map_err(|e| Error::io(&storage, e))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&home.dir)
+            .map_err(|e| Error::io(&home.dir, e))?;
+        let home_canon = fs::canonicalize(&home.dir).map_err(|e| Error::io(&home.dir, e))?;
+        if home_canon.starts_with(&storage) || storage.starts_with(&home_canon) {
+            return Err(Error::Usage(format!(
+                "the home ({}) and the storage path ({}) must not contain each other",
+                home_canon.display(),
+                storage.display()
+            )));
+        }
+        let mut config = Config::new(opts.node_name.unwrap_or_else(hostname), storage);
+        if let Some(l) = opts.listen {
+            config.listen = l;
+        }
+        if let Some(p) = opts.mcp_port {
+            config.mcp.port = p;
+        }
+        config.validate()?;
+        let master = match &opts.folder_key {
+            Some(k) => MasterKey::from_hex(k)?,
+            None => MasterKey::generate(),
+        };
+        let (keyfile, recovery_code) = match &opts.passphrase {
+            Some(p) => {
+                let code = sovryn_store::keys::random_code();
+                (
+                    KeyFile::wrapped(&master, p, &code, opts.kdf.unwrap_or_default())?,
+                    Some(code),
+                )
+            }
+            None => (KeyFile::plain(&master), None),
+        };
+        let secret = identity::create(&home.identity())?;
+        keyfile.save(&home.keyfile())?;
+        let store = Store::open(&home.dir, &master, Access::ReadWrite)?;
+        let folder_id = store.folder_id().to_owned();
+        drop(store);
+        // The config is written last: its presence means init completed.
+        config.save(home)?;
+        Ok(InitOutcome {
+            node_id: secret.public(),
+            recovery_code,
+            folder_id,
+            config,
+        })
+    }
+
+    /// The key file of an initialised home.
+    pub fn key_file(home: &Home) -> Result<KeyFile> {
+        if !home.exists() {
+            return Err(Error::NoNode(home.dir.clone()));
+        }
+        Ok(KeyFile::load(&home.keyfile())?)
+    }
+
+    /// Opens an initialised node.
+    pub fn open(home: Home, master: &MasterKey, access: Access) -> Result<Self> {
+        let config = Config::load(&home)?;
+        let secret = identity::load(&home.identity())?;
+        let short_id = identity::short_id(&secret.public());
+        let rules = Rules::new(&config.storage_path, &config.sync)?;
+        let store = Store::open(&home.dir, master, access)?;
+        Ok(Node {
+            home,
+            config,
+            secret,
+            short_id,
+            rules,
+            store,
+        })
+    }
+
+    /// The storage root.
+    pub fn root(&self) -> &Path {
+        &self.config.storage_path
+    }
+
+    /// This node's endpoint id.
+    pub fn node_id(&self) -> PublicKey {
+        self.secret.public()
+    }
+
+    /// Resolves a user-typed path (see [`paths::resolve_user_path`]).
+    pub fn resolve(&self, cwd: &Path, raw: &str) -> Result<String> {
+        paths::resolve_user_path(self.root(), cwd, raw)
+    }
+
+    /// The current record of a path, or a "not tracked" error.
+    pub fn record(&self, rel: &str) -> Result<FileRecord> {
+        self.store.file(rel)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "not tracked: {rel} (run 'sovryn add {rel}' first?)"
+            ))
+        })
+    }
+
+    /// Version `spec` (`v2`) of a path.
+    pub fn find_version(&self, rel: &str, spec: &str) -> Result<VersionRecord> {
+        let label = parse_label(spec)?;
+        self.record(rel)?;
+        self.store.version(rel, label)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "{rel} has no version v{label} (see 'sovryn versions {rel}')"
+            ))
+        })
+    }
+
+    /// A new local state derived from `prev`: its vector plus one edit by this node.
+    pub fn local_entry(&self, prev: Option<&Entry>, mut base: Entry, actor: Option<&str>) -> Entry {
+        let mut vv = prev.map(|p| p.vv.clone()).unwrap_or_default();
+        vv.increment(&self.short_id);
+        base.vv = vv;
+        base.author = self.config.node_name.clone();
+        base.actor = actor.map(str::to_owned);
+        base.time_ns = sovryn_store::now_ns();
+        base
+    }
+
+    /// Writes a state to disk under the root, crash-safely: content goes to a
+    /// temp file that is fsynced and renamed over the target. Returns what is
+    /// now on disk (`None` for a deletion).
+    pub fn materialize(&self, rel: &str, entry: &Entry) -> Result<Option<DiskStat>> {
+        let target = paths::confined(self.root(), rel)?;
+        if rel.is_empty() {
+            return Err(Error::BadPath("cannot replace the storage root".into()));
+        }
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let existing = fs::symlink_metadata(&target).ok();
+        if entry.deleted {
+            match existing {
+                Some(m) if m.is_dir() => match fs::remove_dir(&target) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                        tracing::info!("{rel}: directory not empty, kept");
+                        return Ok(Some(disk_stat(&target)?));
+                    }
+                    Err(e) => return Err(Error::io(&target, e)),
+                },
+                Some(_) => fs::remove_file(&target).map_err(|e| Error::io(&target, e))?,
+                None => {}
+            }
+            return Ok(None);
+        }
+        match entry.kind {
+            EntryKind::Dir => {
+                if existing.as_ref().is_some_and(|m| !m.is_dir()) {
+                    fs::remove_file(&target).map_err(|e| Error::io(&target, e))?;
+                }
+                fs::create_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+                set_mode(&target, entry.mode)?;
+            }
+            EntryKind::Symlink => {
+                let link = entry.target.clone().unwrap_or_default();
+                let tmp = temp_beside(&target);
+                std::os::unix::fs::symlink(&link, &tmp).map_err(|e| Error::io(&tmp, e))?;
+                if existing.as_ref().is_some_and(|m| m.is_dir()) {
+                    fs::remove_dir(&target).map_err(|e| Error::io(&target, e))?;
+                }
+                fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+            }
+            EntryKind::File => {
+                let tmp = temp_beside(&target);
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| Error::io(&tmp, e))?;
+                let written = (|| -> Result<()> {
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+                    self.store.write_content(entry, &mut w)?;
+                    w.flush().map_err(|e| Error::io(&tmp, e))?;
+                    drop(w);
+                    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+                    set_mode(&tmp, entry.mode)?;
+                    Ok(())
+                })();
+                if let Err(e) = written {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                if existing.as_ref().is_some_and(|m| m.is_dir()) {
+                    fs::remove_dir(&target).map_err(|e| Error::io(&target, e))?;
+                }
+                fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
+            }
+        }
+        sovryn_store::fsync_parent(&target)?;
+        Ok(Some(disk_stat(&target)?))
+    }
+
+    /// Brings back version `label` of `rel` as a new version (history is never rewritten).
+    pub fn restore(&mut self, rel: &str, spec: &str, actor: Option<&str>) -> Result<FileRecord> {
+        let old = self.find_version(rel, spec)?;
+        let current = self.record(rel)?;
+        let mut base = old.entry.clone();
+        base.message = Some(format!("restored from v{}", old.label));
+        let mut entry = self.local_entry(Some(&current.entry), base, actor);
+        let disk = self.materialize(rel, &entry)?;
+        if let Some(d) = disk {
+            entry.mtime_ns = d.mtime_ns;
+        }
+        let text = self.text_of(&entry)?;
+        let rec = self.store.commit(&[Change {
+            path: rel.to_owned(),
+            entry,
+            disk,
+            text,
+        }])?;
+        rec.into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound("restore recorded nothing".into()))
+    }
+
+    /// The searchable text of a state, when it is a small UTF-8 file.
+    pub fn text_of(&self, entry: &Entry) -> Result<Option<String>> {
+        if !self.config.search.enabled
+            || entry.kind != EntryKind::File
+            || entry.deleted
+            || entry.size > self.config.search.max_text_bytes
+        {
+            return Ok(None);
+        }
+        let bytes = self.store.content(entry)?;
+        Ok(if bytes.contains(&0) {
+            None
+        } else {
+            String::from_utf8(bytes).ok()
+        })
+    }
+
+    /// A unified diff between two states of `rel` (a summary when either is binary).
+    pub fn diff(&self, rel: &str, a: (&str, &Entry), b: (&str, &Entry)) -> Result<String> {
+        const LIMIT: u64 = 16 * 1024 * 1024;
+        let read = |e: &Entry| -> Result<Option<String>> {
+            if e.deleted || e.kind != EntryKind::File {
+                return Ok(Some(String::new()));
+            }
+            if e.size > LIMIT {
+                return Ok(None);
+            }
+            let bytes = self.store.content(e)?;
+            Ok(if bytes.contains(&0) {
+                None
+            } else {
+                String::from_utf8(bytes).ok()
+            })
+        };
+        match (read(a.1)?, read(b.1)?) {
+            (Some(x), Some(y)) => Ok(similar::TextDiff::from_lines(&x, &y)
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("{rel}@{}", a.0), &format!("{rel}@{}", b.0))
+                .to_string()),
+            _ => Ok(format!(
+                "binary files differ: {rel}@{} ({} bytes, {}) vs {rel}@{} ({} bytes, {})\n",
+                a.0,
+                a.1.size,
+                a.1.content_hash(),
+                b.0,
+                b.1.size,
+                b.1.content_hash()
+            )),
+        }
+    }
+
+    /// The state of `rel` as it is on disk right now (not recorded).
+    pub fn disk_entry(&mut self, rel: &str) -> Result<Option<(Entry, Option<String>)>> {
+        let path = paths::confined(self.root(), rel)?;
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let stat = fsutil::stat_of(&meta);
+        let (kind, chunks, size, target, text) = if meta.file_type().is_symlink() {
+            let t = fs::read_link(&path)
+                .map_err(|e| Error::io(&path, e))?
+                .to_string_lossy()
+                .into_owned();
+            (
+                EntryKind::Symlink,
+                Vec::new(),
+                t.len() as u64,
+                Some(t),
+                None,
+            )
+        } else if meta.is_dir() {
+            (EntryKind::Dir, Vec::new(), 0, None, None)
+        } else {
+            let f = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let limit = if self.config.search.enabled {
+                self.config.search.max_text_bytes
+            } else {
+                0
+            };
+            let ing = self
+                .store
+                .ingest(std::io::BufReader::with_capacity(1 << 20, f), limit)?;
+            (EntryKind::File, ing.chunks, ing.size, None, ing.text)
+        };
+        Ok(Some((
+            Entry {
+                kind,
+                deleted: false,
+                size,
+                mode: stat.mode & 0o7777,
+                mtime_ns: stat.mtime_ns,
+                target,
+                vv: Default::default(),
+                author: String::new(),
+                actor: None,
+                time_ns: 0,
+                message: None,
+                chunks,
+            },
+            text,
+        )))
+    }
+}

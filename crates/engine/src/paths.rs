@@ -1,0 +1,212 @@
+//! Confining paths to the storage root.
+//!
+//! Every path from a user, a peer or an agent passes through here before it
+//! touches the disk or the index. A relative path is `/`-separated with no
+//! `.`/`..` components, no NUL, no leading `/`; `""` is the root.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// Normalises a path given relative to the storage root (by a peer or an agent).
+pub fn normalize_rel(raw: &str) -> Result<String> {
+    if raw.contains('\0') {
+        return Err(Error::BadPath(format!("path contains a NUL byte: {raw:?}")));
+    }
+    if raw.starts_with('/')
+        || raw.starts_with('\\')
+        || (raw.len() >= 2 && raw.as_bytes()[1] == b':')
+    {
+        return Err(Error::BadPath(format!(
+            "absolute paths are not allowed here: {raw}"
+        )));
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in raw.split(['/', '\\']) {
+        match part {
+            "" | "." => {}
+            ".." => return Err(Error::Escape(raw.to_owned())),
+            p => parts.push(p),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// Resolves a path a user typed: relative to `cwd` when that lies inside the
+/// storage root, else relative to the root; an absolute path must lie inside.
+pub fn resolve_user_path(root: &Path, cwd: &Path, raw: &str) -> Result<String> {
+    if raw.contains('\0') {
+        return Err(Error::BadPath("path contains a NUL byte".into()));
+    }
+    let root = canonical_or_self(root);
+    let given = Path::new(raw);
+    let (base, rest): (Vec<String>, &Path) = if given.is_absolute() {
+        (Vec::new(), given)
+    } else {
+        let cwd = canonical_or_self(cwd);
+        match cwd.strip_prefix(&root) {
+            Ok(inside) => (
+                inside
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect(),
+                given,
+            ),
+            Err(_) => (Vec::new(), given),
+        }
+    };
+    let mut parts = base;
+    let rest_components: Vec<Component> = if rest.is_absolute() {
+        let lexical = lexical_normalize(rest);
+        let stripped = lexical
+            .strip_prefix(&root)
+            .or_else(|_| lexical.strip_prefix(crate::config::absolute(&root).unwrap_or_default()))
+            .map_err(|_| Error::Escape(raw.to_owned()))?
+            .to_owned();
+        return normalize_rel(&stripped.to_string_lossy());
+    } else {
+        rest.components().collect()
+    };
+    for c in rest_components {
+        match c {
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return Err(Error::Escape(raw.to_owned()));
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return Err(Error::Escape(raw.to_owned())),
+        }
+    }
+    normalize_rel(&parts.join("/"))
+}
+
+fn canonical_or_self(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())
+}
+
+fn lexical_normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    // Resolve symlinks in the existing prefix so /tmp vs /private/tmp style aliases compare equal.
+    let mut existing = out.clone();
+    let mut tail = Vec::new();
+    while !existing.exists() {
+        match (
+            existing.file_name().map(|n| n.to_owned()),
+            existing.parent().map(|p| p.to_owned()),
+        ) {
+            (Some(name), Some(parent)) => {
+                tail.push(name);
+                existing = parent;
+            }
+            _ => return out,
+        }
+    }
+    let mut resolved = canonical_or_self(&existing);
+    for name in tail.into_iter().rev() {
+        resolved.push(name);
+    }
+    resolved
+}
+
+/// The on-disk path of `rel` under `root`, refusing any existing ancestor that
+/// is a symlink (so nothing is ever read or written through a link out of the tree).
+pub fn confined(root: &Path, rel: &str) -> Result<PathBuf> {
+    let rel = normalize_rel(rel)?;
+    let mut cur = root.to_owned();
+    let parts: Vec<&str> = if rel.is_empty() {
+        Vec::new()
+    } else {
+        rel.split('/').collect()
+    };
+    for (i, part) in parts.iter().enumerate() {
+        cur.push(part);
+        if i + 1 < parts.len() {
+            match std::fs::symlink_metadata(&cur) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(Error::Escape(format!(
+                        "{rel} (through the symlink {})",
+                        parts[..=i].join("/")
+                    )))
+                }
+                Ok(m) if !m.is_dir() => {
+                    return Err(Error::BadPath(format!(
+                        "{} is not a directory",
+                        parts[..=i].join("/")
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rel_paths_are_normalised_and_confined() {
+        assert_eq!(normalize_rel("a//b/./c").unwrap(), "a/b/c");
+        assert_eq!(normalize_rel("").unwrap(), "");
+        assert!(matches!(normalize_rel("../x"), Err(Error::Escape(_))));
+        assert!(matches!(normalize_rel("a/../../x"), Err(Error::Escape(_))));
+        assert!(normalize_rel("/etc/passwd").is_err());
+        assert!(normalize_rel("a\0b").is_err());
+    }
+
+    #[test]
+    fn user_paths_resolve_against_cwd_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("docs/sub")).unwrap();
+        let outside = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&outside).unwrap();
+        assert_eq!(
+            resolve_user_path(&root, &root.join("docs"), "a.md").unwrap(),
+            "docs/a.md"
+        );
+        assert_eq!(
+            resolve_user_path(&root, &root.join("docs/sub"), "../b.md").unwrap(),
+            "docs/b.md"
+        );
+        assert_eq!(
+            resolve_user_path(&root, &outside, "docs/a.md").unwrap(),
+            "docs/a.md"
+        );
+        let abs = root.join("docs/c.md");
+        assert_eq!(
+            resolve_user_path(&root, &outside, abs.to_str().unwrap()).unwrap(),
+            "docs/c.md"
+        );
+        assert!(matches!(
+            resolve_user_path(&root, &root, "../x"),
+            Err(Error::Escape(_))
+        ));
+        assert!(matches!(
+            resolve_user_path(&root, &root, "/etc/passwd"),
+            Err(Error::Escape(_))
+        ));
+    }
+
+    #[test]
+    fn symlinked_ancestors_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(dir.path(), root.join("link")).unwrap();
+        assert!(confined(&root, "link/x").is_err());
+        assert!(confined(&root, "link").is_ok());
+    }
+}

@@ -1,0 +1,349 @@
+//! Key material: the random master (folder) key, the keys derived from it,
+//! and the on-disk key file that stores it plainly or wrapped by a passphrase.
+//!
+//! Every node of a mesh shares one master key, so chunk ids agree across
+//! peers (dedup and transfer by id) while meaning nothing to anyone else.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+const CONTEXT_CHUNK_ID: &str = "sovryn 2026-11 chunk id";
+const CONTEXT_CHUNK_SEAL: &str = "sovryn 2026-11 chunk encryption";
+const CONTEXT_GEAR_SEED: &str = "sovryn 2026-11 fastcdc gear seed";
+const CONTEXT_FOLDER_ID: &str = "sovryn 2026-11 folder id";
+const WRAP_AAD: &[u8] = b"sovryn master key v1";
+
+/// The 32-byte secret every other key derives from.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Self {
+        let mut k = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut k);
+        MasterKey(k)
+    }
+
+    /// Parses the 64-hex-digit form printed by [`MasterKey::to_hex`].
+    pub fn from_hex(s: &str) -> Result<Self> {
+        let bytes = hex::decode(s.trim()).map_err(|_| Error::BadKey("not hex".into()))?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| Error::BadKey("a folder key is 64 hex digits".into()))?;
+        Ok(MasterKey(arr))
+    }
+
+    /// The key as 64 lowercase hex digits (secret: handle like a password).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The subkeys the store uses.
+    pub fn derive(&self) -> DerivedKeys {
+        let seed = blake3::derive_key(CONTEXT_GEAR_SEED, &self.0);
+        let mut seed8 = [0u8; 8];
+        seed8.copy_from_slice(&seed[..8]);
+        DerivedKeys {
+            chunk_id: blake3::derive_key(CONTEXT_CHUNK_ID, &self.0),
+            chunk_seal: blake3::derive_key(CONTEXT_CHUNK_SEAL, &self.0),
+            gear_seed: u64::from_le_bytes(seed8),
+            folder_id: hex::encode(&blake3::derive_key(CONTEXT_FOLDER_ID, &self.0)[..16]),
+        }
+    }
+}
+
+/// Keys derived from the master key, one per purpose.
+#[derive(Clone)]
+pub struct DerivedKeys {
+    /// Key of the keyed BLAKE3 that names chunks.
+    pub chunk_id: [u8; 32],
+    /// Key from which each chunk's encryption key derives.
+    pub chunk_seal: [u8; 32],
+    /// Seed XOR'd into FastCDC's gear table so cut points leak nothing.
+    pub gear_seed: u64,
+    /// A public name for the folder: equal on every node of one mesh.
+    pub folder_id: String,
+}
+
+/// Argon2id cost parameters of a wrapped key.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_cost: u32,
+    /// Iterations.
+    pub t_cost: u32,
+    /// Lanes.
+    pub p_cost: u32,
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        KdfParams {
+            m_cost: 64 * 1024,
+            t_cost: 3,
+            p_cost: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WrappedKey {
+    label: String,
+    salt: String,
+    kdf: KdfParams,
+    nonce: String,
+    ciphertext: String,
+}
+
+/// The key file in a node's home: the master key, plain or wrapped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KeyFile {
+    /// Stored as is (protected only by the file's 0600 mode).
+    Plain {
+        /// The master key in hex.
+        master: String,
+    },
+    /// Wrapped by Argon2id-derived keys: one from the passphrase, one from the recovery code.
+    Wrapped {
+        /// The folder id, so a wrong key is told apart from a wrong passphrase.
+        folder_id: String,
+        /// One entry per secret that can open the key.
+        wraps: Vec<WrappedKeySlot>,
+    },
+}
+
+/// One way to open a wrapped master key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WrappedKeySlot(WrappedKey);
+
+fn kek(secret: &str, salt: &[u8], kdf: KdfParams) -> Result<[u8; 32]> {
+    let params = Params::new(kdf.m_cost, kdf.t_cost, kdf.p_cost, Some(32))
+        .map_err(|e| Error::BadKey(format!("argon2 parameters: {e}")))?;
+    let mut out = [0u8; 32];
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_into(
+            secret.trim_end_matches(['\n', '\r']).as_bytes(),
+            salt,
+            &mut out,
+        )
+        .map_err(|e| Error::BadKey(format!("argon2: {e}")))?;
+    Ok(out)
+}
+
+fn wrap(master: &MasterKey, label: &str, secret: &str, kdf: KdfParams) -> Result<WrappedKeySlot> {
+    let mut salt = [0u8; 16];
+    let mut nonce = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let key = kek(secret, &salt, kdf)?;
+    let cipher = XChaCha20Poly1305::new((&key).into());
+    let ct = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &master.0,
+                aad: WRAP_AAD,
+            },
+        )
+        .map_err(|_| Error::BadKey("could not wrap the key".into()))?;
+    Ok(WrappedKeySlot(WrappedKey {
+        label: label.into(),
+        salt: hex::encode(salt),
+        kdf,
+        nonce: hex::encode(nonce),
+        ciphertext: hex::encode(ct),
+    }))
+}
+
+impl KeyFile {
+    /// A key file holding `master` in the clear.
+    pub fn plain(master: &MasterKey) -> Self {
+        KeyFile::Plain {
+            master: master.to_hex(),
+        }
+    }
+
+    /// A key file that opens with either `passphrase` or `recovery_code`.
+    pub fn wrapped(
+        master: &MasterKey,
+        passphrase: &str,
+        recovery_code: &str,
+        kdf: KdfParams,
+    ) -> Result<Self> {
+        if passphrase.trim().is_empty() {
+            return Err(Error::BadKey("the passphrase is empty".into()));
+        }
+        Ok(KeyFile::Wrapped {
+            folder_id: master.derive().folder_id,
+            wraps: vec![
+                wrap(master, "passphrase", passphrase, kdf)?,
+                wrap(master, "recovery", &normalize_recovery(recovery_code), kdf)?,
+            ],
+        })
+    }
+
+    /// Whether opening the key needs a passphrase.
+    pub fn needs_passphrase(&self) -> bool {
+        matches!(self, KeyFile::Wrapped { .. })
+    }
+
+    /// Opens the master key; `secret` is the passphrase or the recovery code.
+    pub fn open(&self, secret: Option<&str>) -> Result<MasterKey> {
+        match self {
+            KeyFile::Plain { master } => MasterKey::from_hex(master),
+            KeyFile::Wrapped { folder_id, wraps } => {
+                let secret = secret.ok_or(Error::Locked)?;
+                for slot in wraps {
+                    let w = &slot.0;
+                    let candidate = if w.label == "recovery" {
+                        normalize_recovery(secret)
+                    } else {
+                        secret.to_owned()
+                    };
+                    let salt = hex::decode(&w.salt)
+                        .map_err(|_| Error::BadKey("corrupt key file".into()))?;
+                    let nonce = hex::decode(&w.nonce)
+                        .map_err(|_| Error::BadKey("corrupt key file".into()))?;
+                    let ct = hex::decode(&w.ciphertext)
+                        .map_err(|_| Error::BadKey("corrupt key file".into()))?;
+                    if nonce.len() != 24 {
+                        return Err(Error::BadKey("corrupt key file".into()));
+                    }
+                    let key = kek(&candidate, &salt, w.kdf)?;
+                    let cipher = XChaCha20Poly1305::new((&key).into());
+                    if let Ok(pt) = cipher.decrypt(
+                        XNonce::from_slice(&nonce),
+                        Payload {
+                            msg: &ct,
+                            aad: WRAP_AAD,
+                        },
+                    ) {
+                        let arr: [u8; 32] = pt
+                            .try_into()
+                            .map_err(|_| Error::BadKey("corrupt key file".into()))?;
+                        let master = MasterKey(arr);
+                        if &master.derive().folder_id != folder_id {
+                            return Err(Error::BadKey(
+                                "key file does not match its folder id".into(),
+                            ));
+                        }
+                        return Ok(master);
+                    }
+                }
+                Err(Error::WrongPassphrase)
+            }
+        }
+    }
+
+    /// Reads a key file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::BadKey(format!("{}: {e}", path.display())))
+    }
+
+    /// Writes the key file with mode 0600 (write, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::BadKey(e.to_string()))?;
+        write_secret_file(path, text.as_bytes())
+    }
+}
+
+/// Writes `bytes` to `path` with mode 0600, crash-safely.
+pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    crate::fsync_parent(path)
+}
+
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+/// A fresh random code of 30 symbols (150 bits) in groups of five, such as a
+/// recovery code or a generated passphrase.
+pub fn random_code() -> String {
+    let mut bytes = [0u8; 30];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let symbols: Vec<char> = bytes
+        .iter()
+        .map(|b| CODE_ALPHABET[(*b as usize) % 32] as char)
+        .collect();
+    symbols
+        .chunks(5)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+fn normalize_recovery(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> KdfParams {
+        KdfParams {
+            m_cost: 256,
+            t_cost: 1,
+            p_cost: 1,
+        }
+    }
+
+    #[test]
+    fn wrapped_key_opens_with_passphrase_or_recovery_code_only() {
+        let master = MasterKey::generate();
+        let code = random_code();
+        let kf = KeyFile::wrapped(&master, "correct horse", &code, cheap()).unwrap();
+        assert_eq!(
+            kf.open(Some("correct horse")).unwrap().to_hex(),
+            master.to_hex()
+        );
+        assert_eq!(
+            kf.open(Some(&code.to_lowercase())).unwrap().to_hex(),
+            master.to_hex()
+        );
+        assert!(matches!(
+            kf.open(Some("wrong")),
+            Err(Error::WrongPassphrase)
+        ));
+        assert!(matches!(kf.open(None), Err(Error::Locked)));
+    }
+
+    #[test]
+    fn derived_keys_differ_per_purpose() {
+        let d = MasterKey::generate().derive();
+        assert_ne!(d.chunk_id, d.chunk_seal);
+        assert_eq!(d.folder_id.len(), 32);
+    }
+}

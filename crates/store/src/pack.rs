@@ -1,0 +1,182 @@
+//! Append-only pack files holding sealed chunks back to back.
+//!
+//! A pack is never rewritten in place: bytes are appended, made durable with
+//! one `fdatasync` per batch, and only then does the index learn where they
+//! are. Bytes a crash left behind after the last sync are unreferenced and
+//! harmless; `gc` copies live chunks out of packs worth compacting.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::{Error, Result};
+
+const MAGIC: &[u8; 8] = b"SVRNPK01";
+/// A pack is closed and a new one started past this size.
+pub const PACK_TARGET_SIZE: u64 = 512 * 1024 * 1024;
+
+/// Where a sealed chunk lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Pack number.
+    pub pack: u32,
+    /// Byte offset of the sealed chunk in the pack.
+    pub offset: u64,
+    /// Length of the sealed chunk.
+    pub len: u32,
+}
+
+/// The directory of pack files, with one open pack for appending.
+pub struct Packs {
+    dir: PathBuf,
+    writer: Option<(u32, File, u64)>,
+    dirty: bool,
+    readers: Mutex<HashMap<u32, Arc<File>>>,
+}
+
+impl Packs {
+    /// Opens (creating if needed) the pack directory.
+    pub fn open(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(Packs {
+            dir: dir.to_owned(),
+            writer: None,
+            dirty: false,
+            readers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The path of pack `n`.
+    pub fn path(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("pack-{n:08}.pack"))
+    }
+
+    /// Numbers of all packs on disk, ascending.
+    pub fn list(&self) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name
+                .strip_prefix("pack-")
+                .and_then(|s| s.strip_suffix(".pack"))
+            {
+                if let Ok(n) = n.parse() {
+                    out.push(n);
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn start_pack(&mut self, n: u32) -> Result<()> {
+        let path = self.path(n);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let mut len = f.metadata().map_err(|e| Error::io(&path, e))?.len();
+        if len == 0 {
+            f.write_all(MAGIC).map_err(|e| Error::io(&path, e))?;
+            len = MAGIC.len() as u64;
+            crate::fsync_parent(&path)?;
+        }
+        self.writer = Some((n, f, len));
+        Ok(())
+    }
+
+    /// Appends a sealed chunk. It is durable only after [`Packs::sync`].
+    pub fn append(&mut self, sealed: &[u8]) -> Result<Location> {
+        if self.writer.is_none() {
+            let n = self.list()?.last().copied().unwrap_or(0);
+            self.start_pack(n)?;
+        }
+        if let Some((n, _, len)) = &self.writer {
+            if *len >= PACK_TARGET_SIZE {
+                let next = n + 1;
+                self.sync()?;
+                self.start_pack(next)?;
+            }
+        }
+        let (n, f, len) = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| Error::Corrupt("no open pack".into()))?;
+        let offset = *len;
+        f.write_all(sealed).map_err(|e| Error::io(&self.dir, e))?;
+        *len += sealed.len() as u64;
+        self.dirty = true;
+        let len = u32::try_from(sealed.len())
+            .map_err(|_| Error::Corrupt("sealed chunk too large".into()))?;
+        Ok(Location {
+            pack: *n,
+            offset,
+            len,
+        })
+    }
+
+    /// Makes every appended byte durable.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.dirty {
+            if let Some((_, f, _)) = &self.writer {
+                f.sync_data().map_err(|e| Error::io(&self.dir, e))?;
+            }
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Closes the open pack so the next append starts pack `n` (used by gc).
+    pub fn roll_to(&mut self, n: u32) -> Result<()> {
+        self.sync()?;
+        self.start_pack(n)
+    }
+
+    /// Reads a sealed chunk.
+    pub fn read(&self, loc: Location) -> Result<Vec<u8>> {
+        let file = {
+            let mut readers = self
+                .readers
+                .lock()
+                .map_err(|_| Error::Corrupt("pack reader lock poisoned".into()))?;
+            match readers.get(&loc.pack) {
+                Some(f) => f.clone(),
+                None => {
+                    let path = self.path(loc.pack);
+                    let f = Arc::new(File::open(&path).map_err(|e| Error::io(&path, e))?);
+                    readers.insert(loc.pack, f.clone());
+                    f
+                }
+            }
+        };
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)
+            .map_err(|e| Error::io(&self.path(loc.pack), e))?;
+        Ok(buf)
+    }
+
+    /// Deletes a pack whose chunks have all moved elsewhere.
+    pub fn remove(&mut self, n: u32) -> Result<()> {
+        if let Ok(mut readers) = self.readers.lock() {
+            readers.remove(&n);
+        }
+        if matches!(&self.writer, Some((w, _, _)) if *w == n) {
+            self.writer = None;
+        }
+        let path = self.path(n);
+        fs::remove_file(&path).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Size in bytes of pack `n`.
+    pub fn size(&self, n: u32) -> Result<u64> {
+        let path = self.path(n);
+        Ok(fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len())
+    }
+}
