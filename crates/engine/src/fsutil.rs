@@ -47,7 +47,17 @@ pub fn stat_of(m: &fs::Metadata) -> DiskStat {
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
         inode: m.ino(),
         mode: m.mode(),
+        racy: false,
     }
+}
+
+/// How close to "now" an mtime must be for its stat to be untrustworthy.
+pub const RACY_WINDOW_NS: i64 = 1_000_000_000;
+
+/// Marks `stat` racy when its mtime is within [`RACY_WINDOW_NS`] of `now_ns`.
+pub fn mark_racy(mut stat: DiskStat, now_ns: i64) -> DiskStat {
+    stat.racy = stat.mtime_ns > now_ns - RACY_WINDOW_NS;
+    stat
 }
 
 /// Sets permission bits.

@@ -290,7 +290,10 @@ impl Node {
             }
         }
         sovryn_store::fsync_parent(&target)?;
-        Ok(Some(disk_stat(&target)?))
+        Ok(Some(fsutil::mark_racy(
+            disk_stat(&target)?,
+            sovryn_store::now_ns(),
+        )))
     }
 
     /// Brings back version `label` of `rel` as a new version (history is never rewritten).

@@ -281,7 +281,10 @@ impl Node {
         if let Some(p) = &prev {
             if !p.entry.deleted && p.entry.same_content(&base) {
                 // Touched, not changed: remember the new stat, record no version.
-                self.store.set_disk_stat(rel, Some(stat))?;
+                self.store.set_disk_stat(
+                    rel,
+                    Some(crate::fsutil::mark_racy(stat, sovryn_store::now_ns())),
+                )?;
                 return Ok(());
             }
         }

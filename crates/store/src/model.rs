@@ -103,6 +103,10 @@ pub struct DiskStat {
     pub inode: u64,
     /// Mode bits (type and permissions).
     pub mode: u32,
+    /// Modified so close to the scan that a later same-tick write could keep
+    /// this exact stat: such a file is re-read at the next scan (git's "racy clean").
+    #[serde(default)]
+    pub racy: bool,
 }
 
 /// One historical state of a path.
