@@ -173,6 +173,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Config { action } => config(&ctx, action),
         Command::Verify => verify(&ctx),
         Command::Gc => gc(&ctx),
+        Command::Node(cmd) => {
+            crate::node_cmd::run(&ctx.home, ctx.passphrase_file.as_deref(), ctx.json, cmd)
+        }
+        Command::Mcp { action } => {
+            crate::mcp_cmd::run(&ctx.home, ctx.passphrase_file.as_deref(), ctx.json, action)
+        }
     }
 }
 
@@ -289,8 +295,11 @@ fn add(ctx: &Ctx, paths: &[String], message: Option<String>) -> Result<()> {
         .iter()
         .map(|p| node.resolve(&cwd, p))
         .collect::<Result<Vec<_>, _>>()?;
-    let _ = message; // Messages are recorded by restore; scans carry none yet.
-    let report = scan_with_progress(&mut node, &rels, &ScanOptions::default())?;
+    let opts = ScanOptions {
+        message,
+        ..Default::default()
+    };
+    let report = scan_with_progress(&mut node, &rels, &opts)?;
     print_scan(ctx, &report)
 }
 
@@ -515,7 +524,7 @@ fn status(ctx: &Ctx) -> Result<()> {
         &[],
         &ScanOptions {
             dry_run: true,
-            actor: None,
+            ..Default::default()
         },
         &mut |_| {},
     )?;

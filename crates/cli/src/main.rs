@@ -1,6 +1,9 @@
 //! `sovryn`: the command line of a Sovryn node.
 
 mod commands;
+mod daemon;
+mod mcp_cmd;
+mod node_cmd;
 mod output;
 mod unlock;
 
@@ -140,6 +143,13 @@ pub enum Command {
     Verify,
     /// Prune old versions (retention policy) and free unreferenced chunks.
     Gc,
+    #[command(flatten)]
+    Node(node_cmd::NodeCommand),
+    /// Serve MCP to AI agents and manage their tokens.
+    Mcp {
+        #[command(subcommand)]
+        action: mcp_cmd::McpCommand,
+    },
 }
 
 /// `sovryn config` actions.

@@ -8,7 +8,7 @@ use common::{dir_size, random_bytes, TestNode};
 fn version_restore_diff_cat_round_trip() {
     let n = TestNode::new("laptop");
     n.write("notes/todo.md", b"buy milk\nwalk dog\n");
-    n.ok(&["add", "notes"]);
+    n.ok(&["add", "notes", "-m", "first draft"]);
     n.write("notes/todo.md", b"buy milk\nwalk cat\n");
     n.ok(&["add", "notes/todo.md"]);
     let v = n.json(&["versions", "notes/todo.md"]);
@@ -20,6 +20,7 @@ fn version_restore_diff_cat_round_trip() {
         .collect();
     assert_eq!(labels, ["v2", "v1"]);
     assert_eq!(v[0]["node"], "laptop");
+    assert_eq!(v[1]["message"], "first draft");
 
     let out = n.ok(&["restore", "notes/todo.md", "--version", "v1"]);
     assert!(out.contains("v3"), "{out}");

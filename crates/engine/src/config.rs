@@ -140,6 +140,28 @@ pub struct Config {
     /// Full-text search.
     #[serde(default)]
     pub search: SearchConfig,
+    /// The peers this node syncs with (`sovryn peers add`); nobody else may connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerConfig>,
+}
+
+/// A trusted peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerConfig {
+    /// Its endpoint id (64 hex digits).
+    pub id: String,
+    /// Where to reach it (`HOST:PORT`); empty when it only connects to us.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// A name for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// It receives our changes but its own are not applied here.
+    #[serde(default)]
+    pub read_only: bool,
+    /// When non-empty, only these path prefixes are exchanged with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -176,6 +198,7 @@ impl Config {
             retention: RetentionPolicy::default(),
             sync: SyncConfig::default(),
             search: SearchConfig::default(),
+            peers: Vec::new(),
         }
     }
 

@@ -13,9 +13,12 @@ pub mod config;
 pub mod fsutil;
 pub mod identity;
 pub mod node;
+pub mod ops;
 pub mod paths;
 pub mod rules;
 pub mod scan;
+pub mod sync;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 

@@ -26,6 +26,8 @@ pub struct ScanOptions {
     pub dry_run: bool,
     /// Who caused the scan (`None`: the node itself).
     pub actor: Option<String>,
+    /// A note stored with every version this scan records.
+    pub message: Option<String>,
 }
 
 /// Progress of a running scan.
@@ -145,6 +147,7 @@ impl Node {
                 base.chunks.clear();
                 base.size = 0;
                 base.message = None;
+                base.message = opts.message.clone();
                 let entry = self.local_entry(Some(&rec.entry), base, opts.actor.as_deref());
                 pending.report.deleted += 1;
                 self.push(
@@ -294,6 +297,8 @@ impl Node {
             prev.as_ref().is_some_and(|p| !p.entry.deleted),
         );
         let size = base.size;
+        let mut base = base;
+        base.message = opts.message.clone();
         let entry = self.local_entry(prev.as_ref().map(|p| &p.entry), base, opts.actor.as_deref());
         self.push(
             Change {

@@ -1,0 +1,246 @@
+//! `sovryn mcp`: serve MCP (stdio or HTTP) and manage MCP tokens.
+
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use serde_json::json;
+use sovryn_engine::scan::ScanOptions;
+use sovryn_engine::{Config, Home, Node};
+use sovryn_mcp::tokens::{parse_duration, Capability, TokenStore};
+use sovryn_mcp::{HttpOptions, McpState};
+use sovryn_store::Access;
+
+use crate::output;
+use crate::unlock;
+
+/// `sovryn mcp` actions.
+#[derive(Subcommand, Debug)]
+pub enum McpCommand {
+    /// Serve MCP: `--stdio` for a local agent, or `--http` in the foreground.
+    Serve {
+        /// Speak MCP on stdin/stdout (full access, recorded as mcp:stdio).
+        #[arg(long, conflicts_with = "http", required_unless_present = "http")]
+        stdio: bool,
+        /// Serve Streamable HTTP at /mcp (bearer tokens) on mcp.bind:mcp.port.
+        #[arg(long)]
+        http: bool,
+        /// Override mcp.bind for this run.
+        #[arg(long, requires = "http")]
+        bind: Option<String>,
+        /// Override mcp.port for this run (0 picks a free port).
+        #[arg(long, requires = "http")]
+        port: Option<u16>,
+        /// Requests per minute each token may make.
+        #[arg(long, default_value_t = 6000, requires = "http")]
+        rate_per_minute: u32,
+        /// Requests a token may make in a burst.
+        #[arg(long, default_value_t = 200, requires = "http")]
+        burst: u32,
+        /// Largest request body in bytes.
+        #[arg(long, default_value_t = 8 * 1024 * 1024, requires = "http")]
+        max_body_bytes: usize,
+        /// Do not scan the folder before serving.
+        #[arg(long)]
+        no_scan: bool,
+    },
+    /// Create, list and revoke the bearer tokens of MCP clients.
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+    },
+}
+
+/// `sovryn mcp tokens` actions.
+#[derive(Subcommand, Debug)]
+pub enum TokensAction {
+    /// Create a token; it is printed once and only its hash is kept.
+    Create {
+        /// A unique name (recorded as the actor mcp:<name> of its writes).
+        #[arg(long)]
+        name: String,
+        /// read, write, admin, status (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        capabilities: Vec<String>,
+        /// Limit the token to paths matching this glob (repeatable), e.g. 'docs/**'.
+        #[arg(long = "paths")]
+        paths: Vec<String>,
+        /// Expire after this long: 90s, 30m, 12h, 30d, 2w.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by name.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+}
+
+/// Runs an `mcp` command.
+pub fn run(home: &Home, passphrase_file: Option<&Path>, json: bool, cmd: McpCommand) -> Result<()> {
+    match cmd {
+        McpCommand::Serve {
+            stdio,
+            http,
+            bind,
+            port,
+            rate_per_minute,
+            burst,
+            max_body_bytes,
+            no_scan,
+        } => {
+            let node = open_node(home, passphrase_file, !no_scan)?;
+            if stdio {
+                return block_on(sovryn_mcp::serve_stdio(McpState::new(node)));
+            }
+            debug_assert!(http);
+            let addr = listen_addr(&node.config, bind, port)?;
+            let opts = HttpOptions {
+                rate_per_minute,
+                burst,
+                max_body_bytes,
+            };
+            block_on(sovryn_mcp::serve_http_with(
+                McpState::new(node),
+                addr,
+                opts,
+                shutdown_signal(),
+                |bound| {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "MCP listening on http://{bound}/mcp");
+                    let _ = out.flush();
+                },
+            ))
+        }
+        McpCommand::Tokens { action } => tokens(home, json, action),
+    }
+}
+
+fn open_node(home: &Home, passphrase_file: Option<&Path>, scan: bool) -> Result<Node> {
+    let key = unlock::master_key(home, passphrase_file)?;
+    let mut node = Node::open(home.clone(), &key, Access::ReadWrite)?;
+    if scan {
+        // Agents read the index: bring it up to date with the disk first.
+        node.scan(&[], &ScanOptions::default(), &mut |_| {})
+            .context("scanning the folder before serving")?;
+    }
+    Ok(node)
+}
+
+fn listen_addr(config: &Config, bind: Option<String>, port: Option<u16>) -> Result<SocketAddr> {
+    let host = bind.unwrap_or_else(|| config.mcp.bind.clone());
+    let port = port.unwrap_or(config.mcp.port);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("bad MCP bind address {host}:{port}"))?
+        .next()
+        .with_context(|| format!("{host} resolves to no address"))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn block_on<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let r = rt.block_on(f);
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    r
+}
+
+fn tokens(home: &Home, json: bool, action: TokensAction) -> Result<()> {
+    if !home.exists() {
+        bail!(sovryn_engine::Error::NoNode(home.dir.clone()));
+    }
+    let store = TokenStore::open(&home.dir)?;
+    match action {
+        TokensAction::Create {
+            name,
+            capabilities,
+            paths,
+            expires,
+        } => {
+            let caps = capabilities
+                .iter()
+                .filter(|c| !c.trim().is_empty())
+                .map(|c| c.parse::<Capability>())
+                .collect::<Result<Vec<_>>>()?;
+            let expires_in = expires.as_deref().map(parse_duration).transpose()?;
+            let secret = store.create(&name, &caps, &paths, expires_in)?;
+            if json {
+                return output::json(&json!({
+                    "name": name, "token": secret, "capabilities": caps,
+                    "paths": paths, "expires_in_seconds": expires_in,
+                }));
+            }
+            println!("{secret}");
+            eprintln!("token '{name}' created; it is shown only this once. Clients send it as 'Authorization: Bearer <token>'.");
+            Ok(())
+        }
+        TokensAction::List => {
+            let list = store.list()?;
+            if json {
+                return output::json(&list);
+            }
+            if list.is_empty() {
+                println!("no tokens (create one with 'sovryn mcp tokens create')");
+            }
+            for t in list {
+                let caps: Vec<&str> = t.capabilities.iter().map(|c| c.as_str()).collect();
+                let state = if t.revoked {
+                    "revoked".to_string()
+                } else {
+                    match t.expires {
+                        Some(e) => format!("expires {}", output::time(e * 1_000_000_000)),
+                        None => "no expiry".into(),
+                    }
+                };
+                let paths = if t.paths.is_empty() {
+                    "all paths".to_string()
+                } else {
+                    t.paths.join(" ")
+                };
+                println!(
+                    "{:<16} {:<24} {:<28} {}",
+                    t.name,
+                    caps.join(","),
+                    state,
+                    paths
+                );
+            }
+            Ok(())
+        }
+        TokensAction::Revoke { name } => {
+            store.revoke(&name)?;
+            if json {
+                return output::json(&json!({"revoked": name}));
+            }
+            println!("token '{name}' revoked");
+            Ok(())
+        }
+    }
+}

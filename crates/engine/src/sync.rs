@@ -1,0 +1,757 @@
+//! Applying states received from peers: version-vector decisions, conflict
+//! copies, and writing the winners to disk.
+//!
+//! The network layer fetches the chunks a batch needs (see
+//! [`Node::missing_chunks`]) and then calls [`Node::apply_remote`]. For each
+//! remote state of a path:
+//!
+//! * remote vector dominates the local one: the remote state is written to
+//!   disk (temp file, fsync, rename) and recorded with its vector and author;
+//! * local dominates or equal: nothing happens;
+//! * concurrent: equal content merges the vectors; delete against edit keeps
+//!   the edit; two different files keep the newer write under the name and
+//!   the other as `name.sync-conflict-YYYYMMDD-HHMMSS-<node>.ext`, recorded as
+//!   a new local file. The result carries both vectors plus one local edit.
+//!
+//! Before a local file is replaced, its on-disk state is compared with what
+//! the index last saw; if it changed, the path is rescanned first and the
+//! decision is made again against the fresh local state.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use sovryn_store::{Causality, Change, ChunkId, DiskStat, Entry, EntryKind, FileRecord};
+
+use crate::fsutil::stat_of;
+use crate::node::Node;
+use crate::paths;
+use crate::scan::ScanOptions;
+use crate::{Error, Result};
+
+/// What applying a batch of remote states did.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyReport {
+    /// Remote states written and recorded.
+    pub applied: u64,
+    /// Remote states that were older than or equal to the local ones.
+    pub ignored: u64,
+    /// Conflict copies made.
+    pub conflicts: Vec<String>,
+    /// Paths skipped (ignored, excluded or malformed on this node).
+    pub skipped: u64,
+    /// Every path whose record changed here (applied, merged, rescanned, copies).
+    pub changed: Vec<String>,
+    /// Remote states that could not be applied, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+/// How two concurrent states are ordered: the later write wins, ties by author.
+fn newer(a: &Entry, b: &Entry) -> bool {
+    (a.time_ns, &a.author, a.content_hash()) > (b.time_ns, &b.author, b.content_hash())
+}
+
+/// `(year, month, day)` of a day count since 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The name of a conflict copy of `rel` written by `author` at `time_ns`:
+/// `dir/name.sync-conflict-YYYYMMDD-HHMMSS-<author>.ext`.
+pub fn conflict_name(rel: &str, author: &str, time_ns: i64) -> String {
+    conflict_name_n(rel, author, time_ns, 0)
+}
+
+fn conflict_name_n(rel: &str, author: &str, time_ns: i64, n: u32) -> String {
+    let secs = time_ns.div_euclid(1_000_000_000);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let stamp = format!(
+        "{y:04}{mo:02}{d:02}-{:02}{:02}{:02}",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    );
+    let node: String = author
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let (dir, name) = match rel.rfind('/') {
+        Some(i) => (&rel[..=i], &rel[i + 1..]),
+        None => ("", rel),
+    };
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    let tail = if n == 0 {
+        String::new()
+    } else {
+        format!("-{n}")
+    };
+    format!("{dir}{stem}.sync-conflict-{stamp}-{node}{tail}{ext}")
+}
+
+/// Whether `rel` is itself a conflict copy.
+pub fn is_conflict_copy(rel: &str) -> bool {
+    rel.rsplit('/')
+        .next()
+        .is_some_and(|n| n.contains(".sync-conflict-"))
+}
+
+struct Batch {
+    changes: Vec<Change>,
+    paths: HashSet<String>,
+    /// Files written to temp names, to be renamed into place at the flush.
+    writes: Vec<PendingWrite>,
+}
+
+struct PendingWrite {
+    tmp: PathBuf,
+    target: PathBuf,
+    /// Index of its change in `Batch::changes`.
+    change: usize,
+}
+
+/// `syncfs(2)` on the file system holding `dir`: one flush for a whole batch
+/// instead of one fsync per file.
+fn sync_filesystem(dir: &Path) -> Result<()> {
+    let f = fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
+    // SAFETY: syncfs on a file descriptor we own.
+    if unsafe { libc::syncfs(std::os::unix::io::AsRawFd::as_raw_fd(&f)) } != 0 {
+        return Err(Error::io(dir, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+impl Node {
+    /// The chunks of `entries` this store lacks, each once.
+    pub fn missing_chunks<'a>(
+        &self,
+        entries: impl IntoIterator<Item = &'a Entry>,
+    ) -> Result<Vec<ChunkId>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for e in entries {
+            if e.deleted || e.kind != EntryKind::File {
+                continue;
+            }
+            for id in &e.chunks {
+                if seen.insert(*id) && !self.store.has_chunk(id)? {
+                    out.push(*id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies remote states (path, state). The chunks of every live remote
+    /// file must already be in the store. Deletions come first, deepest
+    /// first (so a removed directory is empty when its turn comes and a file
+    /// may take the place of a removed directory), then the rest, parents
+    /// before children. A state that cannot be applied (e.g. it would
+    /// replace a directory that still holds local files) is reported in
+    /// [`ApplyReport::failed`] and the others go on.
+    pub fn apply_remote(&mut self, records: &[(String, Entry)]) -> Result<ApplyReport> {
+        self.rules.reload();
+        let mut report = ApplyReport::default();
+        let mut order: Vec<&(String, Entry)> = records.iter().collect();
+        order.sort_by(|a, b| match (a.1.deleted, b.1.deleted) {
+            (false, false) => a.0.cmp(&b.0),
+            (true, true) => b.0.cmp(&a.0),
+            (true, false) => std::cmp::Ordering::Less,
+            (false, true) => std::cmp::Ordering::Greater,
+        });
+        let mut batch = Batch {
+            changes: Vec::new(),
+            paths: HashSet::new(),
+            writes: Vec::new(),
+        };
+        for (raw, remote) in order {
+            let rel = match paths::normalize_rel(raw) {
+                Ok(r) if !r.is_empty() && r == *raw => r,
+                _ => {
+                    tracing::warn!("peer sent a malformed path {raw:?}; skipped");
+                    report.skipped += 1;
+                    continue;
+                }
+            };
+            if !self.rules.keeps(&rel, remote.kind == EntryKind::Dir) {
+                report.skipped += 1;
+                continue;
+            }
+            if batch.paths.contains(&rel) || batch.changes.len() >= 2000 {
+                self.sync_flush_batch(&mut batch)?;
+            }
+            if let Err(e) = self.sync_apply_one(&rel, remote, &mut batch, &mut report) {
+                tracing::warn!("{rel}: cannot apply the remote state: {e}");
+                report.failed.push((rel.clone(), e.to_string()));
+            }
+        }
+        self.sync_flush_batch(&mut batch)?;
+        Ok(report)
+    }
+
+    /// Puts the deferred files in place (content durable, renames, then
+    /// the renames durable: two `syncfs` for the batch) and records the batch.
+    fn sync_flush_batch(&mut self, batch: &mut Batch) -> Result<()> {
+        if !batch.writes.is_empty() {
+            let root = self.root().to_owned();
+            let outcome = (|| -> Result<()> {
+                sync_filesystem(&root)?;
+                let mut failed = Vec::new();
+                for w in &batch.writes {
+                    let placed = (|| -> Result<DiskStat> {
+                        if fs::symlink_metadata(&w.target).is_ok_and(|m| m.is_dir()) {
+                            fs::remove_dir(&w.target).map_err(|e| Error::io(&w.target, e))?;
+                        }
+                        fs::rename(&w.tmp, &w.target).map_err(|e| Error::io(&w.target, e))?;
+                        crate::fsutil::disk_stat(&w.target)
+                    })();
+                    match placed {
+                        Ok(stat) => batch.changes[w.change].disk = Some(stat),
+                        Err(e) => {
+                            tracing::warn!("{}: {e}", w.target.display());
+                            let _ = fs::remove_file(&w.tmp);
+                            failed.push(w.change);
+                        }
+                    }
+                }
+                sync_filesystem(&root)?;
+                // Files that could not be put in place are not recorded.
+                failed.sort_unstable();
+                for i in failed.into_iter().rev() {
+                    batch.changes.remove(i);
+                }
+                Ok(())
+            })();
+            if outcome.is_err() {
+                for w in &batch.writes {
+                    let _ = fs::remove_file(&w.tmp);
+                }
+                batch.writes.clear();
+                batch.changes.clear();
+                batch.paths.clear();
+                return outcome;
+            }
+            batch.writes.clear();
+        }
+        if !batch.changes.is_empty() {
+            self.store.commit(&batch.changes)?;
+        }
+        batch.changes.clear();
+        batch.paths.clear();
+        Ok(())
+    }
+
+    /// Writes `entry` at `rel` and records it. A regular file goes to a temp
+    /// name now and is renamed into place at the batch's flush; anything
+    /// else is written at once.
+    fn sync_place(
+        &mut self,
+        batch: &mut Batch,
+        report: &mut ApplyReport,
+        rel: &str,
+        entry: Entry,
+    ) -> Result<()> {
+        if entry.deleted || entry.kind != EntryKind::File {
+            let disk = self.materialize(rel, &entry)?;
+            return self.sync_push_change(batch, report, rel, entry, disk);
+        }
+        let target = paths::confined(self.root(), rel)?;
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let tmp = crate::fsutil::temp_beside(&target);
+        let written = (|| -> Result<()> {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| Error::io(&tmp, e))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            self.store.write_content(&entry, &mut w)?;
+            w.flush().map_err(|e| Error::io(&tmp, e))?;
+            drop(w);
+            crate::fsutil::set_mode(&tmp, entry.mode)?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        batch.writes.push(PendingWrite {
+            tmp,
+            target,
+            change: batch.changes.len(),
+        });
+        self.sync_push_change(batch, report, rel, entry, None)
+    }
+
+    fn sync_push_change(
+        &mut self,
+        batch: &mut Batch,
+        report: &mut ApplyReport,
+        rel: &str,
+        entry: Entry,
+        disk: Option<DiskStat>,
+    ) -> Result<()> {
+        let text = self.text_of(&entry)?;
+        batch.paths.insert(rel.to_owned());
+        report.changed.push(rel.to_owned());
+        batch.changes.push(Change {
+            path: rel.to_owned(),
+            entry,
+            disk,
+            text,
+        });
+        Ok(())
+    }
+
+    /// The local record of `rel`, rescanned first when the disk moved away from it.
+    fn sync_fresh_local(
+        &mut self,
+        rel: &str,
+        batch: &mut Batch,
+        report: &mut ApplyReport,
+    ) -> Result<Option<FileRecord>> {
+        let local = self.store.file(rel)?;
+        let abs = paths::confined(self.root(), rel)?;
+        let on_disk = fs::symlink_metadata(&abs).ok();
+        let stale = match (&local, &on_disk) {
+            (None, None) => false,
+            (None, Some(_)) => true,
+            (Some(l), None) => !l.entry.deleted && l.disk.is_some(),
+            (Some(l), Some(m)) => {
+                if l.entry.deleted || l.disk.is_none() {
+                    true
+                } else if l.entry.kind == EntryKind::Dir {
+                    !m.is_dir()
+                } else {
+                    l.disk != Some(stat_of(m))
+                }
+            }
+        };
+        if !stale {
+            return Ok(local);
+        }
+        self.sync_flush_batch(batch)?;
+        let scanned = self.scan(&[rel.to_owned()], &ScanOptions::default(), &mut |_| {});
+        match scanned {
+            Ok(r) => report.changed.extend(r.changed),
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(self.store.file(rel)?)
+    }
+
+    fn sync_apply_one(
+        &mut self,
+        rel: &str,
+        remote: &Entry,
+        batch: &mut Batch,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        let local = self.sync_fresh_local(rel, batch, report)?;
+        let Some(local) = local else {
+            if remote.deleted {
+                // A tombstone for something never seen here: record it so
+                // the history agrees, nothing to remove.
+                self.sync_push_change(batch, report, rel, remote.clone(), None)?;
+            } else {
+                self.sync_place(batch, report, rel, remote.clone())?;
+            }
+            report.applied += 1;
+            return Ok(());
+        };
+        match remote.vv.compare(&local.entry.vv) {
+            Causality::Equal | Causality::DominatedBy => {
+                report.ignored += 1;
+                Ok(())
+            }
+            Causality::Dominates => {
+                if local.entry.deleted && remote.deleted {
+                    self.sync_push_change(batch, report, rel, remote.clone(), None)?;
+                } else {
+                    self.sync_place(batch, report, rel, remote.clone())?;
+                }
+                report.applied += 1;
+                Ok(())
+            }
+            Causality::Concurrent => self.sync_resolve(rel, &local, remote, batch, report),
+        }
+    }
+
+    fn sync_resolve(
+        &mut self,
+        rel: &str,
+        local: &FileRecord,
+        remote: &Entry,
+        batch: &mut Batch,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        let l = &local.entry;
+        let mut merged = l.vv.clone();
+        merged.merge(&remote.vv);
+        // Same outcome on both sides: merge the vectors, nothing to write.
+        if (l.deleted && remote.deleted)
+            || (!l.deleted && !remote.deleted && l.same_content(remote))
+        {
+            let mut entry = if newer(remote, l) {
+                remote.clone()
+            } else {
+                l.clone()
+            };
+            entry.vv = merged;
+            self.sync_push_change(batch, report, rel, entry, local.disk)?;
+            return Ok(());
+        }
+        merged.increment(&self.short_id);
+        if remote.deleted {
+            // Delete against edit: the edit stays.
+            let mut entry = l.clone();
+            entry.vv = merged;
+            self.sync_push_change(batch, report, rel, entry, local.disk)?;
+            return Ok(());
+        }
+        if l.deleted {
+            let mut entry = remote.clone();
+            entry.vv = merged;
+            self.sync_place(batch, report, rel, entry)?;
+            report.applied += 1;
+            return Ok(());
+        }
+        let remote_wins = newer(remote, l);
+        let (winner, loser) = if remote_wins {
+            (remote, l)
+        } else {
+            (l, remote)
+        };
+        if loser.kind == EntryKind::File {
+            self.sync_flush_batch(batch)?;
+            self.sync_conflict_copy(rel, loser, batch, report)?;
+        }
+        let mut entry = winner.clone();
+        entry.vv = merged;
+        if remote_wins {
+            self.sync_place(batch, report, rel, entry)?;
+        } else {
+            self.sync_push_change(batch, report, rel, entry, local.disk)?;
+        }
+        if remote_wins {
+            report.applied += 1;
+        }
+        Ok(())
+    }
+
+    fn sync_conflict_copy(
+        &mut self,
+        rel: &str,
+        loser: &Entry,
+        batch: &mut Batch,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        let mut name = String::new();
+        for n in 0.. {
+            name = conflict_name_n(rel, &loser.author, loser.time_ns, n);
+            let existing = self.store.file(&name)?;
+            let on_disk = paths::confined(self.root(), &name)?
+                .symlink_metadata()
+                .is_ok();
+            match existing {
+                Some(rec) if !rec.entry.deleted && rec.entry.same_content(loser) => return Ok(()),
+                None if !on_disk => break,
+                Some(rec) if rec.entry.deleted && !on_disk => break,
+                _ => {}
+            }
+        }
+        let prev = self.store.file(&name)?;
+        let mut base = loser.clone();
+        base.message = Some(format!("conflict copy of {rel}"));
+        let entry = self.local_entry(prev.as_ref().map(|p| &p.entry), base, None);
+        let disk = self.materialize(&name, &entry)?;
+        tracing::info!("{rel}: concurrent edits; the other version is kept as {name}");
+        report.conflicts.push(name.clone());
+        self.sync_push_change(batch, report, &name, entry, disk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Home;
+    use crate::node::InitOptions;
+    use sovryn_store::{Access, MasterKey};
+
+    struct T {
+        _dir: tempfile::TempDir,
+        node: Node,
+    }
+
+    fn node(name: &str, key: &MasterKey) -> T {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home {
+            dir: dir.path().join("home"),
+        };
+        Node::init(
+            &home,
+            InitOptions {
+                storage_path: dir.path().join("root"),
+                node_name: Some(name.into()),
+                folder_key: Some(key.to_hex()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let node = Node::open(home, key, Access::ReadWrite).unwrap();
+        T { _dir: dir, node }
+    }
+
+    fn pair() -> (T, T) {
+        let key = MasterKey::generate();
+        (node("alpha", &key), node("beta", &key))
+    }
+
+    fn write(t: &T, rel: &str, data: &[u8]) {
+        let p = t.node.root().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+
+    fn read(t: &T, rel: &str) -> Option<Vec<u8>> {
+        fs::read(t.node.root().join(rel)).ok()
+    }
+
+    fn scan(t: &mut T) {
+        t.node
+            .scan(&[], &ScanOptions::default(), &mut |_| {})
+            .unwrap();
+    }
+
+    /// Sends every record of `from` after `since` to `to`, as the network does.
+    fn sync(from: &T, to: &mut T, since: u64) -> ApplyReport {
+        let list = records(from, since);
+        apply(from, to, &list)
+    }
+
+    fn records(from: &T, since: u64) -> Vec<(String, Entry)> {
+        let recs = from.node.store.changes_since(since, 10_000).unwrap();
+        recs.into_iter().map(|r| (r.path, r.entry)).collect()
+    }
+
+    fn apply(from: &T, to: &mut T, list: &[(String, Entry)]) -> ApplyReport {
+        for id in to.node.missing_chunks(list.iter().map(|(_, e)| e)).unwrap() {
+            let data = from.node.store.read_chunk(&id).unwrap();
+            to.node.store.put_chunk(&id, &data).unwrap();
+        }
+        to.node.apply_remote(list).unwrap()
+    }
+
+    fn vv_of(t: &T, rel: &str) -> sovryn_store::VersionVector {
+        t.node.store.file(rel).unwrap().unwrap().entry.vv
+    }
+
+    #[test]
+    fn create_edit_delete_and_echo() {
+        let (mut a, mut b) = pair();
+        write(&a, "d/f.txt", b"one");
+        fs::create_dir_all(a.node.root().join("empty")).unwrap();
+        scan(&mut a);
+        let r = sync(&a, &mut b, 0);
+        assert!(r.failed.is_empty() && r.conflicts.is_empty());
+        assert_eq!(read(&b, "d/f.txt").unwrap(), b"one");
+        assert!(b.node.root().join("empty").is_dir());
+        assert_eq!(vv_of(&a, "d/f.txt"), vv_of(&b, "d/f.txt"));
+        // Applying again, or echoing back, changes nothing.
+        let seq_b = b.node.store.sequence().unwrap();
+        assert_eq!(sync(&a, &mut b, 0).applied, 0);
+        assert_eq!(b.node.store.sequence().unwrap(), seq_b);
+        let seq_a = a.node.store.sequence().unwrap();
+        assert_eq!(sync(&b, &mut a, 0).applied, 0);
+        assert_eq!(a.node.store.sequence().unwrap(), seq_a);
+        // A scan on b right after applying records nothing new.
+        scan(&mut b);
+        assert_eq!(b.node.store.sequence().unwrap(), seq_b);
+
+        let since = a.node.store.sequence().unwrap();
+        write(&a, "d/f.txt", b"two");
+        scan(&mut a);
+        sync(&a, &mut b, since);
+        assert_eq!(read(&b, "d/f.txt").unwrap(), b"two");
+
+        let since = a.node.store.sequence().unwrap();
+        fs::remove_dir_all(a.node.root().join("d")).unwrap();
+        fs::remove_dir(a.node.root().join("empty")).unwrap();
+        scan(&mut a);
+        let r = sync(&a, &mut b, since);
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+        assert!(!b.node.root().join("d").exists());
+        assert!(!b.node.root().join("empty").exists());
+        assert!(b.node.store.file("d/f.txt").unwrap().unwrap().entry.deleted);
+    }
+
+    #[test]
+    fn concurrent_edits_keep_both() {
+        let (mut a, mut b) = pair();
+        write(&a, "doc.md", b"base");
+        scan(&mut a);
+        sync(&a, &mut b, 0);
+        let since_a = a.node.store.sequence().unwrap();
+        let since_b = b.node.store.sequence().unwrap();
+        write(&a, "doc.md", b"from alpha");
+        scan(&mut a);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        write(&b, "doc.md", b"from beta");
+        scan(&mut b);
+        // Both learn of the other's edit at once; b's write is newer and
+        // keeps the name on both sides.
+        let (la, lb) = (records(&a, since_a), records(&b, since_b));
+        let ra = apply(&b, &mut a, &lb);
+        let rb = apply(&a, &mut b, &la);
+        assert_eq!(ra.conflicts.len(), 1);
+        assert_eq!(ra.conflicts, rb.conflicts);
+        let copy = &ra.conflicts[0];
+        assert!(
+            copy.starts_with("doc.sync-conflict-") && copy.ends_with("-alpha.md"),
+            "{copy}"
+        );
+        for t in [&a, &b] {
+            assert_eq!(read(t, "doc.md").unwrap(), b"from beta");
+            assert_eq!(read(t, copy).unwrap(), b"from alpha");
+        }
+        // Another round converges: same content, merged vectors, no new copies.
+        let (sa, sb) = (since_a, since_b);
+        let ra = sync(&b, &mut a, sb);
+        let rb = sync(&a, &mut b, sa);
+        assert!(ra.conflicts.is_empty() && rb.conflicts.is_empty());
+        sync(&b, &mut a, 0);
+        sync(&a, &mut b, 0);
+        assert_eq!(vv_of(&a, "doc.md"), vv_of(&b, "doc.md"));
+        assert_eq!(vv_of(&a, copy), vv_of(&b, copy));
+    }
+
+    #[test]
+    fn delete_against_edit_keeps_the_edit() {
+        let (mut a, mut b) = pair();
+        write(&a, "f", b"v1");
+        scan(&mut a);
+        sync(&a, &mut b, 0);
+        let since_a = a.node.store.sequence().unwrap();
+        fs::remove_file(a.node.root().join("f")).unwrap();
+        scan(&mut a);
+        write(&b, "f", b"v2 edited");
+        scan(&mut b);
+        sync(&a, &mut b, since_a);
+        assert_eq!(read(&b, "f").unwrap(), b"v2 edited");
+        sync(&b, &mut a, 0);
+        assert_eq!(read(&a, "f").unwrap(), b"v2 edited");
+        assert_eq!(vv_of(&a, "f"), vv_of(&b, "f"));
+    }
+
+    #[test]
+    fn unscanned_local_change_is_not_overwritten() {
+        let (mut a, mut b) = pair();
+        write(&a, "f.txt", b"v1");
+        scan(&mut a);
+        sync(&a, &mut b, 0);
+        let since = a.node.store.sequence().unwrap();
+        write(&a, "f.txt", b"v2 from alpha");
+        scan(&mut a);
+        // b edits without a scan; the remote update must not clobber it.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        write(&b, "f.txt", b"local edit on beta, longer");
+        let r = sync(&a, &mut b, since);
+        assert_eq!(r.conflicts.len(), 1, "{r:?}");
+        let mut contents = vec![
+            read(&b, "f.txt").unwrap(),
+            read(&b, &r.conflicts[0]).unwrap(),
+        ];
+        contents.sort();
+        assert_eq!(
+            contents,
+            vec![
+                b"local edit on beta, longer".to_vec(),
+                b"v2 from alpha".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn directory_replaced_by_a_file() {
+        let (mut a, mut b) = pair();
+        write(&a, "x/inner.txt", b"in");
+        scan(&mut a);
+        sync(&a, &mut b, 0);
+        let since = a.node.store.sequence().unwrap();
+        fs::remove_dir_all(a.node.root().join("x")).unwrap();
+        write(&a, "x", b"now a file");
+        scan(&mut a);
+        let r = sync(&a, &mut b, since);
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+        assert_eq!(read(&b, "x").unwrap(), b"now a file");
+    }
+
+    #[test]
+    fn malformed_and_ignored_paths_are_skipped() {
+        let (mut a, mut b) = pair();
+        write(&a, "ok.txt", b"ok");
+        scan(&mut a);
+        let mut list: Vec<(String, Entry)> = a
+            .node
+            .store
+            .changes_since(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.path, r.entry))
+            .collect();
+        let e = list[0].1.clone();
+        list.push(("../escape".into(), e.clone()));
+        list.push(("/abs".into(), e.clone()));
+        list.push((".sovrynignore".into(), e));
+        for id in b.node.missing_chunks(list.iter().map(|(_, e)| e)).unwrap() {
+            let d = a.node.store.read_chunk(&id).unwrap();
+            b.node.store.put_chunk(&id, &d).unwrap();
+        }
+        let r = b.node.apply_remote(&list).unwrap();
+        assert_eq!(r.skipped, 3);
+        assert_eq!(read(&b, "ok.txt").unwrap(), b"ok");
+    }
+
+    #[test]
+    fn conflict_names() {
+        // 2026-11-21 12:34:56 UTC
+        let t = 1_795_264_496i64 * 1_000_000_000;
+        assert_eq!(
+            conflict_name("docs/a.md", "laptop", t),
+            "docs/a.sync-conflict-20261121-123456-laptop.md"
+        );
+        assert_eq!(
+            conflict_name("Makefile", "my box", t),
+            "Makefile.sync-conflict-20261121-123456-my_box"
+        );
+        assert_eq!(
+            conflict_name(".bashrc", "x", 0),
+            ".bashrc.sync-conflict-19700101-000000-x"
+        );
+        assert!(is_conflict_copy("a/b.sync-conflict-19700101-000000-x.txt"));
+        assert!(!is_conflict_copy("a/b.txt"));
+    }
+}

@@ -1,0 +1,139 @@
+//! Watching the storage root: debounced file-system events turned into the
+//! relative paths to rescan.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
+use notify_debouncer_full::notify::{self, RecursiveMode};
+use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+
+use crate::fsutil::TEMP_PREFIX;
+use crate::{Error, Result};
+
+/// A running watcher; dropping it stops watching.
+pub struct Watcher {
+    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watcher")
+    }
+}
+
+/// The relative path of `abs` under `root`, or `None` for the root itself,
+/// paths outside it, names that are not UTF-8, and Sovryn's temp files.
+pub fn relative(root: &Path, abs: &Path) -> Option<String> {
+    let rel = abs.strip_prefix(root).ok()?;
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        let s = c.as_os_str().to_str()?;
+        if s.starts_with(TEMP_PREFIX) {
+            return None;
+        }
+        parts.push(s);
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// Watches `root` recursively. `on_change` gets the set of relative paths
+/// touched within each debounce window (`""` when the kernel lost events and
+/// everything must be rescanned). It runs on the watcher's thread.
+pub fn watch(
+    root: &Path,
+    delay: Duration,
+    mut on_change: impl FnMut(Vec<String>) + Send + 'static,
+) -> Result<Watcher> {
+    let base: PathBuf = root.to_owned();
+    let handler = move |res: DebounceEventResult| {
+        let mut paths = BTreeSet::new();
+        match res {
+            Ok(events) => {
+                for ev in events {
+                    if ev.need_rescan() {
+                        paths.insert(String::new());
+                    }
+                    // Opening and reading (the scanner's own, too) change nothing.
+                    if matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write))
+                    {
+                        continue;
+                    }
+                    for p in &ev.paths {
+                        if let Some(rel) = relative(&base, p) {
+                            paths.insert(rel);
+                        }
+                    }
+                }
+            }
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!("watcher: {e}");
+                }
+                paths.insert(String::new());
+            }
+        }
+        if !paths.is_empty() {
+            on_change(paths.into_iter().collect());
+        }
+    };
+    let tick = (delay / 4).max(Duration::from_millis(5));
+    let mut debouncer = new_debouncer(delay, Some(tick), handler)
+        .map_err(|e| Error::Config(format!("cannot start the file watcher: {e}")))?;
+    debouncer
+        .watch(root, RecursiveMode::Recursive)
+        .map_err(|e| Error::Config(format!("cannot watch {}: {e}", root.display())))?;
+    Ok(Watcher {
+        _debouncer: debouncer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        let root = Path::new("/r");
+        assert_eq!(
+            relative(root, Path::new("/r/a/b.txt")).as_deref(),
+            Some("a/b.txt")
+        );
+        assert_eq!(relative(root, Path::new("/r")), None);
+        assert_eq!(relative(root, Path::new("/other/x")), None);
+        assert_eq!(
+            relative(root, Path::new(&format!("/r/a/{TEMP_PREFIX}0123"))),
+            None
+        );
+    }
+
+    #[test]
+    fn reports_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _w = watch(&root, Duration::from_millis(50), move |p| {
+            let _ = tx.send(p);
+        })
+        .unwrap();
+        let wait_for = |want: &str| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let mut seen = BTreeSet::new();
+            while !seen.contains(want) && std::time::Instant::now() < deadline {
+                if let Ok(p) = rx.recv_timeout(Duration::from_millis(200)) {
+                    seen.extend(p);
+                }
+            }
+            assert!(seen.contains(want), "waiting for {want}, saw {seen:?}");
+        };
+        // A new directory is reported itself (what is created inside it
+        // before its watch is set up is found by scanning it).
+        std::fs::create_dir(root.join("d")).unwrap();
+        wait_for("d");
+        std::fs::write(root.join("d/f.txt"), b"x").unwrap();
+        wait_for("d/f.txt");
+        std::fs::remove_file(root.join("d/f.txt")).unwrap();
+        wait_for("d/f.txt");
+    }
+}

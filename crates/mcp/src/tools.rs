@@ -1,0 +1,1627 @@
+//! The MCP tools: reading, writing, editing, listing, searching and the
+//! version history of the synced folder.
+//!
+//! Every path is normalised and confined to the storage root, and checked
+//! against the caller's path scope: what lies outside does not exist for it.
+//! Failures a model can act on come back as tool errors (`isError: true`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine as _;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::*;
+use rmcp::service::RequestContext;
+use rmcp::{schemars, tool, tool_router, ErrorData as McpError, Json, RoleServer};
+use serde::{Deserialize, Serialize};
+use sovryn_engine::{paths, Node};
+use sovryn_store::{Entry, EntryKind, FileRecord};
+
+use crate::audit::AuditLine;
+use crate::tokens::{Capability, Principal};
+use crate::Shared;
+
+/// Most bytes of file content one read returns.
+pub const MAX_READ_BYTES: usize = 512 * 1024;
+/// Largest file a tool loads into memory.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest content `write_file` accepts.
+pub const MAX_WRITE_BYTES: usize = 32 * 1024 * 1024;
+
+/// The capability a tool needs.
+pub fn tool_capability(name: &str) -> Option<Capability> {
+    Some(match name {
+        "read_file"
+        | "read_multiple_files"
+        | "list_directory"
+        | "directory_tree"
+        | "get_file_metadata"
+        | "search_files"
+        | "get_version_history"
+        | "diff_versions" => Capability::Read,
+        "write_file" | "edit_file" | "create_directory" | "delete_file" | "move_file"
+        | "restore_version" => Capability::Write,
+        "get_stats" => Capability::Status,
+        _ => return None,
+    })
+}
+
+fn kind_name(k: EntryKind) -> &'static str {
+    match k {
+        EntryKind::File => "file",
+        EntryKind::Dir => "directory",
+        EntryKind::Symlink => "symlink",
+    }
+}
+
+fn rfc3339(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn label(n: u64) -> String {
+    format!("v{n}")
+}
+
+fn not_found(rel: &str) -> String {
+    format!("no such file or directory: {rel}")
+}
+
+/// A live record of `rel`, or "no such file".
+fn live(node: &Node, rel: &str) -> Result<FileRecord, String> {
+    match node.store.file(rel).map_err(|e| e.to_string())? {
+        Some(r) if !r.entry.deleted => Ok(r),
+        _ => Err(not_found(rel)),
+    }
+}
+
+fn load_text_or_bytes(node: &Node, rel: &str, e: &Entry) -> Result<Vec<u8>, String> {
+    if e.kind != EntryKind::File {
+        return Err(format!("{rel} is a {}, not a file", kind_name(e.kind)));
+    }
+    if e.size > MAX_FILE_BYTES {
+        return Err(format!(
+            "{rel} is {} bytes, more than the {MAX_FILE_BYTES} bytes a tool may load",
+            e.size
+        ));
+    }
+    node.store.content(e).map_err(|e| e.to_string())
+}
+
+fn is_text(bytes: &[u8]) -> bool {
+    !bytes.contains(&0) && std::str::from_utf8(bytes).is_ok()
+}
+
+fn cut_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+// ---------- arguments and results ----------
+
+/// Arguments of `read_file`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ReadArgs {
+    /// Path relative to the folder root, e.g. `docs/notes.md`.
+    pub path: String,
+    /// A past version (`v3`); default: the current one.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Text: first line to return (0-based). Binary: first byte.
+    #[serde(default)]
+    pub offset: Option<u64>,
+    /// Text: how many lines. Binary: how many bytes.
+    #[serde(default)]
+    pub length: Option<u64>,
+    /// Text only: return just the first N lines.
+    #[serde(default)]
+    pub head: Option<u64>,
+    /// Text only: return just the last N lines.
+    #[serde(default)]
+    pub tail: Option<u64>,
+}
+
+/// A file's content.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ReadOut {
+    /// The path read.
+    pub path: String,
+    /// The version read (`v3`).
+    pub version: String,
+    /// Size of the whole file in bytes.
+    pub size: u64,
+    /// `utf-8` for text, `base64` for binary content.
+    pub encoding: String,
+    /// The content (or the requested part of it).
+    pub content: String,
+    /// Text: the number of lines in the whole file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_lines: Option<u64>,
+    /// Text: the first line returned (0-based). Binary: the first byte.
+    pub start: u64,
+    /// Whether the content was cut at the size limit; read on with `offset`.
+    pub truncated: bool,
+}
+
+fn read_entry(
+    node: &Node,
+    rel: &str,
+    version: u64,
+    e: &Entry,
+    a: &ReadArgs,
+) -> Result<ReadOut, String> {
+    let bytes = load_text_or_bytes(node, rel, e)?;
+    let size = bytes.len() as u64;
+    if !is_text(&bytes) {
+        if a.head.is_some() || a.tail.is_some() {
+            return Err(format!(
+                "{rel} is binary; head/tail work on text. Use offset/length (bytes) instead"
+            ));
+        }
+        let start = a.offset.unwrap_or(0).min(size) as usize;
+        let want = a.length.map(|l| l as usize).unwrap_or(usize::MAX);
+        let end = start.saturating_add(want).min(bytes.len());
+        let cap_end = end.min(start + MAX_READ_BYTES);
+        return Ok(ReadOut {
+            path: rel.into(),
+            version: label(version),
+            size,
+            encoding: "base64".into(),
+            content: base64::engine::general_purpose::STANDARD.encode(&bytes[start..cap_end]),
+            total_lines: None,
+            start: start as u64,
+            truncated: cap_end < end,
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|e| e.to_string())?;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let n = lines.len() as u64;
+    if [
+        a.head.is_some(),
+        a.tail.is_some(),
+        a.offset.is_some() || a.length.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count()
+        > 1
+    {
+        return Err("use only one of head, tail, or offset/length".into());
+    }
+    let (start, end) = if let Some(h) = a.head {
+        (0, h.min(n))
+    } else if let Some(t) = a.tail {
+        (n.saturating_sub(t), n)
+    } else {
+        let s = a.offset.unwrap_or(0).min(n);
+        (s, a.length.map(|l| s.saturating_add(l).min(n)).unwrap_or(n))
+    };
+    let part: String = lines[start as usize..end as usize].concat();
+    let cut = cut_utf8(&part, MAX_READ_BYTES);
+    Ok(ReadOut {
+        path: rel.into(),
+        version: label(version),
+        size,
+        encoding: "utf-8".into(),
+        truncated: cut.len() < part.len(),
+        content: cut.to_owned(),
+        total_lines: Some(n),
+        start,
+    })
+}
+
+/// Arguments of `read_multiple_files`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ReadManyArgs {
+    /// Paths relative to the folder root (at most 50).
+    pub paths: Vec<String>,
+}
+
+/// One file of `read_multiple_files`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ReadManyItem {
+    /// The path asked for.
+    pub path: String,
+    /// Its content, when it could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<ReadOut>,
+    /// Why it could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Result of `read_multiple_files`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ReadManyOut {
+    /// One item per path, in order.
+    pub files: Vec<ReadManyItem>,
+}
+
+/// How `write_file` content is encoded.
+#[derive(Debug, Clone, Copy, Default, Deserialize, schemars::JsonSchema)]
+pub enum Encoding {
+    /// Plain text.
+    #[default]
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// Base64 of the bytes (binary files).
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+/// Arguments of `write_file`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct WriteArgs {
+    /// Path relative to the folder root; parent directories are created.
+    pub path: String,
+    /// The complete new content.
+    pub content: String,
+    /// `utf-8` (default) or `base64`.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+/// A recorded file version.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct WriteOut {
+    /// The path written.
+    pub path: String,
+    /// The version now current (`v4`).
+    pub version: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Content hash of the version.
+    pub content_hash: String,
+    /// Whether the file did not exist before.
+    pub created: bool,
+}
+
+/// One exact-text replacement.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct Edit {
+    /// Text to find: it must occur exactly once in the file.
+    pub old_text: String,
+    /// Text to put in its place.
+    pub new_text: String,
+}
+
+/// Arguments of `edit_file`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct EditArgs {
+    /// Path of a text file relative to the folder root.
+    pub path: String,
+    /// Replacements, applied in order.
+    pub edits: Vec<Edit>,
+    /// Only show the diff; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Result of `edit_file`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct EditOut {
+    /// The path edited.
+    pub path: String,
+    /// Unified diff of the change.
+    pub diff: String,
+    /// Whether nothing was written.
+    pub dry_run: bool,
+    /// The version now current (none for a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// A path argument.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct PathArgs {
+    /// Path relative to the folder root.
+    pub path: String,
+}
+
+/// Result of `create_directory`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct CreateDirOut {
+    /// The directory.
+    pub path: String,
+    /// Whether it (or a parent) was created; false if it existed.
+    pub created: bool,
+}
+
+/// Arguments of `delete_file`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct DeleteArgs {
+    /// File, link or directory relative to the folder root.
+    pub path: String,
+    /// Delete a non-empty directory with everything in it.
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// Result of `delete_file`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct DeleteOut {
+    /// Every path deleted (each keeps its history and can be restored).
+    pub deleted: Vec<String>,
+}
+
+/// Arguments of `move_file`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct MoveArgs {
+    /// What to move.
+    pub source: String,
+    /// Its new path; must not exist.
+    pub destination: String,
+}
+
+/// Result of `move_file`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct MoveOut {
+    /// The old path.
+    pub source: String,
+    /// The new path.
+    pub destination: String,
+    /// How many files and directories moved.
+    pub entries_moved: usize,
+}
+
+/// Arguments of `list_directory`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ListArgs {
+    /// Directory relative to the folder root; empty or omitted for the root.
+    #[serde(default)]
+    pub path: String,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Entries per page (default 200, at most 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// One directory entry.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ListEntry {
+    /// Its name.
+    pub name: String,
+    /// Its path from the root.
+    pub path: String,
+    /// `file`, `directory` or `symlink`.
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Current version.
+    pub version: String,
+    /// Modification time (RFC 3339).
+    pub modified: String,
+}
+
+/// Result of `list_directory`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ListOut {
+    /// The directory.
+    pub path: String,
+    /// This page of entries, by name.
+    pub entries: Vec<ListEntry>,
+    /// Entries in the directory.
+    pub total: usize,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Arguments of `directory_tree`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct TreeArgs {
+    /// Directory relative to the folder root; empty for the root.
+    #[serde(default)]
+    pub path: String,
+    /// Deepest level shown (default 5).
+    #[serde(default)]
+    pub max_depth: Option<u32>,
+    /// Most entries shown (default 1000).
+    #[serde(default)]
+    pub max_entries: Option<u32>,
+}
+
+/// A node of `directory_tree`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct TreeNode {
+    /// Its name.
+    pub name: String,
+    /// `file`, `directory` or `symlink`.
+    pub kind: String,
+    /// Size of files in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// A directory's entries (absent below `max_depth`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub children: Option<Vec<TreeNode>>,
+}
+
+/// Result of `directory_tree`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct TreeOut {
+    /// The directory.
+    pub path: String,
+    /// Its entries, recursively.
+    pub entries: Vec<TreeNode>,
+    /// Whether entries were left out (`max_entries`).
+    pub truncated: bool,
+}
+
+/// Arguments naming a path and optionally a version.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct MetaArgs {
+    /// Path relative to the folder root.
+    pub path: String,
+    /// A past version (`v3`); default: the current one.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// Result of `get_file_metadata`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct MetaOut {
+    /// The path.
+    pub path: String,
+    /// `file`, `directory` or `symlink`.
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits in octal, e.g. `0644`.
+    pub mode: String,
+    /// Modification time (RFC 3339).
+    pub modified: String,
+    /// The version described.
+    pub version: String,
+    /// The current version.
+    pub current_version: String,
+    /// How many versions are kept.
+    pub versions: usize,
+    /// Content hash.
+    pub content_hash: String,
+    /// Node that made this version.
+    pub author: String,
+    /// Who on that node (`mcp:<token>`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// A symlink's target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Whether this version is a deletion.
+    pub deleted: bool,
+}
+
+/// Arguments of `search_files`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SearchArgs {
+    /// Words to find in file contents (full-text, all words must match).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Glob on names, e.g. `*.md`; with a `/` it matches the whole path (`docs/**/*.rs`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Only under this directory.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Most results (default 20, at most 200).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// One search hit.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct SearchMatch {
+    /// The path.
+    pub path: String,
+    /// `file`, `directory` or `symlink`.
+    pub kind: String,
+    /// The matching text, the words in [brackets].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snippet: Option<String>,
+}
+
+/// Result of `search_files`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct SearchOut {
+    /// Hits, best first (full-text) or by path (names).
+    pub matches: Vec<SearchMatch>,
+    /// Whether more matched than `limit`.
+    pub truncated: bool,
+}
+
+/// Arguments of `get_version_history`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct HistoryArgs {
+    /// Path relative to the folder root.
+    pub path: String,
+    /// Most versions, newest first (default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// One version.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct VersionOut {
+    /// Its label (`v3`).
+    pub version: String,
+    /// When it was recorded (RFC 3339).
+    pub time: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Node that made it.
+    pub author: String,
+    /// Who on that node, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Whether it is a deletion.
+    pub deleted: bool,
+    /// Its note (e.g. `restored from v1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Content hash.
+    pub content_hash: String,
+}
+
+/// Result of `get_version_history`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct HistoryOut {
+    /// The path.
+    pub path: String,
+    /// The current version.
+    pub current: String,
+    /// Versions, newest first.
+    pub versions: Vec<VersionOut>,
+}
+
+/// Arguments of `restore_version`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct RestoreArgs {
+    /// Path relative to the folder root (it may be deleted).
+    pub path: String,
+    /// The version to bring back (`v2`).
+    pub version: String,
+}
+
+/// Result of `restore_version`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct RestoreOut {
+    /// The path.
+    pub path: String,
+    /// The new current version (history is never rewritten).
+    pub version: String,
+    /// The version whose content was brought back.
+    pub restored_from: String,
+}
+
+/// Arguments of `diff_versions`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct DiffArgs {
+    /// Path relative to the folder root.
+    pub path: String,
+    /// The older version (`v1`).
+    pub from: String,
+    /// The newer version; default: the current one.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// Result of `diff_versions`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct DiffOut {
+    /// The path.
+    pub path: String,
+    /// From this version.
+    pub from: String,
+    /// To this version.
+    pub to: String,
+    /// Unified diff (a one-line summary for binary files).
+    pub diff: String,
+}
+
+/// Result of `get_stats`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct StatsOut {
+    /// This node's name.
+    pub node_name: String,
+    /// Files kept.
+    pub files: u64,
+    /// Directories kept.
+    pub directories: u64,
+    /// Symlinks kept.
+    pub symlinks: u64,
+    /// Versions kept, all paths.
+    pub versions: u64,
+    /// Bytes of the current tree.
+    pub tree_bytes: u64,
+    /// Bytes of every kept version.
+    pub logical_bytes: u64,
+    /// Bytes stored after dedup, compression and encryption.
+    pub stored_bytes: u64,
+    /// logical / unique bytes.
+    pub dedup_ratio: f64,
+    /// unique / stored bytes.
+    pub compression_ratio: f64,
+    /// The change-log sequence.
+    pub sequence: u64,
+}
+
+// ---------- the server ----------
+
+/// The MCP server for one node. Cheap to clone.
+#[derive(Clone)]
+pub struct SovrynServer {
+    pub(crate) shared: Arc<Shared>,
+    /// The caller when there is no HTTP request (stdio).
+    pub(crate) local: Option<Principal>,
+    pub(crate) tool_router: ToolRouter<SovrynServer>,
+    /// This session's resource subscriptions.
+    pub(crate) subs: crate::resources::SubsHandle,
+}
+
+/// Checks a path argument for `p`: normalised, confined, inside its scope.
+fn scoped(p: &Principal, raw: &str) -> Result<String, String> {
+    let rel = paths::normalize_rel(raw).map_err(|e| e.to_string())?;
+    if !p.scope.allows(&rel) {
+        return Err(format!(
+            "{}: outside the paths this token may use",
+            if rel.is_empty() { "/" } else { &rel }
+        ));
+    }
+    Ok(rel)
+}
+
+/// Like [`scoped`], for reading: outside the scope reads as "no such file".
+fn scoped_read(p: &Principal, raw: &str) -> Result<String, String> {
+    let rel = paths::normalize_rel(raw).map_err(|e| e.to_string())?;
+    if !p.scope.allows(&rel) {
+        return Err(not_found(&rel));
+    }
+    Ok(rel)
+}
+
+/// For listings: the directory must be in the scope or lead into it.
+fn scoped_dir(p: &Principal, raw: &str) -> Result<String, String> {
+    let rel = paths::normalize_rel(raw).map_err(|e| e.to_string())?;
+    if !p.scope.visible(&rel) {
+        return Err(not_found(&rel));
+    }
+    Ok(rel)
+}
+
+fn confine(node: &Node, rel: &str) -> Result<(), String> {
+    paths::confined(node.root(), rel)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_version(spec: &str) -> Result<u64, String> {
+    sovryn_engine::node::parse_label(spec).map_err(|e| e.to_string())
+}
+
+/// A version `spec` of `rel`, or its current record when `spec` is None/"current".
+fn state_of(node: &Node, rel: &str, spec: Option<&str>) -> Result<(u64, Entry), String> {
+    let cur = node
+        .store
+        .file(rel)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| not_found(rel))?;
+    match spec.map(str::trim) {
+        None | Some("") | Some("current") => {
+            if cur.entry.deleted {
+                return Err(format!(
+                    "{rel} is deleted (its last version is v{}); see get_version_history",
+                    cur.label
+                ));
+            }
+            Ok((cur.label, cur.entry))
+        }
+        Some(s) => {
+            let n = parse_version(s)?;
+            let v = node
+                .store
+                .version(rel, n)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!(
+                        "{rel} has no version v{n} (the newest is v{}); see get_version_history",
+                        cur.label
+                    )
+                })?;
+            Ok((n, v.entry))
+        }
+    }
+}
+
+pub(crate) fn args_paths(args: &Option<JsonObject>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(a) = args {
+        for key in ["path", "source", "destination", "uri"] {
+            if let Some(serde_json::Value::String(s)) = a.get(key) {
+                out.push(s.clone());
+            }
+        }
+        if let Some(serde_json::Value::Array(v)) = a.get("paths") {
+            out.extend(v.iter().filter_map(|x| x.as_str().map(str::to_owned)));
+        }
+    }
+    out
+}
+
+impl SovrynServer {
+    pub(crate) fn build_router() -> ToolRouter<SovrynServer> {
+        Self::tool_router()
+    }
+
+    pub(crate) fn new(shared: Arc<Shared>, local: Option<Principal>) -> Self {
+        SovrynServer {
+            tool_router: shared.router.clone(),
+            shared,
+            local,
+            subs: Default::default(),
+        }
+    }
+
+    /// Who is calling: the stdio user, or the token the HTTP layer verified.
+    pub(crate) fn principal(&self, ctx: &RequestContext<RoleServer>) -> Option<Principal> {
+        if let Some(p) = &self.local {
+            return Some(p.clone());
+        }
+        ctx.extensions
+            .get::<axum::http::request::Parts>()?
+            .extensions
+            .get::<Principal>()
+            .cloned()
+    }
+
+    fn caller(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        cap: Capability,
+    ) -> Result<Principal, String> {
+        let p = self
+            .principal(ctx)
+            .ok_or_else(|| "no authenticated caller".to_string())?;
+        if !p.can(cap) {
+            return Err(format!("this token lacks the '{cap}' capability"));
+        }
+        Ok(p)
+    }
+
+    /// Runs `f` on the node on a blocking thread.
+    async fn on_node<T, F>(&self, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Node) -> Result<T, String> + Send + 'static,
+    {
+        let node = self.shared.state.node.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = node.lock().map_err(|_| {
+                "the node is unavailable (a previous operation panicked)".to_string()
+            })?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| format!("internal error: {e}"))?
+    }
+
+    fn changed<I: IntoIterator<Item = String>>(&self, paths: I) {
+        for p in paths {
+            let _ = self.shared.state.changes.send(p);
+        }
+    }
+
+    /// The tools `p` may call.
+    pub(crate) fn tools_for(&self, p: Option<&Principal>) -> Vec<Tool> {
+        self.tool_router
+            .list_all()
+            .into_iter()
+            .filter(|t| match (p, tool_capability(&t.name)) {
+                (Some(p), Some(cap)) => p.can(cap),
+                (None, _) => false,
+                (Some(_), None) => true,
+            })
+            .collect()
+    }
+
+    /// Calls a tool, checking the capability first and writing the audit line.
+    pub(crate) async fn dispatch(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let started = Instant::now();
+        let who = self.principal(&context);
+        let name = request.name.to_string();
+        let paths = args_paths(&request.arguments);
+        let denied = match (&who, tool_capability(&name)) {
+            (None, _) => Some("no authenticated caller".to_string()),
+            (Some(p), Some(cap)) if !p.can(cap) => Some(format!(
+                "this token lacks the '{cap}' capability needed by {name}"
+            )),
+            _ => None,
+        };
+        let result: Result<CallToolResponse, McpError> = match &denied {
+            Some(msg) => Ok(CallToolResult::error(vec![ContentBlock::text(msg.clone())]).into()),
+            None => {
+                let tcc = ToolCallContext::new(self, request, context);
+                self.tool_router.call(tcc).await
+            }
+        };
+        let outcome = match (&denied, &result) {
+            (Some(_), _) => "denied".to_string(),
+            (None, Ok(CallToolResponse::Complete(r))) if r.is_error == Some(true) => {
+                let msg = r
+                    .content
+                    .first()
+                    .and_then(|c| c.as_text())
+                    .map(|t| t.text.clone())
+                    .unwrap_or_default();
+                format!("error: {}", cut_utf8(&msg, 300))
+            }
+            (None, Ok(_)) => "ok".to_string(),
+            (None, Err(e)) => format!("protocol error: {}", e.message),
+        };
+        self.shared.audit.write(&AuditLine {
+            time: rfc3339(sovryn_store::now_ns()),
+            token: who.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
+            tool: name,
+            paths,
+            outcome,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        });
+        result
+    }
+}
+
+#[tool_router(vis = "pub(crate)")]
+impl SovrynServer {
+    /// Reads a file of the folder (current or past version): text as UTF-8 with
+    /// optional line ranges, binary as base64. Large files come in pages.
+    #[tool(
+        description = "Read a file. Text comes back as UTF-8 (use head/tail, or offset/length in lines, for big files); binary files come back base64-encoded (offset/length in bytes). Content over 512 KiB is cut: check `truncated` and read on with `offset`. `version` (e.g. v2) reads a past version.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn read_file(
+        &self,
+        Parameters(a): Parameters<ReadArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ReadOut>, String> {
+        let p = self.caller(&ctx, Capability::Read)?;
+        let rel = scoped_read(&p, &a.path)?;
+        self.on_node(move |node| {
+            confine(node, &rel)?;
+            let (n, e) = state_of(node, &rel, a.version.as_deref())?;
+            read_entry(node, &rel, n, &e, &a)
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "Read several files at once (up to 50). Each item has either `file` (as read_file returns it) or `error`; one failure does not fail the others.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn read_multiple_files(
+        &self,
+        Parameters(a): Parameters<ReadManyArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ReadManyOut>, String> {
+        let p = self.caller(&ctx, Capability::Read)?;
+        if a.paths.len() > 50 {
+            return Err(format!(
+                "{} paths asked for; read at most 50 at a time",
+                a.paths.len()
+            ));
+        }
+        self.on_node(move |node| {
+            let mut budget = 4 * MAX_READ_BYTES;
+            let mut files = Vec::new();
+            for raw in a.paths {
+                let one = (|| {
+                    let rel = scoped_read(&p, &raw)?;
+                    confine(node, &rel)?;
+                    let (n, e) = state_of(node, &rel, None)?;
+                    let args = ReadArgs {
+                        path: rel.clone(),
+                        version: None,
+                        offset: None,
+                        length: None,
+                        head: None,
+                        tail: None,
+                    };
+                    let mut out = read_entry(node, &rel, n, &e, &args)?;
+                    if out.content.len() > budget {
+                        out.content = cut_utf8(&out.content, budget).to_owned();
+                        if out.encoding == "base64" {
+                            out.content.truncate(out.content.len() / 4 * 4);
+                        }
+                        out.truncated = true;
+                    }
+                    budget -= out.content.len();
+                    Ok::<_, String>(out)
+                })();
+                files.push(match one {
+                    Ok(f) => ReadManyItem {
+                        path: raw,
+                        file: Some(f),
+                        error: None,
+                    },
+                    Err(e) => ReadManyItem {
+                        path: raw,
+                        file: None,
+                        error: Some(e),
+                    },
+                });
+            }
+            Ok(ReadManyOut { files })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "Create or overwrite a file with the given content (parent directories are created). Every write is a new version: the old content stays in the history and can be restored. `encoding`: utf-8 (default) or base64 for binary.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn write_file(
+        &self,
+        Parameters(a): Parameters<WriteArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<WriteOut>, String> {
+        let p = self.caller(&ctx, Capability::Write)?;
+        let rel = scoped(&p, &a.path)?;
+        let bytes = match a.encoding {
+            Encoding::Utf8 => a.content.into_bytes(),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(a.content.trim())
+                .map_err(|e| format!("content is not valid base64: {e}"))?,
+        };
+        if bytes.len() > MAX_WRITE_BYTES {
+            return Err(format!(
+                "content is {} bytes; the most one write takes is {MAX_WRITE_BYTES}",
+                bytes.len()
+            ));
+        }
+        let actor = p.actor();
+        let r = rel.clone();
+        let out = self
+            .on_node(move |node| {
+                let existed = node
+                    .store
+                    .file(&r)
+                    .map_err(|e| e.to_string())?
+                    .is_some_and(|f| !f.entry.deleted);
+                let rec = node
+                    .write_file(&r, &bytes, Some(&actor))
+                    .map_err(|e| e.to_string())?;
+                Ok(WriteOut {
+                    path: rec.path,
+                    version: label(rec.label),
+                    size: rec.entry.size,
+                    content_hash: rec.entry.content_hash(),
+                    created: !existed,
+                })
+            })
+            .await?;
+        self.changed([rel]);
+        Ok(Json(out))
+    }
+
+    #[tool(
+        description = "Edit a text file by exact-text replacement: each `old_text` must occur exactly once (include surrounding lines to make it unique) and is replaced by `new_text`, in order. Returns a unified diff. With `dry_run` nothing is written. The previous content stays in the history.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn edit_file(
+        &self,
+        Parameters(a): Parameters<EditArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<EditOut>, String> {
+        let p = self.caller(&ctx, Capability::Write)?;
+        let rel = scoped(&p, &a.path)?;
+        if a.edits.is_empty() {
+            return Err("no edits given".into());
+        }
+        let actor = p.actor();
+        let r = rel.clone();
+        let out = self
+            .on_node(move |node| {
+                confine(node, &r)?;
+                node.capture(&r).map_err(|e| e.to_string())?;
+                let rec = live(node, &r)?;
+                let bytes = load_text_or_bytes(node, &r, &rec.entry)?;
+                if !is_text(&bytes) {
+                    return Err(format!("{r} is not a UTF-8 text file; use write_file"));
+                }
+                let old = String::from_utf8(bytes).map_err(|e| e.to_string())?;
+                let mut new = old.clone();
+                for (i, e) in a.edits.iter().enumerate() {
+                    if e.old_text.is_empty() {
+                        return Err(format!("edit {}: old_text is empty", i + 1));
+                    }
+                    match new.matches(&e.old_text).count() {
+                        0 => return Err(format!("edit {}: old_text was not found in {r} (after the edits before it); read the file and copy the text exactly", i + 1)),
+                        1 => new = new.replacen(&e.old_text, &e.new_text, 1),
+                        n => return Err(format!("edit {}: old_text occurs {n} times in {r}; include more surrounding text so it occurs once", i + 1)),
+                    }
+                }
+                let diff = similar::TextDiff::from_lines(&old, &new)
+                    .unified_diff()
+                    .context_radius(3)
+                    .header(&format!("{r}@v{}", rec.label), &format!("{r}@edited"))
+                    .to_string();
+                let version = if a.dry_run || new == old {
+                    None
+                } else {
+                    let rec = node.write_file(&r, new.as_bytes(), Some(&actor)).map_err(|e| e.to_string())?;
+                    Some(label(rec.label))
+                };
+                Ok(EditOut { path: r, diff, dry_run: a.dry_run, version })
+            })
+            .await?;
+        if out.version.is_some() {
+            self.changed([rel]);
+        }
+        Ok(Json(out))
+    }
+
+    #[tool(
+        description = "Create a directory and any missing parents. Succeeds if it exists already.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn create_directory(
+        &self,
+        Parameters(a): Parameters<PathArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<CreateDirOut>, String> {
+        let p = self.caller(&ctx, Capability::Write)?;
+        let rel = scoped(&p, &a.path)?;
+        let actor = p.actor();
+        let r = rel.clone();
+        let made = self
+            .on_node(move |node| node.create_dir(&r, Some(&actor)).map_err(|e| e.to_string()))
+            .await?;
+        let created = !made.is_empty();
+        self.changed(made.into_iter().map(|r| r.path));
+        Ok(Json(CreateDirOut { path: rel, created }))
+    }
+
+    #[tool(
+        description = "Delete a file, symlink or directory (`recursive` for a non-empty directory). Deleted paths keep their history: restore_version brings them back.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn delete_file(
+        &self,
+        Parameters(a): Parameters<DeleteArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<DeleteOut>, String> {
+        let p = self.caller(&ctx, Capability::Write)?;
+        let rel = scoped(&p, &a.path)?;
+        let actor = p.actor();
+        let recs = self
+            .on_node(move |node| {
+                if !p.scope.is_all() {
+                    let outside = node
+                        .store
+                        .files_under(&rel)
+                        .map_err(|e| e.to_string())?
+                        .iter()
+                        .any(|r| !r.entry.deleted && !p.scope.allows(&r.path));
+                    if outside {
+                        return Err(format!("{rel} holds paths outside this token's scope; delete inside it instead"));
+                    }
+                }
+                node.delete_path(&rel, a.recursive, Some(&actor)).map_err(|e| e.to_string())
+            })
+            .await?;
+        let deleted: Vec<String> = recs.into_iter().map(|r| r.path).collect();
+        self.changed(deleted.clone());
+        Ok(Json(DeleteOut { deleted }))
+    }
+
+    #[tool(
+        description = "Move or rename a file or directory. The destination must not exist. History stays with the old path; the new path's first version notes where it came from.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn move_file(
+        &self,
+        Parameters(a): Parameters<MoveArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<MoveOut>, String> {
+        let p = self.caller(&ctx, Capability::Write)?;
+        let from = scoped(&p, &a.source)?;
+        let to = scoped(&p, &a.destination)?;
+        let actor = p.actor();
+        let (f, t) = (from.clone(), to.clone());
+        let recs = self
+            .on_node(move |node| {
+                if !p.scope.is_all() {
+                    let outside = node
+                        .store
+                        .files_under(&f)
+                        .map_err(|e| e.to_string())?
+                        .iter()
+                        .any(|r| !r.entry.deleted && !p.scope.allows(&r.path));
+                    if outside {
+                        return Err(format!("{f} holds paths outside this token's scope"));
+                    }
+                }
+                node.move_path(&f, &t, Some(&actor))
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        let moved = recs
+            .iter()
+            .filter(|r| !r.entry.deleted && (r.path == to || r.path.starts_with(&format!("{to}/"))))
+            .count();
+        self.changed(recs.into_iter().map(|r| r.path));
+        Ok(Json(MoveOut {
+            source: from,
+            destination: to,
+            entries_moved: moved,
+        }))
+    }
+
+    #[tool(
+        description = "List a directory's entries with kind, size, version and modification time, sorted by name, in pages (`limit`, then `cursor` = `next_cursor`). Omit `path` for the root.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_directory(
+        &self,
+        Parameters(a): Parameters<ListArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ListOut>, String> {
+        let p = self.caller(&ctx, Capability::Read)?;
+        let rel = scoped_dir(&p, &a.path)?;
+        let limit = a.limit.unwrap_or(200).clamp(1, 1000) as usize;
+        let start: usize = match &a.cursor {
+            Some(c) => c
+                .parse()
+                .map_err(|_| format!("bad cursor '{c}'; pass next_cursor as given"))?,
+            None => 0,
+        };
+        self.on_node(move |node| {
+            confine(node, &rel)?;
+            if !rel.is_empty() {
+                let rec = live(node, &rel)?;
+                if rec.entry.kind != EntryKind::Dir {
+                    return Err(format!(
+                        "{rel} is a {}, not a directory; use get_file_metadata or read_file",
+                        kind_name(rec.entry.kind)
+                    ));
+                }
+            }
+            let depth = if rel.is_empty() {
+                0
+            } else {
+                rel.matches('/').count() + 1
+            };
+            let all: Vec<FileRecord> = node
+                .store
+                .files_under(&rel)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|r| {
+                    !r.entry.deleted && r.path != rel && r.path.matches('/').count() == depth
+                })
+                .filter(|r| p.scope.visible(&r.path))
+                .collect();
+            let total = all.len();
+            let entries: Vec<ListEntry> = all
+                .into_iter()
+                .skip(start)
+                .take(limit)
+                .map(|r| ListEntry {
+                    name: r.path.rsplit('/').next().unwrap_or_default().to_owned(),
+                    kind: kind_name(r.entry.kind).into(),
+                    size: r.entry.size,
+                    version: label(r.label),
+                    modified: rfc3339(r.entry.mtime_ns),
+                    path: r.path,
+                })
+                .collect();
+            let next = start + entries.len();
+            Ok(ListOut {
+                path: rel,
+                entries,
+                total,
+                next_cursor: (next < total).then(|| next.to_string()),
+            })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "A recursive tree of a directory (names, kinds, file sizes), down to `max_depth` (default 5) and at most `max_entries` (default 1000).",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn directory_tree(
+        &self,
+        Parameters(a): Parameters<TreeArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<TreeOut>, String> {
+        let p = self.caller(&ctx, Capability::Read)?;
+        let rel = scoped_dir(&p, &a.path)?;
+        let max_depth = a.max_depth.unwrap_or(5).clamp(1, 64) as usize;
+        let max_entries = a.max_entries.unwrap_or(1000).clamp(1, 100_000) as usize;
+        self.on_node(move |node| {
+            confine(node, &rel)?;
+            if !rel.is_empty() {
+                let rec = live(node, &rel)?;
+                if rec.entry.kind != EntryKind::Dir {
+                    return Err(format!("{rel} is not a directory"));
+                }
+            }
+            let base_depth = if rel.is_empty() {
+                0
+            } else {
+                rel.matches('/').count() + 1
+            };
+            let mut children: BTreeMap<String, Vec<FileRecord>> = BTreeMap::new();
+            let mut count = 0usize;
+            let mut truncated = false;
+            for r in node.store.files_under(&rel).map_err(|e| e.to_string())? {
+                if r.entry.deleted || r.path == rel || !p.scope.visible(&r.path) {
+                    continue;
+                }
+                if r.path.matches('/').count() - base_depth >= max_depth {
+                    continue;
+                }
+                if count >= max_entries {
+                    truncated = true;
+                    break;
+                }
+                count += 1;
+                let parent = r
+                    .path
+                    .rsplit_once('/')
+                    .map(|(d, _)| d.to_owned())
+                    .unwrap_or_default();
+                children.entry(parent).or_default().push(r);
+            }
+            fn build(
+                dir: &str,
+                children: &mut BTreeMap<String, Vec<FileRecord>>,
+                depth: usize,
+                max: usize,
+            ) -> Vec<TreeNode> {
+                let recs = children.remove(dir).unwrap_or_default();
+                recs.into_iter()
+                    .map(|r| {
+                        let is_dir = r.entry.kind == EntryKind::Dir;
+                        TreeNode {
+                            name: r.path.rsplit('/').next().unwrap_or_default().to_owned(),
+                            kind: kind_name(r.entry.kind).into(),
+                            size: (!is_dir).then_some(r.entry.size),
+                            children: (is_dir && depth + 1 < max)
+                                .then(|| build(&r.path, children, depth + 1, max)),
+                        }
+                    })
+                    .collect()
+            }
+            let entries = build(&rel, &mut children, 0, max_depth);
+            Ok(TreeOut {
+                path: rel,
+                entries,
+                truncated,
+            })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "A path's metadata: kind, size, mode, modification time, version label, number of versions, content hash, and who made the version.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_file_metadata(
+        &self,
+        Parameters(a): Parameters<MetaArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<MetaOut>, String> {
+        let p = self.caller(&ctx, Capability::Read)?;
+        let rel = scoped_read(&p, &a.path)?;
+        self.on_node(move |node| {
+            confine(node, &rel)?;
+            let cur = node
+                .store
+                .file(&rel)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| not_found(&rel))?;
+            let (n, e) = match &a.version {
+                Some(_) => state_of(node, &rel, a.version.as_deref())?,
+                None if cur.entry.deleted => {
+                    return Err(format!(
+                        "{rel} is deleted (last version v{}); see get_version_history",
+                        cur.label
+                    ))
+                }
+                None => (cur.label, cur.entry.clone()),
+            };
+            let versions = node.store.versions(&rel).map_err(|e| e.to_string())?.len();
+            Ok(MetaOut {
+                path: rel,
+                kind: kind_name(e.kind).into(),
+                size: e.size,
+                mode: format!("{:04o}", e.mode & 0o7777),
+                modified: rfc3339(e.mtime_ns),
+                version: label(n),
+                current_version: label(cur.label),
+                versions,
+                content_hash: e.content_hash(),
+                author: e.author.clone(),
+                actor: e.actor.clone(),
+                target: e.target.clone(),
+                deleted: e.deleted,
+            })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "Search files: `query` finds words in file contents (full-text, with snippets, best first); `name` is a glob on file names (`*.md`) or, with a `/`, on paths (`docs/**/*.rs`). Give either or both; `path` limits the search to a directory.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn search_files(
+        &self,
+        Parameters(a): Parameters<SearchArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<SearchOut>, String> {
+        let p = self.caller(&ctx, Capability::Read)?;
+        let prefix = match &a.path {
+            Some(d) => scoped_dir(&p, d)?,
+            None => String::new(),
+        };
+        let limit = a.limit.unwrap_or(20).clamp(1, 200) as usize;
+        let glob = match a.name.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(g) => {
+                let full = g.contains('/');
+                let m = globset::GlobBuilder::new(g)
+                    .case_insensitive(true)
+                    .literal_separator(full)
+                    .build()
+                    .map_err(|e| format!("bad name glob '{g}': {e}"))?
+                    .compile_matcher();
+                Some((m, full))
+            }
+            None => None,
+        };
+        let query = a.query.filter(|q| !q.trim().is_empty());
+        if query.is_none() && glob.is_none() {
+            return Err("give `query` (words in contents) or `name` (a glob), or both".into());
+        }
+        self.on_node(move |node| {
+            let name_ok = |path: &str| match &glob {
+                None => true,
+                Some((m, true)) => m.is_match(path),
+                Some((m, false)) => m.is_match(path.rsplit('/').next().unwrap_or(path)),
+            };
+            let mut matches = Vec::new();
+            let mut truncated = false;
+            if let Some(q) = &query {
+                for hit in node
+                    .store
+                    .search(q, &prefix, 100_000)
+                    .map_err(|e| e.to_string())?
+                {
+                    if !p.scope.allows(&hit.path) || !name_ok(&hit.path) {
+                        continue;
+                    }
+                    if matches.len() >= limit {
+                        truncated = true;
+                        break;
+                    }
+                    matches.push(SearchMatch {
+                        path: hit.path,
+                        kind: "file".into(),
+                        snippet: Some(hit.snippet),
+                    });
+                }
+            } else {
+                for r in node.store.files_under(&prefix).map_err(|e| e.to_string())? {
+                    if r.entry.deleted
+                        || r.path.is_empty()
+                        || !p.scope.allows(&r.path)
+                        || !name_ok(&r.path)
+                    {
+                        continue;
+                    }
+                    if matches.len() >= limit {
+                        truncated = true;
+                        break;
+                    }
+                    matches.push(SearchMatch {
+                        kind: kind_name(r.entry.kind).into(),
+                        path: r.path,
+                        snippet: None,
+                    });
+                }
+            }
+            Ok(SearchOut { matches, truncated })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "A path's versions, newest first: label, time, size, author and actor (mcp:<token> for agent writes), deletions and notes. Works for deleted paths too.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_version_history(
+        &self,
+        Parameters(a): Parameters<HistoryArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<HistoryOut>, String> {
+        let p = self.caller(&ctx, Capability::Read)?;
+        let rel = scoped_read(&p, &a.path)?;
+        let limit = a.limit.unwrap_or(50).clamp(1, 10_000) as usize;
+        self.on_node(move |node| {
+            confine(node, &rel)?;
+            let cur = node
+                .store
+                .file(&rel)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| not_found(&rel))?;
+            let versions = node
+                .store
+                .versions(&rel)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .take(limit)
+                .map(|v| VersionOut {
+                    version: label(v.label),
+                    time: rfc3339(v.entry.time_ns),
+                    size: v.entry.size,
+                    author: v.entry.author.clone(),
+                    actor: v.entry.actor.clone(),
+                    deleted: v.entry.deleted,
+                    message: v.entry.message.clone(),
+                    content_hash: v.entry.content_hash(),
+                })
+                .collect();
+            Ok(HistoryOut {
+                path: rel,
+                current: label(cur.label),
+                versions,
+            })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "Bring back a past version of a file (also of a deleted one) as a new version; nothing in the history is lost.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn restore_version(
+        &self,
+        Parameters(a): Parameters<RestoreArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<RestoreOut>, String> {
+        let p = self.caller(&ctx, Capability::Write)?;
+        let rel = scoped(&p, &a.path)?;
+        let n = parse_version(&a.version)?;
+        let actor = p.actor();
+        let r = rel.clone();
+        let rec = self
+            .on_node(move |node| {
+                confine(node, &r)?;
+                node.store
+                    .file(&r)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| not_found(&r))?;
+                node.capture(&r).map_err(|e| e.to_string())?;
+                node.restore(&r, &format!("v{n}"), Some(&actor))
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        self.changed([rel.clone()]);
+        Ok(Json(RestoreOut {
+            path: rel,
+            version: label(rec.label),
+            restored_from: label(n),
+        }))
+    }
+
+    #[tool(
+        description = "A unified diff between two versions of a file (`to` defaults to the current version).",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn diff_versions(
+        &self,
+        Parameters(a): Parameters<DiffArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<DiffOut>, String> {
+        let p = self.caller(&ctx, Capability::Read)?;
+        let rel = scoped_read(&p, &a.path)?;
+        self.on_node(move |node| {
+            confine(node, &rel)?;
+            let (na, ea) = state_of(node, &rel, Some(&a.from))?;
+            let (nb, eb) = state_of(node, &rel, a.to.as_deref())?;
+            let (la, lb) = (label(na), label(nb));
+            let diff = node
+                .diff(&rel, (&la, &ea), (&lb, &eb))
+                .map_err(|e| e.to_string())?;
+            Ok(DiffOut {
+                path: rel,
+                from: la,
+                to: lb,
+                diff,
+            })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "The node's figures: files, directories, versions, bytes in the tree and in storage, dedup and compression ratios.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_stats(&self, ctx: RequestContext<RoleServer>) -> Result<Json<StatsOut>, String> {
+        self.caller(&ctx, Capability::Status)?;
+        self.on_node(move |node| {
+            let s = node.store.stats().map_err(|e| e.to_string())?;
+            Ok(StatsOut {
+                node_name: node.config.node_name.clone(),
+                files: s.files,
+                directories: s.dirs,
+                symlinks: s.symlinks,
+                versions: s.versions,
+                tree_bytes: s.tree_bytes,
+                logical_bytes: s.logical_bytes,
+                stored_bytes: s.stored_bytes,
+                dedup_ratio: s.dedup_ratio,
+                compression_ratio: s.compression_ratio,
+                sequence: s.sequence,
+            })
+        })
+        .await
+        .map(Json)
+    }
+}

@@ -1,0 +1,201 @@
+//! Frames on a stream: `[u32 BE length][u8 kind][payload]`.
+//!
+//! Kind 0 is a JSON [`Msg`]; kind 1 is a chunk: its 32-byte id, then its
+//! plaintext. Lengths are capped so a peer cannot make us allocate at will.
+
+use serde::{Deserialize, Serialize};
+use sovryn_store::{ChunkId, Entry};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The one ALPN of the sync protocol.
+pub const ALPN: &[u8] = b"sovryn/sync/1";
+/// Protocol version carried in `Hello`.
+pub const VERSION: u32 = 1;
+/// Largest JSON message.
+pub const MAX_MSG: usize = 64 * 1024 * 1024;
+/// Largest chunk frame (chunks are at most 256 KiB; some slack).
+pub const MAX_CHUNK: usize = 1024 * 1024;
+
+const KIND_MSG: u8 = 0;
+const KIND_CHUNK: u8 = 1;
+
+/// A path's state as sent to a peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireRecord {
+    /// Relative path.
+    pub path: String,
+    /// Its position in the sender's change log.
+    pub seq: u64,
+    /// The state.
+    pub entry: Entry,
+}
+
+/// A protocol message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Msg {
+    /// First message on the control stream, both ways.
+    Hello {
+        /// Protocol version.
+        version: u32,
+        /// The folder's public id; both sides must agree.
+        folder_id: String,
+        /// The sender's node name.
+        name: String,
+        /// The sender's version-vector id.
+        short_id: String,
+        /// The sender's newest change-log sequence.
+        seq: u64,
+        /// Send me your changes after this sequence of yours.
+        want_since: u64,
+    },
+    /// Changed records, oldest first; `upto` is the sender's sequence they bring the receiver to.
+    Index {
+        /// Records.
+        records: Vec<WireRecord>,
+        /// Sequence covered.
+        upto: u64,
+    },
+    /// A fatal problem; the connection closes after it.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+    /// On a fresh stream: send me these chunks.
+    GetChunks {
+        /// Chunk ids.
+        ids: Vec<ChunkId>,
+    },
+    /// Reply to `GetChunks` for a chunk the sender lacks.
+    NoChunk {
+        /// The chunk id.
+        id: ChunkId,
+    },
+}
+
+/// A frame read from a stream.
+#[derive(Debug)]
+pub enum Frame {
+    /// A message.
+    Msg(Msg),
+    /// A chunk's id and plaintext.
+    Chunk(ChunkId, Vec<u8>),
+}
+
+/// Writes a message frame.
+pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &Msg) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(msg)?;
+    anyhow::ensure!(
+        body.len() < MAX_MSG,
+        "message too large ({} bytes)",
+        body.len()
+    );
+    let mut buf = Vec::with_capacity(body.len() + 5);
+    buf.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+    buf.push(KIND_MSG);
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Writes a chunk frame.
+pub async fn write_chunk<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    id: &ChunkId,
+    data: &[u8],
+) -> anyhow::Result<()> {
+    anyhow::ensure!(data.len() + 33 <= MAX_CHUNK, "chunk too large");
+    let mut buf = Vec::with_capacity(data.len() + 37);
+    buf.extend_from_slice(&((data.len() + 33) as u32).to_be_bytes());
+    buf.push(KIND_CHUNK);
+    buf.extend_from_slice(&id.0);
+    buf.extend_from_slice(data);
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Reads one frame; `None` at a clean end of stream.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> anyhow::Result<Option<Frame>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..]).await?;
+        if n == 0 {
+            anyhow::ensure!(got == 0, "stream ended inside a frame header");
+            return Ok(None);
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    anyhow::ensure!(len >= 1, "empty frame");
+    let mut kind = [0u8; 1];
+    r.read_exact(&mut kind).await?;
+    match kind[0] {
+        KIND_MSG => {
+            anyhow::ensure!(len <= MAX_MSG, "message frame too large ({len} bytes)");
+            let mut body = vec![0u8; len - 1];
+            r.read_exact(&mut body).await?;
+            Ok(Some(Frame::Msg(serde_json::from_slice(&body)?)))
+        }
+        KIND_CHUNK => {
+            anyhow::ensure!(
+                (33..=MAX_CHUNK).contains(&len),
+                "chunk frame of bad size ({len} bytes)"
+            );
+            let mut id = [0u8; 32];
+            r.read_exact(&mut id).await?;
+            let mut data = vec![0u8; len - 33];
+            r.read_exact(&mut data).await?;
+            Ok(Some(Frame::Chunk(ChunkId(id), data)))
+        }
+        k => anyhow::bail!("unknown frame kind {k}"),
+    }
+}
+
+/// Reads one frame that must be a message.
+pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> anyhow::Result<Option<Msg>> {
+    match read_frame(r).await? {
+        None => Ok(None),
+        Some(Frame::Msg(m)) => Ok(Some(m)),
+        Some(Frame::Chunk(..)) => anyhow::bail!("unexpected chunk frame"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_caps() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        write_msg(
+            &mut a,
+            &Msg::GetChunks {
+                ids: vec![ChunkId([7; 32])],
+            },
+        )
+        .await
+        .unwrap();
+        write_chunk(&mut a, &ChunkId([1; 32]), b"hello")
+            .await
+            .unwrap();
+        drop(a);
+        match read_frame(&mut b).await.unwrap() {
+            Some(Frame::Msg(Msg::GetChunks { ids })) => assert_eq!(ids[0], ChunkId([7; 32])),
+            other => panic!("{other:?}"),
+        }
+        match read_frame(&mut b).await.unwrap() {
+            Some(Frame::Chunk(id, d)) => {
+                assert_eq!(id, ChunkId([1; 32]));
+                assert_eq!(d, b"hello");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(read_frame(&mut b).await.unwrap().is_none());
+
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
+        a.write_all(&[KIND_MSG]).await.unwrap();
+        assert!(read_frame(&mut b).await.is_err());
+    }
+}
