@@ -179,6 +179,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Mcp { action } => {
             crate::mcp_cmd::run(&ctx.home, ctx.passphrase_file.as_deref(), ctx.json, action)
         }
+        Command::TestNetwork { peer, probe_mib } => {
+            crate::daemon_cmd::test_network(&ctx.home, ctx.json, peer, probe_mib)
+        }
+        Command::Daemon { action } => {
+            crate::daemon_cmd::run(&ctx.home, ctx.passphrase_file.as_deref(), ctx.json, action)
+        }
     }
 }
 
@@ -529,12 +535,37 @@ fn status(ctx: &Ctx) -> Result<()> {
         &mut |_| {},
     )?;
     let pending_count = pending.added + pending.modified + pending.deleted;
+    let conflicts = node.conflict_copies()?;
+    let paused = crate::node_cmd::is_paused(&ctx.home);
+    // Live sync state from a running node: per peer, what is left to
+    // exchange (change-log entries) in each direction.
+    let live = crate::daemon::control_request(&ctx.home, &json!({"cmd": "status"}))
+        .ok()
+        .flatten();
+    let peers: Vec<serde_json::Value> = live
+        .as_ref()
+        .and_then(|l| l["peers"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut p| {
+            let live_seq = live.as_ref().and_then(|l| l["seq"].as_u64()).unwrap_or(0);
+            let n = |p: &serde_json::Value, k: &str| p[k].as_u64().unwrap_or(0);
+            let to_receive = n(&p, "remote_seq").saturating_sub(n(&p, "received_upto"));
+            let to_send = live_seq.saturating_sub(n(&p, "sent_upto"));
+            p["to_receive"] = to_receive.into();
+            p["to_send"] = to_send.into();
+            p
+        })
+        .collect();
     if ctx.json {
         return output::json(&json!({
             "name": node.config.node_name, "node_id": node.node_id().to_string(), "home": node.home.dir,
             "storage_path": node.config.storage_path, "folder_id": node.store.folder_id(),
             "files": stats.files, "dirs": stats.dirs, "sequence": stats.sequence,
             "pending_changes": pending_count, "pending_paths": pending.changed,
+            "running": live.is_some(), "paused": paused, "peers": peers,
+            "configured_peers": node.config.peers.len(),
+            "conflicts": conflicts.len(),
         }));
     }
     println!("node        {} ({})", node.config.node_name, node.node_id());
@@ -556,6 +587,43 @@ fn status(ctx: &Ctx) -> Result<()> {
         for p in pending.changed.iter().take(10) {
             println!("              {p}");
         }
+    }
+    let state = match (live.is_some(), paused) {
+        (true, true) => "running, paused ('sovryn resume' to sync)",
+        (true, false) => "running",
+        (false, true) => "not running, paused",
+        (false, false) => "not running ('sovryn up' to sync)",
+    };
+    println!(
+        "sync        {state}; {} peer(s) configured",
+        node.config.peers.len()
+    );
+    for p in &peers {
+        let connected = p["connected"].as_u64().unwrap_or(0) > 0;
+        println!(
+            "  {}  {}  {}",
+            p["name"].as_str().unwrap_or("-"),
+            if connected { "connected" } else { "offline" },
+            if connected {
+                let (r, s) = (
+                    p["to_receive"].as_u64().unwrap_or(0),
+                    p["to_send"].as_u64().unwrap_or(0),
+                );
+                if r == 0 && s == 0 {
+                    "in sync".to_string()
+                } else {
+                    format!("{r} change(s) to receive, {s} to send")
+                }
+            } else {
+                p["last_error"].as_str().unwrap_or("").to_string()
+            }
+        );
+    }
+    if !conflicts.is_empty() {
+        println!(
+            "conflicts   {} conflict copies: see 'sovryn conflicts list'",
+            conflicts.len()
+        );
     }
     Ok(())
 }

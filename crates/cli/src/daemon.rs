@@ -1,5 +1,6 @@
 //! The running node (`sovryn up`): the opened node shared between the
-//! watcher, the periodic rescan, the sync service and (later) the MCP server.
+//! watcher, the periodic rescan, the sync service and the MCP HTTP server
+//! (when `mcp.enabled`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,10 +11,10 @@ use anyhow::{Context, Result};
 use sovryn_engine::scan::ScanOptions;
 use sovryn_engine::{Config, Home, Node};
 use sovryn_net::{Shared, SharedNode, SyncNet};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-/// Debounce window of the file watcher.
-const WATCH_DELAY: Duration = Duration::from_millis(30);
+/// Debounce window of the file watcher (most of the change-to-peer latency).
+const WATCH_DELAY: Duration = Duration::from_millis(10);
 /// Period of the full rescan that catches what the watcher missed.
 const FULL_RESCAN: Duration = Duration::from_secs(60);
 
@@ -24,9 +25,21 @@ pub struct Daemon {
     /// The sync service.
     pub net: Arc<SyncNet>,
     home: Home,
+    root: PathBuf,
     /// Kept alive while the daemon runs.
     _watcher: sovryn_engine::watch::Watcher,
     watched: mpsc::UnboundedReceiver<Vec<String>>,
+    /// The embedded MCP HTTP server, when enabled and bound.
+    mcp: std::sync::Mutex<Option<McpServer>>,
+    /// Notified by a `stop` request on the control socket.
+    stop: Notify,
+}
+
+/// The MCP HTTP server running inside the daemon.
+struct McpServer {
+    url: String,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
 }
 
 // `node` and `changes` are the handles the MCP server takes (`McpState`).
@@ -49,11 +62,23 @@ impl Daemon {
             .parse()
             .with_context(|| format!("listen address must be HOST:PORT, got '{listen}'"))?;
         let peers = node.config.peers.clone();
+        let mcp_config = node.config.mcp.clone();
+        let limits = (
+            node.config.sync.max_send_kib_per_sec,
+            node.config.sync.max_recv_kib_per_sec,
+        );
         let root = node.root().to_owned();
         let home = node.home.clone();
         remove_stale_temp_files(&root);
         let shared = Shared::new(node)?;
         let net = SyncNet::bind(shared.clone(), listen, &peers).await?;
+        net.set_bandwidth(limits.0, limits.1);
+        sovryn_net::describe_metrics();
+        let mcp = if mcp_config.enabled {
+            start_mcp(&shared, &mcp_config).await
+        } else {
+            None
+        };
         // Watch before the first scan so nothing falls between the two.
         let (tx, watched) = mpsc::unbounded_channel::<Vec<String>>();
         let watcher = sovryn_engine::watch::watch(&root, WATCH_DELAY, move |p| {
@@ -63,8 +88,11 @@ impl Daemon {
             shared,
             net,
             home,
+            root,
             _watcher: watcher,
             watched,
+            mcp: std::sync::Mutex::new(mcp),
+            stop: Notify::new(),
         };
         daemon.rescan(vec![String::new()]).await?;
         Ok(daemon)
@@ -76,18 +104,32 @@ impl Daemon {
             .shared
             .with_node(move |n| {
                 let mut changed = Vec::new();
-                for p in roots(paths) {
-                    match n.scan(
-                        std::slice::from_ref(&p),
-                        &ScanOptions::default(),
-                        &mut |_| {},
-                    ) {
-                        Ok(r) => changed.extend(r.changed),
-                        // Gone before we looked, or ignored: nothing to record.
-                        Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {
+                // One scan for the whole set: one commit group (one pack sync,
+                // one transaction per 2000 files) instead of one per path.
+                let wanted = scannable(n, roots(paths))?;
+                if wanted.is_empty() {
+                    return Ok((n.store.sequence()?, changed));
+                }
+                match n.scan(&wanted, &ScanOptions::default(), &mut |_| {}) {
+                    Ok(r) => changed.extend(r.changed),
+                    // Something vanished or became ignored in between: path by path.
+                    Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {
+                        for p in wanted {
+                            match n.scan(
+                                std::slice::from_ref(&p),
+                                &ScanOptions::default(),
+                                &mut |_| {},
+                            ) {
+                                Ok(r) => changed.extend(r.changed),
+                                Err(
+                                    sovryn_engine::Error::NotFound(_)
+                                    | sovryn_engine::Error::Usage(_),
+                                ) => {}
+                                Err(e) => tracing::warn!("scanning {p:?}: {e}"),
+                            }
                         }
-                        Err(e) => tracing::warn!("scanning {p:?}: {e}"),
                     }
+                    Err(e) => tracing::warn!("scanning: {e}"),
                 }
                 Ok((n.store.sequence()?, changed))
             })
@@ -112,7 +154,13 @@ impl Daemon {
                 loop {
                     let mut paths = tokio::select! {
                         p = rx.recv() => match p { Some(p) => p, None => break },
-                        _ = full.tick() => vec![String::new()],
+                        _ = full.tick() => match this.changed_on_disk().await {
+                            Ok(p) => p,
+                            Err(e) => {
+                                tracing::warn!("comparing the disk with the index: {e:#}");
+                                vec![String::new()]
+                            }
+                        },
                     };
                     while let Ok(more) = rx.try_recv() {
                         paths.extend(more);
@@ -129,13 +177,25 @@ impl Daemon {
             tokio::spawn(async move {
                 let path = this.home.config();
                 let mut last = modified(&path);
-                loop {
+                let packs = sovryn_store::Store::pack_dir(&this.home.dir);
+                for tick in 0u64.. {
+                    if tick % 10 == 0 {
+                        metrics::gauge!("storage_used_bytes").set(dir_bytes(&packs) as f64);
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     let now = modified(&path);
                     if now != last {
                         last = now;
                         match Config::load(&this.home) {
-                            Ok(c) => this.net.set_peers(&c.peers),
+                            Ok(c) => {
+                                this.net.set_peers(&crate::node_cmd::active_peers(
+                                    &this.home, &c.peers,
+                                ));
+                                this.net.set_bandwidth(
+                                    c.sync.max_send_kib_per_sec,
+                                    c.sync.max_recv_kib_per_sec,
+                                );
+                            }
                             Err(e) => tracing::warn!("reloading config: {e}"),
                         }
                     }
@@ -159,8 +219,41 @@ impl Daemon {
                 }
             })
         };
-        wait_for_signal().await?;
+        // Writes that do not come from a scan or a peer (MCP tools) are
+        // announced on `changes` only: pick up the new sequence so sync
+        // sessions push them at once.
+        let poker = {
+            let shared = this.shared.clone();
+            let mut rx = shared.changes.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                    while rx.try_recv().is_ok() {}
+                    match shared.with_reader(|s| Ok(s.sequence()?)).await {
+                        Ok(seq) => shared.publish(seq, std::iter::empty()),
+                        Err(e) => tracing::warn!("reading the sequence: {e:#}"),
+                    }
+                }
+            })
+        };
+        tokio::select! {
+            r = wait_for_signal() => r?,
+            _ = this.stop.notified() => {}
+        }
         eprintln!("stopping");
+        poker.abort();
+        let mcp = this.mcp.lock().ok().and_then(|mut m| m.take());
+        if let Some(m) = mcp {
+            let _ = m.stop.send(());
+            match tokio::time::timeout(Duration::from_secs(5), m.task).await {
+                Ok(Ok(Err(e))) => tracing::warn!("MCP server: {e:#}"),
+                Err(_) => tracing::warn!("MCP server did not stop within 5 s"),
+                _ => {}
+            }
+        }
         control.abort();
         let _ = std::fs::remove_file(control_socket(&this.home));
         scanner.abort();
@@ -176,10 +269,41 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// What the periodic rescan must look at: paths whose stat differs
+    /// from the index, new paths (a new directory as a whole) and recorded
+    /// paths gone from disk. Found with a read-only store handle and a
+    /// plain walk, so the node's lock is held only to scan what changed.
+    async fn changed_on_disk(&self) -> Result<Vec<String>> {
+        use std::collections::HashMap;
+        let recorded: HashMap<String, Option<sovryn_store::DiskStat>> = self
+            .shared
+            .with_reader(|s| {
+                Ok(s.files_under("")?
+                    .into_iter()
+                    .filter(|r| !r.entry.deleted)
+                    .map(|r| (r.path, r.disk))
+                    .collect())
+            })
+            .await?;
+        let root = self.root.clone();
+        let out = tokio::task::spawn_blocking(move || changed_paths(&root, recorded))
+            .await
+            .context("walking the folder")?;
+        Ok(out)
+    }
+
     fn status(&self, seq: u64) -> serde_json::Value {
+        let mcp = self
+            .mcp
+            .lock()
+            .ok()
+            .and_then(|m| m.as_ref().map(|m| m.url.clone()));
         serde_json::json!({
             "node_id": self.net.id().to_string(),
+            "pid": std::process::id(),
             "seq": seq,
+            "listening": self.net.bound_sockets().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "mcp_url": mcp,
             "peers": self.net.peer_status(),
         })
     }
@@ -196,12 +320,22 @@ impl Daemon {
                     let seq = *self.shared.seq.borrow();
                     self.status(seq)
                 }
+                Some("test_network") => {
+                    let bytes = req["probe_bytes"].as_u64().unwrap_or(16 << 20);
+                    let peers = self.net.test_network(req["peer"].as_str(), bytes).await;
+                    serde_json::json!({"ok": true, "peers": peers})
+                }
+                Some("stop") => {
+                    self.stop.notify_one();
+                    serde_json::json!({"ok": true, "stopping": true})
+                }
                 Some("sync") => {
                     let timeout =
                         Duration::from_millis(req["timeout_ms"].as_u64().unwrap_or(30_000));
                     self.sync_now(timeout).await
                 }
-                _ => serde_json::json!({"error": "unknown request"}),
+                // pause, resume, conflicts_resolve (node_cmd.rs)
+                _ => crate::node_cmd::control(self, &req).await,
             };
             let mut out = serde_json::to_vec(&answer)?;
             out.push(b'\n');
@@ -241,6 +375,66 @@ impl Daemon {
                 return v;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Starts the MCP HTTP server on `mcp.bind:mcp.port` sharing the daemon's
+/// node and change channel, and prints its URL. A server that cannot bind
+/// (port in use) is reported and left off; sync runs on without it.
+async fn start_mcp(
+    shared: &Shared,
+    config: &sovryn_engine::config::McpConfig,
+) -> Option<McpServer> {
+    let ip: std::net::IpAddr = match config.bind.parse() {
+        Ok(ip) => ip,
+        Err(_) => {
+            eprintln!(
+                "warning: MCP not started: mcp.bind '{}' is not an IP address",
+                config.bind
+            );
+            return None;
+        }
+    };
+    let addr = SocketAddr::new(ip, config.port);
+    let options = match sovryn_mcp::HttpOptions::from_config(config) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("warning: MCP not started: {e:#}");
+            return None;
+        }
+    };
+    let state = sovryn_mcp::McpState {
+        node: shared.node.clone(),
+        changes: shared.changes.clone(),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = oneshot::channel::<SocketAddr>();
+    let task = tokio::spawn(sovryn_mcp::serve_http_with(
+        state,
+        addr,
+        options,
+        async move {
+            let _ = stopped.await;
+        },
+        move |a| {
+            let _ = bound_tx.send(a);
+        },
+    ));
+    match bound_rx.await {
+        Ok(bound) => {
+            let url = format!("http://{bound}/mcp");
+            println!("MCP listening on {url}");
+            Some(McpServer { url, stop, task })
+        }
+        Err(_) => {
+            let why = match task.await {
+                Ok(Err(e)) => format!("{e:#}"),
+                Ok(Ok(())) => "it stopped at once".into(),
+                Err(e) => e.to_string(),
+            };
+            eprintln!("warning: MCP not started: {why}");
+            None
         }
     }
 }
@@ -291,6 +485,19 @@ fn remove_stale_temp_files(root: &std::path::Path) {
     }
 }
 
+/// Bytes of the files directly in `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn modified(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -317,6 +524,96 @@ fn roots(mut paths: Vec<String>) -> Vec<String> {
     out
 }
 
+/// The paths under `root` whose stat differs from `recorded` (path → stat
+/// of live records), new paths (a new directory as a whole, not its
+/// entries) and recorded paths gone from disk.
+fn changed_paths(
+    root: &std::path::Path,
+    recorded: std::collections::HashMap<String, Option<sovryn_store::DiskStat>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![String::new()];
+    while let Some(dir) = stack.pop() {
+        let abs = if dir.is_empty() {
+            root.to_owned()
+        } else {
+            root.join(&dir)
+        };
+        let Ok(rd) = std::fs::read_dir(&abs) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with(sovryn_engine::fsutil::TEMP_PREFIX) {
+                continue;
+            }
+            let rel = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            seen.insert(rel.clone());
+            let stat = sovryn_engine::fsutil::stat_of(&m);
+            match recorded.get(&rel) {
+                // New (or ignored): the scan walks it with the rules.
+                None => out.push(rel),
+                // A directory's own mtime moves with its entries, which
+                // are compared one by one.
+                Some(Some(d)) if m.is_dir() => {
+                    if d.mode != stat.mode {
+                        out.push(rel.clone());
+                    }
+                    stack.push(rel);
+                }
+                Some(d) => {
+                    if *d != Some(stat) {
+                        out.push(rel.clone());
+                    }
+                    if m.is_dir() {
+                        stack.push(rel);
+                    }
+                }
+            }
+        }
+    }
+    out.extend(recorded.into_keys().filter(|p| !seen.contains(p)));
+    out.sort();
+    out
+}
+
+/// The roots a scan can take together: `""` (everything) as is; otherwise
+/// paths that are on disk and kept by the rules, or gone from disk but
+/// recorded (their tombstones). Gone-and-unknown and ignored paths are dropped.
+fn scannable(n: &Node, roots: Vec<String>) -> Result<Vec<String>> {
+    n.rules.reload();
+    let mut out = Vec::with_capacity(roots.len());
+    for p in roots {
+        if p.is_empty() {
+            return Ok(vec![p]);
+        }
+        match std::fs::symlink_metadata(n.root().join(&p)) {
+            Ok(m) => {
+                let is_dir = m.is_dir() && !m.file_type().is_symlink();
+                if n.rules.keeps(&p, is_dir) {
+                    out.push(p);
+                }
+            }
+            Err(_) => {
+                if n.store.file(&p)?.is_some() {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn wait_for_signal() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -330,7 +627,36 @@ async fn wait_for_signal() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::roots;
+    use super::{changed_paths, roots};
+
+    #[test]
+    fn changed_paths_finds_what_the_index_lacks() {
+        use std::collections::HashMap;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("d/e")).unwrap();
+        std::fs::write(root.join("d/same.txt"), b"x").unwrap();
+        std::fs::write(root.join("d/edited.txt"), b"x").unwrap();
+        std::fs::write(root.join("d/e/new.txt"), b"x").unwrap();
+        std::fs::create_dir_all(root.join("fresh/deep")).unwrap();
+        std::fs::write(root.join("fresh/deep/f"), b"x").unwrap();
+        let stat = |rel: &str| {
+            Some(sovryn_engine::fsutil::stat_of(
+                &std::fs::symlink_metadata(root.join(rel)).unwrap(),
+            ))
+        };
+        let mut recorded = HashMap::new();
+        for p in ["d", "d/e", "d/same.txt", "d/edited.txt"] {
+            recorded.insert(p.to_string(), stat(p));
+        }
+        recorded.insert("gone.txt".to_string(), None);
+        std::fs::write(root.join("d/edited.txt"), b"longer").unwrap();
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            changed_paths(root, recorded),
+            v(&["d/e/new.txt", "d/edited.txt", "fresh", "gone.txt"])
+        );
+    }
 
     #[test]
     fn scan_roots() {

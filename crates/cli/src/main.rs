@@ -2,6 +2,7 @@
 
 mod commands;
 mod daemon;
+mod daemon_cmd;
 mod mcp_cmd;
 mod node_cmd;
 mod output;
@@ -145,6 +146,19 @@ pub enum Command {
     Gc,
     #[command(flatten)]
     Node(node_cmd::NodeCommand),
+    /// Test the network to peers through the running node: reachability, RTT, throughput.
+    TestNetwork {
+        /// Only this peer (endpoint id or name); default: every configured peer.
+        peer: Option<String>,
+        /// MiB downloaded from each peer to measure throughput (at most 64).
+        #[arg(long, default_value_t = 16)]
+        probe_mib: u64,
+    },
+    /// Run the node in the background: start, stop, status.
+    Daemon {
+        #[command(subcommand)]
+        action: daemon_cmd::DaemonAction,
+    },
     /// Serve MCP to AI agents and manage their tokens.
     Mcp {
         #[command(subcommand)]
@@ -169,15 +183,49 @@ pub enum ConfigAction {
     },
 }
 
+/// Default filter of the log file `sovryn up` writes (`$SOVRYN_FILE_LOG` overrides).
+const FILE_LOG: &str =
+    "warn,sovryn=info,sovryn_cli=info,sovryn_engine=info,sovryn_net=info,sovryn_store=info";
+
+/// Logs to stderr (filter `--log`); `sovryn up` also appends JSON lines to
+/// HOME/sovryn.log (read by `sovryn logs`).
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("warn")));
+    let file = matches!(cli.command, Command::Node(node_cmd::NodeCommand::Up { .. }))
+        .then(|| sovryn_engine::Home::locate(cli.home.clone()).ok())
+        .flatten()
+        .filter(|h| h.exists())
+        .and_then(|h| match node_cmd::open_log_file(&h) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("warning: no log file: {e:#}");
+                None
+            }
+        })
+        .map(|f| {
+            let filter = std::env::var("SOVRYN_FILE_LOG").unwrap_or_else(|_| FILE_LOG.into());
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .with_filter(
+                    EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new(FILE_LOG)),
+                )
+        });
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .init();
+}
+
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli);
     if let Err(e) = commands::run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

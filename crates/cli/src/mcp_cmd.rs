@@ -45,6 +45,17 @@ pub enum McpCommand {
         /// Do not scan the folder before serving.
         #[arg(long)]
         no_scan: bool,
+        /// TEST ONLY: no bearer token needed; every client acts as 'anonymous'
+        /// with all capabilities. Refused unless bound to a loopback address.
+        /// For conformance suites that cannot send a token.
+        #[arg(long, requires = "http")]
+        insecure_no_auth: bool,
+    },
+    /// Show the MCP listener's settings, tokens, audit log, and whether it answers.
+    Status {
+        /// Probe this port instead of mcp.port.
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Create, list and revoke the bearer tokens of MCP clients.
     Tokens {
@@ -92,6 +103,7 @@ pub fn run(home: &Home, passphrase_file: Option<&Path>, json: bool, cmd: McpComm
             burst,
             max_body_bytes,
             no_scan,
+            insecure_no_auth,
         } => {
             let node = open_node(home, passphrase_file, !no_scan)?;
             if stdio {
@@ -103,7 +115,15 @@ pub fn run(home: &Home, passphrase_file: Option<&Path>, json: bool, cmd: McpComm
                 rate_per_minute,
                 burst,
                 max_body_bytes,
+                insecure_no_auth,
+                ..HttpOptions::from_config(&node.config.mcp)?
             };
+            let scheme = if opts.tls.is_some() { "https" } else { "http" };
+            if insecure_no_auth {
+                eprintln!(
+                    "WARNING: --insecure-no-auth: every client on this machine has full access without a token (test mode)"
+                );
+            }
             block_on(sovryn_mcp::serve_http_with(
                 McpState::new(node),
                 addr,
@@ -111,13 +131,119 @@ pub fn run(home: &Home, passphrase_file: Option<&Path>, json: bool, cmd: McpComm
                 shutdown_signal(),
                 |bound| {
                     let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "MCP listening on http://{bound}/mcp");
+                    let _ = writeln!(out, "MCP listening on {scheme}://{bound}/mcp");
                     let _ = out.flush();
                 },
             ))
         }
         McpCommand::Tokens { action } => tokens(home, json, action),
+        McpCommand::Status { port } => status(home, json, port),
     }
+}
+
+/// Probes `addr`: `Some(status line)` of `GET /readyz` over plain HTTP, or
+/// "listening" when it accepts connections but speaks TLS.
+fn probe(addr: SocketAddr, tls: bool) -> Option<String> {
+    use std::io::Read;
+    let timeout = std::time::Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    if tls {
+        return Some("listening (TLS)".into());
+    }
+    s.set_read_timeout(Some(timeout)).ok()?;
+    let host = if addr.ip().is_ipv6() {
+        format!("[{}]:{}", addr.ip(), addr.port())
+    } else {
+        addr.to_string()
+    };
+    write!(
+        s,
+        "GET /readyz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    let _ = s.take(4096).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let line = text.lines().next().unwrap_or("").trim().to_owned();
+    Some(match line.split_whitespace().nth(1) {
+        Some("200") => "ready".into(),
+        Some(code) => format!("answering, /readyz gave HTTP {code}"),
+        None => "listening, no HTTP answer".into(),
+    })
+}
+
+fn status(home: &Home, json: bool, port: Option<u16>) -> Result<()> {
+    let config = Config::load(home)?;
+    let m = &config.mcp;
+    let tls = m.tls_cert.is_some() && m.tls_key.is_some();
+    let scheme = if tls { "https" } else { "http" };
+    let mut addr = listen_addr(&config, None, port)?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let url = format!("{scheme}://{addr}/mcp");
+    let running = probe(addr, tls);
+    let store = TokenStore::open(&home.dir)?;
+    let list = store.list()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let usable = list.iter().filter(|t| t.usable(now)).count();
+    let audit = sovryn_mcp::audit::audit_path(&home.dir);
+    let audit_lines = std::fs::read(&audit)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .unwrap_or(0);
+    let jwt = m.jwt_secret.is_some() || m.jwt_secret_file.is_some();
+    if json {
+        return output::json(&json!({
+            "url": url, "enabled": m.enabled, "running": running.is_some(),
+            "state": running, "tls": tls, "jwt": jwt,
+            "allow_cidrs": m.allow_cidrs, "allowed_hosts": m.allowed_hosts,
+            "allowed_origins": m.allowed_origins,
+            "tokens": {"total": list.len(), "usable": usable},
+            "audit": {"path": audit, "calls": audit_lines},
+        }));
+    }
+    println!("url:        {url}");
+    println!(
+        "state:      {}",
+        running.as_deref().unwrap_or("not running")
+    );
+    println!(
+        "daemon:     {}",
+        if m.enabled {
+            "serves MCP (mcp.enabled = true)"
+        } else {
+            "does not serve MCP (mcp.enabled = false)"
+        }
+    );
+    println!("tls:        {}", if tls { "on" } else { "off" });
+    println!("jwt:        {}", if jwt { "HS256 accepted" } else { "off" });
+    let or_any = |v: &[String], any: &str| {
+        if v.is_empty() {
+            any.to_string()
+        } else {
+            v.join(" ")
+        }
+    };
+    println!("clients:    {}", or_any(&m.allow_cidrs, "any address"));
+    println!(
+        "hosts:      loopback, {} {}",
+        m.bind,
+        or_any(&m.allowed_hosts, "")
+    );
+    println!("origins:    loopback {}", or_any(&m.allowed_origins, ""));
+    println!(
+        "tokens:     {usable} usable of {} (sovryn mcp tokens list)",
+        list.len()
+    );
+    println!("audit:      {audit_lines} calls in {}", audit.display());
+    Ok(())
 }
 
 fn open_node(home: &Home, passphrase_file: Option<&Path>, scan: bool) -> Result<Node> {

@@ -1,4 +1,5 @@
-//! Commands of a running node: `up` and `peers`.
+//! Commands of a running node: `up`, `sync`, `peers`, `pause`/`resume`,
+//! `conflicts` and `logs`, and the control-socket requests they add.
 
 use std::io::Write;
 use std::path::Path;
@@ -34,6 +35,40 @@ pub enum NodeCommand {
     Peers {
         #[command(subcommand)]
         action: PeersAction,
+    },
+    /// Stop syncing (no index exchange, no pulls) until 'sovryn resume'; survives restarts.
+    Pause,
+    /// Sync again after 'sovryn pause'.
+    Resume,
+    /// List or resolve conflict copies.
+    Conflicts {
+        #[command(subcommand)]
+        action: ConflictsAction,
+    },
+    /// Print the running node's log (HOME/sovryn.log).
+    Logs {
+        /// Keep printing new lines as they are written.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N lines (0: all).
+        #[arg(long, short = 'n', default_value_t = 200)]
+        lines: usize,
+    },
+}
+
+/// `sovryn conflicts` actions.
+#[derive(Subcommand, Debug)]
+pub enum ConflictsAction {
+    /// Conflict copies present in the tree.
+    List,
+    /// Resolve a conflict copy (PATH: the copy, or an original with one copy).
+    Resolve {
+        /// The conflict copy, or the file it is a copy of.
+        path: String,
+        /// local: keep the named file, delete the copy; remote: the copy's
+        /// content replaces the named file; both: keep both, the copy renamed.
+        #[arg(long)]
+        keep: String,
     },
 }
 
@@ -77,6 +112,10 @@ pub fn run(
         NodeCommand::Up { listen } => up(home, passphrase_file, listen),
         NodeCommand::Sync { timeout } => sync(home, json, timeout),
         NodeCommand::Peers { action } => peers(home, json, action),
+        NodeCommand::Pause => pause_resume(home, json, true),
+        NodeCommand::Resume => pause_resume(home, json, false),
+        NodeCommand::Conflicts { action } => conflicts(home, passphrase_file, json, action),
+        NodeCommand::Logs { follow, lines } => logs(home, json, follow, lines),
     }
 }
 
@@ -91,6 +130,11 @@ fn up(home: &Home, passphrase_file: Option<&Path>, listen: Option<String>) -> Re
         let name = node.config.node_name.clone();
         let root = node.root().to_owned();
         let daemon = Daemon::start(node, listen).await?;
+        // Sessions only start in `run`, so a paused node never syncs.
+        if is_paused(&daemon.shared.with_node(|n| Ok(n.home.clone())).await?) {
+            daemon.net.set_peers(&[]);
+            tracing::info!("sync is paused ('sovryn resume' to sync again)");
+        }
         let mut out = std::io::stdout().lock();
         writeln!(out, "node {name} ({})", daemon.net.id())?;
         writeln!(out, "folder {}", root.display())?;
@@ -107,6 +151,9 @@ fn up(home: &Home, passphrase_file: Option<&Path>, listen: Option<String>) -> Re
 }
 
 fn sync(home: &Home, json: bool, timeout: u64) -> Result<()> {
+    if is_paused(home) {
+        bail!("sync is paused on this node; run 'sovryn resume' first");
+    }
     let req = json!({"cmd": "sync", "timeout_ms": timeout.saturating_mul(1000)});
     let Some(answer) = crate::daemon::control_request(home, &req)? else {
         bail!("the node is not running here; start it with 'sovryn up'");
@@ -285,4 +332,297 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
             }
         }
     }
+}
+
+/// The marker file that keeps a node paused (across restarts too).
+fn pause_marker(home: &Home) -> std::path::PathBuf {
+    home.dir.join("paused")
+}
+
+/// Whether sync is paused on this node.
+pub fn is_paused(home: &Home) -> bool {
+    pause_marker(home).exists()
+}
+
+/// The peers a running node should talk to: none while paused.
+pub fn active_peers(home: &Home, peers: &[PeerConfig]) -> Vec<PeerConfig> {
+    if is_paused(home) {
+        Vec::new()
+    } else {
+        peers.to_vec()
+    }
+}
+
+/// Control-socket requests added by these commands (`pause`, `resume`,
+/// `conflicts_resolve`); anything else is answered as unknown.
+pub async fn control(d: &Daemon, req: &serde_json::Value) -> serde_json::Value {
+    let home = match d.shared.with_node(|n| Ok(n.home.clone())).await {
+        Ok(h) => h,
+        Err(e) => return json!({"ok": false, "error": format!("{e:#}")}),
+    };
+    match req["cmd"].as_str() {
+        Some("pause") => match std::fs::write(pause_marker(&home), b"") {
+            Ok(()) => {
+                d.net.set_peers(&[]);
+                tracing::info!("sync paused");
+                json!({"ok": true, "paused": true})
+            }
+            Err(e) => json!({"ok": false, "error": format!("writing the pause marker: {e}")}),
+        },
+        Some("resume") => {
+            let _ = std::fs::remove_file(pause_marker(&home));
+            match Config::load(&home) {
+                Ok(c) => {
+                    d.net.set_peers(&c.peers);
+                    tracing::info!("sync resumed");
+                    json!({"ok": true, "paused": false})
+                }
+                Err(e) => json!({"ok": false, "error": format!("reading the config: {e}")}),
+            }
+        }
+        Some("conflicts_resolve") => {
+            let path = req["path"].as_str().unwrap_or_default().to_owned();
+            let keep = req["keep"].as_str().unwrap_or_default().to_owned();
+            let done = d
+                .shared
+                .with_node(move |n| {
+                    let keep: sovryn_engine::conflicts::Keep = keep.parse()?;
+                    let r = n.resolve_conflict(&path, keep, None)?;
+                    Ok((r, n.store.sequence()?))
+                })
+                .await;
+            match done {
+                Ok((r, seq)) => {
+                    d.shared.publish(seq, r.changed.clone());
+                    json!({"ok": true, "resolution": r})
+                }
+                Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+            }
+        }
+        _ => json!({"error": "unknown request"}),
+    }
+}
+
+fn pause_resume(home: &Home, json: bool, pause: bool) -> Result<()> {
+    if !home.exists() {
+        bail!("no node in {}", home.dir.display());
+    }
+    let cmd = if pause { "pause" } else { "resume" };
+    let running = match crate::daemon::control_request(home, &json!({ "cmd": cmd }))? {
+        Some(a) => {
+            if a["ok"].as_bool() != Some(true) {
+                bail!(
+                    "{}",
+                    a["error"].as_str().unwrap_or("the running node refused")
+                );
+            }
+            true
+        }
+        None => {
+            if pause {
+                std::fs::write(pause_marker(home), b"")
+                    .with_context(|| format!("writing {}", pause_marker(home).display()))?;
+            } else {
+                let _ = std::fs::remove_file(pause_marker(home));
+            }
+            false
+        }
+    };
+    if json {
+        return output::json(&json!({"paused": pause, "running": running}));
+    }
+    println!(
+        "sync {}{}",
+        if pause { "paused" } else { "resumed" },
+        if running {
+            ""
+        } else {
+            " (takes effect when the node starts)"
+        }
+    );
+    Ok(())
+}
+
+fn conflicts(
+    home: &Home,
+    passphrase_file: Option<&Path>,
+    json: bool,
+    action: ConflictsAction,
+) -> Result<()> {
+    match action {
+        ConflictsAction::List => {
+            let key = unlock::master_key(home, passphrase_file)?;
+            let node = Node::open(home.clone(), &key, Access::ReadOnly)?;
+            let list = node.conflict_copies()?;
+            if json {
+                return output::json(&json!({ "conflicts": list }));
+            }
+            if list.is_empty() {
+                println!("no conflict copies");
+            }
+            for c in &list {
+                println!(
+                    "{}\n    copy of {}{}, written by {} at {} UTC",
+                    c.path,
+                    c.original,
+                    if c.original_exists { "" } else { " (gone)" },
+                    c.author,
+                    c.time
+                );
+            }
+            Ok(())
+        }
+        ConflictsAction::Resolve { path, keep } => {
+            let keep_parsed: sovryn_engine::conflicts::Keep = keep.parse()?;
+            // A user path: relative to the current directory inside the root.
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            let config = Config::load(home)?;
+            let rel = sovryn_engine::paths::resolve_user_path(&config.storage_path, &cwd, &path)?;
+            let req = json!({"cmd": "conflicts_resolve", "path": rel, "keep": keep});
+            let res: serde_json::Value = match crate::daemon::control_request(home, &req)? {
+                Some(a) => {
+                    if a["ok"].as_bool() != Some(true) {
+                        bail!(
+                            "{}",
+                            a["error"].as_str().unwrap_or("the running node refused")
+                        );
+                    }
+                    a["resolution"].clone()
+                }
+                None => {
+                    let key = unlock::master_key(home, passphrase_file)?;
+                    let mut node = Node::open(home.clone(), &key, Access::ReadWrite)?;
+                    serde_json::to_value(node.resolve_conflict(&rel, keep_parsed, None)?)?
+                }
+            };
+            if json {
+                return output::json(&res);
+            }
+            let copy = res["copy"].as_str().unwrap_or("?");
+            let original = res["original"].as_str().unwrap_or("?");
+            match res["renamed_to"].as_str() {
+                Some(to) => println!("kept both: {original}, and {copy} renamed to {to}"),
+                None => println!("resolved {original} (kept {keep}); removed {copy}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The daemon's log file in the home (JSON lines, see `main.rs`).
+pub fn log_file(home: &Home) -> std::path::PathBuf {
+    home.dir.join("sovryn.log")
+}
+
+/// One JSON log line as text: `TIME LEVEL target: message k=v…`.
+fn human_log_line(line: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return line.to_owned();
+    };
+    let mut out = format!(
+        "{} {:>5} {}:",
+        v["timestamp"].as_str().unwrap_or("-"),
+        v["level"].as_str().unwrap_or("-"),
+        v["target"].as_str().unwrap_or("-"),
+    );
+    if let Some(fields) = v["fields"].as_object() {
+        if let Some(m) = fields.get("message").and_then(|m| m.as_str()) {
+            out.push(' ');
+            out.push_str(m);
+        }
+        for (k, val) in fields.iter().filter(|(k, _)| *k != "message") {
+            out.push_str(&format!(" {k}={val}"));
+        }
+    }
+    out
+}
+
+fn logs(home: &Home, json: bool, follow: bool, lines: usize) -> Result<()> {
+    use std::io::{BufRead, Read, Seek, SeekFrom};
+    let path = log_file(home);
+    if !home.exists() {
+        bail!("no node in {}", home.dir.display());
+    }
+    let emit = |line: &str, out: &mut dyn Write| -> Result<()> {
+        if line.trim().is_empty() {
+            return Ok(());
+        }
+        if json {
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "{}", human_log_line(line))?;
+        }
+        Ok(())
+    };
+    let mut out = std::io::stdout().lock();
+    let mut pos = 0u64;
+    match std::fs::File::open(&path) {
+        Ok(f) => {
+            let all: Vec<String> = std::io::BufReader::new(&f)
+                .lines()
+                .collect::<std::io::Result<_>>()?;
+            let skip = if lines == 0 {
+                0
+            } else {
+                all.len().saturating_sub(lines)
+            };
+            for l in &all[skip..] {
+                emit(l, &mut out)?;
+            }
+            pos = f.metadata()?.len();
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(
+                "no log yet at {} (the node writes it while 'sovryn up' runs)",
+                path.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    out.flush()?;
+    if !follow {
+        return Ok(());
+    }
+    let mut partial = String::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            continue;
+        };
+        let len = f.metadata()?.len();
+        if len < pos {
+            // Rotated or truncated: start over.
+            pos = 0;
+        }
+        if len == pos {
+            continue;
+        }
+        f.seek(SeekFrom::Start(pos))?;
+        let mut buf = String::new();
+        f.read_to_string(&mut buf)?;
+        pos += buf.len() as u64;
+        partial.push_str(&buf);
+        while let Some(i) = partial.find('\n') {
+            let line: String = partial.drain(..=i).collect();
+            emit(line.trim_end(), &mut out)?;
+        }
+        out.flush()?;
+    }
+}
+
+/// Opens HOME/sovryn.log for appending; a log over 16 MiB is moved to
+/// `sovryn.log.1` first.
+pub fn open_log_file(home: &Home) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = log_file(home);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > 16 << 20) {
+        let _ = std::fs::rename(&path, home.dir.join("sovryn.log.1"));
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
 }

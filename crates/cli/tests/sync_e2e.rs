@@ -181,6 +181,66 @@ impl Peer {
     fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the node with SIGKILL (no clean shutdown).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Waits until the node recorded everything on disk (status sees no
+    /// unrecorded change), so a later write cannot hide an earlier one.
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = self.json(&["status"]);
+            if st["pending_changes"] == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node never recorded its changes: {st}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    }
+
+    /// Every content `path` ever had here (live versions), via `versions` and `cat --version`.
+    fn history(&self, path: &str) -> Vec<String> {
+        let out = self.cmd(&["--json", "versions", path]).output().unwrap();
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let vs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut contents = Vec::new();
+        for v in vs.as_array().unwrap() {
+            if v["deleted"] == true {
+                continue;
+            }
+            let label = v["version"].as_str().unwrap();
+            let out = self
+                .cmd(&["cat", path, "--version", label])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                contents.push(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+        }
+        contents
+    }
 }
 
 impl Drop for Peer {
@@ -559,4 +619,465 @@ fn read_only_peer_changes_are_not_applied() {
     assert!(!a.root.join("from-b.txt").exists());
     a.down();
     b.down();
+}
+
+fn conflict_copies(t: &BTreeMap<String, String>) -> Vec<String> {
+    t.keys()
+        .filter(|k| k.contains(".sync-conflict-"))
+        .cloned()
+        .collect()
+}
+
+/// Offline edits on both sides (paused), then resumed: different lines
+/// merge, the same line and binaries keep a conflict copy, delete against
+/// edit keeps the edit, and nothing written is lost. Conflicts are listed
+/// and resolved through the running node; a third node added later gets
+/// the whole tree.
+#[test]
+fn offline_edits_merge_or_keep_conflict_copies() {
+    let (mut a, mut b) = pair();
+    let lines: String = (1..=10).map(|i| format!("line {i}\n")).collect();
+    a.write("notes.txt", lines.as_bytes());
+    a.write("same.txt", b"one\ntwo\nthree\n");
+    a.write("blob.bin", &[0, 1, 2, 3, 4, 5]);
+    a.write("gone.txt", b"to be deleted on a, edited on b\n");
+    a.write(
+        "conf.json",
+        b"{\n  \"x\": 1,\n  \"list\": [1, 2],\n  \"y\": {\"a\": 1}\n}\n",
+    );
+    a.up();
+    b.up();
+    converge(&a, &b, "initial", |t| t.len() == 5);
+
+    for p in [&a, &b] {
+        p.ok(&["pause"]);
+        let st = p.json(&["status"]);
+        assert_eq!(st["paused"], true, "{st}");
+        assert_eq!(st["running"], true, "{st}");
+    }
+    assert!(!a.cmd(&["sync"]).output().unwrap().status.success());
+
+    let notes_a = lines.replace("line 1\n", "line 1 edited on alpha\n");
+    let notes_b = lines.replace("line 9\n", "line 9 edited on beta\n");
+    a.write("notes.txt", notes_a.as_bytes());
+    a.write("same.txt", b"one\nTWO from alpha\nthree\n");
+    a.write("blob.bin", &[0, 1, 2, 3, 4, 0xAA]);
+    std::fs::remove_file(a.root.join("gone.txt")).unwrap();
+    a.write(
+        "conf.json",
+        b"{\n  \"x\": 2,\n  \"list\": [1, 2],\n  \"y\": {\"a\": 1}\n}\n",
+    );
+    a.settle();
+    // B's writes are the newer ones.
+    std::thread::sleep(Duration::from_millis(50));
+    b.write("notes.txt", notes_b.as_bytes());
+    b.write("same.txt", b"one\nTWO from beta\nthree\n");
+    b.write("blob.bin", &[0, 1, 2, 3, 4, 0xBB]);
+    b.write("gone.txt", b"edited on beta\n");
+    b.write(
+        "conf.json",
+        b"{\n  \"x\": 1,\n  \"list\": [1, 2],\n  \"y\": {\"a\": 1, \"b\": 2}\n}\n",
+    );
+    b.settle();
+    // Nothing crossed while paused.
+    assert_eq!(
+        std::fs::read_to_string(a.root.join("notes.txt")).unwrap(),
+        notes_a
+    );
+
+    for p in [&a, &b] {
+        p.ok(&["resume"]);
+    }
+    a.ok(&["sync", "--timeout", "20"]);
+    b.ok(&["sync", "--timeout", "20"]);
+    converge(&a, &b, "after resume", |t| {
+        conflict_copies(t).len() == 2
+            && t["notes.txt"].contains("alpha")
+            && t["notes.txt"].contains("beta")
+            && t.get("gone.txt")
+                .is_some_and(|v| v.ends_with(":edited on beta\n"))
+    });
+    let t = tree(&a.root);
+    let merged: String = lines
+        .replace("line 1\n", "line 1 edited on alpha\n")
+        .replace("line 9\n", "line 9 edited on beta\n");
+    assert_eq!(t["notes.txt"], format!("file 644:{merged}"));
+    assert!(
+        t["same.txt"].ends_with(":one\nTWO from beta\nthree\n"),
+        "{t:#?}"
+    );
+    let conf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.root.join("conf.json")).unwrap()).unwrap();
+    assert_eq!(
+        conf,
+        serde_json::json!({"x": 2, "list": [1, 2], "y": {"a": 1, "b": 2}})
+    );
+    let copies = conflict_copies(&t);
+    let same_copy = copies
+        .iter()
+        .find(|c| c.starts_with("same.sync-conflict-"))
+        .expect("same.txt copy")
+        .clone();
+    let blob_copy = copies
+        .iter()
+        .find(|c| c.starts_with("blob.sync-conflict-") && c.ends_with("-alpha.bin"))
+        .expect("blob.bin copy")
+        .clone();
+    assert!(t[&same_copy].ends_with(":one\nTWO from alpha\nthree\n"));
+    assert_eq!(
+        std::fs::read(a.root.join(&blob_copy)).unwrap(),
+        [0, 1, 2, 3, 4, 0xAA]
+    );
+    assert_eq!(
+        std::fs::read(b.root.join("blob.bin")).unwrap(),
+        [0, 1, 2, 3, 4, 0xBB]
+    );
+
+    // Nothing written is lost: each side's own edits are in its history.
+    assert!(a.history("notes.txt").contains(&notes_a));
+    assert!(b.history("notes.txt").contains(&notes_b));
+    assert!(a.history("notes.txt").contains(&merged));
+    assert!(a
+        .history("gone.txt")
+        .contains(&"to be deleted on a, edited on b\n".to_string()));
+
+    // conflicts list, on both sides.
+    for p in [&a, &b] {
+        let list = p.json(&["conflicts", "list"]);
+        let list = list["conflicts"].as_array().unwrap();
+        assert_eq!(list.len(), 2, "{list:?}");
+        let originals: Vec<&str> = list
+            .iter()
+            .map(|c| c["original"].as_str().unwrap())
+            .collect();
+        assert_eq!(originals, vec!["blob.bin", "same.txt"]);
+        assert!(list.iter().all(|c| c["author"] == "alpha"), "{list:?}");
+    }
+    let human = a.ok(&["conflicts", "list"]);
+    assert!(human.contains(&same_copy) && human.contains("copy of same.txt"));
+
+    // Resolve through the running nodes: alpha's version of same.txt wins;
+    // both blobs are kept.
+    let out = a.ok(&["conflicts", "resolve", "same.txt", "--keep", "remote"]);
+    assert!(out.contains("resolved same.txt"), "{out}");
+    let out = b.ok(&["conflicts", "resolve", &blob_copy, "--keep", "both"]);
+    assert!(out.contains("blob.from-alpha.bin"), "{out}");
+    assert!(!b
+        .cmd(&["conflicts", "resolve", "notes.txt", "--keep", "local"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    converge(&a, &b, "resolved", |t| {
+        conflict_copies(t).is_empty()
+            && t["same.txt"].ends_with(":one\nTWO from alpha\nthree\n")
+            && t.contains_key("blob.from-alpha.bin")
+    });
+    assert!(b.json(&["conflicts", "list"])["conflicts"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // A third node joins later and receives the whole tree.
+    let mut c = Peer::new("gamma", Some(&a.folder_key()));
+    c.trust(&a);
+    a.ok(&[
+        "peers",
+        "add",
+        &c.id,
+        "--address",
+        &format!("127.0.0.1:{}", c.port),
+        "--name",
+        "gamma",
+    ]);
+    c.up();
+    converge(&a, &c, "third node", |t| {
+        t.contains_key("blob.from-alpha.bin")
+    });
+    let vs = c.json(&["versions", "notes.txt"]);
+    assert!(!vs.as_array().unwrap().is_empty());
+    assert_eq!(c.history("notes.txt").last().unwrap(), &merged);
+    let st = a.json(&["status"]);
+    assert_eq!(st["paused"], false);
+    assert_eq!(st["peers"].as_array().unwrap().len(), 2, "{st}");
+
+    // The daemon's log file, through `sovryn logs`.
+    let logs = a.ok(&["logs"]);
+    assert!(
+        logs.contains("sync paused") && logs.contains("sync resumed"),
+        "{logs}"
+    );
+    let json_line = a.ok(&["logs", "--json", "-n", "1"]);
+    serde_json::from_str::<serde_json::Value>(json_line.trim()).unwrap();
+
+    a.down();
+    b.down();
+    c.down();
+}
+
+/// xorshift64*: the randomized test's deterministic generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+/// Where a write's token survives: a tree, a conflict copy, or history.
+fn token_survives(nodes: &[Peer], token: &str, paths: &[String]) -> bool {
+    let in_tree = |p: &Peer| tree(&p.root).values().any(|v| v.contains(token));
+    if nodes.iter().any(in_tree) {
+        return true;
+    }
+    nodes.iter().any(|n| {
+        paths
+            .iter()
+            .any(|p| n.history(p).iter().any(|c| c.contains(token)))
+    })
+}
+
+/// Random creates, edits (whole rewrites and appended lines, so some merge),
+/// renames and deletes on three nodes in a full mesh, with pauses
+/// (disconnects), SIGTERM and SIGKILL restarts and writes while a node is
+/// down. At the end every node syncs; the trees must be identical and every
+/// recorded write must survive in a tree, a conflict copy or a history.
+///
+/// `SOVRYN_SEED=N` replays a run, `SOVRYN_RANDOM_OPS=N` sets its length
+/// (default 60, about 20-40 s here).
+#[test]
+fn random_ops_on_three_nodes_converge() {
+    let seed: u64 = std::env::var("SOVRYN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let ops: usize = std::env::var("SOVRYN_RANDOM_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    eprintln!("random_ops_on_three_nodes_converge: SOVRYN_SEED={seed} SOVRYN_RANDOM_OPS={ops}");
+    let fail = |msg: String| -> ! {
+        panic!("{msg}\n(replay with SOVRYN_SEED={seed} SOVRYN_RANDOM_OPS={ops})")
+    };
+    let mut rng = Rng(seed | 1);
+
+    let a = Peer::new("alpha", None);
+    let key = a.folder_key();
+    let mut nodes = vec![
+        a,
+        Peer::new("beta", Some(&key)),
+        Peer::new("gamma", Some(&key)),
+    ];
+    for i in 0..3 {
+        for j in 0..3 {
+            if i != j {
+                nodes[i].trust(&nodes[j]);
+            }
+        }
+    }
+    for n in nodes.iter_mut() {
+        n.up();
+    }
+    let pool: Vec<String> = [
+        "a.txt",
+        "b.md",
+        "c.json",
+        "d.bin",
+        "x/e.txt",
+        "x/f.txt",
+        "y/z/g.txt",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // (token, node, path) of every write.
+    let mut writes: Vec<(String, usize, String)> = Vec::new();
+    // Paths written on a stopped node since it stopped: not written again
+    // until it records them (an unrecorded write may rightly be overwritten).
+    let mut dirty: Vec<Vec<String>> = vec![Vec::new(); 3];
+    let mut paused = [false; 3];
+    let mut trace = Vec::new();
+
+    for op in 0..ops {
+        let n = rng.below(3) as usize;
+        let roll = rng.below(100);
+        let path = rng.pick(&pool).clone();
+        let token = format!("tok-{seed}-{op}-{}", nodes[n].id.get(..6).unwrap_or(""));
+        let abs = nodes[n].root.join(&path);
+        let exists = abs.is_file();
+        let node_up = nodes[n].running();
+        let blocked = !node_up && dirty[n].contains(&path);
+        let what = match roll {
+            _ if blocked => "skip".to_string(),
+            0..=29 => {
+                // A whole new content (binary for .bin).
+                let body = if path.ends_with(".bin") {
+                    let mut v = vec![0u8, 1, 2];
+                    v.extend_from_slice(token.as_bytes());
+                    v
+                } else if path.ends_with(".json") {
+                    format!("{{\"{token}\": {op}}}\n").into_bytes()
+                } else {
+                    format!("head\n{token}\nfoot\n").into_bytes()
+                };
+                nodes[n].write(&path, &body);
+                writes.push((token.clone(), n, path.clone()));
+                format!("write {path}")
+            }
+            30..=54 if exists && !path.ends_with(".bin") => {
+                // An edit that keeps the rest: appends a line (or adds a key).
+                let old = std::fs::read_to_string(&abs).unwrap_or_default();
+                let new = if path.ends_with(".json") {
+                    match serde_json::from_str::<serde_json::Value>(&old) {
+                        Ok(serde_json::Value::Object(mut m)) => {
+                            m.insert(token.clone(), op.into());
+                            serde_json::to_string(&m).unwrap() + "\n"
+                        }
+                        _ => format!("{{\"{token}\": {op}}}\n"),
+                    }
+                } else if rng.below(2) == 0 {
+                    format!("{old}{token}\n")
+                } else {
+                    format!("{token}\n{old}")
+                };
+                nodes[n].write(&path, new.as_bytes());
+                writes.push((token.clone(), n, path.clone()));
+                format!("edit {path}")
+            }
+            55..=64 if exists => {
+                let to = rng.pick(&pool).clone();
+                let dest = nodes[n].root.join(&to);
+                if to == path || dest.exists() || (!node_up && dirty[n].contains(&to)) {
+                    "skip".to_string()
+                } else {
+                    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                    std::fs::rename(&abs, &dest).unwrap();
+                    if !node_up {
+                        dirty[n].push(to.clone());
+                    }
+                    format!("rename {path} {to}")
+                }
+            }
+            65..=74 if exists => {
+                std::fs::remove_file(&abs).unwrap();
+                format!("delete {path}")
+            }
+            75..=82 => {
+                if node_up {
+                    let cmd = if paused[n] { "resume" } else { "pause" };
+                    nodes[n].ok(&[cmd]);
+                    paused[n] = !paused[n];
+                    cmd.to_string()
+                } else {
+                    "skip".to_string()
+                }
+            }
+            83..=91 => {
+                if node_up {
+                    if rng.below(2) == 0 {
+                        nodes[n].settle();
+                        nodes[n].down();
+                        "sigterm".to_string()
+                    } else {
+                        // Only after the node recorded its writes: an
+                        // unrecorded write dies with it by design.
+                        nodes[n].settle();
+                        nodes[n].kill();
+                        "sigkill".to_string()
+                    }
+                } else {
+                    nodes[n].up();
+                    dirty[n].clear();
+                    "start".to_string()
+                }
+            }
+            _ => {
+                std::thread::sleep(Duration::from_millis(rng.below(400)));
+                "sleep".to_string()
+            }
+        };
+        if what.starts_with("write") || what.starts_with("edit") || what.starts_with("rename") {
+            if nodes[n].running() {
+                nodes[n].settle();
+            } else if !what.starts_with("rename") {
+                dirty[n].push(path.clone());
+            }
+        }
+        trace.push(format!("{op}: {} {what}", ["alpha", "beta", "gamma"][n]));
+        std::thread::sleep(Duration::from_millis(rng.below(120)));
+    }
+
+    // Bring everything back and sync.
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if !n.running() {
+            n.up();
+        }
+        if paused[i] {
+            n.ok(&["resume"]);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for n in &nodes {
+            let _ = n.cmd(&["sync", "--timeout", "10"]).output();
+        }
+        let trees: Vec<_> = nodes.iter().map(|n| tree(&n.root)).collect();
+        if trees[0] == trees[1] && trees[1] == trees[2] {
+            break;
+        }
+        if Instant::now() > deadline {
+            fail(format!(
+                "trees differ after sync\ntrace:\n{}\nA: {:#?}\nB: {:#?}\nC: {:#?}\nlogs:\n{}\n{}\n{}",
+                trace.join("\n"),
+                trees[0],
+                trees[1],
+                trees[2],
+                nodes[0].log(),
+                nodes[1].log(),
+                nodes[2].log()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Every write survives somewhere.
+    let t = tree(&nodes[0].root);
+    let mut paths: Vec<String> = pool.clone();
+    paths.extend(t.keys().filter(|k| !t[*k].starts_with("dir")).cloned());
+    paths.sort();
+    paths.dedup();
+    let lost: Vec<&(String, usize, String)> = writes
+        .iter()
+        .filter(|(tok, _, _)| !token_survives(&nodes, tok, &paths))
+        .collect();
+    if !lost.is_empty() {
+        fail(format!(
+            "{} of {} writes lost: {lost:?}\ntrace:\n{}\ntree: {t:#?}",
+            lost.len(),
+            writes.len(),
+            trace.join("\n")
+        ));
+    }
+    eprintln!(
+        "seed {seed}: {ops} ops, {} writes, {} conflict copies, all converged",
+        writes.len(),
+        conflict_copies(&t).len()
+    );
+    for n in nodes.iter_mut() {
+        n.down();
+    }
 }

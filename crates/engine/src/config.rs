@@ -75,6 +75,28 @@ pub struct McpConfig {
     pub bind: String,
     /// Port of the HTTP listener.
     pub port: u16,
+    /// Host names accepted besides loopback and the bind address (DNS rebinding guard).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted besides loopback ones (`https://app.example:443`, `http://tool:*`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    /// Client networks allowed to connect (`10.0.0.0/8`, `192.168.1.7`); empty: any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_cidrs: Vec<String>,
+    /// HS256 secret (32 bytes or more) for JWT bearer tokens; prefer `jwt_secret_file`,
+    /// since `config.toml` is world-readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    /// A file holding the HS256 JWT secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with `tls_key`, the listener speaks HTTPS only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for McpConfig {
@@ -83,6 +105,13 @@ impl Default for McpConfig {
             enabled: true,
             bind: "127.0.0.1".into(),
             port: 8765,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            allow_cidrs: Vec::new(),
+            jwt_secret: None,
+            jwt_secret_file: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -97,6 +126,10 @@ pub struct SyncConfig {
     pub include: Vec<String>,
     /// Selective sync: paths matching these are not kept on this node.
     pub exclude: Vec<String>,
+    /// Upload limit for chunk data to all peers together, KiB/s (0: none).
+    pub max_send_kib_per_sec: u64,
+    /// Download limit for chunk data from all peers together, KiB/s (0: none).
+    pub max_recv_kib_per_sec: u64,
 }
 
 /// Full-text search settings.
@@ -176,6 +209,13 @@ pub const CONFIG_KEYS: &[&str] = &[
     "mcp.enabled",
     "mcp.bind",
     "mcp.port",
+    "mcp.allowed_hosts",
+    "mcp.allowed_origins",
+    "mcp.allow_cidrs",
+    "mcp.jwt_secret",
+    "mcp.jwt_secret_file",
+    "mcp.tls_cert",
+    "mcp.tls_key",
     "retention.keep_last",
     "retention.keep_within_secs",
     "retention.staggered",
@@ -183,6 +223,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "sync.ignore",
     "sync.include",
     "sync.exclude",
+    "sync.max_send_kib_per_sec",
+    "sync.max_recv_kib_per_sec",
     "search.enabled",
     "search.max_text_bytes",
 ];
@@ -293,6 +335,18 @@ impl Config {
                 self.mcp.bind
             )));
         }
+        for c in &self.mcp.allow_cidrs {
+            if !valid_cidr(c) {
+                return Err(Error::Config(format!(
+                    "mcp.allow_cidrs: '{c}' is not a CIDR block (e.g. 10.0.0.0/8, 192.168.1.7)"
+                )));
+            }
+        }
+        if self.mcp.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err(Error::Config(
+                "mcp.jwt_secret must be at least 32 bytes".into(),
+            ));
+        }
         if !self.storage_path.is_absolute() {
             return Err(Error::Config("storage_path must be absolute".into()));
         }
@@ -300,9 +354,41 @@ impl Config {
     }
 }
 
+/// `ADDR` or `ADDR/PREFIX` with a prefix the address family allows.
+fn valid_cidr(s: &str) -> bool {
+    let (addr, prefix) = match s.trim().split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s.trim(), None),
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|n| n <= max))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mcp_security_keys_validate() {
+        let mut c = Config::new("a".into(), "/tmp/x".into());
+        c.set("mcp.allow_cidrs", "[\"10.0.0.0/8\", \"::1\"]")
+            .unwrap();
+        assert_eq!(c.mcp.allow_cidrs.len(), 2);
+        assert!(c.set("mcp.allow_cidrs", "[\"10.0.0.0/33\"]").is_err());
+        c.set("mcp.tls_cert", "/etc/cert.pem").unwrap(); // the key is checked when serving
+        assert!(c.set("mcp.jwt_secret", "short").is_err());
+        c.set("mcp.jwt_secret_file", "/etc/sovryn/jwt").unwrap();
+        assert_eq!(c.get("mcp.jwt_secret").unwrap(), "(unset)");
+        c.set("mcp.allowed_origins", "[\"https://app.example.com\"]")
+            .unwrap();
+        assert_eq!(
+            c.mcp.allowed_origins,
+            vec!["https://app.example.com".to_string()]
+        );
+    }
 
     #[test]
     fn set_validates_and_round_trips() {

@@ -10,8 +10,10 @@
 //! The engine knows nothing of the network, MCP or command-line parsing.
 
 pub mod config;
+pub mod conflicts;
 pub mod fsutil;
 pub mod identity;
+pub mod merge;
 pub mod node;
 pub mod ops;
 pub mod paths;

@@ -157,6 +157,7 @@ mod tests {
             ignore: vec!["*.tmp".into()],
             include: vec![],
             exclude: vec!["videos/**".into()],
+            ..Default::default()
         };
         let r = Rules::new(root, &sync).unwrap();
         assert!(r.ignored("a.log", false));

@@ -261,6 +261,18 @@ impl Node {
                 Some(p) if !p.entry.deleted && meta.is_dir() => {
                     p.entry.kind != EntryKind::Dir || p.entry.mode & 0o7777 != stat.mode & 0o7777
                 }
+                // Recorded as "racy" (written in the same clock tick as its
+                // stat): unchanged unless the bytes differ. Compared without
+                // ingesting, so a read-only dry run works.
+                Some(p)
+                    if !p.entry.deleted
+                        && p.entry.kind == EntryKind::File
+                        && meta.is_file()
+                        && p.disk
+                            .is_some_and(|d| d.racy && DiskStat { racy: false, ..d } == stat) =>
+                {
+                    fs::read(&abs).ok() != self.store.content(&p.entry).ok()
+                }
                 _ => true,
             };
             if changed {

@@ -9,9 +9,11 @@
 //!   disk (temp file, fsync, rename) and recorded with its vector and author;
 //! * local dominates or equal: nothing happens;
 //! * concurrent: equal content merges the vectors; delete against edit keeps
-//!   the edit; two different files keep the newer write under the name and
-//!   the other as `name.sync-conflict-YYYYMMDD-HHMMSS-<node>.ext`, recorded as
-//!   a new local file. The result carries both vectors plus one local edit.
+//!   the edit; two files whose edits merge cleanly (text three-way, JSON
+//!   structurally, see [`crate::merge`]) become the merged file; otherwise
+//!   the newer write keeps the name and the other is kept as
+//!   `name.sync-conflict-YYYYMMDD-HHMMSS-<node>.ext`, recorded as a new local
+//!   file. The result carries both vectors plus one local edit.
 //!
 //! Before a local file is replaced, its on-disk state is compared with what
 //! the index last saw; if it changed, the path is rescanned first and the
@@ -40,6 +42,8 @@ pub struct ApplyReport {
     pub ignored: u64,
     /// Conflict copies made.
     pub conflicts: Vec<String>,
+    /// Paths whose concurrent edits merged cleanly (see [`crate::merge`]).
+    pub merged: Vec<String>,
     /// Paths skipped (ignored, excluded or malformed on this node).
     pub skipped: u64,
     /// Every path whose record changed here (applied, merged, rescanned, copies).
@@ -440,6 +444,23 @@ impl Node {
             return Ok(());
         }
         let remote_wins = newer(remote, l);
+        // Two files: merge when the edits do not overlap (same inputs, in
+        // write order, on both sides, so both compute the same result).
+        let (first, second) = if remote_wins {
+            (l, remote)
+        } else {
+            (remote, l)
+        };
+        match self.merge_concurrent(rel, first, second, merged.clone()) {
+            Ok(Some(entry)) => {
+                report.merged.push(rel.to_owned());
+                self.sync_place(batch, report, rel, entry)?;
+                report.applied += 1;
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{rel}: merging concurrent edits failed ({e}); keeping both"),
+        }
         let (winner, loser) = if remote_wins {
             (remote, l)
         } else {
@@ -646,6 +667,150 @@ mod tests {
         sync(&a, &mut b, 0);
         assert_eq!(vv_of(&a, "doc.md"), vv_of(&b, "doc.md"));
         assert_eq!(vv_of(&a, copy), vv_of(&b, copy));
+    }
+
+    /// Both sides edit `rel` (from `base`) while apart, then exchange.
+    fn both_edit(
+        rel: &str,
+        base: &[u8],
+        on_a: &[u8],
+        on_b: &[u8],
+    ) -> (T, T, ApplyReport, ApplyReport) {
+        let (mut a, mut b) = pair();
+        write(&a, rel, base);
+        scan(&mut a);
+        sync(&a, &mut b, 0);
+        let (since_a, since_b) = (
+            a.node.store.sequence().unwrap(),
+            b.node.store.sequence().unwrap(),
+        );
+        write(&a, rel, on_a);
+        scan(&mut a);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        write(&b, rel, on_b);
+        scan(&mut b);
+        let (la, lb) = (records(&a, since_a), records(&b, since_b));
+        let ra = apply(&b, &mut a, &lb);
+        let rb = apply(&a, &mut b, &la);
+        (a, b, ra, rb)
+    }
+
+    /// Exchanges everything both ways until nothing changes.
+    fn settle(a: &mut T, b: &mut T) {
+        for _ in 0..4 {
+            sync(b, a, 0);
+            sync(a, b, 0);
+        }
+    }
+
+    #[test]
+    fn concurrent_text_edits_on_different_lines_merge() {
+        let (mut a, mut b, ra, rb) = both_edit(
+            "notes.md",
+            b"one\ntwo\nthree\nfour\nfive\n",
+            b"ONE\ntwo\nthree\nfour\nfive\n",
+            b"one\ntwo\nthree\nfour\nFIVE\n",
+        );
+        assert_eq!(ra.merged, vec!["notes.md".to_string()], "{ra:?}");
+        assert_eq!(rb.merged, vec!["notes.md".to_string()], "{rb:?}");
+        assert!(ra.conflicts.is_empty() && rb.conflicts.is_empty());
+        for t in [&a, &b] {
+            assert_eq!(
+                read(t, "notes.md").unwrap(),
+                b"ONE\ntwo\nthree\nfour\nFIVE\n"
+            );
+        }
+        // The two merges have the same content: the next round only merges vectors.
+        let seq = a.node.store.sequence().unwrap();
+        settle(&mut a, &mut b);
+        assert_eq!(vv_of(&a, "notes.md"), vv_of(&b, "notes.md"));
+        assert!(a.node.store.sequence().unwrap() <= seq + 1);
+        // History keeps both sides' own writes.
+        let texts: Vec<Vec<u8>> = a
+            .node
+            .store
+            .versions("notes.md")
+            .unwrap()
+            .iter()
+            .map(|v| a.node.store.content(&v.entry).unwrap())
+            .collect();
+        assert!(texts.contains(&b"ONE\ntwo\nthree\nfour\nfive\n".to_vec()));
+        let files: Vec<_> = a.node.store.files_under("").unwrap();
+        assert!(files.iter().all(|f| !is_conflict_copy(&f.path)));
+    }
+
+    #[test]
+    fn concurrent_json_edits_merge_structurally() {
+        let (mut a, mut b, ra, _) = both_edit(
+            "conf.json",
+            br#"{"a":1,"b":{"x":1}}"#,
+            br#"{"a":2,"b":{"x":1}}"#,
+            br#"{"a":1,"b":{"x":1,"y":2}}"#,
+        );
+        assert_eq!(ra.merged.len(), 1, "{ra:?}");
+        settle(&mut a, &mut b);
+        for t in [&a, &b] {
+            let v: serde_json::Value =
+                serde_json::from_slice(&read(t, "conf.json").unwrap()).unwrap();
+            assert_eq!(v, serde_json::json!({"a":2,"b":{"x":1,"y":2}}));
+        }
+        assert_eq!(vv_of(&a, "conf.json"), vv_of(&b, "conf.json"));
+    }
+
+    #[test]
+    fn same_line_and_binary_edits_keep_a_conflict_copy() {
+        for (rel, base, on_a, on_b) in [
+            ("s.txt", &b"x\ny\n"[..], &b"x\nA\n"[..], &b"x\nB\n"[..]),
+            (
+                "b.bin",
+                &b"\0\x01\x02"[..],
+                &b"\0\x01A"[..],
+                &b"\0\x01B"[..],
+            ),
+        ] {
+            let (mut a, mut b, ra, rb) = both_edit(rel, base, on_a, on_b);
+            assert!(ra.merged.is_empty() && rb.merged.is_empty());
+            assert_eq!(ra.conflicts.len(), 1, "{ra:?}");
+            assert_eq!(ra.conflicts, rb.conflicts);
+            settle(&mut a, &mut b);
+            for t in [&a, &b] {
+                assert_eq!(read(t, rel).unwrap(), on_b);
+                assert_eq!(read(t, &ra.conflicts[0]).unwrap(), on_a);
+            }
+            let copies = a.node.conflict_copies().unwrap();
+            assert_eq!(copies.len(), 1);
+            assert_eq!(copies[0].original, rel);
+            assert_eq!(copies[0].author, "alpha");
+        }
+    }
+
+    #[test]
+    fn resolving_conflicts() {
+        use crate::conflicts::Keep;
+        for keep in [Keep::Local, Keep::Remote, Keep::Both] {
+            let (mut a, mut b, ra, _) = both_edit("d.txt", b"0\n", b"A\n", b"B\n");
+            settle(&mut a, &mut b);
+            let copy = ra.conflicts[0].clone();
+            let r = a.node.resolve_conflict("d.txt", keep, None).unwrap();
+            assert_eq!(r.copy, copy);
+            assert!(!a.node.root().join(&copy).exists());
+            assert!(a.node.conflict_copies().unwrap().is_empty());
+            let kept = read(&a, "d.txt").unwrap();
+            match keep {
+                Keep::Local => assert_eq!(kept, b"B\n"),
+                Keep::Remote => assert_eq!(kept, b"A\n"),
+                Keep::Both => {
+                    assert_eq!(kept, b"B\n");
+                    let to = r.renamed_to.unwrap();
+                    assert_eq!(to, "d.from-alpha.txt");
+                    assert_eq!(read(&a, &to).unwrap(), b"A\n");
+                }
+            }
+            // The resolution syncs like any edit.
+            settle(&mut a, &mut b);
+            assert_eq!(read(&b, "d.txt").unwrap(), kept);
+            assert!(b.node.conflict_copies().unwrap().is_empty());
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! * [`tools`]: the tools and the server type.
 //! * [`tokens`]: hashed bearer tokens with capabilities and path scopes (`mcp.db`).
 //! * [`http`]: the axum app: auth, 401/403/429, RFC 9728 metadata, health, body cap.
+//! * [`gateway`]: CIDR allowlist, Host/Origin checks, metrics, the TCP/TLS listener.
+//! * [`jwt`]: optional HS256 JWT bearer tokens.
 //! * [`audit`]: the append-only `audit.jsonl` of tool calls.
 //!
 //! Invariant: every path from a client is normalised, confined to the storage
@@ -11,7 +13,9 @@
 //! The crate knows nothing of clap or of the sync protocol.
 
 pub mod audit;
+pub mod gateway;
 pub mod http;
+pub mod jwt;
 pub mod resources;
 mod server;
 pub mod tokens;
@@ -24,7 +28,7 @@ use rmcp::ServiceExt;
 use sovryn_engine::Node;
 
 pub use http::{serve_http, serve_http_with, HttpOptions};
-pub use tokens::{Capability, PathScope, Principal, TokenStore};
+pub use tokens::{Capability, PathScope, Principal, TokenStore, TokenVerifier};
 pub use tools::SovrynServer;
 
 /// What the MCP server needs from a running node.
@@ -61,7 +65,7 @@ pub(crate) struct Shared {
     pub(crate) audit: audit::Audit,
     pub(crate) node_name: String,
     /// The tool router, built once (sessions and stateless requests clone it).
-    pub(crate) router: rmcp::handler::server::router::tool::ToolRouter<SovrynServer>,
+    pub(crate) router: Arc<rmcp::handler::server::router::tool::ToolRouter<SovrynServer>>,
 }
 
 impl Shared {
@@ -79,7 +83,7 @@ impl Shared {
             state,
             audit,
             node_name,
-            router: SovrynServer::build_router(),
+            router: Arc::new(SovrynServer::build_router()),
         }))
     }
 }

@@ -368,15 +368,7 @@ impl TokenStore {
 
     /// The principal a presented secret stands for, if it is valid now.
     pub fn verify(&self, secret: &str) -> Result<Option<Principal>> {
-        let info = self
-            .db
-            .query_row(
-                "SELECT name, capabilities, paths, created, expires, revoked FROM tokens WHERE hash = ?1",
-                [hash(secret)],
-                info_from_row,
-            )
-            .optional()?;
-        let Some(info) = info.filter(|i| i.usable(now())) else {
+        let Some(info) = self.lookup(&hash(secret))?.filter(|i| i.usable(now())) else {
             return Ok(None);
         };
         Ok(Some(Principal {
@@ -384,6 +376,81 @@ impl TokenStore {
             name: info.name,
             capabilities: info.capabilities,
         }))
+    }
+
+    fn lookup(&self, hash: &str) -> Result<Option<TokenInfo>> {
+        Ok(self
+            .db
+            .prepare_cached(
+                "SELECT name, capabilities, paths, created, expires, revoked FROM tokens WHERE hash = ?1",
+            )?
+            .query_row([hash], info_from_row)
+            .optional()?)
+    }
+
+    /// SQLite's `data_version`: changes when another connection commits.
+    fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .db
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
+    }
+}
+
+/// A [`TokenStore`] with the valid tokens cached for the HTTP gateway.
+///
+/// A hit costs a SHA-256, `PRAGMA data_version` and a map lookup; the cache
+/// is dropped whenever the table changes (a `sovryn mcp tokens revoke` or
+/// `create` from another process or connection), so a revocation takes effect on the
+/// next request. Expiry is checked on every call.
+pub struct TokenVerifier {
+    store: TokenStore,
+    version: i64,
+    cache: std::collections::HashMap<String, (TokenInfo, Principal)>,
+}
+
+/// Cached tokens at most (more are verified against the database each time).
+const CACHE_CAP: usize = 4096;
+
+impl TokenVerifier {
+    /// Wraps an open store.
+    pub fn new(store: TokenStore) -> Self {
+        TokenVerifier {
+            store,
+            version: i64::MIN,
+            cache: Default::default(),
+        }
+    }
+
+    /// Whether the database answers.
+    pub fn ping(&mut self) -> Result<()> {
+        self.store.data_version().map(|_| ())
+    }
+
+    /// Like [`TokenStore::verify`].
+    pub fn verify(&mut self, secret: &str) -> Result<Option<Principal>> {
+        let v = self.store.data_version()?;
+        if v != self.version {
+            self.cache.clear();
+            self.version = v;
+        }
+        let h = hash(secret);
+        if let Some((info, p)) = self.cache.get(&h) {
+            return Ok(info.usable(now()).then(|| p.clone()));
+        }
+        let Some(info) = self.store.lookup(&h)? else {
+            return Ok(None);
+        };
+        let p = Principal {
+            scope: PathScope::new(&info.paths)?,
+            name: info.name.clone(),
+            capabilities: info.capabilities.clone(),
+        };
+        let usable = info.usable(now());
+        if self.cache.len() < CACHE_CAP {
+            self.cache.insert(h, (info, p.clone()));
+        }
+        Ok(usable.then_some(p))
     }
 }
 
@@ -417,6 +484,21 @@ mod tests {
             s.db.query_row("SELECT hash FROM tokens", [], |r| r.get(0))
                 .unwrap();
         assert!(!raw.contains(&secret[4..]));
+    }
+
+    #[test]
+    fn the_cache_sees_revocations_from_another_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = TokenStore::open(dir.path()).unwrap();
+        let secret = s.create("a", &[Capability::Read], &[], None).unwrap();
+        let mut v = TokenVerifier::new(TokenStore::open(dir.path()).unwrap());
+        assert_eq!(v.verify(&secret).unwrap().unwrap().name, "a");
+        assert_eq!(v.verify(&secret).unwrap().unwrap().name, "a");
+        assert!(v.verify("svn_nope").unwrap().is_none());
+        s.revoke("a").unwrap();
+        assert!(v.verify(&secret).unwrap().is_none());
+        let b = s.create("b", &[Capability::Write], &[], Some(-1)).unwrap();
+        assert!(v.verify(&b).unwrap().is_none());
     }
 
     #[test]

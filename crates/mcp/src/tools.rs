@@ -668,7 +668,7 @@ pub struct SovrynServer {
     pub(crate) shared: Arc<Shared>,
     /// The caller when there is no HTTP request (stdio).
     pub(crate) local: Option<Principal>,
-    pub(crate) tool_router: ToolRouter<SovrynServer>,
+    pub(crate) tool_router: Arc<ToolRouter<SovrynServer>>,
     /// This session's resource subscriptions.
     pub(crate) subs: crate::resources::SubsHandle,
 }
@@ -871,6 +871,7 @@ impl SovrynServer {
                     .and_then(|c| c.as_text())
                     .map(|t| t.text.clone())
                     .unwrap_or_default();
+                crate::gateway::tool_error(&name);
                 format!("error: {}", cut_utf8(&msg, 300))
             }
             (None, Ok(_)) => "ok".to_string(),

@@ -21,16 +21,28 @@ use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey};
 use serde::Serialize;
 use sovryn_engine::config::PeerConfig;
 use sovryn_engine::Node;
-use sovryn_store::{Causality, ChunkId, Entry};
+use sovryn_store::{Causality, ChunkCodec, ChunkId, Entry, SealedChunk, Store};
 use tokio::sync::{broadcast, watch};
 
 pub use wire::ALPN;
 use wire::{Frame, Msg, WireRecord};
 
-/// Records per `Index` message.
-const INDEX_BATCH: usize = 500;
+/// Most records per `Index` message (the receiver applies up to 2000 in
+/// one group: one pair of `syncfs` and one transaction).
+const INDEX_BATCH: usize = 2000;
+/// Most chunk ids named by the records of one `Index` message (keeps the
+/// JSON well under the frame cap when files are large).
+const INDEX_CHUNKS: usize = 16_384;
 /// Chunk ids per `GetChunks` stream.
-const CHUNKS_PER_REQUEST: usize = 256;
+const CHUNKS_PER_REQUEST: usize = 128;
+/// `GetChunks` streams in flight per peer.
+const FETCH_STREAMS: usize = 4;
+/// Received chunk bytes sealed and stored together.
+const PUT_BYTES: usize = 4 << 20;
+/// Chunks read from the store per blocking call when serving.
+const SERVE_GROUP: usize = 16;
+/// Read-only store handles for the change log and chunk reads.
+const READERS: usize = 3;
 /// How long to wait for the peer's `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -46,17 +58,50 @@ pub struct Shared {
     pub changes: broadcast::Sender<String>,
     /// The store's newest change-log sequence.
     pub seq: watch::Sender<u64>,
+    /// Read-only handles on the same store: the change log and chunk reads
+    /// served to peers never wait for the node's writes.
+    readers: Arc<Vec<Mutex<Store>>>,
+    /// The folder's codec, to check and seal received chunks off the lock.
+    codec: ChunkCodec,
 }
 
 impl Shared {
     /// Wraps an opened node.
     pub fn new(node: Node) -> Result<Self> {
         let seq = node.store.sequence()?;
+        let readers = (0..READERS)
+            .map(|_| node.store.reader().map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()
+            .context("opening read-only store handles")?;
+        let codec = node.store.codec().clone();
         Ok(Shared {
             node: Arc::new(Mutex::new(node)),
             changes: broadcast::channel(4096).0,
             seq: watch::channel(seq).0,
+            readers: Arc::new(readers),
+            codec,
         })
+    }
+
+    /// Runs `f` with a read-only store handle, on a blocking thread. It
+    /// sees everything committed, never what a writer has only appended.
+    pub async fn with_reader<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let free = readers.iter().find_map(|r| r.try_lock().ok());
+            let guard = match free {
+                Some(g) => g,
+                None => readers[0]
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("store reader lock poisoned"))?,
+            };
+            f(&guard)
+        })
+        .await
+        .context("store reader task panicked")?
     }
 
     /// Runs `f` with the node locked, on a blocking thread.
@@ -168,11 +213,18 @@ pub struct PeerStatus {
     pub sent_upto: u64,
     /// The last error of a session or a dial.
     pub last_error: Option<String>,
+    /// Bytes sent to it on the wire (QUIC packets: UDP payloads, headers,
+    /// acks and retransmissions included) since this node started.
+    pub bytes_sent: u64,
+    /// Bytes received from it on the wire, counted the same way.
+    pub bytes_received: u64,
 }
 
 #[derive(Default)]
 struct PeerState {
     status: PeerStatus,
+    /// Wire bytes (sent, received) of connections already closed.
+    closed_bytes: (u64, u64),
     /// Open connections and whether this node dialed each.
     conns: Vec<(Connection, bool)>,
     dialing: bool,
@@ -189,6 +241,96 @@ pub struct SyncNet {
     folder_id: String,
     name: String,
     short_id: String,
+    /// Bandwidth limits (`sync.max_send_kib_per_sec`, `sync.max_recv_kib_per_sec`).
+    limits: RwLock<Limits>,
+}
+
+/// A token bucket in KiB: one cell per KiB.
+type Bucket = Arc<governor::DefaultDirectRateLimiter>;
+
+/// Upload and download limits; `None` is unlimited.
+#[derive(Default, Clone)]
+struct Limits {
+    send: Option<Bucket>,
+    recv: Option<Bucket>,
+}
+
+fn bucket(kib_per_sec: u64) -> Option<Bucket> {
+    let rate = std::num::NonZeroU32::new(u32::try_from(kib_per_sec).unwrap_or(u32::MAX))?;
+    // A burst of at least one whole chunk (256 KiB) so any chunk can pass.
+    let burst = rate.max(std::num::NonZeroU32::new(256).unwrap_or(std::num::NonZeroU32::MIN));
+    Some(Arc::new(governor::RateLimiter::direct(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    )))
+}
+
+/// Waits until `bytes` may pass `bucket`.
+async fn throttle(bucket: Option<Bucket>, bytes: usize) {
+    let Some(b) = bucket else { return };
+    let kib = bytes.div_ceil(1024).clamp(1, 256) as u32;
+    if let Some(n) = std::num::NonZeroU32::new(kib) {
+        let _ = b.until_n_ready(n).await;
+    }
+}
+
+/// What `sovryn test-network` reports about one peer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetworkTest {
+    /// Endpoint id.
+    pub id: String,
+    /// Its name.
+    pub name: Option<String>,
+    /// Whether a session is open or one could be opened.
+    pub reachable: bool,
+    /// Time to open a connection, when none was open (ms).
+    pub connect_ms: Option<f64>,
+    /// Round-trip time of the connection's selected path (ms).
+    pub rtt_ms: Option<f64>,
+    /// Bytes downloaded from the peer for the throughput probe.
+    pub probe_bytes: u64,
+    /// Download throughput from the peer (MiB/s).
+    pub download_mib_per_sec: Option<f64>,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// Largest throughput probe a node answers.
+const MAX_PROBE: u64 = 64 << 20;
+
+/// Registers the sync metrics' descriptions with the global recorder
+/// (the MCP server's `/metrics` exports them).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "files_synced_total",
+        "Remote file states written and recorded on this node"
+    );
+    metrics::describe_counter!(
+        "bytes_transferred_total",
+        metrics::Unit::Bytes,
+        "Chunk bytes sent to and received from peers (label direction)"
+    );
+    metrics::describe_counter!(
+        "sync_conflicts_total",
+        "Conflict copies made while applying remote states"
+    );
+    metrics::describe_counter!(
+        "sync_errors_total",
+        "Sync sessions that ended in an error, and remote states that could not be applied"
+    );
+    metrics::describe_histogram!(
+        "sync_latency_seconds",
+        metrics::Unit::Seconds,
+        "From receiving a peer's index message to its states being on disk and recorded"
+    );
+    metrics::describe_gauge!(
+        "peer_connections_active",
+        "Open sync connections with peers"
+    );
+    metrics::describe_gauge!(
+        "storage_used_bytes",
+        metrics::Unit::Bytes,
+        "Bytes of the encrypted chunk store (pack files)"
+    );
 }
 
 impl std::fmt::Debug for SyncNet {
@@ -244,6 +386,7 @@ impl SyncNet {
             folder_id,
             name,
             short_id,
+            limits: RwLock::new(Limits::default()),
         }))
     }
 
@@ -272,6 +415,86 @@ impl SyncNet {
         self.allow.replace(map);
     }
 
+    /// Sets the bandwidth limits in KiB/s (0: unlimited), for every peer together.
+    pub fn set_bandwidth(&self, send_kib_per_sec: u64, recv_kib_per_sec: u64) {
+        if let Ok(mut l) = self.limits.write() {
+            *l = Limits {
+                send: bucket(send_kib_per_sec),
+                recv: bucket(recv_kib_per_sec),
+            };
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Tests the configured peers (or the one with `only` as id or name):
+    /// reachability (dialing when no session is open), the round-trip time
+    /// and the download throughput of a `probe_bytes` transfer.
+    pub async fn test_network(&self, only: Option<&str>, probe_bytes: u64) -> Vec<NetworkTest> {
+        let mut out = Vec::new();
+        for (id, cfg) in self.allow.all() {
+            if let Some(o) = only {
+                if id.to_string() != o && cfg.name.as_deref() != Some(o) {
+                    continue;
+                }
+            }
+            let mut t = NetworkTest {
+                id: id.to_string(),
+                name: cfg.name.clone(),
+                ..Default::default()
+            };
+            let open = {
+                let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.get(&id)
+                    .and_then(|s| s.conns.first().map(|(c, _)| c.clone()))
+            };
+            let conn = match open {
+                Some(c) => Some(c),
+                None if cfg.addresses.is_empty() => {
+                    t.error = Some("not connected and no address to dial".into());
+                    None
+                }
+                None => {
+                    let started = Instant::now();
+                    match self.dial(id, &cfg).await {
+                        Ok(c) => {
+                            t.connect_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                            Some(c)
+                        }
+                        Err(e) => {
+                            t.error = Some(format!("{e:#}"));
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(conn) = conn {
+                t.reachable = true;
+                t.rtt_ms = conn
+                    .paths()
+                    .iter()
+                    .find(|p| p.is_selected())
+                    .map(|p| p.rtt().as_secs_f64() * 1000.0);
+                match tokio::time::timeout(Duration::from_secs(30), probe(&conn, probe_bytes)).await
+                {
+                    Ok(Ok((n, secs))) => {
+                        t.probe_bytes = n;
+                        if secs > 0.0 {
+                            t.download_mib_per_sec = Some(n as f64 / secs / (1024.0 * 1024.0));
+                        }
+                    }
+                    Ok(Err(e)) => t.error = Some(format!("throughput probe: {e:#}")),
+                    Err(_) => t.error = Some("throughput probe timed out".into()),
+                }
+            }
+            out.push(t);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
     /// Status of every configured peer.
     pub fn peer_status(&self) -> Vec<PeerStatus> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -280,7 +503,21 @@ impl SyncNet {
             .all()
             .into_iter()
             .map(|(id, cfg)| {
-                let mut s = st.get(&id).map(|s| s.status.clone()).unwrap_or_default();
+                let mut s = match st.get(&id) {
+                    Some(p) => {
+                        let mut s = p.status.clone();
+                        let (mut tx, mut rx) = p.closed_bytes;
+                        for (c, _) in &p.conns {
+                            let cs = c.stats();
+                            tx += cs.udp_tx.bytes;
+                            rx += cs.udp_rx.bytes;
+                        }
+                        s.bytes_sent = tx;
+                        s.bytes_received = rx;
+                        s
+                    }
+                    None => PeerStatus::default(),
+                };
                 s.id = id.to_string();
                 if cfg.name.is_some() {
                     s.name = cfg.name.clone();
@@ -393,6 +630,7 @@ impl SyncNet {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let s = st.entry(peer).or_default();
             s.status.connected += 1;
+            metrics::gauge!("peer_connections_active").increment(1.0);
             s.conns.push((conn.clone(), dialer));
             // Both sides may have dialed: keep the connection dialed by the
             // smaller id, which both sides agree on, and close the other.
@@ -415,11 +653,15 @@ impl SyncNet {
             if dialer { "dialed" } else { "accepted" }
         );
         let res = self.clone().session(conn.clone(), dialer).await;
+        metrics::gauge!("peer_connections_active").decrement(1.0);
         {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = st.get_mut(&peer) {
                 s.status.connected = s.status.connected.saturating_sub(1);
                 s.conns.retain(|(c, _)| c.stable_id() != conn.stable_id());
+                let cs = conn.stats();
+                s.closed_bytes.0 += cs.udp_tx.bytes;
+                s.closed_bytes.1 += cs.udp_rx.bytes;
                 if let Err(e) = &res {
                     s.status.last_error = Some(format!("{e:#}"));
                 }
@@ -441,6 +683,7 @@ impl SyncNet {
                 tracing::info!("session with {} closed: {e:#}", peer.fmt_short())
             }
             Err(e) => {
+                metrics::counter!("sync_errors_total").increment(1);
                 tracing::warn!("session with {}: {e:#}", peer.fmt_short());
                 eprintln!("sync with {}: {e:#}", peer.fmt_short());
             }
@@ -570,34 +813,44 @@ impl SyncNet {
             let after = sent;
             let batch = self
                 .shared
-                .with_node(move |n| Ok(n.store.changes_since(after, INDEX_BATCH)?))
+                .with_reader(move |s| Ok(s.changes_since(after, INDEX_BATCH)?))
                 .await?;
-            let Some(last) = batch.last() else {
+            if batch.is_empty() {
                 if rx.changed().await.is_err() {
                     return Ok(());
                 }
                 continue;
-            };
-            sent = last.seq;
-            let records: Vec<WireRecord> = batch
-                .into_iter()
-                .filter(|r| in_scope(cfg, &r.path))
-                .map(|r| WireRecord {
-                    path: r.path,
-                    seq: r.seq,
-                    entry: r.entry,
-                })
-                .collect();
-            tracing::debug!("sending {} records up to {sent}", records.len());
-            wire::write_msg(
-                &mut send,
-                &Msg::Index {
-                    records,
-                    upto: sent,
-                },
-            )
-            .await?;
-            self.update_status(&peer, |s| s.sent_upto = sent);
+            }
+            // Split so no message names too many chunks; each message's
+            // `upto` is the last record it covers (scope-filtered or not).
+            let mut records: Vec<WireRecord> = Vec::new();
+            let mut chunks = 0usize;
+            let n = batch.len();
+            for (i, r) in batch.into_iter().enumerate() {
+                let seq = r.seq;
+                if in_scope(cfg, &r.path) {
+                    chunks += r.entry.chunks.len();
+                    records.push(WireRecord {
+                        path: r.path,
+                        seq: r.seq,
+                        entry: r.entry,
+                    });
+                }
+                if chunks >= INDEX_CHUNKS || i + 1 == n {
+                    sent = seq;
+                    tracing::debug!("sending {} records up to {sent}", records.len());
+                    wire::write_msg(
+                        &mut send,
+                        &Msg::Index {
+                            records: std::mem::take(&mut records),
+                            upto: sent,
+                        },
+                    )
+                    .await?;
+                    chunks = 0;
+                    self.update_status(&peer, |s| s.sent_upto = sent);
+                }
+            }
         }
     }
 
@@ -605,29 +858,80 @@ impl SyncNet {
         loop {
             let (mut send, mut recv) = conn.accept_bi().await?;
             let shared = self.shared.clone();
+            let limit = self.limits().send;
             tokio::spawn(async move {
                 let r: Result<()> = async {
-                    let Some(Msg::GetChunks { ids }) = wire::read_msg(&mut recv).await? else {
-                        bail!("expected GetChunks");
+                    let (ids, sealed) = match wire::read_msg(&mut recv).await? {
+                        Some(Msg::GetChunks { ids, sealed }) => (ids, sealed),
+                        Some(Msg::Probe { bytes }) => {
+                            // Throughput test: that many bytes of filler.
+                            let mut left = bytes.min(MAX_PROBE);
+                            let block = vec![0u8; 256 * 1024];
+                            while left > 0 {
+                                let n = left.min(block.len() as u64) as usize;
+                                throttle(limit.clone(), n).await;
+                                tokio::io::AsyncWriteExt::write_all(&mut send, &block[..n])
+                                    .await?;
+                                left -= n as u64;
+                            }
+                            send.finish()?;
+                            let _ = send.stopped().await;
+                            return Ok(());
+                        }
+                        _ => bail!("expected GetChunks"),
                     };
-                    anyhow::ensure!(ids.len() <= 4 * CHUNKS_PER_REQUEST, "too many chunks asked");
-                    for group in ids.chunks(16) {
-                        let group = group.to_vec();
-                        let found = shared
-                            .with_node(move |n| {
-                                Ok(group
-                                    .into_iter()
-                                    .map(|id| (id, n.store.read_chunk(&id).ok()))
-                                    .collect::<Vec<_>>())
-                            })
-                            .await?;
+                    anyhow::ensure!(ids.len() <= 1024, "too many chunks asked");
+                    // Read ahead on a blocking thread while the stream is written.
+                    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+                    let reader = tokio::spawn(async move {
+                        for group in ids.chunks(SERVE_GROUP) {
+                            let group = group.to_vec();
+                            // Sealed: the stored bytes as they are (the
+                            // peer checks them); else opened and checked here.
+                            let found = shared
+                                .with_reader(move |s| {
+                                    Ok(group
+                                        .into_iter()
+                                        .map(|id| {
+                                            let c = if sealed {
+                                                s.read_sealed(&id).ok()
+                                            } else {
+                                                s.read_chunk(&id).ok().map(|d| SealedChunk {
+                                                    id,
+                                                    raw_len: d.len() as u32,
+                                                    sealed: d,
+                                                })
+                                            };
+                                            (id, c)
+                                        })
+                                        .collect::<Vec<_>>())
+                                })
+                                .await?;
+                            if tx.send(found).await.is_err() {
+                                break;
+                            }
+                        }
+                        anyhow::Ok(())
+                    });
+                    while let Some(found) = rx.recv().await {
                         for (id, data) in found {
                             match data {
-                                Some(d) => wire::write_chunk(&mut send, &id, &d).await?,
+                                Some(c) => {
+                                    throttle(limit.clone(), c.sealed.len()).await;
+                                    if sealed {
+                                        wire::write_sealed(&mut send, &id, c.raw_len, &c.sealed)
+                                            .await?;
+                                    } else {
+                                        wire::write_chunk(&mut send, &id, &c.sealed).await?;
+                                    }
+                                    metrics::counter!("bytes_transferred_total", "direction" => "sent")
+                                        .increment(c.sealed.len() as u64);
+                                }
                                 None => wire::write_msg(&mut send, &Msg::NoChunk { id }).await?,
                             }
                         }
                     }
+                    reader.await.context("chunk reader panicked")??;
                     send.finish()?;
                     let _ = send.stopped().await;
                     Ok(())
@@ -640,161 +944,267 @@ impl SyncNet {
         }
     }
 
-    async fn fetch_chunks(&self, conn: &Connection, ids: Vec<ChunkId>) -> Result<()> {
-        for group in ids.chunks(CHUNKS_PER_REQUEST) {
-            let (mut send, mut recv) = conn.open_bi().await?;
-            wire::write_msg(
-                &mut send,
-                &Msg::GetChunks {
-                    ids: group.to_vec(),
-                },
-            )
-            .await?;
-            send.finish()?;
-            let mut wanted: std::collections::HashSet<ChunkId> = group.iter().copied().collect();
-            let mut buf: Vec<(ChunkId, Vec<u8>)> = Vec::new();
-            let mut buf_bytes = 0usize;
-            while let Some(frame) = wire::read_frame(&mut recv).await? {
-                match frame {
-                    Frame::Chunk(id, data) => {
-                        anyhow::ensure!(
-                            wanted.remove(&id),
-                            "peer sent a chunk that was not asked for"
-                        );
-                        buf_bytes += data.len();
-                        buf.push((id, data));
-                        if buf_bytes >= 8 << 20 {
-                            self.put_chunks(std::mem::take(&mut buf)).await?;
-                            buf_bytes = 0;
-                        }
-                    }
-                    Frame::Msg(Msg::NoChunk { id }) => bail!("peer lacks chunk {id}"),
-                    Frame::Msg(m) => bail!("unexpected message on a chunk stream: {m:?}"),
-                }
+    /// Fetches `ids` from the peer over up to [`FETCH_STREAMS`] streams at
+    /// once, checking and storing every chunk as it comes.
+    async fn fetch_chunks(self: &Arc<Self>, conn: &Connection, ids: Vec<ChunkId>) -> Result<()> {
+        let mut groups: std::collections::VecDeque<Vec<ChunkId>> =
+            ids.chunks(CHUNKS_PER_REQUEST).map(|g| g.to_vec()).collect();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < FETCH_STREAMS {
+                let Some(group) = groups.pop_front() else {
+                    break;
+                };
+                let me = self.clone();
+                let conn = conn.clone();
+                running.spawn(async move { me.fetch_group(&conn, group).await });
             }
-            self.put_chunks(buf).await?;
-            anyhow::ensure!(
-                wanted.is_empty(),
-                "peer sent {} chunks too few",
-                wanted.len()
-            );
+            match running.join_next().await {
+                None => return Ok(()),
+                Some(r) => r.context("chunk fetch panicked")??,
+            }
         }
+    }
+
+    async fn fetch_group(&self, conn: &Connection, group: Vec<ChunkId>) -> Result<()> {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let ask = Msg::GetChunks {
+            ids: group.clone(),
+            sealed: true,
+        };
+        wire::write_msg(&mut send, &ask).await?;
+        send.finish()?;
+        let mut wanted: std::collections::HashSet<ChunkId> = group.into_iter().collect();
+        let mut buf: Vec<Received> = Vec::new();
+        let mut buf_bytes = 0usize;
+        let limit = self.limits().recv;
+        while let Some(frame) = wire::read_frame(&mut recv).await? {
+            match frame {
+                Frame::Chunk(id, _) | Frame::Sealed(id, _, _) if !wanted.remove(&id) => {
+                    bail!("peer sent a chunk that was not asked for")
+                }
+                Frame::Chunk(id, data) => {
+                    buf_bytes += self.received(&limit, data.len()).await;
+                    buf.push(Received::Plain(id, data));
+                    if buf_bytes >= PUT_BYTES {
+                        self.put_chunks(std::mem::take(&mut buf)).await?;
+                        buf_bytes = 0;
+                    }
+                }
+                Frame::Sealed(id, raw_len, sealed) => {
+                    buf_bytes += self.received(&limit, sealed.len()).await;
+                    buf.push(Received::Sealed(SealedChunk {
+                        id,
+                        raw_len,
+                        sealed,
+                    }));
+                    if buf_bytes >= PUT_BYTES {
+                        self.put_chunks(std::mem::take(&mut buf)).await?;
+                        buf_bytes = 0;
+                    }
+                }
+                Frame::Msg(Msg::NoChunk { id }) => bail!("peer lacks chunk {id}"),
+                Frame::Msg(m) => bail!("unexpected message on a chunk stream: {m:?}"),
+            }
+        }
+        self.put_chunks(buf).await?;
+        anyhow::ensure!(
+            wanted.is_empty(),
+            "peer sent {} chunks too few",
+            wanted.len()
+        );
         Ok(())
     }
 
-    async fn put_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<()> {
+    /// Counts `n` received bytes and waits for the download limit.
+    async fn received(&self, limit: &Option<Bucket>, n: usize) -> usize {
+        metrics::counter!("bytes_transferred_total", "direction" => "received").increment(n as u64);
+        // Reading slower makes QUIC flow control slow the sender.
+        throttle(limit.clone(), n).await;
+        n
+    }
+
+    /// Checks received chunks against their ids (opening sealed ones) and
+    /// seals plaintext ones, off the node's lock; then appends them under it.
+    async fn put_chunks(&self, chunks: Vec<Received>) -> Result<()> {
         if chunks.is_empty() {
             return Ok(());
         }
+        let codec = self.shared.codec.clone();
+        let sealed = tokio::task::spawn_blocking(move || {
+            chunks
+                .into_iter()
+                .map(|c| match c {
+                    Received::Plain(id, data) => codec.seal_verified(id, &data),
+                    // Opened under the folder key and hashed against its id.
+                    Received::Sealed(s) => codec.check_sealed(&s).map(|()| s),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .context("sealing task panicked")??;
         self.shared
             .with_node(move |n| {
-                for (id, data) in &chunks {
-                    // put_chunk checks the data against its id.
-                    n.store.put_chunk(id, data)?;
-                }
+                n.store.put_sealed(sealed)?;
                 Ok(())
             })
             .await
     }
 
+    /// Receives the peer's index messages. Two stages run at once: the
+    /// first reads a message, keeps the states that may win here and
+    /// fetches their chunks; the second applies prepared messages in order
+    /// and records how far the peer's log is applied. So the next message's
+    /// chunks travel while the previous one is written to disk.
     async fn receive_index(
-        &self,
+        self: &Arc<Self>,
         peer: EndpointId,
         cfg: &PeerConfig,
         conn: &Connection,
         mut recv: iroh::endpoint::RecvStream,
     ) -> Result<()> {
-        let key = meta_key(&peer);
-        // Once a state failed to apply, this session never records past it.
-        let mut floor: Option<u64> = None;
-        loop {
-            let msg = match wire::read_msg(&mut recv).await? {
-                Some(m) => m,
-                None => return Ok(()),
-            };
-            let (records, upto) = match msg {
-                Msg::Index { records, upto } => {
-                    tracing::debug!("received {} records up to {upto}", records.len());
-                    (records, upto)
-                }
-                Msg::Error { message } => bail!("peer: {message}"),
-                other => bail!("unexpected message {other:?}"),
-            };
-            let mut seq_of: HashMap<String, u64> = HashMap::new();
-            let list: Vec<(String, Entry)> = if cfg.read_only {
-                Vec::new()
-            } else {
-                records
-                    .into_iter()
-                    .filter(|r| in_scope(cfg, &r.path))
-                    .map(|r| {
-                        seq_of.insert(r.path.clone(), r.seq);
-                        (r.path, r.entry)
-                    })
-                    .collect()
-            };
-            // Keep only states that may win here, and find the chunks they need.
-            let (list, missing) = self
-                .shared
-                .with_node(move |n| {
-                    let mut keep = Vec::new();
-                    for (path, entry) in list {
-                        let local = n.store.file(&path)?;
-                        let useful = match &local {
-                            None => true,
-                            Some(l) => !matches!(
-                                entry.vv.compare(&l.entry.vv),
-                                Causality::Equal | Causality::DominatedBy
-                            ),
-                        };
-                        if useful {
-                            keep.push((path, entry));
-                        }
-                    }
-                    let missing = n.missing_chunks(keep.iter().map(|(_, e)| e))?;
-                    Ok((keep, missing))
-                })
-                .await?;
-            if !missing.is_empty() {
-                let n = missing.len();
-                self.fetch_chunks(conn, missing).await?;
-                tracing::debug!("fetched {n} chunks");
-            }
-            let key = key.clone();
-            let (seq, changed, upto, new_floor) = self
-                .shared
-                .with_node(move |n| {
-                    let report = if list.is_empty() {
-                        Default::default()
-                    } else {
-                        n.apply_remote(&list)?
-                    };
-                    // A state that failed is asked for again from just before
-                    // it on the next session.
-                    let floor = report
-                        .failed
-                        .iter()
-                        .filter_map(|(p, _)| seq_of.get(p))
-                        .map(|s| s.saturating_sub(1))
-                        .chain(floor)
-                        .min();
-                    let upto = floor.map_or(upto, |f| f.min(upto));
-                    n.store.set_meta(&key, &upto.to_string())?;
-                    for c in &report.conflicts {
-                        tracing::warn!("conflict: kept the other version as {c}");
-                    }
-                    Ok((n.store.sequence()?, report.changed, upto, floor))
-                })
-                .await?;
-            tracing::debug!("applied; sequence {seq}");
-            floor = new_floor;
-            self.shared.publish(seq, changed);
-            self.update_status(&peer, |s| {
-                s.received_upto = upto;
-                s.remote_seq = s.remote_seq.max(upto);
-            });
+        struct Prepared {
+            list: Vec<(String, Entry)>,
+            seq_of: HashMap<String, u64>,
+            upto: u64,
+            received: Instant,
         }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
+        let fetcher = async move {
+            loop {
+                let msg = match wire::read_msg(&mut recv).await? {
+                    Some(m) => m,
+                    None => return anyhow::Ok(()),
+                };
+                let received = Instant::now();
+                let (records, upto) = match msg {
+                    Msg::Index { records, upto } => {
+                        tracing::debug!("received {} records up to {upto}", records.len());
+                        (records, upto)
+                    }
+                    Msg::Error { message } => bail!("peer: {message}"),
+                    other => bail!("unexpected message {other:?}"),
+                };
+                let mut seq_of: HashMap<String, u64> = HashMap::new();
+                let list: Vec<(String, Entry)> = if cfg.read_only {
+                    Vec::new()
+                } else {
+                    records
+                        .into_iter()
+                        .filter(|r| in_scope(cfg, &r.path))
+                        .map(|r| {
+                            seq_of.insert(r.path.clone(), r.seq);
+                            (r.path, r.entry)
+                        })
+                        .collect()
+                };
+                // Keep only states that may win here, and find the chunks they need.
+                let (list, missing) = if list.is_empty() {
+                    (list, Vec::new())
+                } else {
+                    self.shared
+                        .with_node(move |n| {
+                            let mut keep = Vec::new();
+                            for (path, entry) in list {
+                                let local = n.store.file(&path)?;
+                                let useful = match &local {
+                                    None => true,
+                                    Some(l) => !matches!(
+                                        entry.vv.compare(&l.entry.vv),
+                                        Causality::Equal | Causality::DominatedBy
+                                    ),
+                                };
+                                if useful {
+                                    keep.push((path, entry));
+                                }
+                            }
+                            let missing = n.missing_chunks(keep.iter().map(|(_, e)| e))?;
+                            Ok((keep, missing))
+                        })
+                        .await?
+                };
+                if !missing.is_empty() {
+                    let n = missing.len();
+                    self.fetch_chunks(conn, missing).await?;
+                    tracing::debug!("fetched {n} chunks");
+                }
+                let prepared = Prepared {
+                    list,
+                    seq_of,
+                    upto,
+                    received,
+                };
+                if tx.send(prepared).await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        let applier = async {
+            let key = meta_key(&peer);
+            // Once a state failed to apply, this session never records past it.
+            let mut floor: Option<u64> = None;
+            while let Some(Prepared {
+                list,
+                seq_of,
+                upto,
+                received,
+            }) = rx.recv().await
+            {
+                let any = !list.is_empty();
+                let key = key.clone();
+                let (seq, changed, upto, new_floor) = self
+                    .shared
+                    .with_node(move |n| {
+                        let report = if list.is_empty() {
+                            Default::default()
+                        } else {
+                            n.apply_remote(&list)?
+                        };
+                        // A state that failed is asked for again from just before
+                        // it on the next session.
+                        let floor = report
+                            .failed
+                            .iter()
+                            .filter_map(|(p, _)| seq_of.get(p))
+                            .map(|s| s.saturating_sub(1))
+                            .chain(floor)
+                            .min();
+                        let upto = floor.map_or(upto, |f| f.min(upto));
+                        n.store.set_meta(&key, &upto.to_string())?;
+                        for c in &report.conflicts {
+                            tracing::warn!("conflict: kept the other version as {c}");
+                        }
+                        metrics::counter!("files_synced_total").increment(report.applied);
+                        metrics::counter!("sync_conflicts_total")
+                            .increment(report.conflicts.len() as u64);
+                        metrics::counter!("sync_errors_total")
+                            .increment(report.failed.len() as u64);
+                        Ok((n.store.sequence()?, report.changed, upto, floor))
+                    })
+                    .await?;
+                tracing::debug!("applied; sequence {seq}");
+                if any {
+                    metrics::histogram!("sync_latency_seconds")
+                        .record(received.elapsed().as_secs_f64());
+                }
+                floor = new_floor;
+                self.shared.publish(seq, changed);
+                self.update_status(&peer, |s| {
+                    s.received_upto = upto;
+                    s.remote_seq = s.remote_seq.max(upto);
+                });
+            }
+            anyhow::Ok(())
+        };
+        tokio::try_join!(fetcher, applier)?;
+        Ok(())
     }
+}
+
+/// A chunk as it came off the wire, not yet checked.
+enum Received {
+    Plain(ChunkId, Vec<u8>),
+    Sealed(SealedChunk),
 }
 
 /// Whether `path` is within the prefixes a peer is limited to.
@@ -810,4 +1220,23 @@ pub fn in_scope(cfg: &PeerConfig, path: &str) -> bool {
                 || p.strip_prefix(path)
                     .is_some_and(|rest| rest.starts_with('/'))
         })
+}
+
+/// Asks the peer for `bytes` of filler on a fresh stream; returns the bytes
+/// read and the seconds they took.
+async fn probe(conn: &Connection, bytes: u64) -> Result<(u64, f64)> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let started = Instant::now();
+    wire::write_msg(&mut send, &Msg::Probe { bytes }).await?;
+    send.finish()?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let got = tokio::io::AsyncReadExt::read(&mut recv, &mut buf).await?;
+        if got == 0 {
+            break;
+        }
+        n += got as u64;
+    }
+    Ok((n, started.elapsed().as_secs_f64()))
 }

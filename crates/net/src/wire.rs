@@ -1,7 +1,9 @@
 //! Frames on a stream: `[u32 BE length][u8 kind][payload]`.
 //!
 //! Kind 0 is a JSON [`Msg`]; kind 1 is a chunk: its 32-byte id, then its
-//! plaintext. Lengths are capped so a peer cannot make us allocate at will.
+//! plaintext; kind 2 is a sealed chunk: its id, its plaintext length (u32
+//! BE), then the bytes as stored (encrypted under the folder key, maybe
+//! compressed). Lengths are capped so a peer cannot make us allocate at will.
 
 use serde::{Deserialize, Serialize};
 use sovryn_store::{ChunkId, Entry};
@@ -18,6 +20,7 @@ pub const MAX_CHUNK: usize = 1024 * 1024;
 
 const KIND_MSG: u8 = 0;
 const KIND_CHUNK: u8 = 1;
+const KIND_SEALED: u8 = 2;
 
 /// A path's state as sent to a peer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +68,15 @@ pub enum Msg {
     GetChunks {
         /// Chunk ids.
         ids: Vec<ChunkId>,
+        /// Send them sealed (kind 2 frames) rather than as plaintext.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sealed: bool,
+    },
+    /// On a fresh stream: send me this many bytes of filler, then finish
+    /// (`sovryn test-network` measures throughput with it).
+    Probe {
+        /// Bytes wanted (a node sends at most 64 MiB).
+        bytes: u64,
     },
     /// Reply to `GetChunks` for a chunk the sender lacks.
     NoChunk {
@@ -80,6 +92,8 @@ pub enum Frame {
     Msg(Msg),
     /// A chunk's id and plaintext.
     Chunk(ChunkId, Vec<u8>),
+    /// A sealed chunk: id, plaintext length, stored bytes (unchecked).
+    Sealed(ChunkId, u32, Vec<u8>),
 }
 
 /// Writes a message frame.
@@ -110,6 +124,24 @@ pub async fn write_chunk<W: AsyncWrite + Unpin>(
     buf.push(KIND_CHUNK);
     buf.extend_from_slice(&id.0);
     buf.extend_from_slice(data);
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Writes a sealed-chunk frame.
+pub async fn write_sealed<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    id: &ChunkId,
+    raw_len: u32,
+    sealed: &[u8],
+) -> anyhow::Result<()> {
+    anyhow::ensure!(sealed.len() + 37 <= MAX_CHUNK, "sealed chunk too large");
+    let mut buf = Vec::with_capacity(sealed.len() + 41);
+    buf.extend_from_slice(&((sealed.len() + 37) as u32).to_be_bytes());
+    buf.push(KIND_SEALED);
+    buf.extend_from_slice(&id.0);
+    buf.extend_from_slice(&raw_len.to_be_bytes());
+    buf.extend_from_slice(sealed);
     w.write_all(&buf).await?;
     Ok(())
 }
@@ -148,6 +180,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> anyhow::Result<Optio
             r.read_exact(&mut data).await?;
             Ok(Some(Frame::Chunk(ChunkId(id), data)))
         }
+        KIND_SEALED => {
+            anyhow::ensure!(
+                (37..=MAX_CHUNK).contains(&len),
+                "sealed chunk frame of bad size ({len} bytes)"
+            );
+            let mut head = [0u8; 36];
+            r.read_exact(&mut head).await?;
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&head[..32]);
+            let raw_len = u32::from_be_bytes([head[32], head[33], head[34], head[35]]);
+            let mut data = vec![0u8; len - 37];
+            r.read_exact(&mut data).await?;
+            Ok(Some(Frame::Sealed(ChunkId(id), raw_len, data)))
+        }
         k => anyhow::bail!("unknown frame kind {k}"),
     }
 }
@@ -157,7 +203,7 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> anyhow::Result<Option<
     match read_frame(r).await? {
         None => Ok(None),
         Some(Frame::Msg(m)) => Ok(Some(m)),
-        Some(Frame::Chunk(..)) => anyhow::bail!("unexpected chunk frame"),
+        Some(Frame::Chunk(..) | Frame::Sealed(..)) => anyhow::bail!("unexpected chunk frame"),
     }
 }
 
@@ -172,6 +218,7 @@ mod tests {
             &mut a,
             &Msg::GetChunks {
                 ids: vec![ChunkId([7; 32])],
+                sealed: false,
             },
         )
         .await
@@ -179,15 +226,30 @@ mod tests {
         write_chunk(&mut a, &ChunkId([1; 32]), b"hello")
             .await
             .unwrap();
+        write_sealed(&mut a, &ChunkId([2; 32]), 9, b"sealed")
+            .await
+            .unwrap();
         drop(a);
         match read_frame(&mut b).await.unwrap() {
-            Some(Frame::Msg(Msg::GetChunks { ids })) => assert_eq!(ids[0], ChunkId([7; 32])),
+            Some(Frame::Msg(Msg::GetChunks { ids, sealed })) => {
+                assert_eq!(ids[0], ChunkId([7; 32]));
+                assert!(!sealed);
+            }
             other => panic!("{other:?}"),
         }
         match read_frame(&mut b).await.unwrap() {
             Some(Frame::Chunk(id, d)) => {
                 assert_eq!(id, ChunkId([1; 32]));
                 assert_eq!(d, b"hello");
+            }
+            other => panic!("{other:?}"),
+        }
+        match read_frame(&mut b).await.unwrap() {
+            Some(Frame::Sealed(id, raw, d)) => {
+                assert_eq!(
+                    (id, raw, d.as_slice()),
+                    (ChunkId([2; 32]), 9, &b"sealed"[..])
+                );
             }
             other => panic!("{other:?}"),
         }

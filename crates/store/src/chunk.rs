@@ -167,6 +167,37 @@ impl ChunkCodec {
         })
     }
 
+    /// Checks received plaintext against `id`, then seals it (for bytes that
+    /// came from elsewhere, before [`crate::Store::put_sealed`]).
+    pub fn seal_verified(&self, id: ChunkId, data: &[u8]) -> Result<SealedChunk> {
+        if self.id_of(data) != id {
+            return Err(Error::Corrupt(format!(
+                "received chunk does not hash to {id}"
+            )));
+        }
+        self.seal(id, data)
+    }
+
+    /// Checks a sealed chunk received from elsewhere: it must open under
+    /// this folder's key and its plaintext must hash to its id. On success
+    /// it can be stored as it is ([`crate::Store::put_sealed`]).
+    pub fn check_sealed(&self, sealed: &SealedChunk) -> Result<()> {
+        if sealed.raw_len as usize > MAX_CHUNK as usize {
+            return Err(Error::Corrupt(format!(
+                "received chunk {} claims {} bytes",
+                sealed.id, sealed.raw_len
+            )));
+        }
+        let plain = self.open(&sealed.id, &sealed.sealed, sealed.raw_len)?;
+        if plain.len() != sealed.raw_len as usize {
+            return Err(Error::Corrupt(format!(
+                "received chunk {} has the wrong length",
+                sealed.id
+            )));
+        }
+        Ok(())
+    }
+
     /// Decrypts, decompresses and checks a sealed chunk against its id.
     pub fn open(&self, id: &ChunkId, sealed: &[u8], raw_len: u32) -> Result<Vec<u8>> {
         if sealed.len() < SEAL_OVERHEAD {
@@ -218,6 +249,42 @@ mod tests {
             .map(|c| c.map(|c| (c.offset, c.length)))
             .collect::<std::result::Result<_, _>>()
             .unwrap()
+    }
+
+    #[test]
+    fn sealed_chunks_are_checked_before_they_are_taken_as_is() {
+        let c = codec();
+        let data = b"some chunk bytes, some chunk bytes, some chunk bytes".to_vec();
+        let id = c.id_of(&data);
+        let sealed = c.seal(id, &data).unwrap();
+        c.check_sealed(&sealed).unwrap();
+        assert_eq!(c.open(&id, &sealed.sealed, sealed.raw_len).unwrap(), data);
+        // Another id, a flipped byte, a lying length, another key: refused.
+        let other = SealedChunk {
+            id: c.id_of(b"other"),
+            raw_len: sealed.raw_len,
+            sealed: sealed.sealed.clone(),
+        };
+        assert!(c.check_sealed(&other).is_err());
+        let mut bytes = sealed.sealed.clone();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let flipped = SealedChunk {
+            id,
+            raw_len: sealed.raw_len,
+            sealed: bytes,
+        };
+        assert!(c.check_sealed(&flipped).is_err());
+        let huge = SealedChunk {
+            id,
+            raw_len: MAX_CHUNK + 1,
+            sealed: sealed.sealed.clone(),
+        };
+        assert!(c.check_sealed(&huge).is_err());
+        let stranger = ChunkCodec::new(MasterKey::from_hex(&"22".repeat(32)).unwrap().derive());
+        assert!(stranger.check_sealed(&sealed).is_err());
+        assert!(c.seal_verified(c.id_of(b"x"), &data).is_err());
+        assert!(c.seal_verified(id, &data).is_ok());
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub mod vv;
 
 use std::path::{Path, PathBuf};
 
-pub use chunk::{ChunkCodec, ChunkId};
+pub use chunk::{ChunkCodec, ChunkId, SealedChunk};
 pub use keys::{KeyFile, MasterKey};
 pub use model::{Change, DiskStat, Entry, EntryKind, FileRecord, SearchHit, Stats, VersionRecord};
 pub use retention::RetentionPolicy;

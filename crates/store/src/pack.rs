@@ -49,6 +49,11 @@ impl Packs {
         })
     }
 
+    /// The pack directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The path of pack `n`.
     pub fn path(&self, n: u32) -> PathBuf {
         self.dir.join(format!("pack-{n:08}.pack"))

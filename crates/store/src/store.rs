@@ -238,6 +238,31 @@ impl Store {
         Ok(store)
     }
 
+    /// A second, read-only handle on the same index and packs, for queries
+    /// (change log, chunk reads) that should not wait for this handle's
+    /// writes. It sees what is committed; chunks appended but not yet
+    /// flushed or committed are not visible through it.
+    pub fn reader(&self) -> Result<Store> {
+        let path = self
+            .db
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::Corrupt("the index has no file".into()))?;
+        let db = Connection::open(&path)?;
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        db.pragma_update(None, "query_only", "ON")?;
+        Ok(Store {
+            db,
+            codec: self.codec.clone(),
+            packs: Packs::open(self.packs.dir())?,
+            pending: HashMap::new(),
+            pending_bytes: 0,
+            access: Access::ReadOnly,
+            _lock: None,
+        })
+    }
+
     /// The codec (ids, sealing) of this folder.
     pub fn codec(&self) -> &ChunkCodec {
         &self.codec
@@ -302,6 +327,18 @@ impl Store {
         Ok(self.location(id)?.is_some())
     }
 
+    /// Chunk `id` as stored (sealed: encrypted, maybe compressed) and its
+    /// plaintext length, without opening it. Nodes of one mesh share the
+    /// folder key, so a peer can check and store these bytes as they are.
+    pub fn read_sealed(&self, id: &ChunkId) -> Result<crate::chunk::SealedChunk> {
+        let (loc, raw_len) = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
+        Ok(crate::chunk::SealedChunk {
+            id: *id,
+            raw_len,
+            sealed: self.packs.read(loc)?,
+        })
+    }
+
     /// The plaintext of chunk `id`, verified against the id.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let (loc, raw_len) = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
@@ -352,6 +389,27 @@ impl Store {
             self.flush()?;
         }
         Ok(true)
+    }
+
+    /// Appends chunks already checked and sealed by this folder's codec
+    /// ([`ChunkCodec::seal_verified`], which callers may run in parallel and
+    /// without holding the store). Returns how many were new. Like
+    /// [`Store::put_chunk`], they become durable and indexed at the next
+    /// flush or commit.
+    pub fn put_sealed(&mut self, sealed: Vec<crate::chunk::SealedChunk>) -> Result<usize> {
+        self.writable()?;
+        let mut fresh = 0;
+        for s in sealed {
+            if self.has_chunk(&s.id)? {
+                continue;
+            }
+            self.append_sealed(s)?;
+            fresh += 1;
+        }
+        if self.pending_bytes >= FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(fresh)
     }
 
     fn store_batch(&mut self, batch: &mut Vec<Vec<u8>>, out: &mut Ingested) -> Result<()> {
@@ -583,10 +641,21 @@ impl Store {
     /// Current states of every path at or under `prefix` (`""`: all), in path order.
     pub fn files_under(&self, prefix: &str) -> Result<Vec<FileRecord>> {
         let prefix = prefix.trim_end_matches('/');
-        let mut stmt = self.db.prepare_cached(&format!(
-            "SELECT {FILE_COLS} FROM files WHERE ?1 = '' OR path = ?1 OR (path > ?1 || '/' AND path < ?1 || '0') ORDER BY path"
-        ))?;
-        let rows = stmt.query_map([prefix], file_from_row)?;
+        // Two statements, each a plain search on the path index: an `OR`
+        // with `?1 = ''` would make SQLite walk the whole table every call.
+        let mut stmt = if prefix.is_empty() {
+            self.db
+                .prepare_cached(&format!("SELECT {FILE_COLS} FROM files ORDER BY path"))?
+        } else {
+            self.db.prepare_cached(&format!(
+                "SELECT {FILE_COLS} FROM files WHERE path >= ?1 AND path < ?1 || '0' AND (path = ?1 OR path > ?1 || '/') ORDER BY path"
+            ))?
+        };
+        let rows = if prefix.is_empty() {
+            stmt.query_map([], file_from_row)?
+        } else {
+            stmt.query_map([prefix], file_from_row)?
+        };
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -909,5 +978,38 @@ impl Drop for Store {
                 tracing::warn!("flushing chunks on close: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_sees_committed_chunks_and_sealed_copies_store_as_is() {
+        let key = MasterKey::generate();
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = Store::open(da.path(), &key, Access::ReadWrite).unwrap();
+        let mut b = Store::open(db.path(), &key, Access::ReadWrite).unwrap();
+        let data = vec![7u8; 100_000];
+        let id = a.codec().id_of(&data);
+        assert!(a.put_chunk(&id, &data).unwrap());
+        let mut reader = a.reader().unwrap();
+        // Appended, not yet flushed: the reader does not see it yet.
+        assert!(!reader.has_chunk(&id).unwrap());
+        a.flush().unwrap();
+        assert_eq!(reader.read_chunk(&id).unwrap(), data);
+        assert!(
+            reader.put_chunk(&id, &data).is_err(),
+            "a reader never writes"
+        );
+        // The sealed bytes move to another store of the mesh unchanged.
+        let sealed = reader.read_sealed(&id).unwrap();
+        b.codec().check_sealed(&sealed).unwrap();
+        assert_eq!(b.put_sealed(vec![sealed]).unwrap(), 1);
+        b.flush().unwrap();
+        assert_eq!(b.read_chunk(&id).unwrap(), data);
+        let again = reader.read_sealed(&id).unwrap();
+        assert_eq!(b.put_sealed(vec![again]).unwrap(), 0);
     }
 }

@@ -1,0 +1,186 @@
+"""MCP served by a running node (`sovryn up` with mcp.enabled): a write made
+through MCP on node A reaches node B's disk, authored by A, with the actor
+mcp:<token name>."""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+try:
+    from mcp.shared._httpx_utils import create_mcp_http_client
+except ImportError:  # pragma: no cover - other SDK layouts
+    import httpx
+
+    def create_mcp_http_client(headers=None):
+        return httpx.AsyncClient(headers=headers, timeout=30)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sovryn_bin() -> str:
+    b = os.environ.get("SOVRYN_BIN", str(ROOT / "target" / "debug" / "sovryn"))
+    b = str((ROOT / b).resolve()) if not os.path.isabs(b) else b
+    if not os.path.exists(b):
+        pytest.skip(f"sovryn binary not found at {b}; run cargo build and set SOVRYN_BIN")
+    return b
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Node:
+    def __init__(self, tmp: Path, name: str, folder_key: Path | None = None):
+        self.bin = sovryn_bin()
+        self.name = name
+        self.home = tmp / f"{name}-home"
+        self.folder = tmp / f"{name}-folder"
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.mcp_port = free_port()
+        args = ["init", "--storage-path", str(self.folder), "--node-id", name, "--no-passphrase",
+                "--listen", f"127.0.0.1:{self.port}", "--mcp-port", str(self.mcp_port)]
+        if folder_key:
+            args += ["--folder-key-file", str(folder_key)]
+        self.run(*args)
+        self.id = self.run("id").stdout.strip()
+        self.proc = None
+        self.lines: list[str] = []
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([self.bin, "--home", str(self.home), *args],
+                              check=True, capture_output=True, text=True, timeout=60)
+
+    def up(self) -> None:
+        self.proc = subprocess.Popen([self.bin, "--home", str(self.home), "up"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready = threading.Event()
+
+        def pump():
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                if line.strip() == "ready":
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(30):
+            self.proc.kill()
+            raise RuntimeError(f"{self.name} did not start: {self.lines} {self.proc.stderr.read()}")
+
+    def mcp_url(self) -> str | None:
+        for line in self.lines:
+            if line.startswith("MCP listening on "):
+                return line.split()[-1]
+        return None
+
+    def stop(self) -> int | None:
+        if not self.proc:
+            return None
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+
+
+@pytest.fixture
+def pair(tmp_path: Path):
+    a = Node(tmp_path, "alpha")
+    key = tmp_path / "folder.key"
+    key.write_text(a.run("folder-key").stdout)
+    b = Node(tmp_path, "beta", key)
+    a.run("peers", "add", b.id, "--address", f"127.0.0.1:{b.port}", "--name", "beta")
+    b.run("peers", "add", a.id, "--address", f"127.0.0.1:{a.port}", "--name", "alpha")
+    token = a.run("mcp", "tokens", "create", "--name", "agent", "--capabilities", "read,write").stdout.strip()
+    a.up()
+    b.up()
+    yield a, b, token
+    for n in (a, b):
+        n.stop()
+
+
+def mcp_session(url: str, token: str, body):
+    async def main():
+        client = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        async with client:
+            async with streamable_http_client(url, http_client=client) as streams:
+                async with ClientSession(streams[0], streams[1]) as s:
+                    await s.initialize()
+                    return await body(s)
+
+    return asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+def wait_connected(node: Node, timeout=15.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = json.loads(node.run("peers", "list", "--json").stdout)
+        if any(p.get("status", {}).get("connected", 0) > 0 for p in out["peers"]):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{node.name} never connected to its peer")
+
+
+def test_mcp_write_on_a_lands_on_b_within_a_second(pair):
+    a, b, token = pair
+    url = a.mcp_url()
+    assert url == f"http://127.0.0.1:{a.mcp_port}/mcp", a.lines
+    assert b.mcp_url() == f"http://127.0.0.1:{b.mcp_port}/mcp", b.lines
+    wait_connected(a)
+    wait_connected(b)
+
+    async def write(s):
+        tools = {t.name for t in (await s.list_tools()).tools}
+        assert {"write_file", "read_file"} <= tools
+        t0 = time.time()
+        r = await s.call_tool("write_file", {"path": "notes/from-agent.md", "content": "written by an agent\n"})
+        assert not getattr(r, "is_error", getattr(r, "isError", False)), r
+        return t0
+
+    t0 = mcp_session(url, token, write)
+    target = b.folder / "notes" / "from-agent.md"
+    while time.time() - t0 < 5 and not (target.exists() and target.read_text() == "written by an agent\n"):
+        time.sleep(0.01)
+    elapsed = time.time() - t0
+    assert target.exists() and target.read_text() == "written by an agent\n", "never reached B"
+    assert elapsed < 1.0, f"took {elapsed:.3f} s to reach B"
+
+    # B's history names A as the author and the token as the actor.
+    hist = json.loads(b.run("versions", "notes/from-agent.md", "--json").stdout)
+    versions = hist["versions"] if isinstance(hist, dict) else hist
+    newest = versions[0]
+    assert newest["node"] == "alpha", newest
+    assert newest["actor"] == "mcp:agent", newest
+
+    # A's server reads back what B now also holds.
+    async def read(s):
+        r = await s.call_tool("read_file", {"path": "notes/from-agent.md"})
+        return getattr(r, "structured_content", None) or getattr(r, "structuredContent", None)
+
+    content = mcp_session(url, token, read)
+    assert "written by an agent" in json.dumps(content)
+
+
+def test_daemon_stops_cleanly_with_mcp_running(pair):
+    a, b, _ = pair
+    assert a.mcp_url()
+    assert a.stop() == 0
+    assert b.stop() == 0
+    # The port is free again.
+    s = socket.socket()
+    s.bind(("127.0.0.1", a.mcp_port))
+    s.close()
