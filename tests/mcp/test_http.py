@@ -255,7 +255,7 @@ def test_status_only_token_cannot_read_resources(server, node):
 
     async def run_stats(s):
         names = {t.name for t in (await s.list_tools()).tools}
-        assert names == {"get_stats"}
+        assert names == {"get_stats", "get_peers", "get_sync_status"}
         r = await s.call_tool("get_stats", {})
         return r.structured_content
 

@@ -17,7 +17,11 @@ use rmcp::model::*;
 use rmcp::service::RequestContext;
 use rmcp::{schemars, tool, tool_router, ErrorData as McpError, Json, RoleServer};
 use serde::{Deserialize, Serialize};
-use sovryn_engine::{paths, Node};
+use sovryn_engine::config::PeerConfig;
+use sovryn_engine::conflicts::{ConflictCopy, Keep};
+use sovryn_engine::identity::PublicKey;
+use sovryn_engine::scan::ScanOptions;
+use sovryn_engine::{paths, Config, Node};
 use sovryn_store::{Entry, EntryKind, FileRecord};
 
 use crate::audit::AuditLine;
@@ -41,10 +45,12 @@ pub fn tool_capability(name: &str) -> Option<Capability> {
         | "get_file_metadata"
         | "search_files"
         | "get_version_history"
-        | "diff_versions" => Capability::Read,
+        | "diff_versions"
+        | "list_conflicts" => Capability::Read,
         "write_file" | "edit_file" | "create_directory" | "delete_file" | "move_file"
-        | "restore_version" => Capability::Write,
-        "get_stats" => Capability::Status,
+        | "restore_version" | "resolve_conflict" | "force_sync_path" => Capability::Write,
+        "get_stats" | "get_peers" | "get_sync_status" => Capability::Status,
+        "add_peer" | "remove_peer" => Capability::Admin,
         _ => return None,
     })
 }
@@ -660,6 +666,201 @@ pub struct StatsOut {
     pub sequence: u64,
 }
 
+/// A conflict copy in the tree.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ConflictOut {
+    /// The copy's path.
+    pub path: String,
+    /// The path it is a copy of.
+    pub original: String,
+    /// The node whose write the copy holds.
+    pub author: String,
+    /// When that write was made, `YYYY-MM-DD HH:MM:SS` UTC.
+    pub time: String,
+    /// Whether the original path currently holds a file.
+    pub original_exists: bool,
+    /// Size of the copy in bytes.
+    pub size: u64,
+}
+
+impl From<ConflictCopy> for ConflictOut {
+    fn from(c: ConflictCopy) -> Self {
+        ConflictOut {
+            path: c.path,
+            original: c.original,
+            author: c.author,
+            time: c.time,
+            original_exists: c.original_exists,
+            size: c.size,
+        }
+    }
+}
+
+/// Result of `list_conflicts`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ConflictsOut {
+    /// Conflict copies, by path.
+    pub conflicts: Vec<ConflictOut>,
+}
+
+/// Which side `resolve_conflict` keeps.
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepArg {
+    /// The file under the original name; the copy is deleted.
+    Local,
+    /// The copy's content replaces the original; the copy is deleted.
+    Remote,
+    /// Both: the copy is renamed to `name.from-<node>.ext`.
+    Both,
+}
+
+impl From<KeepArg> for Keep {
+    fn from(k: KeepArg) -> Self {
+        match k {
+            KeepArg::Local => Keep::Local,
+            KeepArg::Remote => Keep::Remote,
+            KeepArg::Both => Keep::Both,
+        }
+    }
+}
+
+/// Arguments of `resolve_conflict`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ResolveArgs {
+    /// The conflict copy, or an original path that has exactly one copy.
+    pub path: String,
+    /// `local`, `remote` or `both`.
+    pub keep: KeepArg,
+}
+
+/// Result of `resolve_conflict`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ResolveOut {
+    /// The conflict copy resolved.
+    pub copy: String,
+    /// The original path.
+    pub original: String,
+    /// Where the copy went with `keep: both`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renamed_to: Option<String>,
+    /// Every path whose record changed.
+    pub changed: Vec<String>,
+}
+
+/// A configured peer.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct PeerOut {
+    /// Its endpoint id (64 hex digits).
+    pub id: String,
+    /// A name for humans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where to reach it (`HOST:PORT`).
+    pub addresses: Vec<String>,
+    /// It receives our changes but its own are not applied here.
+    pub read_only: bool,
+    /// When non-empty, only these path prefixes are exchanged with it.
+    pub paths: Vec<String>,
+}
+
+impl From<PeerConfig> for PeerOut {
+    fn from(p: PeerConfig) -> Self {
+        PeerOut {
+            id: p.id,
+            name: p.name,
+            addresses: p.addresses,
+            read_only: p.read_only,
+            paths: p.paths,
+        }
+    }
+}
+
+/// Result of `get_peers`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct PeersOut {
+    /// The peers in the node's configuration.
+    pub peers: Vec<PeerOut>,
+}
+
+/// Arguments of `add_peer`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct AddPeerArgs {
+    /// The peer's endpoint id (64 hex digits, as `sovryn id` prints it).
+    pub endpoint_id: String,
+    /// Where to reach it (`HOST:PORT`); may be empty when it only connects to us.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// A name for humans.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// It receives our changes but its own are not applied here.
+    #[serde(default)]
+    pub read_only: Option<bool>,
+    /// Only these path prefixes are exchanged with it; default: everything.
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
+}
+
+/// Result of `add_peer`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct AddPeerOut {
+    /// The peer as configured now.
+    pub peer: PeerOut,
+    /// Whether a peer with that id was replaced.
+    pub updated: bool,
+}
+
+/// Arguments of `remove_peer`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct RemovePeerArgs {
+    /// The peer's endpoint id or name.
+    pub endpoint_id_or_name: String,
+}
+
+/// Result of `remove_peer`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct RemovePeerOut {
+    /// The ids removed.
+    pub removed: Vec<String>,
+    /// Peers left in the configuration.
+    pub peers: usize,
+}
+
+/// Result of `get_sync_status`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct SyncStatusOut {
+    /// This node's name.
+    pub node_name: String,
+    /// The change-log sequence.
+    pub sequence: u64,
+    /// Whether sync is paused (`sovryn pause`).
+    pub paused: bool,
+    /// Configured peers.
+    pub peers: usize,
+    /// Conflict copies in the tree (those this token may see).
+    pub conflicts: usize,
+}
+
+/// Result of `force_sync_path`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ForceSyncOut {
+    /// The path rescanned.
+    pub path: String,
+    /// Entries looked at.
+    pub entries: u64,
+    /// New paths recorded.
+    pub added: u64,
+    /// Changed paths recorded.
+    pub modified: u64,
+    /// Paths gone from disk, recorded as deleted.
+    pub deleted: u64,
+    /// The paths recorded and announced for sync (at most 1000).
+    pub changed: Vec<String>,
+    /// The change-log sequence after the scan.
+    pub sequence: u64,
+}
+
 // ---------- the server ----------
 
 /// The MCP server for one node. Cheap to clone.
@@ -745,6 +946,79 @@ fn state_of(node: &Node, rel: &str, spec: Option<&str>) -> Result<(u64, Entry), 
             Ok((n, v.entry))
         }
     }
+}
+
+/// The conflict copies `p` may see.
+fn visible_conflicts(node: &Node, p: &Principal) -> Result<Vec<ConflictCopy>, String> {
+    Ok(node
+        .conflict_copies()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|c| p.scope.allows(&c.path))
+        .collect())
+}
+
+/// The conflict copy `rel` names (the copy, or an original with one copy),
+/// among those `p` may see; its original must be in the scope too.
+fn visible_copy_for(node: &Node, p: &Principal, rel: &str) -> Result<String, String> {
+    let all = visible_conflicts(node, p)?;
+    let copy = match all.iter().find(|c| c.path == rel) {
+        Some(c) => c,
+        None => match all
+            .iter()
+            .filter(|c| c.original == rel)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [one] => *one,
+            [] => {
+                return Err(format!(
+                    "{rel} is not a conflict copy and has none (see list_conflicts)"
+                ))
+            }
+            many => {
+                return Err(format!(
+                    "{rel} has {} conflict copies; name one: {}",
+                    many.len(),
+                    many.iter()
+                        .map(|c| c.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+        },
+    };
+    if !p.scope.allows(&copy.original) {
+        return Err(format!(
+            "{}: outside the paths this token may use",
+            copy.original
+        ));
+    }
+    Ok(copy.path.clone())
+}
+
+/// Checks a peer address: `HOST:PORT`.
+fn check_address(a: &str) -> Result<(), String> {
+    if a.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match a.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("address must be HOST:PORT, got '{a}'")),
+    }
+}
+
+/// Loads `config.toml`, lets `f` edit its peers, saves it (a running daemon
+/// reloads it) and updates the node's copy.
+fn edit_peers<T>(
+    node: &mut Node,
+    f: impl FnOnce(&mut Vec<PeerConfig>) -> Result<T, String>,
+) -> Result<T, String> {
+    let mut config = Config::load(&node.home).map_err(|e| e.to_string())?;
+    let out = f(&mut config.peers)?;
+    config.save(&node.home).map_err(|e| e.to_string())?;
+    node.config.peers = config.peers;
+    Ok(out)
 }
 
 pub(crate) fn args_paths(args: &Option<JsonObject>) -> Vec<String> {
@@ -1624,5 +1898,243 @@ impl SovrynServer {
         })
         .await
         .map(Json)
+    }
+
+    #[tool(
+        description = "Conflict copies in the folder (`name.sync-conflict-<time>-<node>.ext`): each copy, its original, the node and time of the write it holds. Resolve them with resolve_conflict.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_conflicts(
+        &self,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ConflictsOut>, String> {
+        let p = self.caller(&ctx, Capability::Read)?;
+        self.on_node(move |node| {
+            Ok(ConflictsOut {
+                conflicts: visible_conflicts(node, &p)?
+                    .into_iter()
+                    .map(ConflictOut::from)
+                    .collect(),
+            })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "Resolve a conflict copy (`path`: the copy, or an original with exactly one copy). `keep`: `local` keeps the original and deletes the copy, `remote` puts the copy's content in the original and deletes the copy, `both` renames the copy to `name.from-<node>.ext`. Everything stays in the history.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn resolve_conflict(
+        &self,
+        Parameters(a): Parameters<ResolveArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ResolveOut>, String> {
+        let p = self.caller(&ctx, Capability::Write)?;
+        let rel = scoped(&p, &a.path)?;
+        let actor = p.actor();
+        let res = self
+            .on_node(move |node| {
+                confine(node, &rel)?;
+                let copy = visible_copy_for(node, &p, &rel)?;
+                node.resolve_conflict(&copy, a.keep.into(), Some(&actor))
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        self.changed(res.changed.iter().cloned());
+        Ok(Json(ResolveOut {
+            copy: res.copy,
+            original: res.original,
+            renamed_to: res.renamed_to,
+            changed: res.changed,
+        }))
+    }
+
+    #[tool(
+        description = "The peers this node syncs with, from its configuration: endpoint id, name, addresses, read-only flag and path prefixes.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_peers(&self, ctx: RequestContext<RoleServer>) -> Result<Json<PeersOut>, String> {
+        self.caller(&ctx, Capability::Status)?;
+        self.on_node(move |node| {
+            Ok(PeersOut {
+                peers: node
+                    .config
+                    .peers
+                    .iter()
+                    .cloned()
+                    .map(PeerOut::from)
+                    .collect(),
+            })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "Add a peer to sync with (or replace the one with the same id): its endpoint id (64 hex digits), addresses (`HOST:PORT`), optional name, read-only flag and path prefixes. A running node picks the change up within a second.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn add_peer(
+        &self,
+        Parameters(a): Parameters<AddPeerArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<AddPeerOut>, String> {
+        self.caller(&ctx, Capability::Admin)?;
+        let id = a.endpoint_id.trim();
+        let key: PublicKey = id
+            .parse()
+            .map_err(|e| format!("'{id}' is not an endpoint id (64 hex digits): {e}"))?;
+        for addr in &a.addresses {
+            check_address(addr)?;
+        }
+        let paths = a
+            .paths
+            .unwrap_or_default()
+            .iter()
+            .map(|p| paths::normalize_rel(p).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let peer = PeerConfig {
+            id: key.to_string(),
+            addresses: a.addresses,
+            name: a.name.filter(|n| !n.trim().is_empty()),
+            read_only: a.read_only.unwrap_or(false),
+            paths,
+        };
+        self.on_node(move |node| {
+            let me = sovryn_engine::identity::load(&node.home.identity())
+                .map_err(|e| e.to_string())?
+                .public();
+            if key == me {
+                return Err("that is this node's own endpoint id".into());
+            }
+            let updated = edit_peers(node, |peers| {
+                Ok(match peers.iter_mut().find(|p| p.id == peer.id) {
+                    Some(p) => {
+                        *p = peer.clone();
+                        true
+                    }
+                    None => {
+                        peers.push(peer.clone());
+                        false
+                    }
+                })
+            })?;
+            Ok(AddPeerOut {
+                peer: peer.into(),
+                updated,
+            })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "Stop syncing with a peer: removes it (by endpoint id or name) from the configuration. A running node drops it within a second.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn remove_peer(
+        &self,
+        Parameters(a): Parameters<RemovePeerArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<RemovePeerOut>, String> {
+        self.caller(&ctx, Capability::Admin)?;
+        let which = a.endpoint_id_or_name.trim().to_owned();
+        self.on_node(move |node| {
+            let removed = edit_peers(node, |peers| {
+                let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(peers)
+                    .into_iter()
+                    .partition(|p| p.id == which || p.name.as_deref() == Some(which.as_str()));
+                *peers = kept;
+                if gone.is_empty() {
+                    return Err(format!("no peer '{which}' (see get_peers)"));
+                }
+                Ok(gone.into_iter().map(|p| p.id).collect::<Vec<_>>())
+            })?;
+            Ok(RemovePeerOut {
+                removed,
+                peers: node.config.peers.len(),
+            })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "Sync state of this node: change-log sequence, whether sync is paused, how many peers are configured and how many conflict copies are in the folder.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_sync_status(
+        &self,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<SyncStatusOut>, String> {
+        let p = self.caller(&ctx, Capability::Status)?;
+        self.on_node(move |node| {
+            Ok(SyncStatusOut {
+                node_name: node.config.node_name.clone(),
+                sequence: node.store.sequence().map_err(|e| e.to_string())?,
+                paused: node.home.dir.join("paused").exists(),
+                peers: node.config.peers.len(),
+                conflicts: visible_conflicts(node, &p)?.len(),
+            })
+        })
+        .await
+        .map(Json)
+    }
+
+    #[tool(
+        description = "Rescan a file or directory on disk now and record what changed (edits not recorded yet), so a running node sends them to its peers. Returns what was recorded.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn force_sync_path(
+        &self,
+        Parameters(a): Parameters<PathArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<ForceSyncOut>, String> {
+        let p = self.caller(&ctx, Capability::Write)?;
+        let rel = scoped(&p, &a.path)?;
+        let opts = ScanOptions {
+            actor: Some(p.actor()),
+            ..Default::default()
+        };
+        let out = self
+            .on_node(move |node| {
+                confine(node, &rel)?;
+                let r = node
+                    .scan(std::slice::from_ref(&rel), &opts, &mut |_| {})
+                    .map_err(|e| e.to_string())?;
+                Ok(ForceSyncOut {
+                    path: rel,
+                    entries: r.entries,
+                    added: r.added,
+                    modified: r.modified,
+                    deleted: r.deleted,
+                    changed: r.changed,
+                    sequence: node.store.sequence().map_err(|e| e.to_string())?,
+                })
+            })
+            .await?;
+        self.changed(out.changed.iter().cloned());
+        Ok(Json(out))
     }
 }
