@@ -536,7 +536,7 @@ fn status(ctx: &Ctx) -> Result<()> {
     )?;
     let pending_count = pending.added + pending.modified + pending.deleted;
     let conflicts = node.conflict_copies()?;
-    let paused = crate::node_cmd::is_paused(&ctx.home);
+    let paused = ctx.home.is_paused();
     // Live sync state from a running node: per peer, what is left to
     // exchange (change-log entries) in each direction.
     let live = crate::daemon::control_request(&ctx.home, &json!({"cmd": "status"}))

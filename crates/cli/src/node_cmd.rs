@@ -131,7 +131,12 @@ fn up(home: &Home, passphrase_file: Option<&Path>, listen: Option<String>) -> Re
         let root = node.root().to_owned();
         let daemon = Daemon::start(node, listen).await?;
         // Sessions only start in `run`, so a paused node never syncs.
-        if is_paused(&daemon.shared.with_node(|n| Ok(n.home.clone())).await?) {
+        if daemon
+            .shared
+            .with_node(|n| Ok(n.home.clone()))
+            .await?
+            .is_paused()
+        {
             daemon.net.set_peers(&[]);
             tracing::info!("sync is paused ('sovryn resume' to sync again)");
         }
@@ -151,7 +156,7 @@ fn up(home: &Home, passphrase_file: Option<&Path>, listen: Option<String>) -> Re
 }
 
 fn sync(home: &Home, json: bool, timeout: u64) -> Result<()> {
-    if is_paused(home) {
+    if home.is_paused() {
         bail!("sync is paused on this node; run 'sovryn resume' first");
     }
     let req = json!({"cmd": "sync", "timeout_ms": timeout.saturating_mul(1000)});
@@ -184,16 +189,6 @@ fn sync(home: &Home, json: bool, timeout: u64) -> Result<()> {
     Ok(())
 }
 
-fn check_address(a: &str) -> Result<()> {
-    if a.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    match a.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => bail!("address must be HOST:PORT, got '{a}'"),
-    }
-}
-
 fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
     let mut config = Config::load(home)?;
     match action {
@@ -213,7 +208,7 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
                 bail!("that is this node's own id");
             }
             for a in &addresses {
-                check_address(a)?;
+                sovryn_engine::config::check_peer_address(a)?;
             }
             let mut clean_paths = Vec::new();
             for p in &paths {
@@ -334,19 +329,9 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
     }
 }
 
-/// The marker file that keeps a node paused (across restarts too).
-fn pause_marker(home: &Home) -> std::path::PathBuf {
-    home.dir.join("paused")
-}
-
-/// Whether sync is paused on this node.
-pub fn is_paused(home: &Home) -> bool {
-    pause_marker(home).exists()
-}
-
 /// The peers a running node should talk to: none while paused.
 pub fn active_peers(home: &Home, peers: &[PeerConfig]) -> Vec<PeerConfig> {
-    if is_paused(home) {
+    if home.is_paused() {
         Vec::new()
     } else {
         peers.to_vec()
@@ -361,7 +346,7 @@ pub async fn control(d: &Daemon, req: &serde_json::Value) -> serde_json::Value {
         Err(e) => return json!({"ok": false, "error": format!("{e:#}")}),
     };
     match req["cmd"].as_str() {
-        Some("pause") => match std::fs::write(pause_marker(&home), b"") {
+        Some("pause") => match std::fs::write(home.pause_marker(), b"") {
             Ok(()) => {
                 d.net.set_peers(&[]);
                 tracing::info!("sync paused");
@@ -370,7 +355,7 @@ pub async fn control(d: &Daemon, req: &serde_json::Value) -> serde_json::Value {
             Err(e) => json!({"ok": false, "error": format!("writing the pause marker: {e}")}),
         },
         Some("resume") => {
-            let _ = std::fs::remove_file(pause_marker(&home));
+            let _ = std::fs::remove_file(home.pause_marker());
             match Config::load(&home) {
                 Ok(c) => {
                     d.net.set_peers(&c.peers);
@@ -420,10 +405,10 @@ fn pause_resume(home: &Home, json: bool, pause: bool) -> Result<()> {
         }
         None => {
             if pause {
-                std::fs::write(pause_marker(home), b"")
-                    .with_context(|| format!("writing {}", pause_marker(home).display()))?;
+                std::fs::write(home.pause_marker(), b"")
+                    .with_context(|| format!("writing {}", home.pause_marker().display()))?;
             } else {
-                let _ = std::fs::remove_file(pause_marker(home));
+                let _ = std::fs::remove_file(home.pause_marker());
             }
             false
         }

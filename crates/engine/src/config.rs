@@ -49,6 +49,14 @@ impl Home {
     pub fn keyfile(&self) -> PathBuf {
         self.dir.join("master.key")
     }
+    /// The marker file that keeps sync paused (across restarts too).
+    pub fn pause_marker(&self) -> PathBuf {
+        self.dir.join("paused")
+    }
+    /// Whether sync is paused on this node.
+    pub fn is_paused(&self) -> bool {
+        self.pause_marker().exists()
+    }
     /// Whether a node was initialised here.
     pub fn exists(&self) -> bool {
         self.config().exists()
@@ -62,6 +70,19 @@ pub fn absolute(p: &Path) -> Result<PathBuf> {
     } else {
         let cwd = std::env::current_dir().map_err(|e| Error::io(Path::new("."), e))?;
         Ok(cwd.join(p))
+    }
+}
+
+/// Checks a peer address: `HOST:PORT` (an IP address or a host name).
+pub fn check_peer_address(a: &str) -> Result<()> {
+    if a.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match a.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(Error::Config(format!(
+            "address must be HOST:PORT, got '{a}'"
+        ))),
     }
 }
 

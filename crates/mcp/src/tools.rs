@@ -997,17 +997,6 @@ fn visible_copy_for(node: &Node, p: &Principal, rel: &str) -> Result<String, Str
     Ok(copy.path.clone())
 }
 
-/// Checks a peer address: `HOST:PORT`.
-fn check_address(a: &str) -> Result<(), String> {
-    if a.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    match a.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("address must be HOST:PORT, got '{a}'")),
-    }
-}
-
 /// Loads `config.toml`, lets `f` edit its peers, saves it (a running daemon
 /// reloads it) and updates the node's copy.
 fn edit_peers<T>(
@@ -1996,7 +1985,7 @@ impl SovrynServer {
             .parse()
             .map_err(|e| format!("'{id}' is not an endpoint id (64 hex digits): {e}"))?;
         for addr in &a.addresses {
-            check_address(addr)?;
+            sovryn_engine::config::check_peer_address(addr).map_err(|e| e.to_string())?;
         }
         let paths = a
             .paths
@@ -2088,7 +2077,7 @@ impl SovrynServer {
             Ok(SyncStatusOut {
                 node_name: node.config.node_name.clone(),
                 sequence: node.store.sequence().map_err(|e| e.to_string())?,
-                paused: node.home.dir.join("paused").exists(),
+                paused: node.home.is_paused(),
                 peers: node.config.peers.len(),
                 conflicts: visible_conflicts(node, &p)?.len(),
             })
