@@ -58,6 +58,7 @@ class SovrynPair:
                 "--mcp-port", str(b["mcp"]), "--no-passphrase", "--folder-key-file", key)
         for n in self.nodes:
             n["id"] = self.sv(n, "id").strip()
+            self.sv(n, "config", "set", "sync.mdns", "false")  # loopback only: no LAN multicast
         self.sv(a, "peers", "add", b["id"], "--address", f"127.0.0.1:{b['port']}", "--name", "b")
         self.sv(b, "peers", "add", a["id"], "--address", f"127.0.0.1:{a['port']}", "--name", "a")
         self.procs = []

@@ -778,7 +778,7 @@ fn offline_edits_merge_or_keep_conflict_copies() {
         .unwrap()
         .is_empty());
 
-    // A third node joins later and receives the whole tree.
+    // A third node joins later and receives the whole tree, with its history.
     let mut c = Peer::new("gamma", Some(&a.folder_key()));
     c.trust(&a);
     a.ok(&[
@@ -794,9 +794,17 @@ fn offline_edits_merge_or_keep_conflict_copies() {
     converge(&a, &c, "third node", |t| {
         t.contains_key("blob.from-alpha.bin")
     });
-    let vs = c.json(&["versions", "notes.txt"]);
-    assert!(!vs.as_array().unwrap().is_empty());
-    assert_eq!(c.history("notes.txt").last().unwrap(), &merged);
+    // Newest first: the merge, then what alpha had before it (its own
+    // edit and the original), exactly as alpha keeps them.
+    let c_history = c.history("notes.txt");
+    assert_eq!(c_history.first(), Some(&merged), "{c_history:#?}");
+    assert_eq!(c_history, a.history("notes.txt"));
+    assert!(c_history.contains(&notes_a) && c_history.contains(&lines));
+    assert_eq!(
+        c.history("gone.txt"),
+        a.history("gone.txt"),
+        "a deleted-then-kept file's history travels too"
+    );
     let st = a.json(&["status"]);
     assert_eq!(st["paused"], false);
     assert_eq!(st["peers"].as_array().unwrap().len(), 2, "{st}");

@@ -137,8 +137,9 @@ impl Default for McpConfig {
     }
 }
 
-/// What this node keeps and never syncs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// What this node keeps and never syncs, bandwidth limits, and how peers
+/// are found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SyncConfig {
     /// Gitignore-style patterns ignored on this node (added to `.sovrynignore` files).
@@ -151,6 +152,38 @@ pub struct SyncConfig {
     pub max_send_kib_per_sec: u64,
     /// Download limit for chunk data from all peers together, KiB/s (0: none).
     pub max_recv_kib_per_sec: u64,
+    /// LAN discovery: announce this node and find peers by endpoint id with
+    /// mDNS on the local network (not when `listen` is a loopback address).
+    pub mdns: bool,
+    /// Internet discovery: publish and look up addresses in the BitTorrent
+    /// mainline DHT (signed pkarr records).
+    pub dht: bool,
+    /// A relay server (`https://relay.example.org`, e.g. a self-hosted
+    /// `iroh-relay`) for peers that cannot reach each other directly;
+    /// empty: no relay.
+    pub relay_url: String,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            ignore: Vec::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            max_send_kib_per_sec: 0,
+            max_recv_kib_per_sec: 0,
+            mdns: true,
+            dht: false,
+            relay_url: String::new(),
+        }
+    }
+}
+
+impl SyncConfig {
+    /// The relay URL, when one is configured (`relay_url` not blank).
+    pub fn relay(&self) -> Option<&str> {
+        Some(self.relay_url.trim()).filter(|u| !u.is_empty())
+    }
 }
 
 /// Full-text search settings.
@@ -246,6 +279,9 @@ pub const CONFIG_KEYS: &[&str] = &[
     "sync.exclude",
     "sync.max_send_kib_per_sec",
     "sync.max_recv_kib_per_sec",
+    "sync.mdns",
+    "sync.dht",
+    "sync.relay_url",
     "search.enabled",
     "search.max_text_bytes",
 ];
@@ -371,8 +407,79 @@ impl Config {
         if !self.storage_path.is_absolute() {
             return Err(Error::Config("storage_path must be absolute".into()));
         }
+        if let Some(url) = self.sync.relay() {
+            check_relay_url(url)?;
+        }
         Ok(())
     }
+}
+
+/// Checks a relay URL: `http://` or `https://`, then a host name or IP
+/// address (IPv6 in brackets), an optional port and an optional path.
+pub fn check_relay_url(url: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Error::Config(format!(
+            "sync.relay_url: {why}, got '{url}' (expected e.g. https://relay.example.org, \
+             or empty for no relay)"
+        ))
+    };
+    let lower = url.to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("http://") {
+        &url[7..]
+    } else {
+        return Err(bad("the URL must start with https:// or http://"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(bad("the URL has no host"));
+    }
+    if authority.contains('@') {
+        return Err(bad("user names and passwords are not supported in the URL"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("the URL contains spaces or control characters"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (ip, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("unclosed '[' in the host"))?;
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("the bracketed host is not an IPv6 address"));
+        }
+        match after {
+            "" => (ip, None),
+            p => (
+                ip,
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad("unexpected text after the IPv6 address"))?,
+                ),
+            ),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("the URL has no host"));
+    }
+    if !authority.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        return Err(bad("the host is not a valid host name or IP address"));
+    }
+    if let Some(p) = port {
+        if !p.parse::<u16>().is_ok_and(|p| p != 0) {
+            return Err(bad("the port must be a number from 1 to 65535"));
+        }
+    }
+    Ok(())
 }
 
 /// `ADDR` or `ADDR/PREFIX` with a prefix the address family allows.
@@ -425,5 +532,60 @@ mod tests {
         assert!(c.set("listen", "nonsense").is_err());
         assert!(c.set("no.such", "1").is_err());
         assert_eq!(c.mcp.port, 9000);
+    }
+
+    #[test]
+    fn discovery_keys_default_set_and_validate() {
+        let mut c = Config::new("a".into(), "/tmp/x".into());
+        // LAN discovery on, DHT and relay off by default.
+        assert!(c.sync.mdns);
+        assert!(!c.sync.dht);
+        assert_eq!(c.sync.relay(), None);
+        assert_eq!(c.get("sync.mdns").unwrap(), "true");
+        assert_eq!(c.get("sync.dht").unwrap(), "false");
+        assert_eq!(c.get("sync.relay_url").unwrap(), "");
+
+        c.set("sync.mdns", "false").unwrap();
+        c.set("sync.dht", "true").unwrap();
+        assert!(!c.sync.mdns && c.sync.dht);
+        assert!(c.set("sync.mdns", "maybe").is_err());
+        assert!(!c.sync.mdns);
+
+        for ok in [
+            "https://relay.example.org",
+            "https://relay.example.org./",
+            "http://10.0.0.1:3340",
+            "https://[2001:db8::1]:443/relay",
+            "HTTPS://Relay.Example.org",
+        ] {
+            c.set("sync.relay_url", ok).unwrap();
+            assert_eq!(c.sync.relay(), Some(ok));
+        }
+        for bad in [
+            "relay.example.org",
+            "ftp://relay.example.org",
+            "https://",
+            "https://:443",
+            "https://relay.example.org:99999",
+            "https://relay.example.org:0",
+            "https://user:pw@relay.example.org",
+            "https://relay example.org",
+            "https://[::1",
+            "https://[not-v6]",
+        ] {
+            let e = c.set("sync.relay_url", bad).unwrap_err().to_string();
+            assert!(e.contains("sync.relay_url"), "{bad}: {e}");
+        }
+        // The last good value stays; empty turns the relay off.
+        assert_eq!(c.sync.relay(), Some("HTTPS://Relay.Example.org"));
+        c.set("sync.relay_url", "\"\"").unwrap();
+        assert_eq!(c.sync.relay(), None);
+
+        // A config.toml written before these keys existed gets the defaults.
+        let old: Config = toml::from_str(
+            "node_name = \"a\"\nstorage_path = \"/tmp/x\"\n[sync]\nexclude = [\"big/**\"]\n",
+        )
+        .unwrap();
+        assert!(old.sync.mdns && !old.sync.dht && old.sync.relay().is_none());
     }
 }

@@ -17,6 +17,7 @@ pub mod merge;
 pub mod node;
 pub mod ops;
 pub mod paths;
+pub mod peer_state;
 pub mod rules;
 pub mod scan;
 pub mod sync;

@@ -1,6 +1,6 @@
 //! Sovryn's peer-to-peer sync over iroh.
 //!
-//! One QUIC connection per peer on ALPN `sovryn/sync/1` (see
+//! One QUIC connection per peer on ALPN `sovryn/sync/2` (see
 //! `docs/protocol.md`). Only endpoint ids in the allowlist get past the TLS
 //! handshake ([`Allowlist`], run in iroh's `after_handshake` hook). On a
 //! connection both sides send `Hello`, then stream their change log to each
@@ -17,9 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use iroh::endpoint::{presets, AfterHandshakeOutcome, Connection, EndpointHooks};
-use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, SecretKey};
+use iroh::address_lookup::AddrFilter;
+use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, RelayUrl, SecretKey};
+use iroh_mainline_address_lookup::DhtAddressLookup;
+use iroh_mdns_address_lookup::MdnsAddressLookup;
 use serde::Serialize;
-use sovryn_engine::config::PeerConfig;
+use sovryn_engine::config::{PeerConfig, SyncConfig};
 use sovryn_engine::Node;
 use sovryn_store::{Causality, ChunkCodec, ChunkId, Entry, SealedChunk, Store};
 use tokio::sync::{broadcast, watch};
@@ -37,8 +40,10 @@ const INDEX_CHUNKS: usize = 16_384;
 const CHUNKS_PER_REQUEST: usize = 128;
 /// `GetChunks` streams in flight per peer.
 const FETCH_STREAMS: usize = 4;
-/// Received chunk bytes sealed and stored together.
-const PUT_BYTES: usize = 4 << 20;
+/// Received chunk bytes checked and stored together (at most).
+const PUT_BYTES: usize = 8 << 20;
+/// Received chunks queued for checking and storing (at most 256 KiB each).
+const STORE_QUEUE: usize = 256;
 /// Chunks read from the store per blocking call when serving.
 const SERVE_GROUP: usize = 16;
 /// Read-only store handles for the change log and chunk reads.
@@ -218,6 +223,12 @@ pub struct PeerStatus {
     pub bytes_sent: u64,
     /// Bytes received from it on the wire, counted the same way.
     pub bytes_received: u64,
+    /// Chunks fetched from it, checked and stored, since this node started.
+    pub chunks_received: u64,
+    /// Our change log acknowledged by it (applied there) up to this sequence.
+    pub acked_upto: u64,
+    /// QUIC packets to it declared lost on the open connections.
+    pub lost_packets: u64,
 }
 
 #[derive(Default)]
@@ -243,6 +254,8 @@ pub struct SyncNet {
     short_id: String,
     /// Bandwidth limits (`sync.max_send_kib_per_sec`, `sync.max_recv_kib_per_sec`).
     limits: RwLock<Limits>,
+    /// How peers are found (fixed at bind).
+    discovery: Discovery,
 }
 
 /// A token bucket in KiB: one cell per KiB.
@@ -345,15 +358,123 @@ fn meta_key(peer: &EndpointId) -> String {
     format!("peer.{peer}.seq")
 }
 
+/// How a node finds its peers and is found by them, beyond the addresses
+/// configured with `sovryn peers add --address` (from the `sync` section of
+/// `config.toml`; fixed when the endpoint binds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Discovery {
+    /// mDNS on the local network (`sync.mdns`; off when listening on loopback).
+    pub mdns: bool,
+    /// The BitTorrent mainline DHT (`sync.dht`).
+    pub dht: bool,
+    /// The relay server (`sync.relay_url`), which every peer is assumed to use too.
+    #[serde(serialize_with = "ser_relay")]
+    pub relay: Option<RelayUrl>,
+}
+
+fn ser_relay<S: serde::Serializer>(r: &Option<RelayUrl>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        Some(u) => s.serialize_some(&u.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Discovery {
+    /// The discovery a node listening on `listen` runs with `sync`. mDNS is
+    /// left off on a loopback `listen` address: it would announce addresses
+    /// no other machine can reach (and test nodes on 127.0.0.1 stay silent).
+    pub fn from_config(sync: &SyncConfig, listen: SocketAddr) -> Result<Self> {
+        let relay = match sync.relay() {
+            Some(u) => Some(
+                u.parse::<RelayUrl>()
+                    .with_context(|| format!("sync.relay_url '{u}' is not a valid URL"))?,
+            ),
+            None => None,
+        };
+        Ok(Discovery {
+            mdns: sync.mdns && !listen.ip().is_loopback(),
+            dht: sync.dht,
+            relay,
+        })
+    }
+
+    /// Whether a peer configured without addresses can still be dialed:
+    /// by an address lookup, or through the shared relay.
+    pub fn finds_peers(&self) -> bool {
+        self.mdns || self.dht || self.relay.is_some()
+    }
+}
+
+/// The mDNS service name Sovryn nodes announce (`_sovryn._udp.local`), so
+/// they only see each other, not every iroh application on the network.
+const MDNS_SERVICE: &str = "sovryn";
+
+/// Adds the address lookups `discovery` asks for to a bound endpoint. One
+/// that cannot start (e.g. no multicast-capable interface) is logged and
+/// left out; the node still runs with its configured addresses.
+fn add_address_lookups(endpoint: &Endpoint, discovery: &mut Discovery) -> Result<()> {
+    let services = endpoint
+        .address_lookup()
+        .context("the endpoint's address lookup")?;
+    if discovery.mdns {
+        match MdnsAddressLookup::builder()
+            .service_name(MDNS_SERVICE)
+            .build(endpoint.id())
+        {
+            Ok(mdns) => {
+                services.add(mdns);
+                tracing::info!("LAN discovery (mDNS) on");
+            }
+            Err(e) => {
+                tracing::warn!("LAN discovery (mDNS) could not start: {e}");
+                discovery.mdns = false;
+            }
+        }
+    }
+    if discovery.dht {
+        // With a relay, only the relay URL is published (the node's IP
+        // addresses stay out of the public DHT); without one, the direct
+        // addresses are, or the record would be empty.
+        let filter = if discovery.relay.is_some() {
+            AddrFilter::relay_only()
+        } else {
+            AddrFilter::unfiltered()
+        };
+        match DhtAddressLookup::builder()
+            .secret_key(endpoint.secret_key().clone())
+            .addr_filter(filter)
+            .build()
+        {
+            Ok(dht) => {
+                services.add(dht);
+                tracing::info!("DHT discovery (mainline) on");
+            }
+            Err(e) => {
+                tracing::warn!("DHT discovery could not start: {e}");
+                discovery.dht = false;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl SyncNet {
-    /// Binds the endpoint on `listen` with the node's key. Relays and
-    /// address lookup are off: peers are reached at their configured addresses.
+    /// Binds the endpoint on `listen` with the node's key. Peers are reached
+    /// at their configured addresses, and, as the node's `sync` config says
+    /// ([`Discovery`]), found by mDNS on the LAN (on by default), the
+    /// mainline DHT (off by default) and through a relay (none by default).
     pub async fn bind(
         shared: Shared,
         listen: SocketAddr,
         peers: &[PeerConfig],
     ) -> Result<Arc<Self>> {
-        let (secret, folder_id, name, short_id): (SecretKey, String, String, String) = {
+        let (secret, folder_id, name, short_id, sync): (
+            SecretKey,
+            String,
+            String,
+            String,
+            SyncConfig,
+        ) = {
             let n = shared
                 .node
                 .lock()
@@ -363,14 +484,23 @@ impl SyncNet {
                 n.store.folder_id().to_owned(),
                 n.config.node_name.clone(),
                 n.short_id.clone(),
+                n.config.sync.clone(),
             )
+        };
+        let mut discovery = Discovery::from_config(&sync, listen)?;
+        if sync.mdns && !discovery.mdns {
+            tracing::info!("LAN discovery (mDNS) off: listening on loopback {listen}");
+        }
+        let relay_mode = match &discovery.relay {
+            Some(url) => RelayMode::custom([url.clone()]),
+            None => RelayMode::Disabled,
         };
         let allow = Allowlist::default();
         allow.replace(peer_map(peers));
         let endpoint = Endpoint::builder(presets::Minimal)
             .secret_key(secret)
             .alpns(vec![ALPN.to_vec()])
-            .relay_mode(RelayMode::Disabled)
+            .relay_mode(relay_mode)
             .hooks(allow.clone())
             .clear_ip_transports()
             .bind_addr(listen)
@@ -378,6 +508,10 @@ impl SyncNet {
             .bind()
             .await
             .with_context(|| format!("binding the sync endpoint on {listen}"))?;
+        add_address_lookups(&endpoint, &mut discovery)?;
+        if let Some(url) = &discovery.relay {
+            tracing::info!("relay {url}");
+        }
         Ok(Arc::new(SyncNet {
             endpoint,
             shared,
@@ -387,7 +521,13 @@ impl SyncNet {
             name,
             short_id,
             limits: RwLock::new(Limits::default()),
+            discovery,
         }))
+    }
+
+    /// How this node finds peers (what actually started).
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
     }
 
     /// This endpoint's id (the node id).
@@ -452,7 +592,7 @@ impl SyncNet {
             };
             let conn = match open {
                 Some(c) => Some(c),
-                None if cfg.addresses.is_empty() => {
+                None if cfg.addresses.is_empty() && !self.discovery.finds_peers() => {
                     t.error = Some("not connected and no address to dial".into());
                     None
                 }
@@ -507,13 +647,16 @@ impl SyncNet {
                     Some(p) => {
                         let mut s = p.status.clone();
                         let (mut tx, mut rx) = p.closed_bytes;
+                        let mut lost = 0;
                         for (c, _) in &p.conns {
                             let cs = c.stats();
                             tx += cs.udp_tx.bytes;
                             rx += cs.udp_rx.bytes;
+                            lost += cs.lost_packets;
                         }
                         s.bytes_sent = tx;
                         s.bytes_received = rx;
+                        s.lost_packets = lost;
                         s
                     }
                     None => PeerStatus::default(),
@@ -558,7 +701,7 @@ impl SyncNet {
                     .all()
                     .into_iter()
                     .filter(|(id, cfg)| {
-                        if cfg.addresses.is_empty() {
+                        if cfg.addresses.is_empty() && !self.discovery.finds_peers() {
                             return false;
                         }
                         let s = st.entry(*id).or_default();
@@ -617,6 +760,11 @@ impl SyncNet {
                 }
                 Err(e) => tracing::warn!("peer address {a}: {e}"),
             }
+        }
+        // Peers of a mesh with a relay share it; without addresses, the
+        // address lookups (mDNS, DHT) resolve the id.
+        if let Some(url) = &self.discovery.relay {
+            addr = addr.with_relay_url(url.clone());
         }
         let conn = tokio::time::timeout(Duration::from_secs(15), self.endpoint.connect(addr, ALPN))
             .await
@@ -777,9 +925,13 @@ impl SyncNet {
             s.received_upto = want_since;
             s.last_error = None;
         });
+        // The control stream's sending half carries our index messages and
+        // our acks of theirs.
+        let send = Arc::new(tokio::sync::Mutex::new(send));
         let sender = {
             let me = self.clone();
             let cfg = cfg.clone();
+            let send = send.clone();
             async move { me.send_index(peer, &cfg, send, their_want).await }
         };
         let server = {
@@ -790,7 +942,7 @@ impl SyncNet {
         let receiver = {
             let me = self.clone();
             let conn = conn.clone();
-            async move { me.receive_index(peer, &cfg, &conn, recv).await }
+            async move { me.receive_index(peer, &cfg, &conn, recv, send).await }
         };
         tokio::select! {
             r = sender => r.context("sending"),
@@ -803,17 +955,32 @@ impl SyncNet {
         &self,
         peer: EndpointId,
         cfg: &PeerConfig,
-        mut send: iroh::endpoint::SendStream,
+        send: ControlSend,
         from: u64,
     ) -> Result<()> {
+        if from == 0 {
+            self.send_history(cfg, &send).await?;
+        }
+        let peer_s = peer.to_string();
         let mut sent = from;
         let mut rx = self.shared.seq.subscribe();
         loop {
             rx.borrow_and_update();
             let after = sent;
+            let p = peer_s.clone();
+            // Each record with whether the peer itself announced exactly
+            // this state (then sending it back would only echo it).
             let batch = self
                 .shared
-                .with_reader(move |s| Ok(s.changes_since(after, INDEX_BATCH)?))
+                .with_reader(move |s| {
+                    s.changes_since(after, INDEX_BATCH)?
+                        .into_iter()
+                        .map(|r| {
+                            let echo = s.peer_seen(&p, &r.path)?.as_ref() == Some(&r.entry.vv);
+                            Ok((r, echo))
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
                 .await?;
             if batch.is_empty() {
                 if rx.changed().await.is_err() {
@@ -822,36 +989,75 @@ impl SyncNet {
                 continue;
             }
             // Split so no message names too many chunks; each message's
-            // `upto` is the last record it covers (scope-filtered or not).
+            // `upto` is the last record it covers (skipped or not).
             let mut records: Vec<WireRecord> = Vec::new();
             let mut chunks = 0usize;
             let n = batch.len();
-            for (i, r) in batch.into_iter().enumerate() {
+            for (i, (r, echo)) in batch.into_iter().enumerate() {
                 let seq = r.seq;
-                if in_scope(cfg, &r.path) {
+                if in_scope(cfg, &r.path) && !echo {
                     chunks += r.entry.chunks.len();
-                    records.push(WireRecord {
-                        path: r.path,
-                        seq: r.seq,
-                        entry: r.entry,
-                    });
+                    records.push(WireRecord::new(r.path, r.seq, r.entry, false));
                 }
                 if chunks >= INDEX_CHUNKS || i + 1 == n {
                     sent = seq;
                     tracing::debug!("sending {} records up to {sent}", records.len());
-                    wire::write_msg(
-                        &mut send,
-                        &Msg::Index {
-                            records: std::mem::take(&mut records),
-                            upto: sent,
-                        },
-                    )
-                    .await?;
+                    let msg = Msg::Index {
+                        records: std::mem::take(&mut records),
+                        upto: sent,
+                    };
+                    wire::write_msg(&mut *send.lock().await, &msg).await?;
                     chunks = 0;
                     self.update_status(&peer, |s| s.sent_upto = sent);
                 }
             }
         }
+    }
+
+    /// Sends every older version this node keeps (within the peer's scope)
+    /// as `history` records, to a peer that has none of this node's log yet,
+    /// so a node that joins later gets the history and not only the tree.
+    async fn send_history(&self, cfg: &PeerConfig, send: &ControlSend) -> Result<()> {
+        let mut after: Option<(String, u64)> = None;
+        let mut total = 0usize;
+        loop {
+            let from = after.clone();
+            let batch = self
+                .shared
+                .with_reader(move |s| {
+                    Ok(s.history_after(
+                        from.as_ref().map(|(p, l)| (p.as_str(), *l)),
+                        INDEX_BATCH,
+                    )?)
+                })
+                .await?;
+            let Some(last) = batch.last() else {
+                break;
+            };
+            after = Some((last.path.clone(), last.label));
+            let mut records = Vec::new();
+            let mut chunks = 0usize;
+            let n = batch.len();
+            for (i, v) in batch.into_iter().enumerate() {
+                if in_scope(cfg, &v.path) {
+                    chunks += v.entry.chunks.len();
+                    records.push(WireRecord::new(v.path, 0, v.entry, true));
+                }
+                if (chunks >= INDEX_CHUNKS || i + 1 == n) && !records.is_empty() {
+                    total += records.len();
+                    let msg = Msg::Index {
+                        records: std::mem::take(&mut records),
+                        upto: 0,
+                    };
+                    wire::write_msg(&mut *send.lock().await, &msg).await?;
+                    chunks = 0;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!("sent {total} older versions to a new peer");
+        }
+        Ok(())
     }
 
     async fn serve_chunks(&self, conn: Connection) -> Result<()> {
@@ -944,29 +1150,98 @@ impl SyncNet {
         }
     }
 
-    /// Fetches `ids` from the peer over up to [`FETCH_STREAMS`] streams at
-    /// once, checking and storing every chunk as it comes.
-    async fn fetch_chunks(self: &Arc<Self>, conn: &Connection, ids: Vec<ChunkId>) -> Result<()> {
-        let mut groups: std::collections::VecDeque<Vec<ChunkId>> =
-            ids.chunks(CHUNKS_PER_REQUEST).map(|g| g.to_vec()).collect();
-        let mut running = tokio::task::JoinSet::new();
-        loop {
-            while running.len() < FETCH_STREAMS {
-                let Some(group) = groups.pop_front() else {
-                    break;
-                };
-                let me = self.clone();
-                let conn = conn.clone();
-                running.spawn(async move { me.fetch_group(&conn, group).await });
-            }
-            match running.join_next().await {
-                None => return Ok(()),
-                Some(r) => r.context("chunk fetch panicked")??,
-            }
-        }
+    /// Open connections to peers other than `origin`'s, one per peer:
+    /// more places to fetch chunks from.
+    fn other_connections(&self, origin: &Connection) -> Vec<Connection> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.iter()
+            .filter(|(id, _)| **id != origin.remote_id())
+            .filter_map(|(_, s)| s.conns.first().map(|(c, _)| c.clone()))
+            .collect()
     }
 
-    async fn fetch_group(&self, conn: &Connection, group: Vec<ChunkId>) -> Result<()> {
+    /// Fetches `ids`, spreading the requests over the peer that announced
+    /// them (`origin`) and every other connected peer, up to
+    /// [`FETCH_STREAMS`] streams each; what another peer lacks is asked of
+    /// `origin`. Reading the streams never waits for the disk: received
+    /// chunks queue for one storing task that checks them in parallel and
+    /// appends them. Returns the ids `origin` lacks too.
+    async fn fetch_chunks(
+        self: &Arc<Self>,
+        origin: &Connection,
+        ids: Vec<ChunkId>,
+    ) -> Result<Vec<ChunkId>> {
+        let mut sources = vec![origin.clone()];
+        sources.extend(self.other_connections(origin));
+        let mut groups: std::collections::VecDeque<(Vec<ChunkId>, usize)> = ids
+            .chunks(CHUNKS_PER_REQUEST)
+            .enumerate()
+            .map(|(i, g)| (g.to_vec(), i % sources.len()))
+            .collect();
+        let (tx, rx) = tokio::sync::mpsc::channel::<(EndpointId, Received)>(STORE_QUEUE);
+        let storer = tokio::spawn(self.clone().store_received(rx));
+        let mut in_flight = vec![0usize; sources.len()];
+        let mut lacking = Vec::new();
+        let mut running = tokio::task::JoinSet::new();
+        let result: Result<()> = async {
+            loop {
+                // Start what the free streams allow, in order.
+                let mut i = 0;
+                while i < groups.len() {
+                    let src = groups[i].1;
+                    if in_flight[src] < FETCH_STREAMS {
+                        let Some((group, src)) = groups.remove(i) else {
+                            break;
+                        };
+                        in_flight[src] += 1;
+                        let me = self.clone();
+                        let conn = sources[src].clone();
+                        let tx = tx.clone();
+                        running.spawn(async move {
+                            let r = me.fetch_group(&conn, group.clone(), &tx).await;
+                            (src, group, r)
+                        });
+                    } else {
+                        i += 1;
+                    }
+                }
+                let Some(done) = running.join_next().await else {
+                    return Ok(());
+                };
+                let (src, group, r) = done.context("chunk fetch panicked")?;
+                in_flight[src] -= 1;
+                match r {
+                    Ok(missing) if missing.is_empty() => {}
+                    Ok(missing) if src == 0 => lacking.extend(missing),
+                    // Another peer lacked some: ask the origin.
+                    Ok(missing) => groups.push_back((missing, 0)),
+                    Err(e) if src != 0 => {
+                        tracing::debug!("chunks from another peer: {e:#}");
+                        groups.push_back((group, 0));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        .await;
+        drop(tx);
+        running.abort_all();
+        let stored = storer.await.context("chunk storing task panicked")?;
+        result?;
+        stored?;
+        Ok(lacking)
+    }
+
+    /// One `GetChunks` stream: asks `conn` for `group` and queues each chunk
+    /// that comes back for [`Self::store_received`]. Returns the ids the
+    /// peer said it lacks.
+    async fn fetch_group(
+        &self,
+        conn: &Connection,
+        group: Vec<ChunkId>,
+        queue: &tokio::sync::mpsc::Sender<(EndpointId, Received)>,
+    ) -> Result<Vec<ChunkId>> {
+        let peer = conn.remote_id();
         let (mut send, mut recv) = conn.open_bi().await?;
         let ask = Msg::GetChunks {
             ids: group.clone(),
@@ -975,66 +1250,105 @@ impl SyncNet {
         wire::write_msg(&mut send, &ask).await?;
         send.finish()?;
         let mut wanted: std::collections::HashSet<ChunkId> = group.into_iter().collect();
-        let mut buf: Vec<Received> = Vec::new();
-        let mut buf_bytes = 0usize;
+        let mut lacking = Vec::new();
         let limit = self.limits().recv;
         while let Some(frame) = wire::read_frame(&mut recv).await? {
-            match frame {
+            let received = match frame {
                 Frame::Chunk(id, _) | Frame::Sealed(id, _, _) if !wanted.remove(&id) => {
                     bail!("peer sent a chunk that was not asked for")
                 }
                 Frame::Chunk(id, data) => {
-                    buf_bytes += self.received(&limit, data.len()).await;
-                    buf.push(Received::Plain(id, data));
-                    if buf_bytes >= PUT_BYTES {
-                        self.put_chunks(std::mem::take(&mut buf)).await?;
-                        buf_bytes = 0;
-                    }
+                    self.received(&limit, data.len()).await;
+                    Received::Plain(id, data)
                 }
                 Frame::Sealed(id, raw_len, sealed) => {
-                    buf_bytes += self.received(&limit, sealed.len()).await;
-                    buf.push(Received::Sealed(SealedChunk {
+                    self.received(&limit, sealed.len()).await;
+                    Received::Sealed(SealedChunk {
                         id,
                         raw_len,
                         sealed,
-                    }));
-                    if buf_bytes >= PUT_BYTES {
-                        self.put_chunks(std::mem::take(&mut buf)).await?;
-                        buf_bytes = 0;
-                    }
+                    })
                 }
-                Frame::Msg(Msg::NoChunk { id }) => bail!("peer lacks chunk {id}"),
+                Frame::Msg(Msg::NoChunk { id }) if wanted.remove(&id) => {
+                    lacking.push(id);
+                    continue;
+                }
                 Frame::Msg(m) => bail!("unexpected message on a chunk stream: {m:?}"),
-            }
+            };
+            queue
+                .send((peer, received))
+                .await
+                .map_err(|_| anyhow::anyhow!("chunk storing stopped"))?;
         }
-        self.put_chunks(buf).await?;
         anyhow::ensure!(
             wanted.is_empty(),
             "peer sent {} chunks too few",
             wanted.len()
         );
-        Ok(())
+        Ok(lacking)
     }
 
     /// Counts `n` received bytes and waits for the download limit.
-    async fn received(&self, limit: &Option<Bucket>, n: usize) -> usize {
+    async fn received(&self, limit: &Option<Bucket>, n: usize) {
         metrics::counter!("bytes_transferred_total", "direction" => "received").increment(n as u64);
         // Reading slower makes QUIC flow control slow the sender.
         throttle(limit.clone(), n).await;
-        n
+    }
+
+    /// Drains the queue of received chunks: whatever has arrived (up to
+    /// [`PUT_BYTES`]) is checked and stored in one go, while the streams go
+    /// on filling the queue.
+    async fn store_received(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::Receiver<(EndpointId, Received)>,
+    ) -> Result<()> {
+        let mut buf: Vec<(EndpointId, Received)> = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let next = if buf.is_empty() {
+                rx.recv().await
+            } else {
+                match rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                        self.put_chunks(std::mem::take(&mut buf)).await?;
+                        bytes = 0;
+                        continue;
+                    }
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            };
+            match next {
+                Some(item) => {
+                    bytes += item.1.len();
+                    buf.push(item);
+                    if bytes >= PUT_BYTES {
+                        self.put_chunks(std::mem::take(&mut buf)).await?;
+                        bytes = 0;
+                    }
+                }
+                None => return self.put_chunks(buf).await,
+            }
+        }
     }
 
     /// Checks received chunks against their ids (opening sealed ones) and
-    /// seals plaintext ones, off the node's lock; then appends them under it.
-    async fn put_chunks(&self, chunks: Vec<Received>) -> Result<()> {
+    /// seals plaintext ones, in parallel and off the node's lock; then
+    /// appends them under it and counts them for the peers they came from.
+    async fn put_chunks(&self, chunks: Vec<(EndpointId, Received)>) -> Result<()> {
         if chunks.is_empty() {
             return Ok(());
         }
+        let mut per_peer: HashMap<EndpointId, u64> = HashMap::new();
+        for (peer, _) in &chunks {
+            *per_peer.entry(*peer).or_default() += 1;
+        }
         let codec = self.shared.codec.clone();
         let sealed = tokio::task::spawn_blocking(move || {
+            use rayon::prelude::*;
             chunks
-                .into_iter()
-                .map(|c| match c {
+                .into_par_iter()
+                .map(|(_, c)| match c {
                     Received::Plain(id, data) => codec.seal_verified(id, &data),
                     // Opened under the folder key and hashed against its id.
                     Received::Sealed(s) => codec.check_sealed(&s).map(|()| s),
@@ -1048,27 +1362,35 @@ impl SyncNet {
                 n.store.put_sealed(sealed)?;
                 Ok(())
             })
-            .await
+            .await?;
+        for (peer, n) in per_peer {
+            self.update_status(&peer, |s| s.chunks_received += n);
+        }
+        Ok(())
     }
 
     /// Receives the peer's index messages. Two stages run at once: the
     /// first reads a message, keeps the states that may win here and
-    /// fetches their chunks; the second applies prepared messages in order
-    /// and records how far the peer's log is applied. So the next message's
-    /// chunks travel while the previous one is written to disk.
+    /// fetches their chunks; the second applies prepared messages in order,
+    /// records how far the peer's log is applied and acknowledges it. So the
+    /// next message's chunks travel while the previous one is written to disk.
     async fn receive_index(
         self: &Arc<Self>,
         peer: EndpointId,
         cfg: &PeerConfig,
         conn: &Connection,
         mut recv: iroh::endpoint::RecvStream,
+        send: ControlSend,
     ) -> Result<()> {
         struct Prepared {
             list: Vec<(String, Entry)>,
+            /// Older versions of paths this node does not have, oldest first.
+            history: Vec<(String, Entry)>,
             seq_of: HashMap<String, u64>,
             upto: u64,
             received: Instant,
         }
+        let peer_s = peer.to_string();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
         let fetcher = async move {
             loop {
@@ -1082,32 +1404,49 @@ impl SyncNet {
                         tracing::debug!("received {} records up to {upto}", records.len());
                         (records, upto)
                     }
+                    Msg::Ack { upto } => {
+                        self.acknowledged(&peer, upto);
+                        continue;
+                    }
                     Msg::Error { message } => bail!("peer: {message}"),
                     other => bail!("unexpected message {other:?}"),
                 };
                 let mut seq_of: HashMap<String, u64> = HashMap::new();
-                let list: Vec<(String, Entry)> = if cfg.read_only {
-                    Vec::new()
-                } else {
-                    records
-                        .into_iter()
-                        .filter(|r| in_scope(cfg, &r.path))
-                        .map(|r| {
-                            seq_of.insert(r.path.clone(), r.seq);
-                            (r.path, r.entry)
-                        })
-                        .collect()
-                };
-                // Keep only states that may win here, and find the chunks they need.
-                let (list, missing) = if list.is_empty() {
-                    (list, Vec::new())
-                } else {
-                    self.shared
-                        .with_node(move |n| {
-                            let mut keep = Vec::new();
-                            for (path, entry) in list {
-                                let local = n.store.file(&path)?;
-                                let useful = match &local {
+                let mut current: Vec<(String, Entry)> = Vec::new();
+                let mut history: Vec<(String, Entry)> = Vec::new();
+                for r in records {
+                    if !in_scope(cfg, &r.path) {
+                        continue;
+                    }
+                    let is_history = r.history;
+                    let (path, seq, entry) = r.into_entry()?;
+                    if is_history {
+                        history.push((path, entry));
+                    } else {
+                        seq_of.insert(path.clone(), seq);
+                        current.push((path, entry));
+                    }
+                }
+                let read_only = cfg.read_only;
+                let who = peer_s.clone();
+                // Remember what the peer has; keep only states that may win
+                // here (and history of paths this node lacks); find the
+                // chunks they need.
+                let (list, history, missing, history_missing) = self
+                    .shared
+                    .with_node(move |n| {
+                        let seen: Vec<(String, sovryn_store::VersionVector)> = current
+                            .iter()
+                            .map(|(p, e)| (p.clone(), e.vv.clone()))
+                            .collect();
+                        if !seen.is_empty() {
+                            n.store.record_peer_seen(&who, &seen)?;
+                        }
+                        let mut keep = Vec::new();
+                        let mut old = Vec::new();
+                        if !read_only {
+                            for (path, entry) in current {
+                                let useful = match n.store.file(&path)? {
                                     None => true,
                                     Some(l) => !matches!(
                                         entry.vv.compare(&l.entry.vv),
@@ -1118,18 +1457,38 @@ impl SyncNet {
                                     keep.push((path, entry));
                                 }
                             }
-                            let missing = n.missing_chunks(keep.iter().map(|(_, e)| e))?;
-                            Ok((keep, missing))
-                        })
-                        .await?
-                };
-                if !missing.is_empty() {
-                    let n = missing.len();
-                    self.fetch_chunks(conn, missing).await?;
+                            for (path, entry) in history {
+                                if n.store.file(&path)?.is_none() {
+                                    old.push((path, entry));
+                                }
+                            }
+                        }
+                        let missing = n.missing_chunks(keep.iter().map(|(_, e)| e))?;
+                        let mut history_missing = n.missing_chunks(old.iter().map(|(_, e)| e))?;
+                        let wanted: std::collections::HashSet<&ChunkId> = missing.iter().collect();
+                        history_missing.retain(|id| !wanted.contains(id));
+                        Ok((keep, old, missing, history_missing))
+                    })
+                    .await?;
+                let mut history = history;
+                if !missing.is_empty() || !history_missing.is_empty() {
+                    let n = missing.len() + history_missing.len();
+                    let need: std::collections::HashSet<ChunkId> =
+                        missing.iter().copied().collect();
+                    let mut all = missing;
+                    all.extend(history_missing);
+                    let lacking = self.fetch_chunks(conn, all).await?;
+                    if let Some(id) = lacking.iter().find(|id| need.contains(id)) {
+                        bail!("peer lacks chunk {id}");
+                    }
+                    // Older versions whose chunks the peer no longer keeps are skipped.
+                    let gone: std::collections::HashSet<ChunkId> = lacking.into_iter().collect();
+                    history.retain(|(_, e)| !e.chunks.iter().any(|c| gone.contains(c)));
                     tracing::debug!("fetched {n} chunks");
                 }
                 let prepared = Prepared {
                     list,
+                    history,
                     seq_of,
                     upto,
                     received,
@@ -1145,6 +1504,7 @@ impl SyncNet {
             let mut floor: Option<u64> = None;
             while let Some(Prepared {
                 list,
+                history,
                 seq_of,
                 upto,
                 received,
@@ -1152,14 +1512,23 @@ impl SyncNet {
             {
                 let any = !list.is_empty();
                 let key = key.clone();
+                // History messages (upto 0) do not move the peer's position.
+                let history_only = upto == 0;
                 let (seq, changed, upto, new_floor) = self
                     .shared
                     .with_node(move |n| {
+                        let added = add_history(n, history)?;
+                        if added > 0 {
+                            tracing::debug!("added {added} older versions");
+                        }
                         let report = if list.is_empty() {
                             Default::default()
                         } else {
                             n.apply_remote(&list)?
                         };
+                        if history_only {
+                            return Ok((n.store.sequence()?, report.changed, 0, floor));
+                        }
                         // A state that failed is asked for again from just before
                         // it on the next session.
                         let floor = report
@@ -1189,16 +1558,72 @@ impl SyncNet {
                 }
                 floor = new_floor;
                 self.shared.publish(seq, changed);
+                if history_only {
+                    continue;
+                }
                 self.update_status(&peer, |s| {
                     s.received_upto = upto;
                     s.remote_seq = s.remote_seq.max(upto);
                 });
+                wire::write_msg(&mut *send.lock().await, &Msg::Ack { upto }).await?;
             }
             anyhow::Ok(())
         };
         tokio::try_join!(fetcher, applier)?;
         Ok(())
     }
+
+    /// Notes that `peer` has applied this node's log up to `upto`: in the
+    /// status at once, and in the store (for [`sovryn_engine::peer_state`])
+    /// off this task.
+    fn acknowledged(self: &Arc<Self>, peer: &EndpointId, upto: u64) {
+        let mut newer = false;
+        self.update_status(peer, |s| {
+            if upto > s.acked_upto {
+                s.acked_upto = upto;
+                newer = true;
+            }
+        });
+        if !newer {
+            return;
+        }
+        let me = self.clone();
+        let peer = *peer;
+        tokio::spawn(async move {
+            let key = sovryn_engine::peer_state::acked_key(&peer.to_string());
+            let me2 = me.clone();
+            let r = me
+                .shared
+                .with_node(move |n| {
+                    // The newest value when this runs, so a late task never
+                    // writes an older one over a newer.
+                    let upto = {
+                        let st = me2.state.lock().unwrap_or_else(|e| e.into_inner());
+                        st.get(&peer).map(|s| s.status.acked_upto).unwrap_or(0)
+                    };
+                    n.store.set_meta(&key, &upto.to_string())?;
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!("recording an acknowledgement: {e:#}");
+            }
+        });
+    }
+}
+
+/// Adds received older versions (grouped by path, oldest first) to the
+/// node's history. Returns how many were new.
+fn add_history(n: &mut Node, history: Vec<(String, Entry)>) -> Result<usize> {
+    let mut added = 0;
+    let mut rest = history.as_slice();
+    while let Some((path, _)) = rest.first() {
+        let run = rest.iter().take_while(|(p, _)| p == path).count();
+        let entries: Vec<Entry> = rest[..run].iter().map(|(_, e)| e.clone()).collect();
+        added += n.store.add_history(path, &entries)?;
+        rest = &rest[run..];
+    }
+    Ok(added)
 }
 
 /// A chunk as it came off the wire, not yet checked.
@@ -1206,6 +1631,19 @@ enum Received {
     Plain(ChunkId, Vec<u8>),
     Sealed(SealedChunk),
 }
+
+impl Received {
+    fn len(&self) -> usize {
+        match self {
+            Received::Plain(_, d) => d.len(),
+            Received::Sealed(s) => s.sealed.len(),
+        }
+    }
+}
+
+/// The sending half of a session's control stream, shared by the index
+/// sender and the acknowledgements of the receiver.
+type ControlSend = Arc<tokio::sync::Mutex<iroh::endpoint::SendStream>>;
 
 /// Whether `path` is within the prefixes a peer is limited to.
 pub fn in_scope(cfg: &PeerConfig, path: &str) -> bool {

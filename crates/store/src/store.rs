@@ -17,6 +17,7 @@ use crate::model::{
 };
 use crate::pack::{Location, Packs};
 use crate::retention::RetentionPolicy;
+use crate::vv::VersionVector;
 use crate::{Error, Result};
 
 /// Flush pending chunks to the index once this many new bytes are buffered,
@@ -38,6 +39,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS files_seq ON files(seq);
 CREATE TABLE IF NOT EXISTS versions(
     id INTEGER PRIMARY KEY, path TEXT NOT NULL, label INTEGER NOT NULL,
     size INTEGER NOT NULL, entry TEXT NOT NULL, chunks BLOB NOT NULL, UNIQUE(path, label));
+CREATE TABLE IF NOT EXISTS peer_seen(
+    peer TEXT NOT NULL, path TEXT NOT NULL, vv TEXT NOT NULL, PRIMARY KEY(peer, path)) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(path UNINDEXED, body, tokenize = 'unicode61');
 ";
 
@@ -148,6 +151,15 @@ fn kind_name(k: EntryKind) -> &'static str {
         EntryKind::File => "file",
         EntryKind::Dir => "dir",
         EntryKind::Symlink => "symlink",
+    }
+}
+
+/// The kind stored in `files.kind` (see [`kind_name`]).
+fn kind_of_name(name: &str) -> EntryKind {
+    match name {
+        "dir" => EntryKind::Dir,
+        "symlink" => EntryKind::Symlink,
+        _ => EntryKind::File,
     }
 }
 
@@ -532,7 +544,11 @@ impl Store {
         let mut out = Vec::with_capacity(changes.len());
         {
             let mut exists = tx.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
-            let mut current = tx.prepare_cached("SELECT id, label FROM files WHERE path = ?1")?;
+            let mut current = tx.prepare_cached("SELECT id FROM files WHERE path = ?1")?;
+            // The versions table, not the current row: history received from
+            // a peer may already hold labels for a path this node never had.
+            let mut last_label =
+                tx.prepare_cached("SELECT COALESCE(MAX(label), 0) FROM versions WHERE path = ?1")?;
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO files(path, seq, label, kind, deleted, size, entry, chunks, disk) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)
                  ON CONFLICT(path) DO UPDATE SET seq=?2, label=?3, kind=?4, deleted=?5, size=?6, entry=?7, chunks=?8, disk=?9
@@ -551,10 +567,8 @@ impl Store {
                     }
                 }
                 seq += 1;
-                let prev: Option<(i64, i64)> = current
-                    .query_row([&c.path], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                let label = prev.map(|p| p.1).unwrap_or(0) + 1;
+                let prev: Option<i64> = current.query_row([&c.path], |r| r.get(0)).optional()?;
+                let label = last_label.query_row([&c.path], |r| r.get::<_, i64>(0))? + 1;
                 let (json, blob) = encode_entry(&c.entry)?;
                 let disk = c
                     .disk
@@ -630,6 +644,34 @@ impl Store {
         Ok(())
     }
 
+    /// Remembers the version vector each peer last announced for paths
+    /// (`(path, vector)` pairs), replacing what it announced before.
+    pub fn record_peer_seen(&mut self, peer: &str, seen: &[(String, VersionVector)]) -> Result<()> {
+        let tx = self.db.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO peer_seen(peer, path, vv) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(peer, path) DO UPDATE SET vv = excluded.vv",
+            )?;
+            for (path, vv) in seen {
+                let vv = serde_json::to_string(vv).map_err(|e| Error::Corrupt(e.to_string()))?;
+                stmt.execute(params![peer, path, vv])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The version vector `peer` last announced for `path`, if any.
+    pub fn peer_seen(&self, peer: &str, path: &str) -> Result<Option<VersionVector>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT vv FROM peer_seen WHERE peer = ?1 AND path = ?2")?;
+        let vv: Option<String> = stmt.query_row([peer, path], |r| r.get(0)).optional()?;
+        vv.map(|v| serde_json::from_str(&v).map_err(|e| Error::Corrupt(e.to_string())))
+            .transpose()
+    }
+
     /// The current state of `path`.
     pub fn file(&self, path: &str) -> Result<Option<FileRecord>> {
         let mut stmt = self
@@ -659,6 +701,54 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Live (not deleted) paths at or under `prefix` (`""`: all) with their
+    /// kind and size, in path order. Reads only the indexed columns, not the
+    /// entries: for listings and name searches over many paths.
+    pub fn live_paths_under(&self, prefix: &str) -> Result<Vec<(String, EntryKind, u64)>> {
+        let prefix = prefix.trim_end_matches('/');
+        let mut stmt = if prefix.is_empty() {
+            self.db.prepare_cached(
+                "SELECT path, kind, size FROM files WHERE deleted = 0 ORDER BY path",
+            )?
+        } else {
+            self.db.prepare_cached(
+                "SELECT path, kind, size FROM files WHERE path >= ?1 AND path < ?1 || '0' AND (path = ?1 OR path > ?1 || '/') AND deleted = 0 ORDER BY path",
+            )?
+        };
+        let row = |r: &rusqlite::Row<'_>| {
+            let kind: String = r.get(1)?;
+            Ok((r.get(0)?, kind_of_name(&kind), r.get::<_, i64>(2)? as u64))
+        };
+        let rows = if prefix.is_empty() {
+            stmt.query_map([], row)?
+        } else {
+            stmt.query_map([prefix], row)?
+        };
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The change log without the entries: `(seq, path, kind, deleted, size)`
+    /// of every path whose state changed after sequence `after`, oldest
+    /// first. With `after = 0`, every recorded path. Lets a reader keep a
+    /// path index current cheaply.
+    #[allow(clippy::type_complexity)]
+    pub fn path_changes_since(&self, after: u64) -> Result<Vec<(u64, String, EntryKind, bool, u64)>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT seq, path, kind, deleted, size FROM files WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([after as i64], |r| {
+            let kind: String = r.get(2)?;
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get(1)?,
+                kind_of_name(&kind),
+                r.get(3)?,
+                r.get::<_, i64>(4)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Current states changed after sequence `after`, oldest first, at most `limit`.
     pub fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<FileRecord>> {
         let mut stmt = self.db.prepare_cached(&format!(
@@ -676,6 +766,70 @@ impl Store {
             .optional()?
             .flatten();
         Ok(s.unwrap_or(0) as u64)
+    }
+
+    /// Older versions (every kept version but each path's current one), in
+    /// (path, label) order after the position `after`, at most `limit`:
+    /// the history a newly joined peer is sent.
+    pub fn history_after(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>> {
+        let (path, label) = after.unwrap_or(("", 0));
+        let mut stmt = self.db.prepare_cached(
+            "SELECT v.path, v.label, v.entry, v.chunks FROM versions v JOIN files f ON f.path = v.path
+             WHERE v.label < f.label AND (v.path > ?1 OR (v.path = ?1 AND v.label > ?2))
+             ORDER BY v.path, v.label LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![path, label as i64, limit as i64], version_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds older states of `path` (oldest first) to its history, as the
+    /// next labels, skipping any whose version vector a kept version already
+    /// has. Only for a path with no current state yet, so history labels
+    /// stay below the current one. The disk is untouched; every chunk must
+    /// be stored. Returns how many were added.
+    pub fn add_history(&mut self, path: &str, entries: &[Entry]) -> Result<usize> {
+        self.writable()?;
+        if self.file(path)?.is_some() {
+            return Ok(0);
+        }
+        self.packs.sync()?;
+        let known: Vec<VersionVector> = self.versions(path)?.into_iter().map(|v| v.entry.vv).collect();
+        let tx = self.db.transaction()?;
+        Self::insert_pending(&self.pending, &tx)?;
+        let mut added = 0;
+        {
+            let mut exists = tx.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+            let mut version = tx.prepare_cached(
+                "INSERT INTO versions(path, label, size, entry, chunks) VALUES (?1,?2,?3,?4,?5)",
+            )?;
+            let mut label: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(label), 0) FROM versions WHERE path = ?1",
+                [path],
+                |r| r.get(0),
+            )?;
+            for e in entries {
+                if known.contains(&e.vv) {
+                    continue;
+                }
+                for id in &e.chunks {
+                    if !exists.exists([&id.0[..]])? {
+                        return Err(Error::MissingChunk(*id));
+                    }
+                }
+                label += 1;
+                let (json, blob) = encode_entry(e)?;
+                version.execute(params![path, label, e.size as i64, json, blob])?;
+                added += 1;
+            }
+        }
+        tx.commit()?;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        Ok(added)
     }
 
     /// Every kept version of `path`, newest first.
