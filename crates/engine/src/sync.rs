@@ -132,6 +132,10 @@ struct PendingWrite {
     target: PathBuf,
     /// Index of its change in `Batch::changes`.
     change: usize,
+    /// The target as it was when the remote state was chosen (`None`:
+    /// absent). Anything else at rename time is a local write that raced
+    /// in: it is kept, not replaced.
+    expect: Option<DiskStat>,
 }
 
 /// `syncfs(2)` on the file system holding `dir`: one flush for a whole batch
@@ -223,7 +227,15 @@ impl Node {
                 let mut failed = Vec::new();
                 for w in &batch.writes {
                     let placed = (|| -> Result<DiskStat> {
-                        if fs::symlink_metadata(&w.target).is_ok_and(|m| m.is_dir()) {
+                        let now = fs::symlink_metadata(&w.target).ok();
+                        if now.as_ref().map(stat_of) != w.expect {
+                            return Err(Error::Usage(format!(
+                                "{} changed on disk while a peer's version was written; \
+                                 the local write is kept and will be recorded",
+                                w.target.display()
+                            )));
+                        }
+                        if now.is_some_and(|m| m.is_dir()) {
                             fs::remove_dir(&w.target).map_err(|e| Error::io(&w.target, e))?;
                         }
                         fs::rename(&w.tmp, &w.target).map_err(|e| Error::io(&w.target, e))?;
@@ -283,6 +295,7 @@ impl Node {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
+        let expect = fs::symlink_metadata(&target).ok().map(|m| stat_of(&m));
         let tmp = crate::fsutil::temp_beside(&target);
         let written = (|| -> Result<()> {
             let f = fs::OpenOptions::new()
@@ -306,6 +319,7 @@ impl Node {
             tmp,
             target,
             change: batch.changes.len(),
+            expect,
         });
         self.sync_push_change(batch, report, rel, entry, None)
     }
