@@ -380,6 +380,20 @@ fn two_nodes_converge_on_edits_deletes_renames_and_dirs() {
         list["peers"][0]["status"]["connected"].as_u64().unwrap() >= 1,
         "{list}"
     );
+    // B acknowledges everything A sent it (acks travel after each applied message).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&a.ok(&["--json", "peers", "list"])).unwrap();
+        let st = &list["peers"][0]["status"];
+        let (sent, acked) = (st["sent_upto"].as_u64(), st["acked_upto"].as_u64());
+        if sent.is_some_and(|s| s > 0) && sent == acked {
+            assert!(st["chunks_received"].as_u64().unwrap() >= 1, "{st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not acknowledged: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     a.down();
     b.down();

@@ -358,13 +358,31 @@ impl Store {
         self.codec.open(id, &sealed, raw_len)
     }
 
-    /// Writes a file state's content to `out`.
+    /// Writes a file state's content to `out`. Chunks are read in groups
+    /// and opened (decrypted, checked) in parallel, then written in order.
     pub fn write_content(&self, entry: &Entry, out: &mut dyn Write) -> Result<u64> {
         let mut n = 0;
-        for id in &entry.chunks {
-            let data = self.read_chunk(id)?;
-            out.write_all(&data)?;
-            n += data.len() as u64;
+        for group in entry.chunks.chunks(BATCH_CHUNKS) {
+            let sealed = group
+                .iter()
+                .map(|id| self.read_sealed(id))
+                .collect::<Result<Vec<_>>>()?;
+            let codec = &self.codec;
+            let plain: Vec<Vec<u8>> = if sealed.len() == 1 {
+                sealed
+                    .iter()
+                    .map(|s| codec.open(&s.id, &s.sealed, s.raw_len))
+                    .collect::<Result<_>>()?
+            } else {
+                sealed
+                    .par_iter()
+                    .map(|s| codec.open(&s.id, &s.sealed, s.raw_len))
+                    .collect::<Result<_>>()?
+            };
+            for data in plain {
+                out.write_all(&data)?;
+                n += data.len() as u64;
+            }
         }
         Ok(n)
     }
