@@ -29,6 +29,8 @@ pub struct Daemon {
     /// Kept alive while the daemon runs.
     _watcher: sovryn_engine::watch::Watcher,
     watched: mpsc::UnboundedReceiver<Vec<String>>,
+    /// What the MCP servers share (node, changes, path index).
+    mcp_state: sovryn_mcp::McpState,
     /// The embedded MCP HTTP server, when enabled and bound.
     mcp: std::sync::Mutex<Option<McpServer>>,
     /// Notified by a `stop` request on the control socket.
@@ -39,7 +41,7 @@ pub struct Daemon {
 struct McpServer {
     url: String,
     stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<()>>,
+    task: tokio::task::JoinHandle<sovryn_mcp::Result<()>>,
 }
 
 // `node` and `changes` are the handles the MCP server takes (`McpState`).
@@ -74,8 +76,19 @@ impl Daemon {
         let net = SyncNet::bind(shared.clone(), listen, &peers).await?;
         net.set_bandwidth(limits.0, limits.1);
         sovryn_net::describe_metrics();
+        let mcp_state =
+            sovryn_mcp::McpState::with_channel(shared.node.clone(), shared.changes.clone());
         let mcp = if mcp_config.enabled {
-            start_mcp(&shared, &mcp_config).await
+            match start_mcp(&mcp_state, &mcp_config).await {
+                Ok(m) => {
+                    println!("MCP listening on {}", m.url);
+                    Some(m)
+                }
+                Err(e) => {
+                    eprintln!("warning: MCP not started: {e}");
+                    None
+                }
+            }
         } else {
             None
         };
@@ -91,6 +104,7 @@ impl Daemon {
             root,
             _watcher: watcher,
             watched,
+            mcp_state,
             mcp: std::sync::Mutex::new(mcp),
             stop: Notify::new(),
         };
@@ -245,15 +259,7 @@ impl Daemon {
         }
         eprintln!("stopping");
         poker.abort();
-        let mcp = this.mcp.lock().ok().and_then(|mut m| m.take());
-        if let Some(m) = mcp {
-            let _ = m.stop.send(());
-            match tokio::time::timeout(Duration::from_secs(5), m.task).await {
-                Ok(Ok(Err(e))) => tracing::warn!("MCP server: {e:#}"),
-                Err(_) => tracing::warn!("MCP server did not stop within 5 s"),
-                _ => {}
-            }
-        }
+        this.stop_mcp().await;
         control.abort();
         let _ = std::fs::remove_file(control_socket(&this.home));
         scanner.abort();
@@ -293,11 +299,7 @@ impl Daemon {
     }
 
     fn status(&self, seq: u64) -> serde_json::Value {
-        let mcp = self
-            .mcp
-            .lock()
-            .ok()
-            .and_then(|m| m.as_ref().map(|m| m.url.clone()));
+        let mcp = self.mcp_url();
         serde_json::json!({
             "node_id": self.net.id().to_string(),
             "pid": std::process::id(),
@@ -308,14 +310,85 @@ impl Daemon {
         })
     }
 
-    /// One request per line, one JSON answer per line.
+    /// Starts the MCP HTTP listener if it is not running (`sovryn mcp
+    /// start`), with the `mcp.*` settings of `config.toml` as they are now,
+    /// whatever `mcp.enabled` says.
+    async fn start_mcp_now(&self) -> serde_json::Value {
+        if let Some(url) = self.mcp_url() {
+            return serde_json::json!({"ok": true, "url": url, "already_running": true});
+        }
+        let config = match Config::load(&self.home) {
+            Ok(c) => c,
+            Err(e) => return serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+        };
+        match start_mcp(&self.mcp_state, &config.mcp).await {
+            Ok(m) => {
+                let url = m.url.clone();
+                tracing::info!("MCP listening on {url} (started by request)");
+                let raced = match self.mcp.lock() {
+                    Ok(mut slot) if slot.is_none() => {
+                        *slot = Some(m);
+                        None
+                    }
+                    _ => Some(m),
+                };
+                // Two requests at once: keep the first listener.
+                if let Some(m) = raced {
+                    let _ = m.stop.send(());
+                    return serde_json::json!({"ok": true, "url": self.mcp_url(), "already_running": true});
+                }
+                serde_json::json!({"ok": true, "url": url, "already_running": false})
+            }
+            Err(e) => serde_json::json!({"ok": false, "error": e}),
+        }
+    }
+
+    /// Stops the MCP HTTP listener, if it runs (its sessions end).
+    async fn stop_mcp(&self) -> bool {
+        let mcp = self.mcp.lock().ok().and_then(|mut m| m.take());
+        let Some(m) = mcp else {
+            return false;
+        };
+        let _ = m.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(5), m.task).await {
+            Ok(Ok(Err(e))) => tracing::warn!("MCP server: {e:#}"),
+            Err(_) => tracing::warn!("MCP server did not stop within 5 s"),
+            _ => {}
+        }
+        true
+    }
+
+    fn mcp_url(&self) -> Option<String> {
+        self.mcp
+            .lock()
+            .ok()
+            .and_then(|m| m.as_ref().map(|m| m.url.clone()))
+    }
+
+    /// One request per line, one JSON answer per line. `mcp_stdio` turns
+    /// the rest of the connection into an MCP session (`sovryn mcp serve
+    /// --stdio` pipes its stdin/stdout to it).
     async fn serve_control(&self, stream: tokio::net::UnixStream) -> Result<()> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let (r, mut w) = stream.into_split();
         let mut lines = BufReader::new(r).lines();
         while let Some(line) = lines.next_line().await? {
             let req: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if req["cmd"].as_str() == Some("mcp_stdio") {
+                w.write_all(b"{\"ok\":true}\n").await?;
+                // The reader keeps what it buffered past the request line.
+                let reader = lines.into_inner();
+                sovryn_mcp::serve_io(self.mcp_state.clone(), reader, w)
+                    .await
+                    .context("MCP session on the control socket")?;
+                return Ok(());
+            }
             let answer = match req["cmd"].as_str() {
+                Some("mcp_start") => self.start_mcp_now().await,
+                Some("mcp_stop") => {
+                    let stopped = self.stop_mcp().await;
+                    serde_json::json!({"ok": true, "stopped": stopped})
+                }
                 Some("status") => {
                     let seq = *self.shared.seq.borrow();
                     self.status(seq)
@@ -380,34 +453,19 @@ impl Daemon {
 }
 
 /// Starts the MCP HTTP server on `mcp.bind:mcp.port` sharing the daemon's
-/// node and change channel, and prints its URL. A server that cannot bind
-/// (port in use) is reported and left off; sync runs on without it.
+/// node, change channel and path index. A server that cannot start (port in
+/// use, bad settings) is an error the caller reports; sync runs on without it.
 async fn start_mcp(
-    shared: &Shared,
+    state: &sovryn_mcp::McpState,
     config: &sovryn_engine::config::McpConfig,
-) -> Option<McpServer> {
-    let ip: std::net::IpAddr = match config.bind.parse() {
-        Ok(ip) => ip,
-        Err(_) => {
-            eprintln!(
-                "warning: MCP not started: mcp.bind '{}' is not an IP address",
-                config.bind
-            );
-            return None;
-        }
-    };
+) -> std::result::Result<McpServer, String> {
+    let ip: std::net::IpAddr = config
+        .bind
+        .parse()
+        .map_err(|_| format!("mcp.bind '{}' is not an IP address", config.bind))?;
     let addr = SocketAddr::new(ip, config.port);
-    let options = match sovryn_mcp::HttpOptions::from_config(config) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("warning: MCP not started: {e:#}");
-            return None;
-        }
-    };
-    let state = sovryn_mcp::McpState {
-        node: shared.node.clone(),
-        changes: shared.changes.clone(),
-    };
+    let options = sovryn_mcp::HttpOptions::from_config(config).map_err(|e| format!("{e:#}"))?;
+    let state = state.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let (bound_tx, bound_rx) = oneshot::channel::<SocketAddr>();
     let task = tokio::spawn(sovryn_mcp::serve_http_with(
@@ -421,21 +479,21 @@ async fn start_mcp(
             let _ = bound_tx.send(a);
         },
     ));
+    let scheme = if config.tls_cert.is_some() && config.tls_key.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     match bound_rx.await {
         Ok(bound) => {
-            let url = format!("http://{bound}/mcp");
-            println!("MCP listening on {url}");
-            Some(McpServer { url, stop, task })
+            let url = format!("{scheme}://{bound}/mcp");
+            Ok(McpServer { url, stop, task })
         }
-        Err(_) => {
-            let why = match task.await {
-                Ok(Err(e)) => format!("{e:#}"),
-                Ok(Ok(())) => "it stopped at once".into(),
-                Err(e) => e.to_string(),
-            };
-            eprintln!("warning: MCP not started: {why}");
-            None
-        }
+        Err(_) => Err(match task.await {
+            Ok(Err(e)) => format!("{e:#}"),
+            Ok(Ok(())) => "it stopped at once".into(),
+            Err(e) => e.to_string(),
+        }),
     }
 }
 

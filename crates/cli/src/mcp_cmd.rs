@@ -21,7 +21,8 @@ use crate::unlock;
 pub enum McpCommand {
     /// Serve MCP: `--stdio` for a local agent, or `--http` in the foreground.
     Serve {
-        /// Speak MCP on stdin/stdout (full access, recorded as mcp:stdio).
+        /// Speak MCP on stdin/stdout (full access, recorded as mcp:stdio). Served by
+        /// the running node when there is one, else by opening the node here.
         #[arg(long, conflicts_with = "http", required_unless_present = "http")]
         stdio: bool,
         /// Serve Streamable HTTP at /mcp (bearer tokens) on mcp.bind:mcp.port.
@@ -51,6 +52,10 @@ pub enum McpCommand {
         #[arg(long, requires = "http")]
         insecure_no_auth: bool,
     },
+    /// Start the MCP HTTP listener of the running node (also when mcp.enabled = false).
+    Start,
+    /// Stop the MCP HTTP listener of the running node (sync goes on).
+    Stop,
     /// Show the MCP listener's settings, tokens, audit log, and whether it answers.
     Status {
         /// Probe this port instead of mcp.port.
@@ -105,10 +110,15 @@ pub fn run(home: &Home, passphrase_file: Option<&Path>, json: bool, cmd: McpComm
             no_scan,
             insecure_no_auth,
         } => {
-            let node = open_node(home, passphrase_file, !no_scan)?;
             if stdio {
+                // A running node holds the store: let it serve the session.
+                if let Some(stream) = daemon_stream(home)? {
+                    return block_on(pipe_stdio(stream));
+                }
+                let node = open_node(home, passphrase_file, !no_scan)?;
                 return block_on(sovryn_mcp::serve_stdio(McpState::new(node)));
             }
+            let node = open_node(home, passphrase_file, !no_scan)?;
             debug_assert!(http);
             let addr = listen_addr(&node.config, bind, port)?;
             let opts = HttpOptions {
@@ -138,7 +148,121 @@ pub fn run(home: &Home, passphrase_file: Option<&Path>, json: bool, cmd: McpComm
         }
         McpCommand::Tokens { action } => tokens(home, json, action),
         McpCommand::Status { port } => status(home, json, port),
+        McpCommand::Start => start_stop(home, json, true),
+        McpCommand::Stop => start_stop(home, json, false),
     }
+}
+
+const NOT_RUNNING: &str = "no node is running here; start one with 'sovryn up' or 'sovryn daemon start' (or serve MCP in the foreground with 'sovryn mcp serve --http')";
+
+/// `sovryn mcp start|stop`: asks the running node to start or stop its listener.
+fn start_stop(home: &Home, json: bool, start: bool) -> Result<()> {
+    if !home.exists() {
+        bail!(sovryn_engine::Error::NoNode(home.dir.clone()));
+    }
+    let cmd = if start { "mcp_start" } else { "mcp_stop" };
+    let Some(answer) = crate::daemon::control_request(home, &json!({ "cmd": cmd }))? else {
+        bail!("{NOT_RUNNING}");
+    };
+    if answer["ok"].as_bool() != Some(true) {
+        bail!(
+            "the node could not {} MCP: {}",
+            if start { "start" } else { "stop" },
+            answer["error"]
+                .as_str()
+                .unwrap_or("no reason given (an older node?)")
+        );
+    }
+    if json {
+        return output::json(&answer);
+    }
+    match (start, answer["url"].as_str()) {
+        (true, Some(url)) if answer["already_running"].as_bool() == Some(true) => {
+            println!("MCP already listening on {url}")
+        }
+        (true, Some(url)) => println!("MCP listening on {url}"),
+        (true, None) => println!("MCP started"),
+        (false, _) if answer["stopped"].as_bool() == Some(true) => println!("MCP stopped"),
+        (false, _) => println!("MCP was not running"),
+    }
+    Ok(())
+}
+
+/// A control-socket connection of the running node switched to MCP
+/// (`mcp_stdio`), with what was read past its answer; `None` when no node runs.
+fn daemon_stream(home: &Home) -> Result<Option<std::os::unix::net::UnixStream>> {
+    use std::io::Read;
+    let sock = crate::daemon::control_socket(home);
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&sock) else {
+        return Ok(None);
+    };
+    stream.write_all(b"{\"cmd\":\"mcp_stdio\"}\n")?;
+    // Read the answer byte by byte: nothing of the MCP stream after it is consumed.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match stream.read(&mut b)? {
+            0 => bail!("the running node closed the control connection"),
+            _ if b[0] == b'\n' => break,
+            _ if line.len() > 4096 => bail!("bad answer from the running node"),
+            _ => line.push(b[0]),
+        }
+    }
+    let answer: serde_json::Value =
+        serde_json::from_slice(&line).context("bad answer from the running node")?;
+    if answer["ok"].as_bool() != Some(true) {
+        bail!(
+            "the running node does not serve MCP sessions on its control socket ({}); restart it with this version of sovryn",
+            answer["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(Some(stream))
+}
+
+/// Copies stdin to the node's MCP session and its answers to stdout until
+/// either side closes.
+async fn pipe_stdio(stream: std::os::unix::net::UnixStream) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.set_nonblocking(true)?;
+    let stream = tokio::net::UnixStream::from_std(stream)?;
+    let (mut from_node, mut to_node) = stream.into_split();
+    let upstream = async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stdin.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            to_node.write_all(&buf[..n]).await?;
+        }
+        // End of input: the node ends the session, then closes its side.
+        to_node.shutdown().await?;
+        Ok::<_, std::io::Error>(())
+    };
+    let downstream = async move {
+        let mut stdout = tokio::io::stdout();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = from_node.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            stdout.write_all(&buf[..n]).await?;
+            stdout.flush().await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::pin!(downstream);
+    tokio::select! {
+        r = &mut downstream => r.context("reading from the node")?,
+        r = upstream => {
+            r.context("writing to the node")?;
+            // Let the node's last answers through.
+            downstream.await.context("reading from the node")?;
+        }
+    }
+    Ok(())
 }
 
 /// Probes `addr`: `Some(status line)` of `GET /readyz` over plain HTTP, or
@@ -185,8 +309,36 @@ fn status(home: &Home, json: bool, port: Option<u16>) -> Result<()> {
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
+    // A running node says where its listener is (it may have been started
+    // with `sovryn mcp start`, or be off).
+    let daemon = crate::daemon::control_request(home, &json!({"cmd": "status"}))
+        .ok()
+        .flatten();
+    let daemon_url = daemon
+        .as_ref()
+        .and_then(|v| v["mcp_url"].as_str().map(str::to_owned));
+    if let Some(a) = daemon_url
+        .as_deref()
+        .and_then(|u| u.split("://").nth(1))
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+    {
+        if port.is_none() {
+            addr = a;
+        }
+    }
     let url = format!("{scheme}://{addr}/mcp");
     let running = probe(addr, tls);
+    let daemon_state = match (&daemon, &daemon_url) {
+        (Some(_), Some(u)) => format!("running, serving MCP on {u}"),
+        (Some(_), None) => "running, MCP off (start it with 'sovryn mcp start')".to_string(),
+        (None, _) if m.enabled => {
+            "not running (serves MCP when started: mcp.enabled = true)".to_string()
+        }
+        (None, _) => {
+            "not running (mcp.enabled = false: 'sovryn mcp start' once it runs)".to_string()
+        }
+    };
     let store = TokenStore::open(&home.dir)?;
     let list = store.list()?;
     let now = std::time::SystemTime::now()
@@ -202,6 +354,7 @@ fn status(home: &Home, json: bool, port: Option<u16>) -> Result<()> {
     if json {
         return output::json(&json!({
             "url": url, "enabled": m.enabled, "running": running.is_some(),
+            "daemon": {"running": daemon.is_some(), "mcp_url": daemon_url},
             "state": running, "tls": tls, "jwt": jwt,
             "allow_cidrs": m.allow_cidrs, "allowed_hosts": m.allowed_hosts,
             "allowed_origins": m.allowed_origins,
@@ -214,14 +367,7 @@ fn status(home: &Home, json: bool, port: Option<u16>) -> Result<()> {
         "state:      {}",
         running.as_deref().unwrap_or("not running")
     );
-    println!(
-        "daemon:     {}",
-        if m.enabled {
-            "serves MCP (mcp.enabled = true)"
-        } else {
-            "does not serve MCP (mcp.enabled = false)"
-        }
-    );
+    println!("daemon:     {daemon_state}");
     println!("tls:        {}", if tls { "on" } else { "off" });
     println!("jwt:        {}", if jwt { "HS256 accepted" } else { "off" });
     let or_any = |v: &[String], any: &str| {
@@ -288,14 +434,18 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn block_on<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
+fn block_on<E, F>(f: F) -> Result<()>
+where
+    E: Into<anyhow::Error>,
+    F: std::future::Future<Output = std::result::Result<(), E>>,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     let r = rt.block_on(f);
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
-    r
+    r.map_err(Into::into)
 }
 
 fn tokens(home: &Home, json: bool, action: TokensAction) -> Result<()> {
@@ -314,7 +464,7 @@ fn tokens(home: &Home, json: bool, action: TokensAction) -> Result<()> {
                 .iter()
                 .filter(|c| !c.trim().is_empty())
                 .map(|c| c.parse::<Capability>())
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             let expires_in = expires.as_deref().map(parse_duration).transpose()?;
             let secret = store.create(&name, &caps, &paths, expires_in)?;
             if json {
@@ -369,4 +519,26 @@ fn tokens(home: &Home, json: bool, action: TokensAction) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// One line of `audit.jsonl` for humans (`sovryn logs --audit`):
+/// time, token, tool, outcome, duration, paths.
+pub fn human_audit_line(line: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return line.to_owned();
+    };
+    let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
+    let paths: Vec<&str> = v["paths"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p.as_str()).collect())
+        .unwrap_or_default();
+    format!(
+        "{} {:<12} {:<20} {:<10} {:>8.1} ms  {}",
+        s("time"),
+        s("token"),
+        s("tool"),
+        s("outcome"),
+        v["duration_ms"].as_f64().unwrap_or(0.0),
+        paths.join(" ")
+    )
 }

@@ -45,8 +45,11 @@ pub enum NodeCommand {
         #[command(subcommand)]
         action: ConflictsAction,
     },
-    /// Print the running node's log (HOME/sovryn.log).
+    /// Print the running node's log (HOME/sovryn.log), or with --audit the MCP audit log.
     Logs {
+        /// The MCP audit log (HOME/audit.jsonl): one line per tool call.
+        #[arg(long)]
+        audit: bool,
         /// Keep printing new lines as they are written.
         #[arg(long, short)]
         follow: bool,
@@ -115,7 +118,11 @@ pub fn run(
         NodeCommand::Pause => pause_resume(home, json, true),
         NodeCommand::Resume => pause_resume(home, json, false),
         NodeCommand::Conflicts { action } => conflicts(home, passphrase_file, json, action),
-        NodeCommand::Logs { follow, lines } => logs(home, json, follow, lines),
+        NodeCommand::Logs {
+            audit,
+            follow,
+            lines,
+        } => logs(home, json, audit, follow, lines),
     }
 }
 
@@ -522,9 +529,13 @@ fn human_log_line(line: &str) -> String {
     out
 }
 
-fn logs(home: &Home, json: bool, follow: bool, lines: usize) -> Result<()> {
+fn logs(home: &Home, json: bool, audit: bool, follow: bool, lines: usize) -> Result<()> {
     use std::io::{BufRead, Read, Seek, SeekFrom};
-    let path = log_file(home);
+    let path = if audit {
+        sovryn_mcp::audit::audit_path(&home.dir)
+    } else {
+        log_file(home)
+    };
     if !home.exists() {
         bail!("no node in {}", home.dir.display());
     }
@@ -534,6 +545,8 @@ fn logs(home: &Home, json: bool, follow: bool, lines: usize) -> Result<()> {
         }
         if json {
             writeln!(out, "{line}")?;
+        } else if audit {
+            writeln!(out, "{}", crate::mcp_cmd::human_audit_line(line))?;
         } else {
             writeln!(out, "{}", human_log_line(line))?;
         }
@@ -557,6 +570,12 @@ fn logs(home: &Home, json: bool, follow: bool, lines: usize) -> Result<()> {
             pos = f.metadata()?.len();
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && audit => {
+            bail!(
+                "no MCP tool calls yet ({} is written by 'sovryn mcp serve' and the node's MCP server)",
+                path.display()
+            )
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!(
                 "no log yet at {} (the node writes it while 'sovryn up' runs)",

@@ -239,10 +239,7 @@ impl Running {
             child: Some(child),
             stderr,
         };
-        if rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .is_err()
-        {
+        if rx.recv_timeout(std::time::Duration::from_secs(30)).is_err() {
             r.kill9();
             panic!("node did not start: {}", r.log());
         }

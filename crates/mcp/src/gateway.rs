@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use crate::error::{invalid as bail, Result, WithContext as _};
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -307,7 +307,7 @@ pub fn tls_acceptor(
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("reading the TLS certificate {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
+        .collect::<std::result::Result<Vec<_>, _>>()
         .with_context(|| format!("parsing the TLS certificate {}", cert.display()))?;
     if certs.is_empty() {
         bail!("{} holds no certificate", cert.display());

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use crate::error::{invalid, Result, WithContext};
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -98,7 +98,7 @@ impl HttpOptions {
         let tls = match (&c.tls_cert, &c.tls_key) {
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             (None, None) => None,
-            _ => anyhow::bail!("mcp.tls_cert and mcp.tls_key go together"),
+            _ => invalid!("mcp.tls_cert and mcp.tls_key go together"),
         };
         Ok(HttpOptions {
             allowed_hosts: c.allowed_hosts.clone(),
@@ -267,15 +267,15 @@ async fn bearer_auth(State(st): State<Arc<Auth>>, req: Request, next: Next) -> R
     if let Some(r) = check_ip(&st, &req) {
         return r;
     }
-    let headers = req.headers().clone();
-    let principal = match authenticate(&st, &headers) {
+    let principal = match authenticate(&st, req.headers()) {
         Ok(p) => p,
         Err(r) => return *r,
     };
     if let Err(not_until) = st.limiter.check_key(&principal.name) {
         return too_many(not_until);
     }
-    let too_big = headers
+    let too_big = req
+        .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
@@ -306,7 +306,7 @@ async fn bearer_auth(State(st): State<Arc<Auth>>, req: Request, next: Next) -> R
             );
             let value = format!(
                 "Bearer error=\"insufficient_scope\", scope=\"{cap}\", resource_metadata=\"{}\"",
-                metadata_url(st.scheme, &headers)
+                metadata_url(st.scheme, &parts.headers)
             );
             if let Ok(v) = HeaderValue::from_str(&value) {
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
@@ -397,7 +397,7 @@ pub fn router(
     ct: tokio_util::sync::CancellationToken,
 ) -> Result<Router> {
     if opts.insecure_no_auth && !bind.ip().is_loopback() {
-        anyhow::bail!(
+        invalid!(
             "the unauthenticated test mode only binds loopback addresses, not {}",
             bind.ip()
         );

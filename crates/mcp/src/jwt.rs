@@ -11,7 +11,7 @@
 //! `jwt:<sub>` (actor `mcp:jwt:<sub>`). A JWT cannot be revoked on its own:
 //! keep them short-lived, or rotate the secret.
 
-use anyhow::{bail, Result};
+use crate::error::{invalid as bail, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};

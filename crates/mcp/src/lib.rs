@@ -13,20 +13,24 @@
 //! The crate knows nothing of clap or of the sync protocol.
 
 pub mod audit;
+pub mod error;
 pub mod gateway;
 pub mod http;
+mod index;
 pub mod jwt;
 pub mod resources;
 mod server;
 pub mod tokens;
 pub mod tools;
+mod work;
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use error::WithContext;
 use rmcp::ServiceExt;
 use sovryn_engine::Node;
 
+pub use error::{Error, Result};
 pub use http::{serve_http, serve_http_with, HttpOptions};
 pub use tokens::{Capability, PathScope, Principal, TokenStore, TokenVerifier};
 pub use tools::SovrynServer;
@@ -38,23 +42,36 @@ pub struct McpState {
     pub node: Arc<Mutex<Node>>,
     /// Paths (relative) that changed; the server sends those it writes.
     pub changes: tokio::sync::broadcast::Sender<String>,
+    /// Live paths, kept current from the change log (shared by every server
+    /// and session built from this state).
+    pub(crate) index: Arc<index::PathIndex>,
 }
 
 impl McpState {
     /// Wraps an opened node.
     pub fn new(node: Node) -> Self {
+        Self::with_channel(
+            Arc::new(Mutex::new(node)),
+            tokio::sync::broadcast::channel(1024).0,
+        )
+    }
+
+    /// Shares a node that is already in use (the daemon's) and its channel
+    /// of changed paths (scans, peers and the server's own writes).
+    pub fn with_channel(
+        node: Arc<Mutex<Node>>,
+        changes: tokio::sync::broadcast::Sender<String>,
+    ) -> Self {
         McpState {
-            node: Arc::new(Mutex::new(node)),
-            changes: tokio::sync::broadcast::channel(1024).0,
+            index: Arc::new(index::PathIndex::new(node.clone())),
+            node,
+            changes,
         }
     }
 
     /// The node's home directory.
     pub fn home(&self) -> Result<std::path::PathBuf> {
-        let node = self
-            .node
-            .lock()
-            .map_err(|_| anyhow::anyhow!("node lock poisoned"))?;
+        let node = self.node.lock().map_err(|_| Error::NodeUnavailable)?;
         Ok(node.home.dir.clone())
     }
 }
@@ -64,18 +81,21 @@ pub(crate) struct Shared {
     pub(crate) state: McpState,
     pub(crate) audit: audit::Audit,
     pub(crate) node_name: String,
+    /// The storage root.
+    pub(crate) root: std::path::PathBuf,
     /// The tool router, built once (sessions and stateless requests clone it).
     pub(crate) router: Arc<rmcp::handler::server::router::tool::ToolRouter<SovrynServer>>,
 }
 
 impl Shared {
     pub(crate) fn new(state: McpState) -> Result<Arc<Self>> {
-        let (home, node_name) = {
-            let node = state
-                .node
-                .lock()
-                .map_err(|_| anyhow::anyhow!("node lock poisoned"))?;
-            (node.home.dir.clone(), node.config.node_name.clone())
+        let (home, node_name, root) = {
+            let node = state.node.lock().map_err(|_| Error::NodeUnavailable)?;
+            (
+                node.home.dir.clone(),
+                node.config.node_name.clone(),
+                node.root().to_owned(),
+            )
         };
         let audit = audit::Audit::open(&home)
             .with_context(|| format!("opening the audit log in {}", home.display()))?;
@@ -83,6 +103,7 @@ impl Shared {
             state,
             audit,
             node_name,
+            root,
             router: Arc::new(SovrynServer::build_router()),
         }))
     }
@@ -91,12 +112,24 @@ impl Shared {
 /// Serves MCP on stdin/stdout for the local user (all capabilities, actor
 /// `mcp:stdio`) until the client closes the stream.
 pub async fn serve_stdio(state: McpState) -> Result<()> {
+    let (stdin, stdout) = rmcp::transport::stdio();
+    serve_io(state, stdin, stdout).await
+}
+
+/// Serves one MCP session for the local user, as [`serve_stdio`] does, on
+/// any byte stream (newline-delimited JSON-RPC), e.g. a connection to the
+/// daemon's control socket. Returns when the client closes it.
+pub async fn serve_io<R, W>(state: McpState, reader: R, writer: W) -> Result<()>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+    W: tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let shared = Shared::new(state)?;
     let server = SovrynServer::new(shared, Some(Principal::stdio()));
     let running = server
-        .serve(rmcp::transport::stdio())
+        .serve((reader, writer))
         .await
-        .context("starting the MCP session on stdio")?;
-    running.waiting().await.context("MCP stdio session")?;
+        .context("starting the MCP session")?;
+    running.waiting().await.context("MCP session")?;
     Ok(())
 }

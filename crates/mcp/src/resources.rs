@@ -136,32 +136,26 @@ impl SovrynServer {
                 .map_err(|_| McpError::invalid_params(format!("bad cursor '{c}'"), None))?,
             None => 0,
         };
-        let node = self.shared.state.node.clone();
-        let recs = tokio::task::spawn_blocking(move || {
-            let node = node
-                .lock()
-                .map_err(|_| McpError::internal_error("node unavailable", None))?;
-            node.store
-                .files_under("")
-                .map_err(|e| McpError::internal_error(e.to_string(), None))
+        let index = self.shared.state.index.clone();
+        let files: Vec<(String, u64)> = tokio::task::spawn_blocking(move || {
+            index.read(|all| {
+                all.iter()
+                    .filter(|(path, (kind, _))| *kind == EntryKind::File && p.scope.allows(path))
+                    .map(|(path, (_, size))| (path.clone(), *size))
+                    .collect()
+            })
         })
         .await
-        .map_err(|e| McpError::internal_error(e.to_string(), None))??;
-        let files: Vec<_> = recs
-            .into_iter()
-            .filter(|r| !r.entry.deleted && r.entry.kind == EntryKind::File)
-            .filter(|r| p.scope.allows(&r.path))
-            .collect();
+        .map_err(|e| McpError::internal_error(e.to_string(), None))?
+        .map_err(|e| McpError::internal_error(e, None))?;
         let total = files.len();
         let resources: Vec<Resource> = files
             .into_iter()
             .skip(start)
             .take(PAGE)
-            .map(|r| {
-                let mut res = Resource::new(self.resource_uri(&r.path), r.path.clone())
-                    .with_size(r.entry.size)
-                    .with_description(format!("v{} of {}", r.label, r.path));
-                if let Some(m) = mime_of(&r.path) {
+            .map(|(path, size)| {
+                let mut res = Resource::new(self.resource_uri(&path), path.clone()).with_size(size);
+                if let Some(m) = mime_of(&path) {
                     res = res.with_mime_type(m);
                 }
                 res
@@ -290,6 +284,40 @@ impl SovrynServer {
         }
     }
 
+    /// Sends `notifications/resources/list_changed` to this session's peer
+    /// whenever a file the caller `p` may read appears or disappears
+    /// (coalesced over 50 ms), until the session is gone.
+    pub(crate) fn follow_list_changes(&self, p: Principal, peer: rmcp::Peer<RoleServer>) {
+        if !p.can(Capability::Read) {
+            return;
+        }
+        let mut rx = self.shared.state.index.events(&self.shared.state.changes);
+        tokio::spawn(async move {
+            loop {
+                let batch = match rx.recv().await {
+                    Ok(b) => b,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        Arc::new(vec![String::new()])
+                    }
+                    Err(_) => return,
+                };
+                let lagged = batch.first().is_some_and(|p| p.is_empty());
+                if !lagged && !batch.iter().any(|path| p.scope.allows(path)) {
+                    continue;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                while rx.try_recv().is_ok() {}
+                if peer.is_transport_closed() {
+                    return;
+                }
+                if let Err(e) = peer.notify_resource_list_changed().await {
+                    tracing::debug!("list_changed not sent, session gone: {e}");
+                    return;
+                }
+            }
+        });
+    }
+
     /// `subscriptions/listen` (2026-07-28): resource updates until cancelled.
     pub(crate) async fn listen_changes(
         &self,
@@ -297,9 +325,22 @@ impl SovrynServer {
     ) -> Result<(), McpError> {
         let p = self.principal(cx.request_context());
         let mut rx = self.shared.state.changes.subscribe();
+        let mut files = self.shared.state.index.events(&self.shared.state.changes);
         loop {
             tokio::select! {
                 _ = cx.cancelled() => return Ok(()),
+                ev = files.recv() => match ev {
+                    Ok(batch) => {
+                        if p.as_ref().is_some_and(|p| p.can(Capability::Read) && batch.iter().any(|path| p.scope.allows(path))) {
+                            // Not accepted unless the filter asked for list changes.
+                            let _ = cx.sink().notify_resource_list_changed().await;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = cx.sink().notify_resource_list_changed().await;
+                    }
+                    Err(_) => {}
+                },
                 ev = rx.recv() => match ev {
                     Ok(path) => {
                         if p.as_ref().is_some_and(|p| p.can(Capability::Read) && p.scope.allows(&path)) {

@@ -2,7 +2,7 @@
 //! capabilities, and tool calls through the capability check and audit log.
 
 use rmcp::model::*;
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{tool_handler, ErrorData as McpError, RoleServer, ServerHandler};
 
 use crate::tools::SovrynServer;
@@ -17,6 +17,7 @@ impl ServerHandler for SovrynServer {
                 .enable_tools()
                 .enable_resources()
                 .enable_resources_subscribe()
+                .enable_resources_list_changed()
                 .build(),
         )
         .with_server_info(
@@ -24,6 +25,22 @@ impl ServerHandler for SovrynServer {
                 .with_title(format!("Sovryn ({})", self.shared.node_name)),
         )
         .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // Handshake-era sessions (stdio, HTTP with a session id) get
+        // `notifications/resources/list_changed` on their own stream.
+        let who = self.local.clone().or_else(|| {
+            context
+                .extensions
+                .get::<axum::http::request::Parts>()?
+                .extensions
+                .get::<crate::tokens::Principal>()
+                .cloned()
+        });
+        if let Some(p) = who {
+            self.follow_list_changes(p, context.peer);
+        }
     }
 
     async fn list_tools(

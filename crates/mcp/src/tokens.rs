@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{invalid as bail, Error, Result, WithContext};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -47,7 +47,7 @@ impl fmt::Display for Capability {
 }
 
 impl FromStr for Capability {
-    type Err = anyhow::Error;
+    type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s.trim().to_ascii_lowercase().as_str() {
             "read" => Capability::Read,
@@ -97,13 +97,16 @@ impl PathScope {
                     .literal_separator(true)
                     .build()
                     .or_else(|_| Glob::new(g))
-                    .with_context(|| format!("bad path glob '{g}'"))?,
+                    .map_err(|e| Error::Invalid(format!("bad path glob '{g}': {e}")))?,
             );
             clean.push(g.to_owned());
         }
         let prefixes = clean.iter().map(|g| literal_prefix(g)).collect();
         Ok(PathScope {
-            set: Some(b.build()?),
+            set: Some(
+                b.build()
+                    .map_err(|e| Error::Invalid(format!("bad path globs: {e}")))?,
+            ),
             globs: clean,
             prefixes,
         })
@@ -242,7 +245,7 @@ pub fn parse_duration(s: &str) -> Result<i64> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: i64 = num
         .parse()
-        .with_context(|| format!("bad duration '{s}' (e.g. 30d, 12h, 45m)"))?;
+        .map_err(|_| Error::Invalid(format!("bad duration '{s}' (e.g. 30d, 12h, 45m)")))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -338,7 +341,7 @@ impl TokenStore {
                 name,
                 hash(&secret),
                 caps.join(","),
-                serde_json::to_string(paths)?,
+                serde_json::to_string(paths).context("encoding the path globs")?,
                 t,
                 expires_in.map(|e| t + e)
             ],

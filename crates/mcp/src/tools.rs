@@ -26,6 +26,7 @@ use sovryn_store::{Entry, EntryKind, FileRecord};
 
 use crate::audit::AuditLine;
 use crate::tokens::{Capability, Principal};
+use crate::work::{Work, CANCELLED};
 use crate::Shared;
 
 /// Most bytes of file content one read returns.
@@ -90,6 +91,19 @@ fn live(node: &Node, rel: &str) -> Result<FileRecord, String> {
 }
 
 fn load_text_or_bytes(node: &Node, rel: &str, e: &Entry) -> Result<Vec<u8>, String> {
+    load_with(node, rel, e, &Work::none())
+}
+
+/// Files up to this size are read on the async thread when the node is free.
+const INLINE_READ_BYTES: u64 = 64 * 1024;
+
+/// Files at least this big are read chunk by chunk with progress reports
+/// and cancellation checks; smaller ones in one go.
+const PROGRESS_BYTES: u64 = 1024 * 1024;
+
+/// A file's content, read chunk by chunk: stops when the call is cancelled
+/// and reports the bytes read.
+fn load_with(node: &Node, rel: &str, e: &Entry, work: &Work) -> Result<Vec<u8>, String> {
     if e.kind != EntryKind::File {
         return Err(format!("{rel} is a {}, not a file", kind_name(e.kind)));
     }
@@ -99,7 +113,20 @@ fn load_text_or_bytes(node: &Node, rel: &str, e: &Entry) -> Result<Vec<u8>, Stri
             e.size
         ));
     }
-    node.store.content(e).map_err(|e| e.to_string())
+    if e.size < PROGRESS_BYTES {
+        return node.store.content(e).map_err(|e| e.to_string());
+    }
+    let total = e.size as f64;
+    let mut out = Vec::with_capacity(e.size as usize);
+    work.progress(0.0, Some(total), || format!("reading {rel}"));
+    for id in &e.chunks {
+        work.check()?;
+        out.extend_from_slice(&node.store.read_chunk(id).map_err(|e| e.to_string())?);
+        work.progress(out.len() as f64, Some(total), || {
+            format!("read {} of {} bytes of {rel}", out.len(), e.size)
+        });
+    }
+    Ok(out)
 }
 
 fn is_text(bytes: &[u8]) -> bool {
@@ -169,8 +196,9 @@ fn read_entry(
     version: u64,
     e: &Entry,
     a: &ReadArgs,
+    work: &Work,
 ) -> Result<ReadOut, String> {
-    let bytes = load_text_or_bytes(node, rel, e)?;
+    let bytes = load_with(node, rel, e, work)?;
     let size = bytes.len() as u64;
     if !is_text(&bytes) {
         if a.head.is_some() || a.tail.is_some() {
@@ -510,6 +538,51 @@ pub struct MetaOut {
     pub target: Option<String>,
     /// Whether this version is a deletion.
     pub deleted: bool,
+    /// Where the path stands with each configured peer.
+    pub sync: Vec<PeerSyncOut>,
+}
+
+/// How a path compares between this node and a peer.
+#[derive(Debug, Clone, Copy, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerSyncState {
+    /// The peer has this node's current state (or announced the same one).
+    InSync,
+    /// This node's current state has not reached the peer yet.
+    Pending,
+    /// The peer announced a newer state; this node is pulling it.
+    Incoming,
+    /// Both sides changed it concurrently; the next exchange merges it or
+    /// makes a conflict copy.
+    Diverged,
+    /// The peer has not told this node about the path (never connected,
+    /// or it has not exchanged its index yet).
+    Unknown,
+}
+
+impl From<sovryn_engine::peer_state::PathSyncState> for PeerSyncState {
+    fn from(s: sovryn_engine::peer_state::PathSyncState) -> Self {
+        use sovryn_engine::peer_state::PathSyncState as S;
+        match s {
+            S::InSync => PeerSyncState::InSync,
+            S::Pending => PeerSyncState::Pending,
+            S::Incoming => PeerSyncState::Incoming,
+            S::Diverged => PeerSyncState::Diverged,
+            S::Unknown => PeerSyncState::Unknown,
+        }
+    }
+}
+
+/// A path's sync state with one peer.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct PeerSyncOut {
+    /// The peer's endpoint id.
+    pub peer: String,
+    /// Its name in the configuration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `in_sync`, `pending`, `incoming`, `diverged` or `unknown`.
+    pub state: PeerSyncState,
 }
 
 /// Arguments of `search_files`.
@@ -1010,6 +1083,218 @@ fn edit_peers<T>(
     Ok(out)
 }
 
+/// The `name` glob of `search_files`: case-insensitive, on file names, or
+/// on whole paths when it holds a `/`.
+struct NameGlob {
+    glob: globset::GlobMatcher,
+    full: bool,
+    /// The longest literal run of the glob (lowercase ASCII, 2 bytes or
+    /// more), which every match contains: most names are rejected by a
+    /// byte search before the glob's regex runs.
+    needle: Option<Vec<u8>>,
+}
+
+impl NameGlob {
+    fn new(g: &str) -> Result<Self, String> {
+        let full = g.contains('/');
+        let glob = globset::GlobBuilder::new(g)
+            .case_insensitive(true)
+            .literal_separator(full)
+            .build()
+            .map_err(|e| format!("bad name glob '{g}': {e}"))?
+            .compile_matcher();
+        // Classes, alternatives and escapes make runs ambiguous: no needle.
+        let needle = if g.contains(['[', ']', '{', '}', '\\']) || !g.is_ascii() {
+            None
+        } else {
+            g.split(['*', '?'])
+                .max_by_key(|run| run.len())
+                .filter(|run| run.len() >= 2)
+                .map(|run| run.to_ascii_lowercase().into_bytes())
+        };
+        Ok(NameGlob { glob, full, needle })
+    }
+
+    fn is_match(&self, path: &str) -> bool {
+        let cand = if self.full {
+            path
+        } else {
+            path.rsplit('/').next().unwrap_or(path)
+        };
+        // Non-ASCII names may case-fold onto ASCII letters: the regex decides.
+        if let (Some(n), true) = (&self.needle, cand.is_ascii()) {
+            let hay = cand.as_bytes();
+            if !hay.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n)) {
+                return false;
+            }
+        }
+        self.glob.is_match(cand)
+    }
+}
+
+/// Paths one scan of a large rescan takes (one commit group at most).
+const RESCAN_BATCH: usize = 256;
+
+/// Rescans `rel` for `force_sync_path`. A directory is split into batches of
+/// its leaves (files, links, empty directories, and recorded paths gone
+/// from disk), scanned one after the other, so a cancellation stops between
+/// batches and progress counts paths. Each recorded version is a whole,
+/// stable read of a file (the scanner never records a torn one); what a
+/// cancelled rescan did not reach is left for the next scan. Returns the
+/// merged report and whether it was cancelled.
+fn rescan(
+    node: &mut Node,
+    rel: &str,
+    opts: &ScanOptions,
+    work: &Work,
+) -> Result<(sovryn_engine::scan::ScanReport, bool), String> {
+    let abs = node.root().join(rel);
+    let is_dir = std::fs::symlink_metadata(&abs)
+        .map(|m| m.is_dir() && !m.file_type().is_symlink())
+        .unwrap_or(false);
+    if !is_dir {
+        work.progress(0.0, Some(1.0), || format!("scanning {rel}"));
+        let r = node
+            .scan(&[rel.to_owned()], opts, &mut |_| {})
+            .map_err(|e| e.to_string())?;
+        work.progress(1.0, Some(1.0), || format!("scanned {rel}"));
+        return Ok((r, false));
+    }
+    node.rules.reload();
+    let leaves = rescan_leaves(node, rel)?;
+    let total = leaves.len() as f64;
+    let mut report = sovryn_engine::scan::ScanReport::default();
+    work.progress(0.0, Some(total), || {
+        format!("scanning {} paths under {}", leaves.len(), display(rel))
+    });
+    if leaves.is_empty() {
+        // Nothing below: scan the directory itself (its own record).
+        let r = node
+            .scan(&[rel.to_owned()], opts, &mut |_| {})
+            .map_err(|e| e.to_string())?;
+        return Ok((r, false));
+    }
+    let mut done = 0usize;
+    for batch in leaves.chunks(RESCAN_BATCH) {
+        if work.cancelled() {
+            return Ok((report, true));
+        }
+        let r = match node.scan(batch, opts, &mut |_| {}) {
+            Ok(r) => r,
+            // Something vanished or became ignored meanwhile: path by path.
+            Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {
+                let mut merged = sovryn_engine::scan::ScanReport::default();
+                for p in batch {
+                    match node.scan(std::slice::from_ref(p), opts, &mut |_| {}) {
+                        Ok(r) => merge_report(&mut merged, r),
+                        Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                merged
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        merge_report(&mut report, r);
+        done += batch.len();
+        work.progress(done as f64, Some(total), || {
+            format!(
+                "scanned {done} of {} paths under {}",
+                leaves.len(),
+                display(rel)
+            )
+        });
+    }
+    Ok((report, false))
+}
+
+fn display(rel: &str) -> &str {
+    if rel.is_empty() {
+        "/"
+    } else {
+        rel
+    }
+}
+
+fn merge_report(into: &mut sovryn_engine::scan::ScanReport, r: sovryn_engine::scan::ScanReport) {
+    into.entries += r.entries;
+    into.added += r.added;
+    into.modified += r.modified;
+    into.deleted += r.deleted;
+    into.unstable += r.unstable;
+    into.bytes_hashed += r.bytes_hashed;
+    let room = 1000usize.saturating_sub(into.changed.len());
+    into.changed.extend(r.changed.into_iter().take(room));
+}
+
+/// The leaves under directory `rel` for a batched rescan: kept files,
+/// links and empty directories on disk, and recorded live paths gone from
+/// disk (only the topmost of a gone subtree), sorted.
+fn rescan_leaves(node: &Node, rel: &str) -> Result<Vec<String>, String> {
+    let root = node.root().to_owned();
+    let mut on_disk = std::collections::HashSet::new();
+    let mut leaves = Vec::new();
+    let mut stack = vec![rel.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let abs = root.join(&dir);
+        let Ok(rd) = std::fs::read_dir(&abs) else {
+            continue;
+        };
+        let mut kept_children = 0usize;
+        for e in rd.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with(sovryn_engine::fsutil::TEMP_PREFIX) {
+                continue;
+            }
+            let Ok(ft) = e.file_type() else { continue };
+            let is_dir = ft.is_dir() && !ft.is_symlink();
+            let path = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            if !node.rules.keeps(&path, is_dir) {
+                continue;
+            }
+            kept_children += 1;
+            on_disk.insert(path.clone());
+            if is_dir {
+                stack.push(path);
+            } else {
+                leaves.push(path);
+            }
+        }
+        if kept_children == 0 && dir != rel {
+            leaves.push(dir);
+        }
+    }
+    let mut gone: Vec<String> = node
+        .store
+        .live_paths_under(rel)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .filter(|p| p != rel && !on_disk.contains(p))
+        .collect();
+    gone.sort();
+    let mut top: Vec<String> = Vec::new();
+    for p in gone {
+        if top.last().is_some_and(|t| {
+            p.strip_prefix(t.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+        }) {
+            continue;
+        }
+        top.push(p);
+    }
+    leaves.extend(top);
+    leaves.sort();
+    Ok(leaves)
+}
+
 pub(crate) fn args_paths(args: &Option<JsonObject>) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(a) = args {
@@ -1082,6 +1367,27 @@ impl SovrynServer {
         .map_err(|e| format!("internal error: {e}"))?
     }
 
+    /// Like [`Self::on_node`] for long work: `f` gets the call's [`Work`]
+    /// (cancellation, progress); its reports reach the client before the
+    /// result. A call cancelled before it gets the node does nothing.
+    async fn on_node_work<T, F>(&self, ctx: &RequestContext<RoleServer>, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Node, &Work) -> Result<T, String> + Send + 'static,
+    {
+        let (work, forwarder) = crate::work::start(ctx);
+        let r = self
+            .on_node(move |node| {
+                work.check()?;
+                f(node, &work)
+            })
+            .await;
+        if let Some(task) = forwarder {
+            let _ = task.await;
+        }
+        r
+    }
+
     fn changed<I: IntoIterator<Item = String>>(&self, paths: I) {
         for p in paths {
             let _ = self.shared.state.changes.send(p);
@@ -1118,6 +1424,7 @@ impl SovrynServer {
             )),
             _ => None,
         };
+        let ct = context.ct.clone();
         let result: Result<CallToolResponse, McpError> = match &denied {
             Some(msg) => Ok(CallToolResult::error(vec![ContentBlock::text(msg.clone())]).into()),
             None => {
@@ -1125,8 +1432,11 @@ impl SovrynServer {
                 self.tool_router.call(tcc).await
             }
         };
+        let cancelled = ct.is_cancelled()
+            && matches!(&result, Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true));
         let outcome = match (&denied, &result) {
             (Some(_), _) => "denied".to_string(),
+            (None, _) if cancelled => "cancelled".to_string(),
             (None, Ok(CallToolResponse::Complete(r))) if r.is_error == Some(true) => {
                 let msg = r
                     .content
@@ -1167,10 +1477,24 @@ impl SovrynServer {
     ) -> Result<Json<ReadOut>, String> {
         let p = self.caller(&ctx, Capability::Read)?;
         let rel = scoped_read(&p, &a.path)?;
-        self.on_node(move |node| {
+        // A small file while the node is free: read it right here, without
+        // the hop to the blocking pool (two thread wake-ups, most of the
+        // server's time for a 4 KiB read). Anything bigger, or a busy node,
+        // goes the usual way.
+        if ctx.meta.get_progress_token().is_none() {
+            if let Ok(mut guard) = self.shared.state.node.try_lock() {
+                let node = &mut *guard;
+                confine(node, &rel)?;
+                let (n, e) = state_of(node, &rel, a.version.as_deref())?;
+                if e.size <= INLINE_READ_BYTES {
+                    return read_entry(node, &rel, n, &e, &a, &Work::none()).map(Json);
+                }
+            }
+        }
+        self.on_node_work(&ctx, move |node, work| {
             confine(node, &rel)?;
             let (n, e) = state_of(node, &rel, a.version.as_deref())?;
-            read_entry(node, &rel, n, &e, &a)
+            read_entry(node, &rel, n, &e, &a, work)
         })
         .await
         .map(Json)
@@ -1192,10 +1516,16 @@ impl SovrynServer {
                 a.paths.len()
             ));
         }
-        self.on_node(move |node| {
+        self.on_node_work(&ctx, move |node, work| {
             let mut budget = 4 * MAX_READ_BYTES;
             let mut files = Vec::new();
-            for raw in a.paths {
+            let total = a.paths.len() as f64;
+            // Each file's chunk loop checks for cancellation without reports
+            // of its own: the unit here is files.
+            let per_file = work.silent();
+            for (i, raw) in a.paths.into_iter().enumerate() {
+                work.check()?;
+                work.progress(i as f64, Some(total), || format!("reading {raw}"));
                 let one = (|| {
                     let rel = scoped_read(&p, &raw)?;
                     confine(node, &rel)?;
@@ -1208,7 +1538,7 @@ impl SovrynServer {
                         head: None,
                         tail: None,
                     };
-                    let mut out = read_entry(node, &rel, n, &e, &args)?;
+                    let mut out = read_entry(node, &rel, n, &e, &args, &per_file)?;
                     if out.content.len() > budget {
                         out.content = cut_utf8(&out.content, budget).to_owned();
                         if out.encoding == "base64" {
@@ -1219,6 +1549,9 @@ impl SovrynServer {
                     budget -= out.content.len();
                     Ok::<_, String>(out)
                 })();
+                if one.as_ref().is_err_and(|e| e == CANCELLED) {
+                    return Err(CANCELLED.into());
+                }
                 files.push(match one {
                     Ok(f) => ReadManyItem {
                         path: raw,
@@ -1232,6 +1565,7 @@ impl SovrynServer {
                     },
                 });
             }
+            work.progress(total, Some(total), || "done".into());
             Ok(ReadManyOut { files })
         })
         .await
@@ -1401,10 +1735,10 @@ impl SovrynServer {
                 if !p.scope.is_all() {
                     let outside = node
                         .store
-                        .files_under(&rel)
+                        .live_paths_under(&rel)
                         .map_err(|e| e.to_string())?
                         .iter()
-                        .any(|r| !r.entry.deleted && !p.scope.allows(&r.path));
+                        .any(|(path, _, _)| !p.scope.allows(path));
                     if outside {
                         return Err(format!("{rel} holds paths outside this token's scope; delete inside it instead"));
                     }
@@ -1441,10 +1775,10 @@ impl SovrynServer {
                 if !p.scope.is_all() {
                     let outside = node
                         .store
-                        .files_under(&f)
+                        .live_paths_under(&f)
                         .map_err(|e| e.to_string())?
                         .iter()
-                        .any(|r| !r.entry.deleted && !p.scope.allows(&r.path));
+                        .any(|(path, _, _)| !p.scope.allows(path));
                     if outside {
                         return Err(format!("{f} holds paths outside this token's scope"));
                     }
@@ -1548,74 +1882,84 @@ impl SovrynServer {
         let rel = scoped_dir(&p, &a.path)?;
         let max_depth = a.max_depth.unwrap_or(5).clamp(1, 64) as usize;
         let max_entries = a.max_entries.unwrap_or(1000).clamp(1, 100_000) as usize;
-        self.on_node(move |node| {
-            confine(node, &rel)?;
-            if !rel.is_empty() {
-                let rec = live(node, &rel)?;
-                if rec.entry.kind != EntryKind::Dir {
-                    return Err(format!("{rel} is not a directory"));
+        paths::confined(&self.shared.root, &rel).map_err(|e| e.to_string())?;
+        let index = self.shared.state.index.clone();
+        let ct = ctx.ct.clone();
+        tokio::task::spawn_blocking(move || {
+            index.read(|all| {
+                if !rel.is_empty() {
+                    match all.get(&rel) {
+                        None => return Err(not_found(&rel)),
+                        Some((EntryKind::Dir, _)) => {}
+                        Some(_) => return Err(format!("{rel} is not a directory")),
+                    }
                 }
-            }
-            let base_depth = if rel.is_empty() {
-                0
-            } else {
-                rel.matches('/').count() + 1
-            };
-            let mut children: BTreeMap<String, Vec<FileRecord>> = BTreeMap::new();
-            let mut count = 0usize;
-            let mut truncated = false;
-            for r in node.store.files_under(&rel).map_err(|e| e.to_string())? {
-                if r.entry.deleted || r.path == rel || !p.scope.visible(&r.path) {
-                    continue;
+                let base_depth = if rel.is_empty() {
+                    0
+                } else {
+                    rel.matches('/').count() + 1
+                };
+                // parent -> (path, kind, size) of its entries, in path order.
+                type Kids<'a> = BTreeMap<&'a str, Vec<(&'a str, EntryKind, u64)>>;
+                let mut children: Kids = BTreeMap::new();
+                let mut count = 0usize;
+                let mut truncated = false;
+                for (i, (path, (kind, size))) in crate::index::under(all, &rel).enumerate() {
+                    if i % 4096 == 4095 && ct.is_cancelled() {
+                        return Err(CANCELLED.to_string());
+                    }
+                    if *path == rel || !p.scope.visible(path) {
+                        continue;
+                    }
+                    if path.matches('/').count() - base_depth >= max_depth {
+                        continue;
+                    }
+                    if count >= max_entries {
+                        truncated = true;
+                        break;
+                    }
+                    count += 1;
+                    let parent = path.rsplit_once('/').map(|(d, _)| d).unwrap_or_default();
+                    children
+                        .entry(parent)
+                        .or_default()
+                        .push((path.as_str(), *kind, *size));
                 }
-                if r.path.matches('/').count() - base_depth >= max_depth {
-                    continue;
+                fn build(
+                    dir: &str,
+                    children: &mut Kids,
+                    depth: usize,
+                    max: usize,
+                ) -> Vec<TreeNode> {
+                    let recs = children.remove(dir).unwrap_or_default();
+                    recs.into_iter()
+                        .map(|(path, kind, size)| {
+                            let is_dir = kind == EntryKind::Dir;
+                            TreeNode {
+                                name: path.rsplit('/').next().unwrap_or_default().to_owned(),
+                                kind: kind_name(kind).into(),
+                                size: (!is_dir).then_some(size),
+                                children: (is_dir && depth + 1 < max)
+                                    .then(|| build(path, children, depth + 1, max)),
+                            }
+                        })
+                        .collect()
                 }
-                if count >= max_entries {
-                    truncated = true;
-                    break;
-                }
-                count += 1;
-                let parent = r
-                    .path
-                    .rsplit_once('/')
-                    .map(|(d, _)| d.to_owned())
-                    .unwrap_or_default();
-                children.entry(parent).or_default().push(r);
-            }
-            fn build(
-                dir: &str,
-                children: &mut BTreeMap<String, Vec<FileRecord>>,
-                depth: usize,
-                max: usize,
-            ) -> Vec<TreeNode> {
-                let recs = children.remove(dir).unwrap_or_default();
-                recs.into_iter()
-                    .map(|r| {
-                        let is_dir = r.entry.kind == EntryKind::Dir;
-                        TreeNode {
-                            name: r.path.rsplit('/').next().unwrap_or_default().to_owned(),
-                            kind: kind_name(r.entry.kind).into(),
-                            size: (!is_dir).then_some(r.entry.size),
-                            children: (is_dir && depth + 1 < max)
-                                .then(|| build(&r.path, children, depth + 1, max)),
-                        }
-                    })
-                    .collect()
-            }
-            let entries = build(&rel, &mut children, 0, max_depth);
-            Ok(TreeOut {
-                path: rel,
-                entries,
-                truncated,
-            })
+                let entries = build(&rel, &mut children, 0, max_depth);
+                Ok(TreeOut {
+                    path: rel.clone(),
+                    entries,
+                    truncated,
+                })
+            })?
         })
         .await
+        .map_err(|e| format!("internal error: {e}"))?
         .map(Json)
     }
 
     #[tool(
-        description = "A path's metadata: kind, size, mode, modification time, version label, number of versions, content hash, and who made the version.",
+        description = "A path's metadata: kind, size, mode, modification time, version label, number of versions, content hash, who made the version, and its sync state with each configured peer (`sync`: in_sync, pending, incoming, diverged or unknown).",
         annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn get_file_metadata(
@@ -1643,6 +1987,21 @@ impl SovrynServer {
                 None => (cur.label, cur.entry.clone()),
             };
             let versions = node.store.versions(&rel).map_err(|e| e.to_string())?.len();
+            // The peers as configured now (a running daemon follows config.toml).
+            let peers = Config::load(&node.home)
+                .map(|c| c.peers)
+                .unwrap_or_else(|_| node.config.peers.clone());
+            let ids: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
+            let sync = sovryn_engine::peer_state::path_states(&node.store, &rel, &ids)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .zip(&peers)
+                .map(|(st, cfg)| PeerSyncOut {
+                    peer: st.peer,
+                    name: cfg.name.clone(),
+                    state: st.state.into(),
+                })
+                .collect();
             Ok(MetaOut {
                 path: rel,
                 kind: kind_name(e.kind).into(),
@@ -1657,6 +2016,7 @@ impl SovrynServer {
                 actor: e.actor.clone(),
                 target: e.target.clone(),
                 deleted: e.deleted,
+                sync,
             })
         })
         .await
@@ -1679,69 +2039,69 @@ impl SovrynServer {
         };
         let limit = a.limit.unwrap_or(20).clamp(1, 200) as usize;
         let glob = match a.name.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-            Some(g) => {
-                let full = g.contains('/');
-                let m = globset::GlobBuilder::new(g)
-                    .case_insensitive(true)
-                    .literal_separator(full)
-                    .build()
-                    .map_err(|e| format!("bad name glob '{g}': {e}"))?
-                    .compile_matcher();
-                Some((m, full))
-            }
+            Some(g) => Some(NameGlob::new(g)?),
             None => None,
         };
         let query = a.query.filter(|q| !q.trim().is_empty());
         if query.is_none() && glob.is_none() {
             return Err("give `query` (words in contents) or `name` (a glob), or both".into());
         }
-        self.on_node(move |node| {
-            let name_ok = |path: &str| match &glob {
-                None => true,
-                Some((m, true)) => m.is_match(path),
-                Some((m, false)) => m.is_match(path.rsplit('/').next().unwrap_or(path)),
-            };
+        let name_ok = move |path: &str| glob.as_ref().is_none_or(|g| g.is_match(path));
+        let Some(q) = query else {
+            // Names only: the in-memory path index, not the node or its records.
+            paths::confined(&self.shared.root, &prefix).map_err(|e| e.to_string())?;
+            let index = self.shared.state.index.clone();
+            let ct = ctx.ct.clone();
+            return tokio::task::spawn_blocking(move || {
+                index.read(|all| {
+                    let mut matches = Vec::new();
+                    let mut truncated = false;
+                    for (i, (path, (kind, _))) in crate::index::under(all, &prefix).enumerate() {
+                        if i % 4096 == 4095 && ct.is_cancelled() {
+                            return Err(CANCELLED.to_string());
+                        }
+                        if path.is_empty() || !p.scope.allows(path) || !name_ok(path) {
+                            continue;
+                        }
+                        if matches.len() >= limit {
+                            truncated = true;
+                            break;
+                        }
+                        matches.push(SearchMatch {
+                            kind: kind_name(*kind).into(),
+                            path: path.clone(),
+                            snippet: None,
+                        });
+                    }
+                    Ok(SearchOut { matches, truncated })
+                })?
+            })
+            .await
+            .map_err(|e| format!("internal error: {e}"))?
+            .map(Json);
+        };
+        self.on_node_work(&ctx, move |node, work| {
             let mut matches = Vec::new();
             let mut truncated = false;
-            if let Some(q) = &query {
-                for hit in node
-                    .store
-                    .search(q, &prefix, 100_000)
-                    .map_err(|e| e.to_string())?
-                {
-                    if !p.scope.allows(&hit.path) || !name_ok(&hit.path) {
-                        continue;
-                    }
-                    if matches.len() >= limit {
-                        truncated = true;
-                        break;
-                    }
-                    matches.push(SearchMatch {
-                        path: hit.path,
-                        kind: "file".into(),
-                        snippet: Some(hit.snippet),
-                    });
+            for hit in node
+                .store
+                .search(&q, &prefix, 100_000)
+                .map_err(|e| e.to_string())?
+            {
+                if !p.scope.allows(&hit.path) || !name_ok(&hit.path) {
+                    continue;
                 }
-            } else {
-                for r in node.store.files_under(&prefix).map_err(|e| e.to_string())? {
-                    if r.entry.deleted
-                        || r.path.is_empty()
-                        || !p.scope.allows(&r.path)
-                        || !name_ok(&r.path)
-                    {
-                        continue;
-                    }
-                    if matches.len() >= limit {
-                        truncated = true;
-                        break;
-                    }
-                    matches.push(SearchMatch {
-                        kind: kind_name(r.entry.kind).into(),
-                        path: r.path,
-                        snippet: None,
-                    });
+                if matches.len() >= limit {
+                    truncated = true;
+                    break;
                 }
+                matches.push(SearchMatch {
+                    path: hit.path,
+                    kind: "file".into(),
+                    snippet: Some(hit.snippet),
+                });
             }
+            work.check()?;
             Ok(SearchOut { matches, truncated })
         })
         .await
@@ -1814,12 +2174,30 @@ impl SovrynServer {
         let actor = p.actor();
         let r = rel.clone();
         let rec = self
-            .on_node(move |node| {
+            .on_node_work(&ctx, move |node, work| {
                 confine(node, &r)?;
                 node.store
                     .file(&r)
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| not_found(&r))?;
+                let old = node
+                    .find_version(&r, &format!("v{n}"))
+                    .map_err(|e| e.to_string())?;
+                // First read and check every chunk of the version (the long
+                // part, cancellable, with progress); nothing is written yet.
+                // Then capture + restore run to the end: the file is either
+                // restored as a new version or untouched.
+                let total = old.entry.size as f64;
+                let mut done = 0u64;
+                work.progress(0.0, Some(total), || format!("checking v{n} of {r}"));
+                for id in &old.entry.chunks {
+                    work.check()?;
+                    done += node.store.read_chunk(id).map_err(|e| e.to_string())?.len() as u64;
+                    work.progress(done as f64, Some(total), || {
+                        format!("checked {done} of {} bytes of v{n}", old.entry.size)
+                    });
+                }
+                work.check()?;
                 node.capture(&r).map_err(|e| e.to_string())?;
                 node.restore(&r, &format!("v{n}"), Some(&actor))
                     .map_err(|e| e.to_string())
@@ -2106,24 +2484,68 @@ impl SovrynServer {
             actor: Some(p.actor()),
             ..Default::default()
         };
-        let out = self
-            .on_node(move |node| {
+        let (out, cancelled) = self
+            .on_node_work(&ctx, move |node, work| {
                 confine(node, &rel)?;
-                let r = node
-                    .scan(std::slice::from_ref(&rel), &opts, &mut |_| {})
-                    .map_err(|e| e.to_string())?;
-                Ok(ForceSyncOut {
-                    path: rel,
-                    entries: r.entries,
-                    added: r.added,
-                    modified: r.modified,
-                    deleted: r.deleted,
-                    changed: r.changed,
-                    sequence: node.store.sequence().map_err(|e| e.to_string())?,
-                })
+                let (r, cancelled) = rescan(node, &rel, &opts, work)?;
+                Ok((
+                    ForceSyncOut {
+                        path: rel,
+                        entries: r.entries,
+                        added: r.added,
+                        modified: r.modified,
+                        deleted: r.deleted,
+                        changed: r.changed,
+                        sequence: node.store.sequence().map_err(|e| e.to_string())?,
+                    },
+                    cancelled,
+                ))
             })
             .await?;
+        // What was recorded before a cancellation is announced all the same.
         self.changed(out.changed.iter().cloned());
+        if cancelled {
+            return Err(CANCELLED.into());
+        }
         Ok(Json(out))
+    }
+}
+
+#[cfg(test)]
+mod name_glob_tests {
+    use super::NameGlob;
+
+    #[test]
+    fn the_needle_never_rejects_a_match() {
+        let cases = [
+            ("f0042*.txt", "docs/F0042-report.TXT", true),
+            ("f0042*.txt", "docs/f0043.txt", false),
+            ("*.md", "a/b/README.MD", true),
+            ("*.md", "a/b.md/c.rs", false),
+            ("docs/**/*.rs", "docs/x/y/lib.rs", true),
+            ("docs/**/*.rs", "src/lib.rs", false),
+            ("[ab]c*", "bcd", true),
+            ("x?z", "XYZ", true),
+        ];
+        for (g, path, want) in cases {
+            let m = NameGlob::new(g).unwrap();
+            assert_eq!(m.is_match(path), want, "{g} on {path}");
+        }
+        // Whatever the regex does with non-ASCII case folding, the needle
+        // does not change the answer.
+        for (g, name) in [("ke*", "\u{212A}elvin"), ("stra*", "STRAßE"), ("*ss*", "ẞ")] {
+            let plain = globset::GlobBuilder::new(g)
+                .case_insensitive(true)
+                .build()
+                .unwrap()
+                .compile_matcher();
+            assert_eq!(
+                NameGlob::new(g).unwrap().is_match(name),
+                plain.is_match(name),
+                "{g} on {name}"
+            );
+        }
+        assert!(NameGlob::new("f0042*.txt").unwrap().needle.is_some());
+        assert!(NameGlob::new("{a,b}*").unwrap().needle.is_none());
     }
 }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use iroh::endpoint::{presets, AfterHandshakeOutcome, Connection, EndpointHooks};
 use iroh::address_lookup::AddrFilter;
+use iroh::endpoint::{presets, AfterHandshakeOutcome, Connection, EndpointHooks};
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, RelayUrl, SecretKey};
 use iroh_mainline_address_lookup::DhtAddressLookup;
 use iroh_mdns_address_lookup::MdnsAddressLookup;
@@ -1025,10 +1025,7 @@ impl SyncNet {
             let batch = self
                 .shared
                 .with_reader(move |s| {
-                    Ok(s.history_after(
-                        from.as_ref().map(|(p, l)| (p.as_str(), *l)),
-                        INDEX_BATCH,
-                    )?)
+                    Ok(s.history_after(from.as_ref().map(|(p, l)| (p.as_str(), *l)), INDEX_BATCH)?)
                 })
                 .await?;
             let Some(last) = batch.last() else {

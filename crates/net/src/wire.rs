@@ -87,7 +87,10 @@ impl WireRecord {
             .decode(self.chunks.as_bytes())
             .map_err(|e| bad(e.to_string()))?;
         if raw.len() % 32 != 0 {
-            return Err(bad(format!("{} bytes is not a whole number of ids", raw.len())));
+            return Err(bad(format!(
+                "{} bytes is not a whole number of ids",
+                raw.len()
+            )));
         }
         let mut entry = self.entry;
         entry.chunks = raw

@@ -750,7 +750,10 @@ impl Store {
     /// first. With `after = 0`, every recorded path. Lets a reader keep a
     /// path index current cheaply.
     #[allow(clippy::type_complexity)]
-    pub fn path_changes_since(&self, after: u64) -> Result<Vec<(u64, String, EntryKind, bool, u64)>> {
+    pub fn path_changes_since(
+        &self,
+        after: u64,
+    ) -> Result<Vec<(u64, String, EntryKind, bool, u64)>> {
         let mut stmt = self.db.prepare_cached(
             "SELECT seq, path, kind, deleted, size FROM files WHERE seq > ?1 ORDER BY seq",
         )?;
@@ -815,7 +818,11 @@ impl Store {
             return Ok(0);
         }
         self.packs.sync()?;
-        let known: Vec<VersionVector> = self.versions(path)?.into_iter().map(|v| v.entry.vv).collect();
+        let known: Vec<VersionVector> = self
+            .versions(path)?
+            .into_iter()
+            .map(|v| v.entry.vv)
+            .collect();
         let tx = self.db.transaction()?;
         Self::insert_pending(&self.pending, &tx)?;
         let mut added = 0;
