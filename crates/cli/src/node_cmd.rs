@@ -153,6 +153,17 @@ fn up(home: &Home, passphrase_file: Option<&Path>, listen: Option<String>) -> Re
         for a in daemon.net.bound_sockets() {
             writeln!(out, "listening on {a}")?;
         }
+        let d = daemon.net.discovery();
+        let on = |b: bool| if b { "on" } else { "off" };
+        writeln!(
+            out,
+            "discovery: mDNS {}, DHT {}, relay {}",
+            on(d.mdns),
+            on(d.dht),
+            d.relay
+                .as_ref()
+                .map_or("none".to_string(), |u| u.to_string())
+        )?;
         writeln!(out, "ready")?;
         out.flush()?;
         drop(out);

@@ -223,7 +223,8 @@ pub struct PeerStatus {
     pub bytes_sent: u64,
     /// Bytes received from it on the wire, counted the same way.
     pub bytes_received: u64,
-    /// Chunks fetched from it, checked and stored, since this node started.
+    /// Chunks fetched from it since this node started, checked and appended
+    /// to the store (indexed at its next flush, at most 32 MiB later).
     pub chunks_received: u64,
     /// Our change log acknowledged by it (applied there) up to this sequence.
     pub acked_upto: u64,

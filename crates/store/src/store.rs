@@ -23,6 +23,9 @@ use crate::{Error, Result};
 /// Flush pending chunks to the index once this many new bytes are buffered,
 /// so a crash in a long ingest loses at most this much work.
 const FLUSH_BYTES: u64 = 256 * 1024 * 1024;
+/// The same for chunks received from peers: a sync killed mid-way fetches
+/// again at most this much.
+const RECEIVED_FLUSH_BYTES: u64 = 32 * 1024 * 1024;
 /// Chunks hashed and sealed in parallel per batch.
 const BATCH_CHUNKS: usize = 32;
 
@@ -436,7 +439,7 @@ impl Store {
             self.append_sealed(s)?;
             fresh += 1;
         }
-        if self.pending_bytes >= FLUSH_BYTES {
+        if self.pending_bytes >= RECEIVED_FLUSH_BYTES {
             self.flush()?;
         }
         Ok(fresh)
