@@ -648,7 +648,7 @@ fn changed_paths(
 /// The roots a scan can take together: `""` (everything) as is; otherwise
 /// paths that are on disk and kept by the rules, or gone from disk but
 /// recorded (their tombstones). Gone-and-unknown and ignored paths are dropped.
-fn scannable(n: &Node, roots: Vec<String>) -> Result<Vec<String>> {
+fn scannable(n: &Node, roots: Vec<String>) -> Result<Vec<String>, sovryn_store::Error> {
     n.rules.reload();
     let mut out = Vec::with_capacity(roots.len());
     for p in roots {

@@ -30,6 +30,26 @@ use tokio::sync::{broadcast, watch};
 pub use wire::ALPN;
 use wire::{Frame, Msg, WireRecord};
 
+/// Errors of the sync service's public API. (Sessions with peers report
+/// their failures as `anyhow` chains in logs and peer status: they never
+/// reach a caller.)
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] sovryn_store::Error),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] sovryn_engine::Error),
+    /// The endpoint could not be set up: a bad or busy listen address, a
+    /// bad relay URL.
+    #[error("{0}")]
+    Endpoint(String),
+    /// A worker task panicked or a lock was poisoned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
 /// Most records per `Index` message (the receiver applies up to 2000 in
 /// one group: one pair of `syncfs` and one transaction).
 const INDEX_BATCH: usize = 2000;
@@ -72,12 +92,11 @@ pub struct Shared {
 
 impl Shared {
     /// Wraps an opened node.
-    pub fn new(node: Node) -> Result<Self> {
+    pub fn new(node: Node) -> Result<Self, Error> {
         let seq = node.store.sequence()?;
         let readers = (0..READERS)
             .map(|_| node.store.reader().map(Mutex::new))
-            .collect::<Result<Vec<_>, _>>()
-            .context("opening read-only store handles")?;
+            .collect::<Result<Vec<_>, _>>()?;
         let codec = node.store.codec().clone();
         Ok(Shared {
             node: Arc::new(Mutex::new(node)),
@@ -92,8 +111,8 @@ impl Shared {
     /// sees everything committed, never what a writer has only appended.
     pub async fn with_reader<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
+        f: impl FnOnce(&Store) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let free = readers.iter().find_map(|r| r.try_lock().ok());
@@ -101,28 +120,28 @@ impl Shared {
                 Some(g) => g,
                 None => readers[0]
                     .lock()
-                    .map_err(|_| anyhow::anyhow!("store reader lock poisoned"))?,
+                    .map_err(|_| Error::Internal("store reader lock poisoned".into()))?,
             };
             f(&guard)
         })
         .await
-        .context("store reader task panicked")?
+        .map_err(|e| Error::Internal(format!("store reader task: {e}")))?
     }
 
     /// Runs `f` with the node locked, on a blocking thread.
     pub async fn with_node<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Node) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
+        f: impl FnOnce(&mut Node) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
         let node = self.node.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = node
                 .lock()
-                .map_err(|_| anyhow::anyhow!("node lock poisoned"))?;
+                .map_err(|_| Error::Internal("node lock poisoned".into()))?;
             f(&mut guard)
         })
         .await
-        .context("node task panicked")?
+        .map_err(|e| Error::Internal(format!("node task: {e}")))?
     }
 
     /// Announces committed changes: the new sequence to sync sessions and
@@ -384,12 +403,11 @@ impl Discovery {
     /// The discovery a node listening on `listen` runs with `sync`. mDNS is
     /// left off on a loopback `listen` address: it would announce addresses
     /// no other machine can reach (and test nodes on 127.0.0.1 stay silent).
-    pub fn from_config(sync: &SyncConfig, listen: SocketAddr) -> Result<Self> {
+    pub fn from_config(sync: &SyncConfig, listen: SocketAddr) -> Result<Self, Error> {
         let relay = match sync.relay() {
-            Some(u) => Some(
-                u.parse::<RelayUrl>()
-                    .with_context(|| format!("sync.relay_url '{u}' is not a valid URL"))?,
-            ),
+            Some(u) => Some(u.parse::<RelayUrl>().map_err(|e| {
+                Error::Endpoint(format!("sync.relay_url '{u}' is not a valid URL: {e}"))
+            })?),
             None => None,
         };
         Ok(Discovery {
@@ -413,10 +431,10 @@ const MDNS_SERVICE: &str = "sovryn";
 /// Adds the address lookups `discovery` asks for to a bound endpoint. One
 /// that cannot start (e.g. no multicast-capable interface) is logged and
 /// left out; the node still runs with its configured addresses.
-fn add_address_lookups(endpoint: &Endpoint, discovery: &mut Discovery) -> Result<()> {
+fn add_address_lookups(endpoint: &Endpoint, discovery: &mut Discovery) -> Result<(), Error> {
     let services = endpoint
         .address_lookup()
-        .context("the endpoint's address lookup")?;
+        .map_err(|e| Error::Endpoint(format!("the endpoint's address lookup: {e}")))?;
     if discovery.mdns {
         match MdnsAddressLookup::builder()
             .service_name(MDNS_SERVICE)
@@ -468,7 +486,7 @@ impl SyncNet {
         shared: Shared,
         listen: SocketAddr,
         peers: &[PeerConfig],
-    ) -> Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, Error> {
         let (secret, folder_id, name, short_id, sync): (
             SecretKey,
             String,
@@ -479,7 +497,7 @@ impl SyncNet {
             let n = shared
                 .node
                 .lock()
-                .map_err(|_| anyhow::anyhow!("node lock poisoned"))?;
+                .map_err(|_| Error::Internal("node lock poisoned".into()))?;
             (
                 n.secret.clone(),
                 n.store.folder_id().to_owned(),
@@ -505,10 +523,10 @@ impl SyncNet {
             .hooks(allow.clone())
             .clear_ip_transports()
             .bind_addr(listen)
-            .with_context(|| format!("bad listen address {listen}"))?
+            .map_err(|e| Error::Endpoint(format!("bad listen address {listen}: {e}")))?
             .bind()
             .await
-            .with_context(|| format!("binding the sync endpoint on {listen}"))?;
+            .map_err(|e| Error::Endpoint(format!("binding the sync endpoint on {listen}: {e}")))?;
         add_address_lookups(&endpoint, &mut discovery)?;
         if let Some(url) = &discovery.relay {
             tracing::info!("relay {url}");
@@ -980,7 +998,7 @@ impl SyncNet {
                             let echo = s.peer_seen(&p, &r.path)?.as_ref() == Some(&r.entry.vv);
                             Ok((r, echo))
                         })
-                        .collect::<Result<Vec<_>>>()
+                        .collect::<Result<Vec<_>, Error>>()
                 })
                 .await?;
             if batch.is_empty() {
@@ -1612,7 +1630,7 @@ impl SyncNet {
 
 /// Adds received older versions (grouped by path, oldest first) to the
 /// node's history. Returns how many were new.
-fn add_history(n: &mut Node, history: Vec<(String, Entry)>) -> Result<usize> {
+fn add_history(n: &mut Node, history: Vec<(String, Entry)>) -> Result<usize, Error> {
     let mut added = 0;
     let mut rest = history.as_slice();
     while let Some((path, _)) = rest.first() {
