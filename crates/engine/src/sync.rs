@@ -138,6 +138,16 @@ struct PendingWrite {
     expect: Option<DiskStat>,
 }
 
+/// Up to this many files written by one batch are fsynced one by one.
+const FSYNC_EACH_MAX: usize = 8;
+
+/// `fsync(2)` on a file or directory.
+fn sync_file(path: &Path) -> Result<()> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
 /// `syncfs(2)` on the file system holding `dir`: one flush for a whole batch
 /// instead of one fsync per file.
 fn sync_filesystem(dir: &Path) -> Result<()> {
@@ -222,8 +232,19 @@ impl Node {
     fn sync_flush_batch(&mut self, batch: &mut Batch) -> Result<()> {
         if !batch.writes.is_empty() {
             let root = self.root().to_owned();
+            // A few files: fsync each (and their directories after the
+            // renames); many: one syncfs each way. syncfs also flushes
+            // whatever else is dirty on that file system, which for one big
+            // file costs more than it saves.
+            let each = batch.writes.len() <= FSYNC_EACH_MAX;
             let outcome = (|| -> Result<()> {
-                sync_filesystem(&root)?;
+                if each {
+                    for w in &batch.writes {
+                        sync_file(&w.tmp)?;
+                    }
+                } else {
+                    sync_filesystem(&root)?;
+                }
                 let mut failed = Vec::new();
                 for w in &batch.writes {
                     let placed = (|| -> Result<DiskStat> {
@@ -250,7 +271,18 @@ impl Node {
                         }
                     }
                 }
-                sync_filesystem(&root)?;
+                if each {
+                    let dirs: HashSet<&Path> = batch
+                        .writes
+                        .iter()
+                        .filter_map(|w| w.target.parent())
+                        .collect();
+                    for d in dirs {
+                        sync_file(d)?;
+                    }
+                } else {
+                    sync_filesystem(&root)?;
+                }
                 // Files that could not be put in place are not recorded.
                 failed.sort_unstable();
                 for i in failed.into_iter().rev() {
