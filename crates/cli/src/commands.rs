@@ -551,7 +551,7 @@ fn status(ctx: &Ctx) -> Result<()> {
             let live_seq = live.as_ref().and_then(|l| l["seq"].as_u64()).unwrap_or(0);
             let n = |p: &serde_json::Value, k: &str| p[k].as_u64().unwrap_or(0);
             let to_receive = n(&p, "remote_seq").saturating_sub(n(&p, "received_upto"));
-            let to_send = live_seq.saturating_sub(n(&p, "sent_upto"));
+            let to_send = live_seq.saturating_sub(n(&p, "acked_upto"));
             p["to_receive"] = to_receive.into();
             p["to_send"] = to_send.into();
             p

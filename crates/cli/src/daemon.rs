@@ -432,7 +432,8 @@ impl Daemon {
                 && peers
                     .iter()
                     .filter(|p| p.connected > 0)
-                    .all(|p| p.sent_upto >= seq && p.received_upto >= p.remote_seq);
+                    // Applied there (acknowledged), not only sent.
+                    .all(|p| p.acked_upto >= seq && p.received_upto >= p.remote_seq);
             if done || tokio::time::Instant::now() >= deadline {
                 let mut v = self.status(seq);
                 v["ok"] = done.into();
