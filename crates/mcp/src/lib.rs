@@ -62,8 +62,15 @@ impl McpState {
         node: Arc<Mutex<Node>>,
         changes: tokio::sync::broadcast::Sender<String>,
     ) -> Self {
+        let index = Arc::new(index::PathIndex::new(node.clone()));
+        // Loaded now, not on the first subscription: a file created between
+        // a client's subscribing and that first load would be taken for one
+        // that was always there, and its list_changed never sent.
+        if let Err(e) = index.refresh() {
+            tracing::warn!("path index: {e}");
+        }
         McpState {
-            index: Arc::new(index::PathIndex::new(node.clone())),
+            index,
             node,
             changes,
         }
