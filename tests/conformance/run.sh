@@ -19,22 +19,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SUITE_VERSION=0.1.16
-NODE_VERSION=22.23.3
 PREFIX=${CONFORMANCE_PREFIX:-$ROOT/target/conformance-node}
-
-if [ -z "${SOVRYN_BIN:-}" ]; then
-    cargo build --quiet -p sovryn-cli
-    SOVRYN_BIN=$ROOT/target/debug/sovryn
-fi
-case "$SOVRYN_BIN" in /*) ;; *) SOVRYN_BIN=$ROOT/$SOVRYN_BIN ;; esac
-
-if [ ! -x "$PREFIX/node_modules/.bin/node" ] || [ ! -f "$PREFIX/node_modules/@modelcontextprotocol/conformance/package.json" ] \
-    || ! grep -q "\"version\": \"$SUITE_VERSION\"" "$PREFIX/node_modules/@modelcontextprotocol/conformance/package.json"; then
-    mkdir -p "$PREFIX"
-    npm install --silent --no-audit --no-fund --prefix "$PREFIX" \
-        "node@$NODE_VERSION" "@modelcontextprotocol/conformance@$SUITE_VERSION" >/dev/null
-fi
-NODE=$PREFIX/node_modules/.bin/node
+. tests/npm_tool.sh
+sovryn_bin
+npm_tool "$PREFIX" @modelcontextprotocol/conformance "$SUITE_VERSION"
 SUITE=$PREFIX/node_modules/@modelcontextprotocol/conformance/dist/index.js
 
 WORK=$(mktemp -d)

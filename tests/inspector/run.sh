@@ -12,22 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 INSPECTOR_VERSION=2.12.0
-NODE_VERSION=22.23.3
 PREFIX=${INSPECTOR_PREFIX:-$ROOT/target/inspector-node}
-
-if [ -z "${SOVRYN_BIN:-}" ]; then
-    cargo build --quiet -p sovryn-cli
-    SOVRYN_BIN=$ROOT/target/debug/sovryn
-fi
-case "$SOVRYN_BIN" in /*) ;; *) SOVRYN_BIN=$ROOT/$SOVRYN_BIN ;; esac
-
+. tests/npm_tool.sh
+sovryn_bin
+npm_tool "$PREFIX" @modelcontextprotocol/inspector "$INSPECTOR_VERSION"
 PKG=$PREFIX/node_modules/@modelcontextprotocol/inspector
-if [ ! -x "$PREFIX/node_modules/.bin/node" ] || ! grep -q "\"version\": \"$INSPECTOR_VERSION\"" "$PKG/package.json" 2>/dev/null; then
-    mkdir -p "$PREFIX"
-    npm install --silent --no-audit --no-fund --prefix "$PREFIX" \
-        "node@$NODE_VERSION" "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" >/dev/null 2>&1
-fi
-NODE=$PREFIX/node_modules/.bin/node
 INSPECTOR=$PKG/clients/launcher/build/index.js
 
 WORK=$(mktemp -d)

@@ -204,14 +204,22 @@ pub struct Running {
 
 impl Running {
     /// Spawns `cmd` and waits up to 30 s for a `ready` line on its stdout.
-    pub fn start(mut cmd: Command) -> Self {
+    pub fn start(cmd: Command) -> Self {
+        Self::start_logging_to(cmd, Default::default())
+    }
+
+    /// [`Running::start`], appending its stderr to `stderr` (a log that
+    /// outlives one run, e.g. across restarts of a node).
+    pub fn start_logging_to(
+        mut cmd: Command,
+        stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    ) -> Self {
         use std::io::{BufRead, Read};
         let mut child = cmd
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut err = child.stderr.take().unwrap();
         let log = stderr.clone();
         std::thread::spawn(move || {

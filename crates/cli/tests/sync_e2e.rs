@@ -2,26 +2,17 @@
 //! separate homes on 127.0.0.1.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{bin, free_port, Running};
+
 const CONVERGE: Duration = Duration::from_secs(20);
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sovryn")
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Peer {
     dir: tempfile::TempDir,
@@ -29,7 +20,9 @@ struct Peer {
     root: PathBuf,
     port: u16,
     id: String,
-    child: Option<Child>,
+    /// The running `sovryn up`, if any.
+    node: Option<Running>,
+    /// Its stderr, over every run.
     stderr: Arc<Mutex<String>>,
 }
 
@@ -45,7 +38,7 @@ impl Peer {
             root: root.clone(),
             port,
             id: String::new(),
-            child: None,
+            node: None,
             stderr: Arc::new(Mutex::new(String::new())),
             dir,
         };
@@ -113,62 +106,14 @@ impl Peer {
 
     /// Starts `sovryn up` and waits until it is ready.
     fn up(&mut self) {
-        let mut child = self
-            .cmd(&["--log", "warn,sovryn_net=info", "up"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let log = self.stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                log.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if line == "ready" {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        self.child = Some(child);
-        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
-            panic!("node did not start: {}", self.stderr.lock().unwrap());
-        }
+        let cmd = self.cmd(&["--log", "warn,sovryn_net=info", "up"]);
+        self.node = Some(Running::start_logging_to(cmd, self.stderr.clone()));
     }
 
     /// Stops the node with SIGTERM and checks it exits cleanly.
     fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on the pid of our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                if let Some(st) = c.try_wait().unwrap() {
-                    assert!(
-                        st.success(),
-                        "node exited with {st}: {}",
-                        self.stderr.lock().unwrap()
-                    );
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    panic!("node did not stop on SIGTERM");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Some(mut r) = self.node.take() {
+            r.stop();
         }
     }
 
@@ -189,14 +134,13 @@ impl Peer {
     }
 
     fn running(&self) -> bool {
-        self.child.is_some()
+        self.node.is_some()
     }
 
     /// Kills the node with SIGKILL (no clean shutdown).
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
+        if let Some(mut r) = self.node.take() {
+            r.kill9();
         }
     }
 
@@ -240,15 +184,6 @@ impl Peer {
             }
         }
         contents
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -585,10 +520,7 @@ fn killed_receiver_resumes_without_torn_files() {
         assert!(Instant::now() < deadline, "nothing arrived: {}", b.log());
         std::thread::sleep(Duration::from_millis(5));
     }
-    if let Some(mut child) = b.child.take() {
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+    b.kill();
     // Whatever is on disk is whole.
     if let Ok(data) = std::fs::read(b.root.join("big.bin")) {
         assert!(data == big, "torn big.bin ({} bytes)", data.len());
