@@ -17,11 +17,7 @@ import subprocess
 import tempfile
 import time
 
-
-def free_port(kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from sync_bench import free_port
 
 
 def rss_kib(pid):

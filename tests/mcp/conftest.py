@@ -1,20 +1,11 @@
 """Shared fixtures: a fresh Sovryn node (home + folder) and the binary under test."""
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def sovryn_bin() -> str:
-    b = os.environ.get("SOVRYN_BIN", str(ROOT / "target" / "debug" / "sovryn"))
-    b = str((ROOT / b).resolve()) if not os.path.isabs(b) else b
-    if not os.path.exists(b):
-        pytest.skip(f"sovryn binary not found at {b}; run cargo build and set SOVRYN_BIN")
-    return b
+from sovryn_support import sovryn_bin
 
 
 class Node:

@@ -4,7 +4,6 @@ mcp:<token name>."""
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import threading
@@ -24,23 +23,7 @@ except ImportError:  # pragma: no cover - other SDK layouts
         return httpx.AsyncClient(headers=headers, timeout=30)
 
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def sovryn_bin() -> str:
-    b = os.environ.get("SOVRYN_BIN", str(ROOT / "target" / "debug" / "sovryn"))
-    b = str((ROOT / b).resolve()) if not os.path.isabs(b) else b
-    if not os.path.exists(b):
-        pytest.skip(f"sovryn binary not found at {b}; run cargo build and set SOVRYN_BIN")
-    return b
-
-
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from sovryn_support import free_port, sovryn_bin
 
 
 class Node:

@@ -1,0 +1,1 @@
+"""Makes `tests/` importable (sovryn_support) for every Python test suite."""

@@ -1,0 +1,28 @@
+"""Helpers shared by the Python test suites (tests/mcp, tests/mcp_daemon).
+
+pytest puts `tests/` on the import path because `tests/conftest.py` exists.
+"""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sovryn_bin() -> str:
+    """The binary under test: $SOVRYN_BIN (relative to the repo root) or target/debug/sovryn."""
+    b = os.environ.get("SOVRYN_BIN", str(ROOT / "target" / "debug" / "sovryn"))
+    b = str((ROOT / b).resolve()) if not os.path.isabs(b) else b
+    if not os.path.exists(b):
+        pytest.skip(f"sovryn binary not found at {b}; run cargo build and set SOVRYN_BIN")
+    return b
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 that was free when asked (TCP by default)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
