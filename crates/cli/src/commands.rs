@@ -132,7 +132,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Lock => {
-            let path = unlock::session_file(&ctx.home);
+            let path = unlock::session_file(&ctx.home)?;
             match std::fs::remove_file(&path) {
                 Ok(()) => println!("locked"),
                 Err(_) => println!("was not unlocked"),
@@ -389,7 +389,7 @@ fn ls(ctx: &Ctx, path: Option<&str>, long: bool) -> Result<()> {
         return output::json(&v);
     }
     for r in rows {
-        println!("{}", list_row(r, long));
+        println!("{}", output::printable(&list_row(r, long)));
     }
     Ok(())
 }
@@ -444,7 +444,7 @@ fn versions(ctx: &Ctx, path: &str) -> Result<()> {
             Some(a) => format!("{} ({a})", v.entry.author),
             None => v.entry.author.clone(),
         };
-        println!(
+        let row = format!(
             "{:<8} {:<20} {:<14} {:>10}  {}",
             format!("v{}", v.label),
             time(v.entry.time_ns),
@@ -452,6 +452,7 @@ fn versions(ctx: &Ctx, path: &str) -> Result<()> {
             v.entry.size,
             msg
         );
+        println!("{}", output::printable(&row));
     }
     Ok(())
 }
@@ -517,7 +518,10 @@ fn search(ctx: &Ctx, query: &str, path: Option<&str>, limit: usize) -> Result<()
         println!("no matches");
     }
     for h in hits {
-        println!("{}: {}", h.path, h.snippet.replace('\n', " "));
+        println!(
+            "{}",
+            output::printable(&format!("{}: {}", h.path, h.snippet.replace('\n', " ")))
+        );
     }
     Ok(())
 }
@@ -585,7 +589,7 @@ fn status(ctx: &Ctx) -> Result<()> {
     } else {
         println!("disk        {pending_count} unrecorded change(s): run 'sovryn scan'");
         for p in pending.changed.iter().take(10) {
-            println!("              {p}");
+            println!("              {}", output::printable(p));
         }
     }
     let state = match (live.is_some(), paused) {
@@ -662,11 +666,22 @@ fn stats(ctx: &Ctx) -> Result<()> {
 fn config(ctx: &Ctx, action: ConfigAction) -> Result<()> {
     let mut config = sovryn_engine::Config::load(&ctx.home)?;
     match action {
-        ConfigAction::Get { key } => println!("{}", config.get(&key)?),
+        ConfigAction::Get { key } if sovryn_engine::config::is_secret_key(&key) => {
+            let set = config.get(&key)? != "(unset)";
+            println!(
+                "{key} is {} (a secret: read config.toml)",
+                if set { "set" } else { "unset" }
+            );
+        }
+        ConfigAction::Get { key } => println!("{}", output::printable(&config.get(&key)?)),
         ConfigAction::Set { key, value } => {
             config.set(&key, &value)?;
             config.save(&ctx.home)?;
-            println!("{key} = {}", config.get(&key)?);
+            if sovryn_engine::config::is_secret_key(&key) {
+                println!("{key} set (a secret: not shown)");
+            } else {
+                println!("{key} = {}", output::printable(&config.get(&key)?));
+            }
         }
     }
     Ok(())
@@ -696,7 +711,7 @@ fn verify(ctx: &Ctx) -> Result<()> {
             }
         );
         for p in &report.problems {
-            println!("  {p}");
+            println!("  {}", output::printable(&p.to_string()));
         }
     }
     if !report.problems.is_empty() {

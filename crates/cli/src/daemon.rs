@@ -15,6 +15,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 /// Debounce window of the file watcher (most of the change-to-peer latency).
 const WATCH_DELAY: Duration = Duration::from_millis(10);
+/// Batches of watched paths queued for the scanner (at most).
+const WATCH_QUEUE: usize = 1024;
 /// Period of the full rescan that catches what the watcher missed.
 const FULL_RESCAN: Duration = Duration::from_secs(60);
 
@@ -28,7 +30,9 @@ pub struct Daemon {
     root: PathBuf,
     /// Kept alive while the daemon runs.
     _watcher: sovryn_engine::watch::Watcher,
-    watched: mpsc::UnboundedReceiver<Vec<String>>,
+    watched: mpsc::Receiver<Vec<String>>,
+    /// Set when a batch did not fit the queue: the scanner rescans everything.
+    watch_overflow: Arc<std::sync::atomic::AtomicBool>,
     /// What the MCP servers share (node, changes, path index).
     mcp_state: sovryn_mcp::McpState,
     /// The embedded MCP HTTP server, when enabled and bound.
@@ -93,9 +97,16 @@ impl Daemon {
             None
         };
         // Watch before the first scan so nothing falls between the two.
-        let (tx, watched) = mpsc::unbounded_channel::<Vec<String>>();
+        // Bounded: when the scanner falls behind, batches are not queued
+        // without end; one full rescan replaces whatever did not fit.
+        let (tx, watched) = mpsc::channel::<Vec<String>>(WATCH_QUEUE);
+        let watch_overflow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let overflow = watch_overflow.clone();
         let watcher = sovryn_engine::watch::watch(&root, WATCH_DELAY, move |p| {
-            let _ = tx.send(p);
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(p) {
+                overflow.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::debug!("watch queue full: a full rescan follows");
+            }
         })?;
         let daemon = Daemon {
             shared,
@@ -104,6 +115,7 @@ impl Daemon {
             root,
             _watcher: watcher,
             watched,
+            watch_overflow,
             mcp_state,
             mcp: std::sync::Mutex::new(mcp),
             stop: Notify::new(),
@@ -156,7 +168,7 @@ impl Daemon {
     /// Runs until SIGINT or SIGTERM: sync sessions, the watcher, the
     /// periodic rescan and reloading peers from `config.toml`.
     pub async fn run(mut self) -> Result<()> {
-        let (_, mut rx) = mpsc::unbounded_channel();
+        let (_, mut rx) = mpsc::channel(1);
         std::mem::swap(&mut rx, &mut self.watched);
         let this = Arc::new(self);
         let runner = tokio::spawn(this.net.clone().run());
@@ -178,6 +190,12 @@ impl Daemon {
                     };
                     while let Ok(more) = rx.try_recv() {
                         paths.extend(more);
+                    }
+                    if this
+                        .watch_overflow
+                        .swap(false, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        paths.push(String::new());
                     }
                     tracing::debug!("rescanning {} paths", paths.len());
                     if let Err(e) = this.rescan(paths).await {
@@ -222,8 +240,30 @@ impl Daemon {
             let _ = std::fs::remove_file(&sock);
             let listener = tokio::net::UnixListener::bind(&sock)
                 .with_context(|| format!("binding the control socket {}", sock.display()))?;
+            // The socket grants full control: owner only, whatever the
+            // umask, and every client's credentials are checked too.
+            std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .with_context(|| format!("securing the control socket {}", sock.display()))?;
+            // SAFETY: getuid has no preconditions.
+            let me = unsafe { libc::getuid() };
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
+                    match stream.peer_cred() {
+                        Ok(c) if c.uid() == me => {}
+                        Ok(c) => {
+                            tracing::warn!(
+                                "refused a control connection from uid {} (this node runs as uid {me})",
+                                c.uid()
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "refused a control connection: no peer credentials: {e}"
+                            );
+                            continue;
+                        }
+                    }
                     let this = this.clone();
                     tokio::spawn(async move {
                         if let Err(e) = this.serve_control(stream).await {

@@ -1,5 +1,6 @@
 //! `sovryn daemon start|stop|status`: `sovryn up` in the background.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -110,6 +111,7 @@ fn start(
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log)
         .with_context(|| format!("opening {}", log.display()))?;
     let exe = std::env::current_exe().context("finding the sovryn binary")?;

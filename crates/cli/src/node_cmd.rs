@@ -92,7 +92,7 @@ pub enum PeersAction {
         #[arg(long)]
         read_only: bool,
         /// Only exchange paths under this prefix; repeat for several.
-        #[arg(long = "path")]
+        #[arg(long = "path", alias = "paths")]
         paths: Vec<String>,
     },
     /// List trusted peers (with their live state when the node is up).
@@ -309,7 +309,7 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
                     },
                     None => String::new(),
                 };
-                println!(
+                let row = format!(
                     "{}  {}  {}{}{}{state}",
                     p.id,
                     p.name.as_deref().unwrap_or("-"),
@@ -325,6 +325,7 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
                         format!("  paths: {}", p.paths.join(","))
                     }
                 );
+                println!("{}", output::printable(&row));
             }
             Ok(())
         }
@@ -466,10 +467,10 @@ fn conflicts(
             for c in &list {
                 println!(
                     "{}\n    copy of {}{}, written by {} at {} UTC",
-                    c.path,
-                    c.original,
+                    output::printable(&c.path),
+                    output::printable(&c.original),
                     if c.original_exists { "" } else { " (gone)" },
-                    c.author,
+                    output::printable(&c.author),
                     c.time
                 );
             }

@@ -8,17 +8,60 @@ use anyhow::{Context, Result};
 use sovryn_engine::{Home, Node};
 use sovryn_store::MasterKey;
 
-/// Where `sovryn unlock` caches the opened key: the per-user runtime dir (tmpfs).
-pub fn session_file(home: &Home) -> PathBuf {
+/// Where `sovryn unlock` caches the opened key: the per-user runtime dir
+/// (`$XDG_RUNTIME_DIR`, a private tmpfs). There is no fallback into a
+/// shared temp dir, where another local user could prepare the path.
+pub fn session_file(home: &Home) -> Result<PathBuf> {
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        // SAFETY: getuid has no preconditions.
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("sovryn-{}", unsafe { libc::getuid() }))
-        });
+        .context(
+            "sovryn unlock needs $XDG_RUNTIME_DIR (a private per-user runtime directory); \
+             without it use --passphrase-file or $SOVRYN_PASSPHRASE_FILE",
+        )?;
     let tag = blake3::hash(home.dir.to_string_lossy().as_bytes()).to_hex();
-    base.join("sovryn").join(format!("{}.key", &tag[..16]))
+    Ok(base.join("sovryn").join(format!("{}.key", &tag[..16])))
+}
+
+/// Refuses a directory for secrets unless it is a real directory (not a
+/// symlink) owned by this user with no access for anyone else.
+fn check_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    anyhow::ensure!(
+        m.file_type().is_dir() && m.uid() == me && m.mode() & 0o077 == 0,
+        "{} is not a private directory of this user (it must be owned by uid {me} with mode 0700); refusing to keep a key there",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Reads the cached key, only from a private directory and a file of this
+/// user's that is not a symlink.
+fn read_session(home: &Home) -> Option<MasterKey> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = session_file(home).ok()?;
+    check_private_dir(path.parent()?).ok()?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .ok()?;
+    let m = f.metadata().ok()?;
+    // SAFETY: getuid has no preconditions.
+    if m.uid() != unsafe { libc::getuid() } || m.mode() & 0o077 != 0 {
+        tracing::warn!(
+            "ignoring {}: not a private file of this user",
+            path.display()
+        );
+        return None;
+    }
+    let mut hex = String::new();
+    f.read_to_string(&mut hex).ok()?;
+    MasterKey::from_hex(&hex).ok()
 }
 
 fn read_passphrase_file(path: &Path) -> Result<String> {
@@ -45,26 +88,29 @@ pub fn master_key(home: &Home, passphrase_file: Option<&Path>) -> Result<MasterK
         return Ok(kf.open(None)?);
     }
     if passphrase_file.is_none() {
-        if let Ok(hex) = std::fs::read_to_string(session_file(home)) {
-            if let Ok(k) = MasterKey::from_hex(&hex) {
-                return Ok(k);
-            }
+        if let Some(k) = read_session(home) {
+            return Ok(k);
         }
     }
     let secret = passphrase(passphrase_file, "passphrase (or recovery code): ")?;
     Ok(kf.open(secret.as_deref())?)
 }
 
-/// Caches the opened key for this login session (mode 0600, runtime dir).
+/// Caches the opened key for this login session (mode 0600, created
+/// exclusively, in a private directory of the runtime dir).
 pub fn cache_session(home: &Home, key: &MasterKey) -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let path = session_file(home);
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+    let path = session_file(home)?;
+    let dir = path.parent().context("session file has no directory")?;
+    if let Some(base) = dir.parent() {
+        check_private_dir(base)?;
     }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+    check_private_dir(dir)?;
     sovryn_store::keys::write_secret_file(&path, key.to_hex().as_bytes())?;
     Ok(path)
 }

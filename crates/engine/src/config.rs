@@ -73,6 +73,46 @@ pub fn absolute(p: &Path) -> Result<PathBuf> {
     }
 }
 
+/// `p` with symlinks resolved, as far as it exists (the rest appended).
+fn canonical_prefix(p: &Path) -> PathBuf {
+    let mut existing = p.to_owned();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(c) = fs::canonicalize(&existing) {
+            let mut out = c;
+            for r in rest.iter().rev() {
+                out.push(r);
+            }
+            return out;
+        }
+        match (
+            existing.file_name().map(|n| n.to_owned()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_owned();
+            }
+            _ => return p.to_owned(),
+        }
+    }
+}
+
+/// Refuses a storage path that contains the home or lies inside it: the
+/// scanner would record the keys, the config and the index and sync them
+/// to every peer.
+pub fn check_apart(home: &Path, storage: &Path) -> Result<()> {
+    let (h, s) = (canonical_prefix(home), canonical_prefix(storage));
+    if h.starts_with(&s) || s.starts_with(&h) {
+        return Err(Error::Usage(format!(
+            "the home ({}) and the storage path ({}) must not contain each other",
+            h.display(),
+            s.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a peer address: `HOST:PORT` (an IP address or a host name).
 pub fn check_peer_address(a: &str) -> Result<()> {
     if a.parse::<std::net::SocketAddr>().is_ok() {
@@ -112,6 +152,12 @@ pub struct McpConfig {
     /// A file holding the HS256 JWT secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret_file: Option<PathBuf>,
+    /// The audience a JWT's `aud` must name; none: `aud` is not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+    /// The issuer a JWT's `iss` must be; none: `iss` is not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
     /// TLS certificate chain (PEM); with `tls_key`, the listener speaks HTTPS only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -131,6 +177,8 @@ impl Default for McpConfig {
             allow_cidrs: Vec::new(),
             jwt_secret: None,
             jwt_secret_file: None,
+            jwt_audience: None,
+            jwt_issuer: None,
             tls_cert: None,
             tls_key: None,
         }
@@ -255,6 +303,11 @@ fn default_listen() -> String {
     "0.0.0.0:7777".into()
 }
 
+/// Whether a config key holds a secret (never printed back).
+pub fn is_secret_key(key: &str) -> bool {
+    key.ends_with("secret") || key.ends_with("password")
+}
+
 /// Keys `sovryn config get/set` accepts.
 pub const CONFIG_KEYS: &[&str] = &[
     "node_name",
@@ -314,10 +367,12 @@ impl Config {
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
-    /// Writes `config.toml` (write, fsync, rename).
+    /// Writes `config.toml` (write, fsync, rename; mode 0600: it may hold
+    /// `mcp.jwt_secret`). Refuses a storage path that overlaps the home.
     pub fn save(&self, home: &Home) -> Result<()> {
+        check_apart(&home.dir, &self.storage_path)?;
         let text = toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
-        crate::fsutil::write_atomic(&home.config(), text.as_bytes(), 0o644)
+        crate::fsutil::write_atomic(&home.config(), text.as_bytes(), 0o600)
     }
 
     /// The value at a dotted key, as TOML.

@@ -60,8 +60,10 @@ pub fn mark_racy(mut stat: DiskStat, now_ns: i64) -> DiskStat {
     stat
 }
 
-/// Sets permission bits.
+/// Sets permission bits: read, write and execute only. Setuid, setgid and
+/// sticky bits never come from a version (a peer or an agent could plant
+/// a setuid binary otherwise).
 pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777))
         .map_err(|e| Error::io(path, e))
 }

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sovryn_store::keys::KdfParams;
@@ -54,6 +54,9 @@ pub struct InitOutcome {
 pub struct Node {
     /// Its home directory.
     pub home: Home,
+    /// The home directory's (device, inode): the scanner never enters it,
+    /// whatever a path setting says.
+    pub home_dir_id: (u64, u64),
     /// Its configuration.
     pub config: Config,
     /// Its identity.
@@ -64,6 +67,33 @@ pub struct Node {
     pub rules: Rules,
     /// The store.
     pub store: Store,
+}
+
+/// Makes the home private: the directory 0700 and every file in it (and in
+/// its subdirectories: packs) 0600, whatever the umask made them. It holds
+/// keys, `mcp.jwt_secret` and the plaintext words of the search index.
+pub fn tighten_home(home: &Home) -> Result<()> {
+    fn walk(dir: &Path, depth: usize) -> Result<()> {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(dir, e))?;
+        for e in fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            let p = e.path();
+            if ft.is_dir() && depth < 2 {
+                walk(&p, depth + 1)?;
+            } else if ft.is_file() {
+                let mode = e.metadata().map(|m| m.mode() & 0o777).unwrap_or(0);
+                if mode & 0o077 != 0 {
+                    fs::set_permissions(&p, fs::Permissions::from_mode(0o600))
+                        .map_err(|err| Error::io(&p, err))?;
+                }
+            } else if ft.is_socket() && p.file_name().is_some_and(|n| n == "control.sock") {
+                let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o600));
+            }
+        }
+        Ok(())
+    }
+    walk(&home.dir, 0)
 }
 
 fn hostname() -> String {
@@ -102,14 +132,10 @@ impl Node {
             .mode(0o700)
             .create(&home.dir)
             .map_err(|e| Error::io(&home.dir, e))?;
-        let home_canon = fs::canonicalize(&home.dir).map_err(|e| Error::io(&home.dir, e))?;
-        if home_canon.starts_with(&storage) || storage.starts_with(&home_canon) {
-            return Err(Error::Usage(format!(
-                "the home ({}) and the storage path ({}) must not contain each other",
-                home_canon.display(),
-                storage.display()
-            )));
-        }
+        // An existing home is tightened too: it holds keys and plaintext words.
+        fs::set_permissions(&home.dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(&home.dir, e))?;
+        crate::config::check_apart(&home.dir, &storage)?;
         let mut config = Config::new(opts.node_name.unwrap_or_else(hostname), storage);
         if let Some(l) = opts.listen {
             config.listen = l;
@@ -139,6 +165,7 @@ impl Node {
         drop(store);
         // The config is written last: its presence means init completed.
         config.save(home)?;
+        tighten_home(home)?;
         Ok(InitOutcome {
             node_id: secret.public(),
             recovery_code,
@@ -158,12 +185,20 @@ impl Node {
     /// Opens an initialised node.
     pub fn open(home: Home, master: &MasterKey, access: Access) -> Result<Self> {
         let config = Config::load(&home)?;
+        crate::config::check_apart(&home.dir, &config.storage_path)?;
+        if access == Access::ReadWrite {
+            tighten_home(&home)?;
+        }
+        let home_dir_id = fs::metadata(&home.dir)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| Error::io(&home.dir, e))?;
         let secret = identity::load(&home.identity())?;
         let short_id = identity::short_id(&secret.public());
         let rules = Rules::new(&config.storage_path, &config.sync)?;
         let store = Store::open(&home.dir, master, access)?;
         Ok(Node {
             home,
+            home_dir_id,
             config,
             secret,
             short_id,

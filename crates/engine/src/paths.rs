@@ -32,6 +32,64 @@ pub fn normalize_rel(raw: &str) -> Result<String> {
     Ok(parts.join("/"))
 }
 
+/// Longest relative path accepted from a peer (Linux's `PATH_MAX`).
+pub const MAX_REL_PATH: usize = 4096;
+/// Longest path component accepted from a peer (Linux's `NAME_MAX`).
+pub const MAX_NAME: usize = 255;
+
+/// A relative path known to be good: already normalised (no `.`, `..`,
+/// empty or absolute components, no NUL, no backslash), not the root, not
+/// one of Sovryn's temp names, within Linux's length limits. Peers' paths
+/// are parsed into it once, at the boundary, so nothing behind it can hold
+/// a bad one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelPath(String);
+
+impl RelPath {
+    /// Accepts `raw` only when it is already in normal form.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let normal = normalize_rel(raw)?;
+        if normal != raw {
+            return Err(Error::BadPath(format!("not a normalised path: {raw:?}")));
+        }
+        if raw.is_empty() {
+            return Err(Error::BadPath("the storage root itself".into()));
+        }
+        if raw.len() > MAX_REL_PATH {
+            return Err(Error::BadPath(format!(
+                "path longer than {MAX_REL_PATH} bytes"
+            )));
+        }
+        for part in raw.split('/') {
+            if part.len() > MAX_NAME {
+                return Err(Error::BadPath(format!(
+                    "a name longer than {MAX_NAME} bytes: {raw:?}"
+                )));
+            }
+            if part.starts_with(crate::fsutil::TEMP_PREFIX) {
+                return Err(Error::BadPath(format!("a temp file name: {raw:?}")));
+            }
+        }
+        Ok(RelPath(normal))
+    }
+
+    /// The path as `/`-separated text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path as an owned string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for RelPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Resolves a path a user typed: relative to `cwd` when that lies inside the
 /// storage root, else relative to the root; an absolute path must lie inside.
 pub fn resolve_user_path(root: &Path, cwd: &Path, raw: &str) -> Result<String> {

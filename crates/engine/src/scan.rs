@@ -210,6 +210,10 @@ impl Node {
             };
             let ft = entry.file_type().map_err(|e| Error::io(&abs, e))?;
             let child_is_dir = ft.is_dir();
+            if child_is_dir && self.is_home(&entry) {
+                tracing::warn!("{child}: this is the node's home; never recorded");
+                continue;
+            }
             if !self.rules.keeps(&child, child_is_dir) {
                 continue;
             }
@@ -220,6 +224,14 @@ impl Node {
             self.walk(&child, child_is_dir, opts, pending, prog, seen, progress)?;
         }
         Ok(())
+    }
+
+    /// Whether a directory entry is the node's home (keys, config, index).
+    fn is_home(&self, entry: &fs::DirEntry) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        entry
+            .metadata()
+            .is_ok_and(|m| (m.dev(), m.ino()) == self.home_dir_id)
     }
 
     fn visit(

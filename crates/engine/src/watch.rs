@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
 use notify_debouncer_full::notify::{self, RecursiveMode};
-use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+use notify_debouncer_full::{new_debouncer_opt, DebounceEventResult, Debouncer, NoCache};
 
 use crate::fsutil::TEMP_PREFIX;
 use crate::{Error, Result};
 
 /// A running watcher; dropping it stops watching.
 pub struct Watcher {
-    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    _debouncer: Debouncer<notify::RecommendedWatcher, NoCache>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -79,8 +79,21 @@ pub fn watch(
         }
     };
     let tick = (delay / 4).max(Duration::from_millis(5));
-    let mut debouncer = new_debouncer(delay, Some(tick), handler)
-        .map_err(|e| Error::Config(format!("cannot start the file watcher: {e}")))?;
+    // Symlinks are never followed: a link to `/` in the folder must not make
+    // the watcher walk the whole system, and a link to a directory inside
+    // the tree must not take over that directory's watch (inotify shares one
+    // watch per inode, and would report its events under the link's path).
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut debouncer = new_debouncer_opt::<_, notify::RecommendedWatcher, _>(
+        delay,
+        Some(tick),
+        handler,
+        // No file-id cache: it walks the tree following symlinks, and
+        // rename events name both paths, which is all a rescan needs.
+        NoCache::new(),
+        config,
+    )
+    .map_err(|e| Error::Config(format!("cannot start the file watcher: {e}")))?;
     debouncer
         .watch(root, RecursiveMode::Recursive)
         .map_err(|e| Error::Config(format!("cannot watch {}: {e}", root.display())))?;
@@ -135,5 +148,59 @@ mod tests {
         wait_for("d/f.txt");
         std::fs::remove_file(root.join("d/f.txt")).unwrap();
         wait_for("d/f.txt");
+    }
+
+    /// inotify watches this process holds (from `/proc/self/fdinfo`).
+    fn inotify_watches() -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+            if let Ok(text) = std::fs::read_to_string(e.path()) {
+                n += text
+                    .lines()
+                    .filter(|l| l.starts_with("inotify wd:"))
+                    .count();
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn symlinks_are_never_followed_and_never_blind_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap().join("root");
+        let outside = root.with_file_name("outside");
+        for d in 0..50 {
+            std::fs::create_dir_all(outside.join(format!("d{d}/e"))).unwrap();
+        }
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::create_dir_all(root.join("secret")).unwrap();
+        // A link out of the tree, and a link to a directory inside it.
+        std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+        std::os::unix::fs::symlink("../secret", root.join("docs/dirlink")).unwrap();
+        let before = inotify_watches();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _w = watch(&root, Duration::from_millis(50), move |p| {
+            let _ = tx.send(p);
+        })
+        .unwrap();
+        let added = inotify_watches() - before;
+        // root, docs, secret: not the 101 directories behind `out`.
+        assert!(added <= 4, "{added} watches for a tree of 3 directories");
+        std::fs::write(outside.join("d1/e/x.txt"), b"x").unwrap();
+        std::fs::write(root.join("secret/new.txt"), b"x").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut seen = BTreeSet::new();
+        while !seen.contains("secret/new.txt") && std::time::Instant::now() < deadline {
+            if let Ok(p) = rx.recv_timeout(Duration::from_millis(200)) {
+                seen.extend(p);
+            }
+        }
+        assert!(seen.contains("secret/new.txt"), "saw {seen:?}");
+        assert!(
+            !seen
+                .iter()
+                .any(|p| p.starts_with("out/") || p.starts_with("docs/dirlink/")),
+            "{seen:?}"
+        );
     }
 }

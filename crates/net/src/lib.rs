@@ -8,6 +8,7 @@
 //! is committed. Missing chunks are fetched on separate streams and checked
 //! against their ids before they are stored.
 
+pub mod membership;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use sovryn_store::{Causality, ChunkCodec, ChunkId, Entry, SealedChunk, Store};
 use tokio::sync::{broadcast, watch};
 
 pub use wire::ALPN;
-use wire::{Frame, Msg, WireRecord};
+use wire::{Frame, Msg, PeerRecord, WireRecord};
 
 /// Errors of the sync service's public API. (Sessions with peers report
 /// their failures as `anyhow` chains in logs and peer status: they never
@@ -559,19 +560,34 @@ impl SyncNet {
         self.endpoint.bound_sockets()
     }
 
-    /// Replaces the allowlist; sessions with peers no longer in it are closed.
+    /// Replaces the allowlist. Sessions with peers no longer in it are
+    /// closed, and so are sessions with peers whose rights (read-only, path
+    /// scope) changed: every decision of a session reads the allowlist, and
+    /// the peer reconnects at once under its new rights.
     pub fn set_peers(&self, peers: &[PeerConfig]) {
         let map = peer_map(peers);
+        // The new rights are in force before any session is told.
+        let old = self.allow.all();
+        self.allow.replace(map.clone());
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for (id, s) in st.iter_mut() {
-            if !map.contains_key(id) {
-                for (c, _) in s.conns.drain(..) {
-                    c.close(403u32.into(), b"peer removed");
+            let before = old.iter().find(|(o, _)| o == id).map(|(_, c)| c);
+            let reason: Option<(u32, &[u8])> = match (map.get(id), before) {
+                (None, _) => Some((403, b"peer removed")),
+                (Some(now), Some(b)) if now.read_only != b.read_only || now.paths != b.paths => {
+                    Some((3, b"rights changed"))
                 }
+                _ => None,
+            };
+            if let Some((code, why)) = reason {
+                for (c, _) in s.conns.drain(..) {
+                    c.close(code.into(), why);
+                }
+                s.next_dial = None;
+                s.dialing = false;
             }
         }
         st.retain(|id, _| map.contains_key(id));
-        self.allow.replace(map);
     }
 
     /// Sets the bandwidth limits in KiB/s (0: unlimited), for every peer together.
@@ -871,8 +887,10 @@ impl SyncNet {
         } else {
             conn.accept_bi().await?
         };
+        self.prove_membership(&conn, &mut send, &mut recv).await?;
         let key = meta_key(&peer);
-        let (my_seq, want_since) = self
+        let ekey = epoch_key(&peer);
+        let (my_seq, my_epoch, want_since, want_epoch) = self
             .shared
             .with_node(move |n| {
                 let want = n
@@ -880,62 +898,96 @@ impl SyncNet {
                     .meta(&key)?
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0);
-                Ok((n.store.sequence()?, want))
+                let want_epoch = n
+                    .store
+                    .meta(&ekey)?
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                Ok((n.store.sequence()?, index_epoch(n)?, want, want_epoch))
             })
             .await?;
         wire::write_msg(
             &mut send,
             &Msg::Hello {
-                version: wire::VERSION,
                 folder_id: self.folder_id.clone(),
                 name: self.name.clone(),
                 short_id: self.short_id.clone(),
                 seq: my_seq,
                 want_since,
+                epoch: my_epoch,
+                want_epoch,
             },
         )
         .await?;
         let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::read_msg(&mut recv))
             .await
             .context("no Hello from the peer")??;
-        let (their_name, their_seq, their_want) = match hello {
+        let (their_name, their_seq, their_want, their_epoch, their_want_epoch) = match hello {
             Some(Msg::Hello {
-                version,
                 folder_id,
                 name,
                 seq,
                 want_since,
+                epoch,
+                want_epoch,
                 ..
             }) => {
-                if folder_id != self.folder_id {
-                    let message = format!(
-                        "folder mismatch: this node keeps folder {}, the peer keeps {folder_id}; join with 'sovryn init --folder-key-file' using 'sovryn folder-key' of a member",
-                        self.folder_id
-                    );
-                    let _ = wire::write_msg(
-                        &mut send,
-                        &Msg::Error {
-                            message: message.clone(),
-                        },
-                    )
-                    .await;
-                    let _ = send.finish();
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    conn.close(2u32.into(), b"folder mismatch");
-                    bail!(message);
-                }
-                if version != wire::VERSION {
-                    bail!(
-                        "peer speaks protocol version {version}, this node {}",
-                        wire::VERSION
-                    );
-                }
-                (name, seq, want_since)
+                // Both proved the folder key, so the ids agree; a mismatch
+                // is a bug or a forgery.
+                anyhow::ensure!(
+                    folder_id == self.folder_id,
+                    "folder id mismatch after proof"
+                );
+                (name, seq, want_since, epoch, want_epoch)
             }
             Some(Msg::Error { message }) => bail!("peer refused: {message}"),
-            Some(other) => bail!("expected Hello, got {other:?}"),
+            Some(other) => bail!("expected Hello, got {}", msg_name(&other)),
             None => bail!("peer closed the stream before Hello"),
         };
+        // Where each side's change log resumes. Both sides decide the same
+        // from the same two Hellos: another epoch, or a log that went back
+        // below what the other side applied (a store restored from an old
+        // copy), means everything again from zero.
+        let their_from = if their_want_epoch == my_epoch && their_want <= my_seq {
+            their_want
+        } else {
+            0
+        };
+        let restarts = want_epoch != their_epoch || their_seq < want_since;
+        let want_since = if restarts { 0 } else { want_since };
+        {
+            let key = meta_key(&peer);
+            let ekey = epoch_key(&peer);
+            // Our own log went backwards (this store was restored): a new
+            // epoch, so every other peer starts over with it too.
+            let rotate = their_want_epoch == my_epoch && their_want > my_seq;
+            self.shared
+                .with_node(move |n| {
+                    if restarts {
+                        n.store.set_meta(&key, "0")?;
+                    }
+                    n.store.set_meta(&ekey, &their_epoch.to_string())?;
+                    if rotate {
+                        let fresh: u64 = rand::random::<u64>().max(1);
+                        n.store.set_meta(INDEX_EPOCH, &fresh.to_string())?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            if restarts && want_epoch != 0 {
+                tracing::warn!(
+                    "{}: its change log restarted (epoch or sequence went back); exchanging everything again",
+                    peer.fmt_short()
+                );
+            }
+            if rotate {
+                tracing::warn!(
+                    "{} had applied this node's log up to {their_want}, beyond its end {my_seq}: this store was restored from an old copy; new index epoch",
+                    peer.fmt_short()
+                );
+            }
+        }
+        let their_want = their_from;
         self.update_status(&peer, |s| {
             if s.name.is_none() {
                 s.name = Some(their_name.clone());
@@ -947,11 +999,11 @@ impl SyncNet {
         // The control stream's sending half carries our index messages and
         // our acks of theirs.
         let send = Arc::new(tokio::sync::Mutex::new(send));
+        drop(cfg);
         let sender = {
             let me = self.clone();
-            let cfg = cfg.clone();
             let send = send.clone();
-            async move { me.send_index(peer, &cfg, send, their_want).await }
+            async move { me.send_index(peer, send, their_want).await }
         };
         let server = {
             let me = self.clone();
@@ -961,7 +1013,7 @@ impl SyncNet {
         let receiver = {
             let me = self.clone();
             let conn = conn.clone();
-            async move { me.receive_index(peer, &cfg, &conn, recv, send).await }
+            async move { me.receive_index(peer, &conn, recv, send).await }
         };
         tokio::select! {
             r = sender => r.context("sending"),
@@ -970,15 +1022,86 @@ impl SyncNet {
         }
     }
 
-    async fn send_index(
+    /// The peer's rights as configured now: every decision of a session
+    /// reads them, so narrowing a peer takes effect at once.
+    fn rights(&self, peer: &EndpointId) -> Result<PeerConfig> {
+        self.allow.get(peer).context("peer is no longer allowed")
+    }
+
+    /// Both sides prove they hold the folder key (see [`membership`]);
+    /// nothing else is sent before the peer's proof checks out.
+    async fn prove_membership(
         &self,
-        peer: EndpointId,
-        cfg: &PeerConfig,
-        send: ControlSend,
-        from: u64,
+        conn: &Connection,
+        send: &mut iroh::endpoint::SendStream,
+        recv: &mut iroh::endpoint::RecvStream,
     ) -> Result<()> {
+        let me = self.endpoint.id();
+        let peer = conn.remote_id();
+        let key = self.shared.codec.keys().membership;
+        let mine = membership::nonce();
+        wire::write_msg(
+            send,
+            &Msg::Challenge {
+                version: wire::VERSION,
+                nonce: hex::encode(mine),
+            },
+        )
+        .await?;
+        let theirs = match tokio::time::timeout(HELLO_TIMEOUT, wire::read_msg(recv))
+            .await
+            .context("no challenge from the peer")??
+        {
+            Some(Msg::Challenge { version, nonce }) => {
+                anyhow::ensure!(
+                    version == wire::VERSION,
+                    "peer speaks protocol version {version}, this node {}",
+                    wire::VERSION
+                );
+                membership::parse_nonce(&nonce).context("peer sent a malformed nonce")?
+            }
+            Some(Msg::Error { message }) => bail!("peer refused: {message}"),
+            Some(other) => bail!("expected a challenge, got {}", msg_name(&other)),
+            None => bail!("peer closed the stream before its challenge"),
+        };
+        anyhow::ensure!(theirs != mine, "peer echoed this node's nonce");
+        let proof = membership::prove(&key, &me, &peer, &mine, &theirs);
+        wire::write_msg(
+            send,
+            &Msg::Proof {
+                mac: proof.to_hex().to_string(),
+            },
+        )
+        .await?;
+        let mac = match tokio::time::timeout(HELLO_TIMEOUT, wire::read_msg(recv))
+            .await
+            .context("no membership proof from the peer")??
+        {
+            Some(Msg::Proof { mac }) => mac,
+            Some(Msg::Error { message }) => bail!("peer refused: {message}"),
+            Some(other) => bail!("expected a membership proof, got {}", msg_name(&other)),
+            None => bail!("peer closed the stream before its membership proof"),
+        };
+        if !membership::verify(&key, &peer, &me, &theirs, &mine, &mac) {
+            let message = "membership proof failed: the peer does not hold this folder's key (join with the folder key of a member)";
+            let _ = wire::write_msg(
+                send,
+                &Msg::Error {
+                    message: "membership proof failed: you do not hold this folder's key".into(),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            conn.close(2u32.into(), b"not a member");
+            bail!(message);
+        }
+        Ok(())
+    }
+
+    async fn send_index(&self, peer: EndpointId, send: ControlSend, from: u64) -> Result<()> {
         if from == 0 {
-            self.send_history(cfg, &send).await?;
+            self.send_history(&peer, &send).await?;
         }
         let peer_s = peer.to_string();
         let mut sent = from;
@@ -1009,12 +1132,13 @@ impl SyncNet {
             }
             // Split so no message names too many chunks; each message's
             // `upto` is the last record it covers (skipped or not).
+            let cfg = self.rights(&peer)?;
             let mut records: Vec<WireRecord> = Vec::new();
             let mut chunks = 0usize;
             let n = batch.len();
             for (i, (r, echo)) in batch.into_iter().enumerate() {
                 let seq = r.seq;
-                if in_scope(cfg, &r.path) && !echo {
+                if sent_to(&cfg, &r.path) && !echo {
                     chunks += r.entry.chunks.len();
                     records.push(WireRecord::new(r.path, r.seq, r.entry, false));
                 }
@@ -1036,7 +1160,7 @@ impl SyncNet {
     /// Sends every older version this node keeps (within the peer's scope)
     /// as `history` records, to a peer that has none of this node's log yet,
     /// so a node that joins later gets the history and not only the tree.
-    async fn send_history(&self, cfg: &PeerConfig, send: &ControlSend) -> Result<()> {
+    async fn send_history(&self, peer: &EndpointId, send: &ControlSend) -> Result<()> {
         let mut after: Option<(String, u64)> = None;
         let mut total = 0usize;
         loop {
@@ -1051,11 +1175,12 @@ impl SyncNet {
                 break;
             };
             after = Some((last.path.clone(), last.label));
+            let cfg = self.rights(peer)?;
             let mut records = Vec::new();
             let mut chunks = 0usize;
             let n = batch.len();
             for (i, v) in batch.into_iter().enumerate() {
-                if in_scope(cfg, &v.path) {
+                if sent_to(&cfg, &v.path) {
                     chunks += v.entry.chunks.len();
                     records.push(WireRecord::new(v.path, 0, v.entry, true));
                 }
@@ -1076,15 +1201,23 @@ impl SyncNet {
         Ok(())
     }
 
-    async fn serve_chunks(&self, conn: Connection) -> Result<()> {
+    /// Serves the peer's chunk requests, each on its own stream, sealed as
+    /// stored. A peer limited to some paths gets only chunks named by kept
+    /// versions of paths in its scope: it cannot confirm a guess about a
+    /// file outside it by asking for the guessed chunk's id.
+    async fn serve_chunks(self: Arc<Self>, conn: Connection) -> Result<()> {
+        let peer = conn.remote_id();
+        let scoped = Arc::new(ScopedChunks::default());
         loop {
             let (mut send, mut recv) = conn.accept_bi().await?;
             let shared = self.shared.clone();
             let limit = self.limits().send;
+            let me = self.clone();
+            let scoped = scoped.clone();
             tokio::spawn(async move {
                 let r: Result<()> = async {
-                    let (ids, sealed) = match wire::read_msg(&mut recv).await? {
-                        Some(Msg::GetChunks { ids, sealed }) => (ids, sealed),
+                    let ids = match wire::read_msg(&mut recv).await? {
+                        Some(Msg::GetChunks { ids }) => ids,
                         Some(Msg::Probe { bytes }) => {
                             // Throughput test: that many bytes of filler.
                             let mut left = bytes.min(MAX_PROBE);
@@ -1103,27 +1236,26 @@ impl SyncNet {
                         _ => bail!("expected GetChunks"),
                     };
                     anyhow::ensure!(ids.len() <= 1024, "too many chunks asked");
+                    let cfg = me.rights(&peer)?;
+                    let allowed = if cfg.paths.is_empty() {
+                        None
+                    } else {
+                        Some(scoped.allowed(&shared, &cfg.paths, &ids).await?)
+                    };
                     // Read ahead on a blocking thread while the stream is written.
                     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
                     let reader = tokio::spawn(async move {
                         for group in ids.chunks(SERVE_GROUP) {
                             let group = group.to_vec();
-                            // Sealed: the stored bytes as they are (the
-                            // peer checks them); else opened and checked here.
+                            let allowed = allowed.clone();
+                            // The stored bytes as they are: the peer checks them.
                             let found = shared
                                 .with_reader(move |s| {
                                     Ok(group
                                         .into_iter()
                                         .map(|id| {
-                                            let c = if sealed {
-                                                s.read_sealed(&id).ok()
-                                            } else {
-                                                s.read_chunk(&id).ok().map(|d| SealedChunk {
-                                                    id,
-                                                    raw_len: d.len() as u32,
-                                                    sealed: d,
-                                                })
-                                            };
+                                            let ok = allowed.as_ref().is_none_or(|a| a.contains(&id));
+                                            let c = if ok { s.read_sealed(&id).ok() } else { None };
                                             (id, c)
                                         })
                                         .collect::<Vec<_>>())
@@ -1140,12 +1272,7 @@ impl SyncNet {
                             match data {
                                 Some(c) => {
                                     throttle(limit.clone(), c.sealed.len()).await;
-                                    if sealed {
-                                        wire::write_sealed(&mut send, &id, c.raw_len, &c.sealed)
-                                            .await?;
-                                    } else {
-                                        wire::write_chunk(&mut send, &id, &c.sealed).await?;
-                                    }
+                                    wire::write_sealed(&mut send, &id, c.raw_len, &c.sealed).await?;
                                     metrics::counter!("bytes_transferred_total", "direction" => "sent")
                                         .increment(c.sealed.len() as u64);
                                 }
@@ -1259,10 +1386,7 @@ impl SyncNet {
     ) -> Result<Vec<ChunkId>> {
         let peer = conn.remote_id();
         let (mut send, mut recv) = conn.open_bi().await?;
-        let ask = Msg::GetChunks {
-            ids: group.clone(),
-            sealed: true,
-        };
+        let ask = Msg::GetChunks { ids: group.clone() };
         wire::write_msg(&mut send, &ask).await?;
         send.finish()?;
         let mut wanted: std::collections::HashSet<ChunkId> = group.into_iter().collect();
@@ -1270,12 +1394,8 @@ impl SyncNet {
         let limit = self.limits().recv;
         while let Some(frame) = wire::read_frame(&mut recv).await? {
             let received = match frame {
-                Frame::Chunk(id, _) | Frame::Sealed(id, _, _) if !wanted.remove(&id) => {
+                Frame::Sealed(id, _, _) if !wanted.remove(&id) => {
                     bail!("peer sent a chunk that was not asked for")
-                }
-                Frame::Chunk(id, data) => {
-                    self.received(&limit, data.len()).await;
-                    Received::Plain(id, data)
                 }
                 Frame::Sealed(id, raw_len, sealed) => {
                     self.received(&limit, sealed.len()).await;
@@ -1289,7 +1409,7 @@ impl SyncNet {
                     lacking.push(id);
                     continue;
                 }
-                Frame::Msg(m) => bail!("unexpected message on a chunk stream: {m:?}"),
+                Frame::Msg(m) => bail!("unexpected {} message on a chunk stream", msg_name(&m)),
             };
             queue
                 .send((peer, received))
@@ -1365,7 +1485,6 @@ impl SyncNet {
             chunks
                 .into_par_iter()
                 .map(|(_, c)| match c {
-                    Received::Plain(id, data) => codec.seal_verified(id, &data),
                     // Opened under the folder key and hashed against its id.
                     Received::Sealed(s) => codec.check_sealed(&s).map(|()| s),
                 })
@@ -1393,7 +1512,6 @@ impl SyncNet {
     async fn receive_index(
         self: &Arc<Self>,
         peer: EndpointId,
-        cfg: &PeerConfig,
         conn: &Connection,
         mut recv: iroh::endpoint::RecvStream,
         send: ControlSend,
@@ -1427,15 +1545,24 @@ impl SyncNet {
                     Msg::Error { message } => bail!("peer: {message}"),
                     other => bail!("unexpected message {other:?}"),
                 };
+                let cfg = self.rights(&peer)?;
                 let mut seq_of: HashMap<String, u64> = HashMap::new();
                 let mut current: Vec<(String, Entry)> = Vec::new();
                 let mut history: Vec<(String, Entry)> = Vec::new();
+                let now = sovryn_store::now_ns();
                 for r in records {
-                    if !in_scope(cfg, &r.path) {
+                    // Checked once, here: a bad record ends the session.
+                    let PeerRecord {
+                        path,
+                        seq,
+                        entry,
+                        history: is_history,
+                    } = r.into_record(now)?;
+                    // Nothing outside the peer's scope, ancestors included.
+                    if !accepted_from(&cfg, path.as_str()) {
                         continue;
                     }
-                    let is_history = r.history;
-                    let (path, seq, entry) = r.into_entry()?;
+                    let path = path.into_string();
                     if is_history {
                         history.push((path, entry));
                     } else {
@@ -1628,6 +1755,44 @@ impl SyncNet {
     }
 }
 
+/// The store's `meta` key of this node's index epoch.
+const INDEX_EPOCH: &str = "index_epoch";
+
+/// The `meta` key of the epoch of `peer`'s log that its stored position counts in.
+fn epoch_key(peer: &EndpointId) -> String {
+    format!("peer.{peer}.epoch")
+}
+
+/// This node's index epoch, created on first use (never 0: 0 means "none").
+fn index_epoch(n: &Node) -> Result<u64, Error> {
+    if let Some(e) = n
+        .store
+        .meta(INDEX_EPOCH)?
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|e| *e != 0)
+    {
+        return Ok(e);
+    }
+    let fresh: u64 = rand::random::<u64>().max(1);
+    n.store.set_meta(INDEX_EPOCH, &fresh.to_string())?;
+    Ok(fresh)
+}
+
+/// A message's type, for errors (never its content, which the peer chose).
+fn msg_name(m: &Msg) -> &'static str {
+    match m {
+        Msg::Challenge { .. } => "challenge",
+        Msg::Proof { .. } => "proof",
+        Msg::Hello { .. } => "hello",
+        Msg::Index { .. } => "index",
+        Msg::Ack { .. } => "ack",
+        Msg::Error { .. } => "error",
+        Msg::GetChunks { .. } => "get_chunks",
+        Msg::Probe { .. } => "probe",
+        Msg::NoChunk { .. } => "no_chunk",
+    }
+}
+
 /// Adds received older versions (grouped by path, oldest first) to the
 /// node's history. Returns how many were new.
 fn add_history(n: &mut Node, history: Vec<(String, Entry)>) -> Result<usize, Error> {
@@ -1644,16 +1809,62 @@ fn add_history(n: &mut Node, history: Vec<(String, Entry)>) -> Result<usize, Err
 
 /// A chunk as it came off the wire, not yet checked.
 enum Received {
-    Plain(ChunkId, Vec<u8>),
     Sealed(SealedChunk),
 }
 
 impl Received {
     fn len(&self) -> usize {
         match self {
-            Received::Plain(_, d) => d.len(),
             Received::Sealed(s) => s.sealed.len(),
         }
+    }
+}
+
+/// The chunk ids a path-scoped peer may be served, built from the store
+/// when first needed and rebuilt when it asks for an id not in it and the
+/// store has changed since (new versions name new chunks).
+#[derive(Default)]
+struct ScopedChunks {
+    cache: tokio::sync::Mutex<Option<ScopedSet>>,
+}
+
+struct ScopedSet {
+    prefixes: Vec<String>,
+    seq: u64,
+    built: Instant,
+    ids: Arc<std::collections::HashSet<ChunkId>>,
+}
+
+impl ScopedChunks {
+    async fn allowed(
+        &self,
+        shared: &Shared,
+        prefixes: &[String],
+        asked: &[ChunkId],
+    ) -> Result<Arc<std::collections::HashSet<ChunkId>>> {
+        let mut cache = self.cache.lock().await;
+        let seq = *shared.seq.borrow();
+        let fresh = cache.as_ref().is_some_and(|c| {
+            c.prefixes == prefixes
+                && (asked.iter().all(|id| c.ids.contains(id))
+                    || (c.seq == seq && c.built.elapsed() < Duration::from_secs(1)))
+        });
+        if !fresh {
+            let p = prefixes.to_vec();
+            let ids = shared
+                .with_reader(move |s| Ok(s.chunk_ids_under(&p)?))
+                .await?;
+            *cache = Some(ScopedSet {
+                prefixes: prefixes.to_vec(),
+                seq,
+                built: Instant::now(),
+                ids: Arc::new(ids),
+            });
+        }
+        cache
+            .as_ref()
+            .map(|c| c.ids.clone())
+            .context("scoped chunk set missing")
     }
 }
 
@@ -1661,8 +1872,25 @@ impl Received {
 /// sender and the acknowledgements of the receiver.
 type ControlSend = Arc<tokio::sync::Mutex<iroh::endpoint::SendStream>>;
 
-/// Whether `path` is within the prefixes a peer is limited to.
+/// Whether `path` is within the prefixes a peer is limited to, or one of
+/// their ancestor directories (which it needs to hold them).
 pub fn in_scope(cfg: &PeerConfig, path: &str) -> bool {
+    accepted_from(cfg, path)
+        || cfg.paths.iter().any(|p| {
+            p.trim_matches('/')
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
+/// What is sent to a peer: its scope and the ancestors of its scope.
+fn sent_to(cfg: &PeerConfig, path: &str) -> bool {
+    in_scope(cfg, path)
+}
+
+/// What is taken from a peer: only paths at or under its prefixes (never
+/// an ancestor directory of them, whose mode or existence it must not change).
+pub fn accepted_from(cfg: &PeerConfig, path: &str) -> bool {
     cfg.paths.is_empty()
         || cfg.paths.iter().any(|p| {
             let p = p.trim_matches('/');
@@ -1670,8 +1898,6 @@ pub fn in_scope(cfg: &PeerConfig, path: &str) -> bool {
                 || path == p
                 || path
                     .strip_prefix(p)
-                    .is_some_and(|rest| rest.starts_with('/'))
-                || p.strip_prefix(path)
                     .is_some_and(|rest| rest.starts_with('/'))
         })
 }

@@ -1,26 +1,45 @@
 //! Frames on a stream: `[u32 BE length][u8 kind][payload]`.
 //!
-//! Kind 0 is a JSON [`Msg`]; kind 1 is a chunk: its 32-byte id, then its
-//! plaintext; kind 2 is a sealed chunk: its id, its plaintext length (u32
-//! BE), then the bytes as stored (encrypted under the folder key, maybe
-//! compressed). Lengths are capped so a peer cannot make us allocate at will.
+//! Kind 0 is a JSON [`Msg`]; kind 2 is a sealed chunk: its id, its
+//! plaintext length (u32 BE), then the bytes as stored (encrypted under the
+//! folder key, maybe compressed). Kind 1 (a plaintext chunk) belonged to
+//! protocol 2 and is refused: nothing travels in plaintext. Lengths are
+//! capped so a peer cannot make us allocate at will.
+//!
+//! Everything a peer sends is checked here, once: [`WireRecord::into_record`]
+//! turns a record into a [`PeerRecord`] whose path is a [`RelPath`], whose
+//! mode has no setuid, setgid or sticky bit, whose size agrees with its
+//! chunk list and whose times and texts are bounded.
 
 use serde::{Deserialize, Serialize};
-use sovryn_store::{ChunkId, Entry};
+use sovryn_engine::paths::RelPath;
+use sovryn_store::{ChunkId, Entry, EntryKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The one ALPN of the sync protocol.
-pub const ALPN: &[u8] = b"sovryn/sync/2";
-/// Protocol version carried in `Hello`.
-pub const VERSION: u32 = 2;
+pub const ALPN: &[u8] = b"sovryn/sync/3";
+/// Protocol version carried in `Challenge`.
+pub const VERSION: u32 = 3;
 /// Largest JSON message.
 pub const MAX_MSG: usize = 64 * 1024 * 1024;
 /// Largest chunk frame (chunks are at most 256 KiB; some slack).
 pub const MAX_CHUNK: usize = 1024 * 1024;
 
 const KIND_MSG: u8 = 0;
-const KIND_CHUNK: u8 = 1;
+/// Protocol 2's plaintext chunk frame, refused since protocol 3.
+const KIND_PLAIN_CHUNK: u8 = 1;
 const KIND_SEALED: u8 = 2;
+
+/// Largest chunk plaintext (FastCDC's maximum).
+pub const MAX_CHUNK_PLAIN: u64 = 256 * 1024;
+/// Largest symlink target, note, author or actor name accepted from a peer.
+pub const MAX_TEXT: usize = 4096;
+/// Most version-vector entries accepted in one record.
+pub const MAX_VV: usize = 4096;
+/// How far in the future a peer's timestamps may lie (clock skew): later
+/// ones are pulled back to now plus this, so a peer cannot make its writes
+/// look newer than every later one.
+pub const MAX_SKEW_NS: i64 = 24 * 3600 * 1_000_000_000;
 
 /// A path's state as sent to a peer.
 ///
@@ -45,14 +64,27 @@ pub struct WireRecord {
     pub history: bool,
 }
 
-/// A record the peer sent whose chunk list does not decode.
+/// A record the peer sent that does not hold a valid state.
 #[derive(Debug, thiserror::Error)]
-#[error("bad chunk list for {path}: {why}")]
-pub struct BadChunkList {
-    /// The record's path.
+#[error("bad record for {path:?}: {why}")]
+pub struct BadRecord {
+    /// The record's path, as sent.
     pub path: String,
     /// What is wrong.
     pub why: String,
+}
+
+/// A peer's record, checked: see [`WireRecord::into_record`].
+#[derive(Debug, Clone)]
+pub struct PeerRecord {
+    /// The path, normalised and confined.
+    pub path: RelPath,
+    /// Its position in the sender's change log (0 for history).
+    pub seq: u64,
+    /// The state, chunk list restored, mode masked, times bounded.
+    pub entry: Entry,
+    /// An older version for the receiver's history only.
+    pub history: bool,
 }
 
 impl WireRecord {
@@ -73,13 +105,19 @@ impl WireRecord {
         }
     }
 
-    /// Unpacks the state, chunk list restored.
-    pub fn into_entry(self) -> Result<(String, u64, Entry), BadChunkList> {
+    /// Unpacks and checks the state: the path must be a normalised
+    /// relative path; setuid, setgid and sticky bits are dropped; a file's
+    /// size must fit its chunk list (each chunk at most 256 KiB, none for an
+    /// empty file), other kinds and deletions carry no chunks; texts and the
+    /// version vector are bounded; a time later than `now_ns` plus
+    /// [`MAX_SKEW_NS`] is pulled back to it.
+    pub fn into_record(self, now_ns: i64) -> Result<PeerRecord, BadRecord> {
         use base64::Engine as _;
-        let bad = |why: String| BadChunkList {
-            path: self.path.clone(),
+        let bad = |why: String| BadRecord {
+            path: self.path.chars().take(256).collect(),
             why,
         };
+        let path = RelPath::parse(&self.path).map_err(|e| bad(e.to_string()))?;
         if !self.entry.chunks.is_empty() {
             return Err(bad("chunk ids inside the entry".into()));
         }
@@ -92,7 +130,7 @@ impl WireRecord {
                 raw.len()
             )));
         }
-        let mut entry = self.entry;
+        let mut entry = self.entry.clone();
         entry.chunks = raw
             .chunks_exact(32)
             .map(|c| {
@@ -101,7 +139,53 @@ impl WireRecord {
                 ChunkId(id)
             })
             .collect();
-        Ok((self.path, self.seq, entry))
+        let n = entry.chunks.len() as u64;
+        let is_file = entry.kind == EntryKind::File && !entry.deleted;
+        if is_file {
+            if (entry.size == 0) != (n == 0) || entry.size > n.saturating_mul(MAX_CHUNK_PLAIN) {
+                return Err(bad(format!(
+                    "a size of {} bytes does not fit {n} chunks",
+                    entry.size
+                )));
+            }
+        } else if n != 0 {
+            return Err(bad("chunks on a directory, symlink or deletion".into()));
+        }
+        match (&entry.kind, &entry.target) {
+            (EntryKind::Symlink, Some(t)) if !entry.deleted => {
+                if t.is_empty() || t.len() > MAX_TEXT || t.contains('\0') {
+                    return Err(bad("bad symlink target".into()));
+                }
+            }
+            (EntryKind::Symlink, None) if !entry.deleted => {
+                return Err(bad("a symlink without a target".into()))
+            }
+            (EntryKind::Symlink, _) => {}
+            (_, Some(_)) => return Err(bad("a target on something not a symlink".into())),
+            (_, None) => {}
+        }
+        let texts = [
+            Some(&entry.author),
+            entry.actor.as_ref(),
+            entry.message.as_ref(),
+        ];
+        if texts.iter().flatten().any(|t| t.len() > MAX_TEXT) {
+            return Err(bad("author, actor or message too long".into()));
+        }
+        if entry.vv.nodes() > MAX_VV {
+            return Err(bad("version vector too large".into()));
+        }
+        // Modes from outside never carry setuid, setgid or sticky.
+        entry.mode &= 0o777;
+        let latest = now_ns.saturating_add(MAX_SKEW_NS);
+        entry.time_ns = entry.time_ns.clamp(0, latest);
+        entry.mtime_ns = entry.mtime_ns.clamp(0, latest);
+        Ok(PeerRecord {
+            path,
+            seq: self.seq,
+            entry,
+            history: self.history,
+        })
     }
 }
 
@@ -109,10 +193,23 @@ impl WireRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Msg {
-    /// First message on the control stream, both ways.
-    Hello {
+    /// First message on the control stream, both ways: a fresh random
+    /// nonce the other side's membership proof must cover.
+    Challenge {
         /// Protocol version.
         version: u32,
+        /// 32 random bytes, hex.
+        nonce: String,
+    },
+    /// Second message, both ways: proof of holding the folder key, a MAC
+    /// under the folder's membership key over both endpoint ids and both
+    /// nonces (see `membership.rs`).
+    Proof {
+        /// 32 bytes, hex.
+        mac: String,
+    },
+    /// Third message, both ways, only after the peer's proof checked out.
+    Hello {
         /// The folder's public id; both sides must agree.
         folder_id: String,
         /// The sender's node name.
@@ -123,6 +220,12 @@ pub enum Msg {
         seq: u64,
         /// Send me your changes after this sequence of yours.
         want_since: u64,
+        /// The sender's index epoch: random, changed whenever its change
+        /// log restarts (a store restored from an old copy).
+        epoch: u64,
+        /// The receiver's epoch that `want_since` counts in; another epoch
+        /// than the receiver's own means "send everything".
+        want_epoch: u64,
     },
     /// Changed records, oldest first; `upto` is the sender's sequence they bring the receiver to.
     Index {
@@ -142,13 +245,10 @@ pub enum Msg {
         /// What went wrong.
         message: String,
     },
-    /// On a fresh stream: send me these chunks.
+    /// On a fresh stream: send me these chunks (sealed, as stored).
     GetChunks {
         /// Chunk ids.
         ids: Vec<ChunkId>,
-        /// Send them sealed (kind 2 frames) rather than as plaintext.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        sealed: bool,
     },
     /// On a fresh stream: send me this many bytes of filler, then finish
     /// (`sovryn test-network` measures throughput with it).
@@ -168,8 +268,6 @@ pub enum Msg {
 pub enum Frame {
     /// A message.
     Msg(Msg),
-    /// A chunk's id and plaintext.
-    Chunk(ChunkId, Vec<u8>),
     /// A sealed chunk: id, plaintext length, stored bytes (unchecked).
     Sealed(ChunkId, u32, Vec<u8>),
 }
@@ -186,22 +284,6 @@ pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &Msg) -> anyhow::R
     buf.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
     buf.push(KIND_MSG);
     buf.extend_from_slice(&body);
-    w.write_all(&buf).await?;
-    Ok(())
-}
-
-/// Writes a chunk frame.
-pub async fn write_chunk<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    id: &ChunkId,
-    data: &[u8],
-) -> anyhow::Result<()> {
-    anyhow::ensure!(data.len() + 33 <= MAX_CHUNK, "chunk too large");
-    let mut buf = Vec::with_capacity(data.len() + 37);
-    buf.extend_from_slice(&((data.len() + 33) as u32).to_be_bytes());
-    buf.push(KIND_CHUNK);
-    buf.extend_from_slice(&id.0);
-    buf.extend_from_slice(data);
     w.write_all(&buf).await?;
     Ok(())
 }
@@ -247,17 +329,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> anyhow::Result<Optio
             r.read_exact(&mut body).await?;
             Ok(Some(Frame::Msg(serde_json::from_slice(&body)?)))
         }
-        KIND_CHUNK => {
-            anyhow::ensure!(
-                (33..=MAX_CHUNK).contains(&len),
-                "chunk frame of bad size ({len} bytes)"
-            );
-            let mut id = [0u8; 32];
-            r.read_exact(&mut id).await?;
-            let mut data = vec![0u8; len - 33];
-            r.read_exact(&mut data).await?;
-            Ok(Some(Frame::Chunk(ChunkId(id), data)))
-        }
+        KIND_PLAIN_CHUNK => anyhow::bail!("plaintext chunk frames are refused (protocol 2)"),
         KIND_SEALED => {
             anyhow::ensure!(
                 (37..=MAX_CHUNK).contains(&len),
@@ -281,7 +353,7 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> anyhow::Result<Option<
     match read_frame(r).await? {
         None => Ok(None),
         Some(Frame::Msg(m)) => Ok(Some(m)),
-        Some(Frame::Chunk(..) | Frame::Sealed(..)) => anyhow::bail!("unexpected chunk frame"),
+        Some(Frame::Sealed(..)) => anyhow::bail!("unexpected chunk frame"),
     }
 }
 
@@ -296,30 +368,16 @@ mod tests {
             &mut a,
             &Msg::GetChunks {
                 ids: vec![ChunkId([7; 32])],
-                sealed: false,
             },
         )
         .await
         .unwrap();
-        write_chunk(&mut a, &ChunkId([1; 32]), b"hello")
-            .await
-            .unwrap();
         write_sealed(&mut a, &ChunkId([2; 32]), 9, b"sealed")
             .await
             .unwrap();
         drop(a);
         match read_frame(&mut b).await.unwrap() {
-            Some(Frame::Msg(Msg::GetChunks { ids, sealed })) => {
-                assert_eq!(ids[0], ChunkId([7; 32]));
-                assert!(!sealed);
-            }
-            other => panic!("{other:?}"),
-        }
-        match read_frame(&mut b).await.unwrap() {
-            Some(Frame::Chunk(id, d)) => {
-                assert_eq!(id, ChunkId([1; 32]));
-                assert_eq!(d, b"hello");
-            }
+            Some(Frame::Msg(Msg::GetChunks { ids })) => assert_eq!(ids[0], ChunkId([7; 32])),
             other => panic!("{other:?}"),
         }
         match read_frame(&mut b).await.unwrap() {
@@ -338,6 +396,52 @@ mod tests {
         a.write_all(&[KIND_MSG]).await.unwrap();
         assert!(read_frame(&mut b).await.is_err());
     }
+
+    #[tokio::test]
+    async fn plaintext_chunk_frames_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        let mut frame = (38u32).to_be_bytes().to_vec();
+        frame.push(KIND_PLAIN_CHUNK);
+        frame.extend_from_slice(&[1u8; 32]);
+        frame.extend_from_slice(b"plain");
+        a.write_all(&frame).await.unwrap();
+        drop(a);
+        let err = read_frame(&mut b).await.unwrap_err().to_string();
+        assert!(err.contains("plaintext"), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("SOVRYN_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+        ))]
+        /// Fuzz target: any bytes at all make the frame decoder return a
+        /// frame, an end or an error, never panic or allocate past the caps.
+        #[test]
+        fn frame_decoder_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut r = bytes.as_slice();
+                for _ in 0..8 {
+                    match read_frame(&mut r).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            });
+        }
+
+        /// Fuzz target: a frame holding any JSON-ish text decodes or fails cleanly.
+        #[test]
+        fn message_decoder_never_panics(body in "\\PC{0,300}") {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+            frame.push(KIND_MSG);
+            frame.extend_from_slice(body.as_bytes());
+            rt.block_on(async {
+                let _ = read_frame(&mut frame.as_slice()).await;
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -349,7 +453,7 @@ mod record_tests {
         Entry {
             kind: EntryKind::File,
             deleted: false,
-            size: 10,
+            size: 10 * chunks.len() as u64,
             mode: 0o644,
             mtime_ns: 1,
             target: None,
@@ -361,6 +465,8 @@ mod record_tests {
             chunks,
         }
     }
+
+    const NOW: i64 = 1_800_000_000_000_000_000;
 
     #[test]
     fn chunk_lists_travel_as_compact_base64() {
@@ -376,18 +482,107 @@ mod record_tests {
         // 43 base64 characters per id, and nothing else per chunk.
         assert!(json.len() < 1000 * 43 + 400, "{} bytes", json.len());
         let back: WireRecord = serde_json::from_str(&json).unwrap();
-        let (path, seq, e) = back.into_entry().unwrap();
-        assert_eq!((path.as_str(), seq), ("big.bin", 7));
-        assert_eq!(e.chunks, ids);
+        let r = back.into_record(NOW).unwrap();
+        assert_eq!((r.path.as_str(), r.seq), ("big.bin", 7));
+        assert_eq!(r.entry.chunks, ids);
     }
 
     #[test]
     fn a_broken_chunk_list_is_an_error() {
         let mut rec = WireRecord::new("x".into(), 1, entry(vec![ChunkId([1; 32])]), false);
         rec.chunks.pop();
-        assert!(rec.into_entry().is_err());
+        assert!(rec.into_record(NOW).is_err());
         let mut rec = WireRecord::new("x".into(), 1, entry(vec![]), false);
         rec.chunks = "!!!".into();
-        assert!(rec.into_entry().is_err());
+        assert!(rec.into_record(NOW).is_err());
+    }
+
+    #[test]
+    fn hostile_records_are_refused_or_defused() {
+        let one = vec![ChunkId([1; 32])];
+        for path in [
+            "../x",
+            "/etc/passwd",
+            "a/../../b",
+            "a//b",
+            "./a",
+            "a\\..\\b",
+            "",
+            "a\0b",
+        ] {
+            let rec = WireRecord::new(path.into(), 1, entry(one.clone()), false);
+            assert!(rec.into_record(NOW).is_err(), "{path:?} accepted");
+        }
+        // Size that does not fit the chunk list, chunks on a directory.
+        let mut e = entry(one.clone());
+        e.size = 300 * 1024;
+        assert!(WireRecord::new("f".into(), 1, e, false)
+            .into_record(NOW)
+            .is_err());
+        let mut e = entry(one.clone());
+        e.kind = EntryKind::Dir;
+        assert!(WireRecord::new("d".into(), 1, e, false)
+            .into_record(NOW)
+            .is_err());
+        let mut e = entry(vec![]);
+        e.kind = EntryKind::Symlink;
+        e.size = 0;
+        assert!(WireRecord::new("l".into(), 1, e, false)
+            .into_record(NOW)
+            .is_err());
+        // setuid, setgid and sticky go; times from the far future come back.
+        let mut e = entry(one);
+        e.mode = 0o7755;
+        e.time_ns = i64::MAX;
+        e.mtime_ns = -5;
+        let r = WireRecord::new("f".into(), 1, e, false)
+            .into_record(NOW)
+            .unwrap();
+        assert_eq!(r.entry.mode, 0o755);
+        assert_eq!(r.entry.time_ns, NOW + MAX_SKEW_NS);
+        assert_eq!(r.entry.mtime_ns, 0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("SOVRYN_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+        ))]
+        /// Fuzz target for the index-record decoder: any path, chunk text,
+        /// mode, size and times give an error or a record that holds only
+        /// valid values.
+        #[test]
+        fn record_decoder_accepts_only_valid_states(
+            path in "[a-z./\\\\]{0,12}",
+            chunks in "[A-Za-z0-9+/!]{0,90}",
+            mode in proptest::prelude::any::<u32>(),
+            size in proptest::prelude::any::<u64>(),
+            time in proptest::prelude::any::<i64>(),
+            kind in 0u8..3,
+            deleted in proptest::prelude::any::<bool>(),
+        ) {
+            let mut e = entry(vec![]);
+            e.kind = [EntryKind::File, EntryKind::Dir, EntryKind::Symlink][kind as usize];
+            e.mode = mode;
+            e.size = size;
+            e.time_ns = time;
+            e.mtime_ns = time;
+            e.deleted = deleted;
+            if e.kind == EntryKind::Symlink {
+                e.target = Some("t".into());
+            }
+            let mut rec = WireRecord::new(path.clone(), 1, e, false);
+            rec.chunks = chunks;
+            if let Ok(r) = rec.into_record(NOW) {
+                proptest::prop_assert_eq!(r.path.as_str(), path.as_str());
+                proptest::prop_assert!(!path.split('/').any(|p| p.is_empty() || p == "." || p == ".."));
+                proptest::prop_assert_eq!(r.entry.mode & !0o777, 0);
+                proptest::prop_assert!(r.entry.time_ns >= 0 && r.entry.time_ns <= NOW + MAX_SKEW_NS);
+                if r.entry.kind == EntryKind::File && !r.entry.deleted {
+                    proptest::prop_assert!(r.entry.size <= r.entry.chunks.len() as u64 * MAX_CHUNK_PLAIN);
+                } else {
+                    proptest::prop_assert!(r.entry.chunks.is_empty());
+                }
+            }
+        }
     }
 }

@@ -20,6 +20,7 @@ const CONTEXT_CHUNK_ID: &str = "sovryn 2026-11 chunk id";
 const CONTEXT_CHUNK_SEAL: &str = "sovryn 2026-11 chunk encryption";
 const CONTEXT_GEAR_SEED: &str = "sovryn 2026-11 fastcdc gear seed";
 const CONTEXT_FOLDER_ID: &str = "sovryn 2026-11 folder id";
+const CONTEXT_MEMBERSHIP: &str = "sovryn 2026-11 membership proof";
 const WRAP_AAD: &[u8] = b"sovryn master key v1";
 
 /// The 32-byte secret every other key derives from.
@@ -64,6 +65,7 @@ impl MasterKey {
             chunk_seal: blake3::derive_key(CONTEXT_CHUNK_SEAL, &self.0),
             gear_seed: u64::from_le_bytes(seed8),
             folder_id: hex::encode(&blake3::derive_key(CONTEXT_FOLDER_ID, &self.0)[..16]),
+            membership: blake3::derive_key(CONTEXT_MEMBERSHIP, &self.0),
         }
     }
 }
@@ -79,6 +81,9 @@ pub struct DerivedKeys {
     pub gear_seed: u64,
     /// A public name for the folder: equal on every node of one mesh.
     pub folder_id: String,
+    /// Key of the MAC with which peers prove they hold the folder key
+    /// before any index or chunk moves.
+    pub membership: [u8; 32],
 }
 
 /// Argon2id cost parameters of a wrapped key.
@@ -269,17 +274,31 @@ impl KeyFile {
 /// Writes `bytes` to `path` with mode 0600, crash-safely.
 pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    // A fresh random temp name created exclusively, never through a
+    // symlink, with mode 0600 from the first byte: nobody can have prepared
+    // the file or a link under that name.
+    let tmp = path.with_file_name(format!(
+        ".{}.{:016x}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        rand::random::<u64>()
+    ));
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    let written = f
+        .write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
     crate::fsync_parent(path)
 }
 

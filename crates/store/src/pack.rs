@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -40,7 +41,11 @@ pub struct Packs {
 impl Packs {
     /// Opens (creating if needed) the pack directory.
     pub fn open(dir: &Path) -> Result<Self> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(dir, e))?;
         Ok(Packs {
             dir: dir.to_owned(),
             writer: None,
@@ -85,6 +90,7 @@ impl Packs {
             .create(true)
             .append(true)
             .read(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         let mut len = f.metadata().map_err(|e| Error::io(&path, e))?.len();

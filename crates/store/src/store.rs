@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -113,6 +114,7 @@ fn lock_exclusive(path: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
     // SAFETY: flock on a file descriptor we own; no memory is touched.
@@ -147,6 +149,14 @@ fn decode_entry(json: &str, blob: &[u8]) -> rusqlite::Result<Entry> {
         })
         .collect();
     Ok(e)
+}
+
+fn add_ids(out: &mut std::collections::HashSet<ChunkId>, blob: &[u8]) {
+    for c in blob.chunks_exact(32) {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(c);
+        out.insert(ChunkId(a));
+    }
 }
 
 fn kind_name(k: EntryKind) -> &'static str {
@@ -212,12 +222,30 @@ pub(crate) fn under(path: &str, prefix: &str) -> bool {
 impl Store {
     /// Opens (creating on first use) the store in `home` under `master`.
     pub fn open(home: &Path, master: &MasterKey, access: Access) -> Result<Self> {
-        fs::create_dir_all(home).map_err(|e| Error::io(home, e))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(home)
+            .map_err(|e| Error::io(home, e))?;
         let lock = match access {
             Access::ReadWrite => Some(lock_exclusive(&home.join("store.lock"))?),
             Access::ReadOnly => None,
         };
         let db_path = home.join("index.db");
+        if access == Access::ReadWrite {
+            // Created 0600 before SQLite opens it (its WAL and shared-memory
+            // files take the database's mode): it holds plaintext words.
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&db_path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(&db_path, e)),
+            }
+        }
         let db = Connection::open(&db_path)?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
@@ -790,6 +818,35 @@ impl Store {
             .optional()?
             .flatten();
         Ok(s.unwrap_or(0) as u64)
+    }
+
+    /// Every chunk id named by a kept version (current or older) of a path
+    /// at or under one of `prefixes`: what a peer limited to those prefixes
+    /// may be served. Reads only the chunk lists.
+    pub fn chunk_ids_under(
+        &self,
+        prefixes: &[String],
+    ) -> Result<std::collections::HashSet<ChunkId>> {
+        let mut out = std::collections::HashSet::new();
+        let mut stmt = self.db.prepare_cached(
+            "SELECT chunks FROM versions WHERE path >= ?1 AND path < ?1 || '0' AND (path = ?1 OR path > ?1 || '/')",
+        )?;
+        for prefix in prefixes {
+            let prefix = prefix.trim_matches('/');
+            if prefix.is_empty() {
+                let mut all = self.db.prepare_cached("SELECT chunks FROM versions")?;
+                let rows = all.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+                for blob in rows {
+                    add_ids(&mut out, &blob?);
+                }
+                continue;
+            }
+            let rows = stmt.query_map([prefix], |r| r.get::<_, Vec<u8>>(0))?;
+            for blob in rows {
+                add_ids(&mut out, &blob?);
+            }
+        }
+        Ok(out)
     }
 
     /// Older versions (every kept version but each path's current one), in

@@ -30,6 +30,11 @@ impl VersionVector {
         Self::default()
     }
 
+    /// How many nodes this vector names.
+    pub fn nodes(&self) -> usize {
+        self.0.len()
+    }
+
     /// The counter for `node`, 0 when absent.
     pub fn get(&self, node: &str) -> u64 {
         self.0.get(node).copied().unwrap_or(0)
