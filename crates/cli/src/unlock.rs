@@ -102,15 +102,16 @@ pub fn cache_session(home: &Home, key: &MasterKey) -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let path = session_file(home)?;
     let dir = path.parent().context("session file has no directory")?;
-    if let Some(base) = dir.parent() {
-        check_private_dir(base)?;
+    // Each level is made (0700, failing rather than reusing what someone
+    // else made) or must already be private to this user.
+    for d in [dir.parent(), Some(dir)].into_iter().flatten() {
+        match std::fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", d.display())),
+        }
+        check_private_dir(d)?;
     }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
-    }
-    check_private_dir(dir)?;
     sovryn_store::keys::write_secret_file(&path, key.to_hex().as_bytes())?;
     Ok(path)
 }

@@ -267,4 +267,40 @@ mod tests {
         assert!(confined(&root, "link/x").is_err());
         assert!(confined(&root, "link").is_ok());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("SOVRYN_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1024)
+        ))]
+        /// Fuzz target for the path normaliser and `RelPath`: whatever the
+        /// input, an accepted path has no empty, `.` or `..` component, no
+        /// NUL, no backslash, is not absolute, and `confined` keeps it
+        /// under the root.
+        #[test]
+        fn accepted_paths_stay_inside(raw in "[a-z./\\\\\\x00:]{0,24}") {
+            if let Ok(n) = normalize_rel(&raw) {
+                proptest::prop_assert!(!n.starts_with('/'));
+                proptest::prop_assert!(!n.contains('\0') && !n.contains('\\'));
+                proptest::prop_assert!(n.is_empty() || !n.split('/').any(|p| p.is_empty() || p == "." || p == ".."));
+                let root = std::path::Path::new("/srv/root");
+                if let Ok(abs) = confined(root, &n) {
+                    proptest::prop_assert!(abs.starts_with(root));
+                }
+            }
+            if let Ok(r) = RelPath::parse(&raw) {
+                proptest::prop_assert_eq!(r.as_str(), raw.as_str());
+                proptest::prop_assert_eq!(normalize_rel(&raw).ok().as_deref(), Some(raw.as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn rel_paths_from_peers_must_be_in_normal_form() {
+        assert_eq!(RelPath::parse("docs/a.txt").unwrap().as_str(), "docs/a.txt");
+        for bad in ["", "a//b", "./a", "a/", "/a", "../a", "a\\b", "a\0b"] {
+            assert!(RelPath::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(RelPath::parse(&"x".repeat(256)).is_err());
+        assert!(RelPath::parse(&format!("d/{}123", crate::fsutil::TEMP_PREFIX)).is_err());
+    }
 }
