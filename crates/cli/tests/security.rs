@@ -262,3 +262,52 @@ fn control_characters_never_reach_the_terminal() {
         assert!(out.contains("\\x1b"), "{args:?}: {out:?}");
     }
 }
+
+/// inotify watches held by process `pid`.
+fn inotify_watches(pid: u32) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(text) = std::fs::read_to_string(e.path()) {
+            n += text
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    n
+}
+
+/// Problems 10 and 13 against a running node: a symlink to `/usr` in the
+/// folder plants no watches outside it, and with `docs/dirlink ->
+/// ../secret` present at startup a new file in `secret/` is still seen at
+/// once (not by the 60-second rescan).
+#[test]
+fn the_watcher_never_follows_symlinks() {
+    let n = TestNode::with_listen("alpha", &format!("127.0.0.1:{}", common::free_port()), None);
+    n.write("docs/readme.txt", b"r");
+    n.write("secret/old.txt", b"o");
+    std::os::unix::fs::symlink("/usr", n.path("usr-link")).unwrap();
+    std::os::unix::fs::symlink("../secret", n.path("docs/dirlink")).unwrap();
+    let up = n.up();
+    let watches = inotify_watches(up.pid().unwrap());
+    // The root, docs and secret (and nothing behind the links).
+    assert!(watches <= 8, "{watches} inotify watches for 3 directories");
+    std::fs::write(n.path("secret/new.txt"), b"new").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = n.ok(&["ls", "secret"]);
+        if out.contains("secret/new.txt") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "secret/new.txt not recorded within 5 s: {out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let all = n.ok(&["ls"]);
+    assert!(!all.contains("usr-link/"), "{all}");
+}
