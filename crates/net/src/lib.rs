@@ -1370,8 +1370,10 @@ impl SyncNet {
         drop(tx);
         running.abort_all();
         let stored = storer.await.context("chunk storing task panicked")?;
+        // The storing task's failure (a full disk) is the cause of the
+        // fetchers' "storing stopped": report it first.
+        stored.context("storing received chunks")?;
         result?;
-        stored?;
         Ok(lacking)
     }
 

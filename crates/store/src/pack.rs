@@ -35,6 +35,9 @@ pub struct Packs {
     dir: PathBuf,
     writer: Option<(u32, File, u64)>,
     dirty: bool,
+    /// A write or sync failed (a full disk): the next append starts a new
+    /// pack, so no offset is ever computed from a file with a torn tail.
+    broken: bool,
     readers: Mutex<HashMap<u32, Arc<File>>>,
 }
 
@@ -50,6 +53,7 @@ impl Packs {
             dir: dir.to_owned(),
             writer: None,
             dirty: false,
+            broken: false,
             readers: Mutex::new(HashMap::new()),
         })
     }
@@ -104,10 +108,21 @@ impl Packs {
     }
 
     /// Appends a sealed chunk. It is durable only after [`Packs::sync`].
+    ///
+    /// When the write fails (a full disk), the pack is cut back to its last
+    /// good length, closed, and the next append starts a new pack: the
+    /// caller must forget every location it got since the last successful
+    /// [`Packs::sync`] (see `Store::append_sealed`).
     pub fn append(&mut self, sealed: &[u8]) -> Result<Location> {
         if self.writer.is_none() {
-            let n = self.list()?.last().copied().unwrap_or(0);
+            let last = self.list()?.last().copied();
+            let n = match last {
+                Some(n) if self.broken => n + 1,
+                Some(n) => n,
+                None => 0,
+            };
             self.start_pack(n)?;
+            self.broken = false;
         }
         if let Some((n, _, len)) = &self.writer {
             if *len >= PACK_TARGET_SIZE {
@@ -121,7 +136,14 @@ impl Packs {
             .as_mut()
             .ok_or_else(|| Error::Corrupt("no open pack".into()))?;
         let offset = *len;
-        f.write_all(sealed).map_err(|e| Error::io(&self.dir, e))?;
+        if let Err(e) = f.write_all(sealed) {
+            // Best effort: the torn tail is never referenced either way.
+            let _ = f.set_len(offset);
+            self.writer = None;
+            self.broken = true;
+            self.dirty = false;
+            return Err(Error::io(&self.dir, e));
+        }
         *len += sealed.len() as u64;
         self.dirty = true;
         let len = u32::try_from(sealed.len())
@@ -133,11 +155,19 @@ impl Packs {
         })
     }
 
-    /// Makes every appended byte durable.
+    /// Makes every appended byte durable. A failed sync may have lost
+    /// them (the kernel drops dirty pages it could not write, and the next
+    /// sync reports success): the pack is closed, the next append starts a
+    /// new one, and the caller forgets every unsynced location.
     pub fn sync(&mut self) -> Result<()> {
         if self.dirty {
             if let Some((_, f, _)) = &self.writer {
-                f.sync_data().map_err(|e| Error::io(&self.dir, e))?;
+                if let Err(e) = f.sync_data() {
+                    self.writer = None;
+                    self.broken = true;
+                    self.dirty = false;
+                    return Err(Error::io(&self.dir, e));
+                }
             }
             self.dirty = false;
         }

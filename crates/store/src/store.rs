@@ -426,7 +426,13 @@ impl Store {
     }
 
     fn append_sealed(&mut self, sealed: crate::chunk::SealedChunk) -> Result<()> {
-        let loc = self.packs.append(&sealed.sealed)?;
+        let loc = match self.packs.append(&sealed.sealed) {
+            Ok(loc) => loc,
+            Err(e) => {
+                self.forget_unsynced();
+                return Err(e);
+            }
+        };
         self.pending_bytes += sealed.sealed.len() as u64;
         self.pending.insert(sealed.id, (loc, sealed.raw_len));
         Ok(())
@@ -566,12 +572,35 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets chunks appended since the last sync after a pack write or
+    /// sync failed: their bytes may not be on disk, so no index row may
+    /// ever name them. They are stored again when next needed.
+    fn forget_unsynced(&mut self) {
+        if !self.pending.is_empty() {
+            tracing::warn!(
+                "a pack write failed: {} chunks not yet durable are dropped and will be stored again",
+                self.pending.len()
+            );
+        }
+        self.pending.clear();
+        self.pending_bytes = 0;
+    }
+
+    /// Syncs the packs; on failure forgets what was not durable.
+    fn sync_packs(&mut self) -> Result<()> {
+        let r = self.packs.sync();
+        if r.is_err() {
+            self.forget_unsynced();
+        }
+        r
+    }
+
     /// Makes appended chunks durable (one sync), then indexes them (one transaction).
     pub fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.packs.sync()?;
+        self.sync_packs()?;
         let tx = self.db.transaction()?;
         Self::insert_pending(&self.pending, &tx)?;
         tx.commit()?;
@@ -585,7 +614,7 @@ impl Store {
     /// are synced first; everything lands in one transaction.
     pub fn commit(&mut self, changes: &[Change]) -> Result<Vec<FileRecord>> {
         self.writable()?;
-        self.packs.sync()?;
+        self.sync_packs()?;
         let tx = self.db.transaction()?;
         Self::insert_pending(&self.pending, &tx)?;
         let mut seq: i64 =
@@ -877,7 +906,7 @@ impl Store {
         if self.file(path)?.is_some() {
             return Ok(0);
         }
-        self.packs.sync()?;
+        self.sync_packs()?;
         let known: Vec<VersionVector> = self
             .versions(path)?
             .into_iter()
