@@ -413,6 +413,107 @@ impl Node {
         Ok(self.store.file(rel)?)
     }
 
+    /// The nearest ancestor of `rel` that is on disk but not a directory
+    /// (a file or a symlink), if any.
+    fn blocking_ancestor(&self, rel: &str) -> Option<String> {
+        let mut cur = self.root().to_owned();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for (i, part) in parts.iter().enumerate().take(parts.len().saturating_sub(1)) {
+            cur.push(part);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Some(parts[..=i].join("/")),
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Whether the directory at `rel` holds anything (on disk, where the
+    /// puller's renames of this batch have landed).
+    fn dir_has_entries(&self, rel: &str) -> Result<bool> {
+        let abs = paths::confined(self.root(), rel)?;
+        Ok(fs::read_dir(&abs)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false))
+    }
+
+    /// A peer's live state under `anc` says `anc` is a directory there,
+    /// while here it is a file or a symlink. The type-clash rule, the same
+    /// on every node whatever the order: the directory keeps the name; the
+    /// file (or link) is kept as a conflict copy named after its own author
+    /// and time (so every node picks the same name), and a directory state
+    /// that supersedes it is recorded.
+    fn sync_clear_ancestor(
+        &mut self,
+        anc: &str,
+        batch: &mut Batch,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        self.sync_flush_batch(batch)?;
+        let Some(local) = self.sync_fresh_local(anc, batch, report)? else {
+            return Err(Error::BadPath(format!(
+                "{anc} is not a directory and not recorded"
+            )));
+        };
+        if local.entry.kind == EntryKind::Dir && !local.entry.deleted {
+            return Ok(());
+        }
+        if !local.entry.deleted {
+            self.sync_conflict_copy(anc, &local.entry, batch, report)?;
+        }
+        let dir = self.dir_superseding(&local.entry, None);
+        let disk = self.materialize(anc, &dir)?;
+        tracing::info!("{anc}: a peer has a directory here; it keeps the name");
+        self.sync_push_change(batch, report, anc, dir, disk)
+    }
+
+    /// A directory state that supersedes `local` (and `remote`): both
+    /// vectors plus one local edit, mode 0755 for a new directory.
+    fn dir_superseding(&self, local: &Entry, remote: Option<&Entry>) -> Entry {
+        let mut base = local.clone();
+        if base.kind != EntryKind::Dir || base.deleted {
+            base.mode = 0o755;
+        }
+        base.kind = EntryKind::Dir;
+        base.deleted = false;
+        base.chunks.clear();
+        base.size = 0;
+        base.target = None;
+        base.message = None;
+        // Both vectors first, then one local edit: it dominates both.
+        let mut prev = local.clone();
+        if let Some(r) = remote {
+            prev.vv.merge(&r.vv);
+        }
+        self.local_entry(Some(&prev), base, None)
+    }
+
+    /// The directory at `rel` stays, against a remote state that would
+    /// remove it (a file, a symlink or a deletion) while it still holds
+    /// entries the peer did not know of: a live remote file or link is
+    /// kept as a conflict copy, and the directory is recorded with both
+    /// vectors plus one local edit, so it wins on every node.
+    fn sync_keep_dir(
+        &mut self,
+        rel: &str,
+        local: &FileRecord,
+        remote: &Entry,
+        batch: &mut Batch,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        if !remote.deleted {
+            self.sync_flush_batch(batch)?;
+            self.sync_conflict_copy(rel, remote, batch, report)?;
+        }
+        let entry = self.dir_superseding(&local.entry, Some(remote));
+        tracing::info!(
+            "{rel}: the directory keeps the name against a peer's {}",
+            if remote.deleted { "deletion" } else { "file" }
+        );
+        self.sync_push_change(batch, report, rel, entry, local.disk)
+    }
+
     fn sync_apply_one(
         &mut self,
         rel: &str,
@@ -420,6 +521,28 @@ impl Node {
         batch: &mut Batch,
         report: &mut ApplyReport,
     ) -> Result<()> {
+        if let Some(anc) = self.blocking_ancestor(rel) {
+            if remote.deleted {
+                // Nothing can be at `rel`: deleting it is a no-op; the
+                // tombstone is recorded so the histories agree.
+                let local = self.store.file(rel)?;
+                let newer_here = local.as_ref().is_some_and(|l| {
+                    matches!(
+                        remote.vv.compare(&l.entry.vv),
+                        Causality::Equal | Causality::DominatedBy
+                    )
+                });
+                if !newer_here {
+                    let mut entry = remote.clone();
+                    if let Some(l) = &local {
+                        entry.vv.merge(&l.entry.vv);
+                    }
+                    self.sync_push_change(batch, report, rel, entry, None)?;
+                }
+                return Ok(());
+            }
+            self.sync_clear_ancestor(&anc, batch, report)?;
+        }
         let local = self.sync_fresh_local(rel, batch, report)?;
         let Some(local) = local else {
             if remote.deleted {
@@ -432,10 +555,28 @@ impl Node {
             report.applied += 1;
             return Ok(());
         };
-        match remote.vv.compare(&local.entry.vv) {
-            Causality::Equal | Causality::DominatedBy => {
+        let l = &local.entry;
+        let local_dir = l.kind == EntryKind::Dir && !l.deleted;
+        let removes_dir = remote.deleted || remote.kind != EntryKind::Dir;
+        match remote.vv.compare(&l.vv) {
+            Causality::Equal if l.same_content(remote) || (l.deleted && remote.deleted) => {
                 report.ignored += 1;
                 Ok(())
+            }
+            // The same vector for other content: a node restored from an old
+            // copy reused its counters. Resolved like concurrent edits.
+            Causality::Equal => self.sync_resolve(rel, &local, remote, batch, report),
+            Causality::DominatedBy => {
+                report.ignored += 1;
+                Ok(())
+            }
+            Causality::Dominates
+                if local_dir && removes_dir && {
+                    self.sync_flush_batch(batch)?;
+                    self.dir_has_entries(rel)?
+                } =>
+            {
+                self.sync_keep_dir(rel, &local, remote, batch, report)
             }
             Causality::Dominates => {
                 if local.entry.deleted && remote.deleted {
@@ -473,6 +614,29 @@ impl Node {
             entry.vv = merged;
             self.sync_push_change(batch, report, rel, entry, local.disk)?;
             return Ok(());
+        }
+        let dir = |e: &Entry| e.kind == EntryKind::Dir && !e.deleted;
+        let other = |e: &Entry| e.kind != EntryKind::Dir && !e.deleted;
+        // A type clash: the directory keeps the name on every node, the
+        // file or link becomes a conflict copy.
+        if dir(l) && other(remote) {
+            return self.sync_keep_dir(rel, local, remote, batch, report);
+        }
+        if other(l) && dir(remote) {
+            self.sync_flush_batch(batch)?;
+            self.sync_conflict_copy(rel, l, batch, report)?;
+            let mut entry = remote.clone();
+            entry.vv = merged;
+            entry.vv.increment(&self.short_id);
+            self.sync_place(batch, report, rel, entry)?;
+            report.applied += 1;
+            return Ok(());
+        }
+        if dir(l) && remote.deleted && {
+            self.sync_flush_batch(batch)?;
+            self.dir_has_entries(rel)?
+        } {
+            return self.sync_keep_dir(rel, local, remote, batch, report);
         }
         merged.increment(&self.short_id);
         if remote.deleted {
@@ -512,7 +676,7 @@ impl Node {
         } else {
             (l, remote)
         };
-        if loser.kind == EntryKind::File {
+        if loser.kind != EntryKind::Dir {
             self.sync_flush_batch(batch)?;
             self.sync_conflict_copy(rel, loser, batch, report)?;
         }
@@ -563,6 +727,8 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
+    mod clashes;
+
     use super::*;
     use crate::config::Home;
     use crate::node::InitOptions;

@@ -1593,10 +1593,16 @@ impl SyncNet {
                             for (path, entry) in current {
                                 let useful = match n.store.file(&path)? {
                                     None => true,
-                                    Some(l) => !matches!(
-                                        entry.vv.compare(&l.entry.vv),
-                                        Causality::Equal | Causality::DominatedBy
-                                    ),
+                                    Some(l) => match entry.vv.compare(&l.entry.vv) {
+                                        Causality::DominatedBy => false,
+                                        // The same vector for other content
+                                        // (a restored node reused counters).
+                                        Causality::Equal => {
+                                            !(l.entry.same_content(&entry)
+                                                || (l.entry.deleted && entry.deleted))
+                                        }
+                                        _ => true,
+                                    },
                                 };
                                 if useful {
                                     keep.push((path, entry));
