@@ -259,6 +259,9 @@ struct PeerState {
     closed_bytes: (u64, u64),
     /// Open connections and whether this node dialed each.
     conns: Vec<(Connection, bool)>,
+    /// Connections whose handshake completed (by `stable_id`): only those
+    /// are probed for liveness, a probe must not race a handshake.
+    established: std::collections::HashSet<usize>,
     dialing: bool,
     next_dial: Option<Instant>,
     backoff: Duration,
@@ -809,23 +812,71 @@ impl SyncNet {
 
     async fn run_session(self: Arc<Self>, conn: Connection, dialer: bool) {
         let peer = conn.remote_id();
-        {
+        let suspects = {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let s = st.entry(peer).or_default();
             s.status.connected += 1;
             metrics::gauge!("peer_connections_active").increment(1.0);
+            // A node dials only while it has no session with the peer, and
+            // the peer likewise: an older connection in the same direction
+            // is one the other side has given up on (it restarted).
+            for (c, d) in &s.conns {
+                if *d == dialer {
+                    tracing::info!("replacing a stale connection with {}", peer.fmt_short());
+                    c.close(1u32.into(), b"replaced");
+                }
+            }
+            s.conns.retain(|(_, d)| *d != dialer);
             s.conns.push((conn.clone(), dialer));
             // Both sides may have dialed: keep the connection dialed by the
             // smaller id, which both sides agree on, and close the other.
             let preferred = self.endpoint.id() < peer;
-            if s.conns.iter().any(|(_, d)| *d == preferred) {
+            if dialer == preferred {
                 for (c, d) in &s.conns {
                     if *d != preferred {
                         tracing::info!("closing a duplicate connection with {}", peer.fmt_short());
                         c.close(1u32.into(), b"duplicate");
                     }
                 }
+                Vec::new()
+            } else {
+                let established = &s.established;
+                let older: Vec<Connection> = s
+                    .conns
+                    .iter()
+                    .filter(|(_, d)| *d == preferred)
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                // One still in its handshake is fresh: the rule applies at once.
+                if older.iter().any(|c| !established.contains(&c.stable_id())) {
+                    tracing::info!("closing a duplicate connection with {}", peer.fmt_short());
+                    conn.close(1u32.into(), b"duplicate");
+                    Vec::new()
+                } else {
+                    older
+                }
             }
+        };
+        // This connection loses to an older one in the preferred direction,
+        // unless that one is dead: after a crash and a quick restart the
+        // peer no longer knows it, and keeping it would stall sync until
+        // it times out. A probe on it answers within a round trip if alive.
+        for old in suspects {
+            let alive = matches!(
+                tokio::time::timeout(Duration::from_millis(1500), probe(&old, 0)).await,
+                Ok(Ok(_))
+            );
+            if alive {
+                tracing::info!("closing a duplicate connection with {}", peer.fmt_short());
+                conn.close(1u32.into(), b"duplicate");
+            } else {
+                tracing::info!("closing a dead connection with {}", peer.fmt_short());
+                old.close(1u32.into(), b"stale");
+            }
+        }
+        {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let s = st.entry(peer).or_default();
             if dialer {
                 s.dialing = false;
             }
@@ -842,6 +893,7 @@ impl SyncNet {
             if let Some(s) = st.get_mut(&peer) {
                 s.status.connected = s.status.connected.saturating_sub(1);
                 s.conns.retain(|(c, _)| c.stable_id() != conn.stable_id());
+                s.established.remove(&conn.stable_id());
                 let cs = conn.stats();
                 s.closed_bytes.0 += cs.udp_tx.bytes;
                 s.closed_bytes.1 += cs.udp_rx.bytes;
@@ -988,6 +1040,13 @@ impl SyncNet {
             }
         }
         let their_want = their_from;
+        {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.entry(peer)
+                .or_default()
+                .established
+                .insert(conn.stable_id());
+        }
         self.update_status(&peer, |s| {
             if s.name.is_none() {
                 s.name = Some(their_name.clone());
