@@ -138,6 +138,37 @@ struct PendingWrite {
     expect: Option<DiskStat>,
 }
 
+/// Removes a temp file of a download that failed. When its directory was
+/// renamed meanwhile (the usual cause), it is found under its unique name.
+fn remove_temp(root: &Path, tmp: &Path) {
+    match fs::remove_file(tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        _ => return,
+    }
+    let Some(name) = tmp.file_name() else { return };
+    fn find(dir: &Path, name: &std::ffi::OsStr, depth: usize) -> Option<PathBuf> {
+        for e in fs::read_dir(dir).ok()?.flatten() {
+            let ft = e.file_type().ok()?;
+            if e.file_name() == name && ft.is_file() {
+                return Some(e.path());
+            }
+            if ft.is_dir() && depth < 64 {
+                if let Some(p) = find(&e.path(), name, depth + 1) {
+                    return Some(p);
+                }
+            }
+        }
+        None
+    }
+    if let Some(p) = find(root, name, 0) {
+        tracing::info!(
+            "removing the temp file of a failed download: {}",
+            p.display()
+        );
+        let _ = fs::remove_file(p);
+    }
+}
+
 /// Up to this many files written by one batch are fsynced one by one.
 const FSYNC_EACH_MAX: usize = 8;
 
@@ -266,7 +297,7 @@ impl Node {
                         Ok(stat) => batch.changes[w.change].disk = Some(stat),
                         Err(e) => {
                             tracing::warn!("{}: {e}", w.target.display());
-                            let _ = fs::remove_file(&w.tmp);
+                            remove_temp(&root, &w.tmp);
                             failed.push(w.change);
                         }
                     }
@@ -292,7 +323,7 @@ impl Node {
             })();
             if outcome.is_err() {
                 for w in &batch.writes {
-                    let _ = fs::remove_file(&w.tmp);
+                    remove_temp(&root, &w.tmp);
                 }
                 batch.writes.clear();
                 batch.changes.clear();

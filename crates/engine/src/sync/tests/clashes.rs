@@ -233,3 +233,24 @@ fn the_same_vector_for_other_content_is_resolved_not_ignored() {
     converge(&mut a, &mut b, sa, sb);
     assert_eq!(tree(&a), tree(&b));
 }
+
+#[test]
+fn a_failed_download_leaves_no_temp_file_even_in_a_renamed_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::create_dir_all(root.join("a/deep")).unwrap();
+    let tmp = root.join(format!(
+        "a/deep/{}0123456789abcdef",
+        crate::fsutil::TEMP_PREFIX
+    ));
+    fs::write(&tmp, vec![0u8; 1 << 20]).unwrap();
+    // The user renames the directory while the download is in flight.
+    fs::rename(root.join("a"), root.join("b")).unwrap();
+    remove_temp(root, &tmp);
+    assert!(!root
+        .join(format!(
+            "b/deep/{}0123456789abcdef",
+            crate::fsutil::TEMP_PREFIX
+        ))
+        .exists());
+}
