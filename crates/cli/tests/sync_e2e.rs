@@ -620,6 +620,10 @@ fn random_ops_on_three_nodes_converge() {
         "x/e.txt",
         "x/f.txt",
         "y/z/g.txt",
+        // A file and a directory at one path: `k` on one node, `k/inner.txt`
+        // on another (type clashes, also made by the `retype` operation).
+        "k",
+        "k/inner.txt",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -640,7 +644,14 @@ fn random_ops_on_three_nodes_converge() {
         let abs = nodes[n].root.join(&path);
         let exists = abs.is_file();
         let node_up = nodes[n].running();
-        let blocked = !node_up && dirty[n].contains(&path);
+        // Locally impossible writes: under a file, or over a directory.
+        let impossible = abs.is_dir()
+            || abs
+                .ancestors()
+                .skip(1)
+                .take_while(|p| *p != nodes[n].root)
+                .any(|p| p.exists() && !p.is_dir());
+        let blocked = impossible || (!node_up && dirty[n].contains(&path));
         let what = match roll {
             _ if blocked => "skip".to_string(),
             0..=29 => {
@@ -681,10 +692,15 @@ fn random_ops_on_three_nodes_converge() {
             55..=64 if exists => {
                 let to = rng.pick(&pool).clone();
                 let dest = nodes[n].root.join(&to);
-                if to == path || dest.exists() || (!node_up && dirty[n].contains(&to)) {
+                if to == path
+                    || dest.exists()
+                    || dest.is_symlink()
+                    || (!node_up && dirty[n].contains(&to))
+                    || dest.starts_with(&abs)
+                    || std::fs::create_dir_all(dest.parent().unwrap()).is_err()
+                {
                     "skip".to_string()
                 } else {
-                    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
                     std::fs::rename(&abs, &dest).unwrap();
                     if !node_up {
                         dirty[n].push(to.clone());
@@ -725,12 +741,50 @@ fn random_ops_on_three_nodes_converge() {
                     "start".to_string()
                 }
             }
+            92..=95 if node_up || !dirty[n].iter().any(|d| d.starts_with('k')) => {
+                // Changes the type of `k`: a file becomes a directory with a
+                // file in it, a directory becomes a file.
+                let k = nodes[n].root.join("k");
+                let (kind, written) = if k.is_dir() {
+                    std::fs::remove_dir_all(&k).unwrap();
+                    ("file", "k")
+                } else {
+                    if k.exists() || k.is_symlink() {
+                        std::fs::remove_file(&k).unwrap();
+                    }
+                    ("dir", "k/inner.txt")
+                };
+                nodes[n].write(written, format!("{token}\n").as_bytes());
+                writes.push((token.clone(), n, written.to_string()));
+                if !node_up {
+                    dirty[n].extend(["k".to_string(), "k/inner.txt".to_string()]);
+                }
+                format!("retype k {kind}")
+            }
+            96..=97 if node_up => {
+                // A symlink appears or goes (clashes with files by name).
+                let l = nodes[n].root.join("l");
+                if l.is_symlink() {
+                    std::fs::remove_file(&l).unwrap();
+                    "unlink l".to_string()
+                } else if l.exists() {
+                    "skip".to_string()
+                } else {
+                    std::os::unix::fs::symlink("a.txt", &l).unwrap();
+                    "symlink l".to_string()
+                }
+            }
             _ => {
                 std::thread::sleep(Duration::from_millis(rng.below(400)));
                 "sleep".to_string()
             }
         };
-        if what.starts_with("write") || what.starts_with("edit") || what.starts_with("rename") {
+        if what.starts_with("write")
+            || what.starts_with("edit")
+            || what.starts_with("rename")
+            || what.starts_with("retype")
+            || what.ends_with("link l")
+        {
             if nodes[n].running() {
                 nodes[n].settle();
             } else if !what.starts_with("rename") {
@@ -792,9 +846,13 @@ fn random_ops_on_three_nodes_converge() {
             trace.join("\n")
         ));
     }
+    let count = |w: &str| trace.iter().filter(|t| t.contains(w)).count();
     eprintln!(
-        "seed {seed}: {ops} ops, {} writes, {} conflict copies, all converged",
+        "seed {seed}: {ops} ops, {} writes ({} type changes of k, {} symlink ops), {} restarts, {} conflict copies, all converged",
         writes.len(),
+        count("retype"),
+        count("link l"),
+        count("sigkill") + count("sigterm"),
         conflict_copies(&t).len()
     );
     for n in nodes.iter_mut() {

@@ -273,6 +273,15 @@ impl Node {
                 Some(p) if !p.entry.deleted && meta.is_dir() => {
                     p.entry.kind != EntryKind::Dir || p.entry.mode & 0o7777 != stat.mode & 0o7777
                 }
+                // A link's stat moves when it is rewritten with the same
+                // target (a peer's state applied here): its target decides.
+                Some(p) if !p.entry.deleted && meta.file_type().is_symlink() => {
+                    p.entry.kind != EntryKind::Symlink
+                        || fs::read_link(&abs)
+                            .ok()
+                            .map(|t| t.to_string_lossy().into_owned())
+                            != p.entry.target
+                }
                 // Recorded as "racy" (written in the same clock tick as its
                 // stat): unchanged unless the bytes differ. Compared without
                 // ingesting, so a read-only dry run works.
