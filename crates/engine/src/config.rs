@@ -321,6 +321,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "mcp.allow_cidrs",
     "mcp.jwt_secret",
     "mcp.jwt_secret_file",
+    "mcp.jwt_audience",
+    "mcp.jwt_issuer",
     "mcp.tls_cert",
     "mcp.tls_key",
     "retention.keep_last",

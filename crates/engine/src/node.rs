@@ -336,6 +336,7 @@ impl Node {
         let old = self.find_version(rel, spec)?;
         let current = self.record(rel)?;
         let mut base = old.entry.clone();
+        base.mode &= 0o777;
         base.message = Some(format!("restored from v{}", old.label));
         let mut entry = self.local_entry(Some(&current.entry), base, actor);
         let disk = self.materialize(rel, &entry)?;

@@ -103,7 +103,7 @@ impl Node {
             }
             let mode = on_disk
                 .as_ref()
-                .map(|m| crate::fsutil::stat_of(m).mode & 0o7777)
+                .map(|m| crate::fsutil::stat_of(m).mode & 0o777)
                 .unwrap_or(NEW_DIR_MODE);
             let mut entry = self.local_entry(
                 prev.as_ref().map(|p| &p.entry),
@@ -161,7 +161,7 @@ impl Node {
         let ing = self.store.ingest(std::io::Cursor::new(bytes), limit)?;
         let mode = live(&prev)
             .filter(|p| p.entry.kind == EntryKind::File)
-            .map(|p| p.entry.mode & 0o7777)
+            .map(|p| p.entry.mode & 0o777)
             .unwrap_or(NEW_FILE_MODE);
         let mut base = bare(EntryKind::File, mode);
         base.size = ing.size;
@@ -318,6 +318,7 @@ impl Node {
             let new_path = format!("{to}{}", &rec.path[from.len()..]);
             let prev = self.store.file(&new_path)?;
             let mut base = rec.entry.clone();
+            base.mode &= 0o777;
             base.message = Some(format!("moved from {}", rec.path));
             let mut entry = self.local_entry(prev.as_ref().map(|p| &p.entry), base, actor);
             let disk = self.materialize(&new_path, &entry)?;

@@ -264,6 +264,18 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
                 "failed requests: HTTP 4xx/5xx by status, and tool calls that returned isError"
             );
             metrics::describe_gauge!("mcp_clients_connected", "open client connections");
+            metrics::describe_gauge!(
+                "mcp_sessions",
+                "open MCP sessions (and handshakes in flight)"
+            );
+            metrics::describe_gauge!(
+                "mcp_rate_limited_clients",
+                "client networks the per-client rate limit tracks"
+            );
+            metrics::describe_counter!(
+                "mcp_auth_failures_total",
+                "requests refused with 401 (audited at a bounded rate)"
+            );
             Some(handle)
         })
         .as_ref()

@@ -10,6 +10,12 @@
 //! is accepted (no `none`, no key confusion). The caller is recorded as
 //! `jwt:<sub>` (actor `mcp:jwt:<sub>`). A JWT cannot be revoked on its own:
 //! keep them short-lived, or rotate the secret.
+//!
+//! With an expected audience (`mcp.jwt_audience`) or issuer
+//! (`mcp.jwt_issuer`) configured, a JWT must carry it (`aud`, a string or
+//! an array of strings, must contain the audience; `iss` must equal the
+//! issuer): a token minted for another service with the same secret is
+//! refused.
 
 use crate::error::{invalid as bail, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,6 +33,10 @@ const LEEWAY: i64 = 30;
 #[derive(Clone)]
 pub struct JwtVerifier {
     key: Vec<u8>,
+    /// The `aud` a JWT must name, when set.
+    audience: Option<String>,
+    /// The `iss` a JWT must carry, when set.
+    issuer: Option<String>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -52,6 +62,21 @@ struct Claims {
     scope: Option<String>,
     #[serde(default)]
     paths: Vec<String>,
+    /// Read as any JSON value, so a JWT with an odd `aud` still works where
+    /// no audience is configured.
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    #[serde(default)]
+    iss: Option<String>,
+}
+
+/// Whether `aud` (one string or an array of strings, RFC 7519 4.1.3) names `want`.
+fn audience_contains(aud: Option<&serde_json::Value>, want: &str) -> bool {
+    match aud {
+        Some(serde_json::Value::String(a)) => a == want,
+        Some(serde_json::Value::Array(all)) => all.iter().any(|a| a.as_str() == Some(want)),
+        _ => false,
+    }
 }
 
 /// Whether a bearer credential looks like a JWT (three base64url parts).
@@ -67,7 +92,27 @@ impl JwtVerifier {
         }
         Ok(JwtVerifier {
             key: secret.to_vec(),
+            audience: None,
+            issuer: None,
         })
+    }
+
+    /// Also requires `aud` to name `audience` (blank: no check).
+    pub fn with_audience(mut self, audience: Option<&str>) -> Self {
+        self.audience = audience
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned);
+        self
+    }
+
+    /// Also requires `iss` to be `issuer` (blank: no check).
+    pub fn with_issuer(mut self, issuer: Option<&str>) -> Self {
+        self.issuer = issuer
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(str::to_owned);
+        self
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -106,6 +151,16 @@ impl JwtVerifier {
         if claims.exp + LEEWAY <= now || claims.nbf.is_some_and(|n| n > now + LEEWAY) {
             return None;
         }
+        if let Some(want) = &self.audience {
+            if !audience_contains(claims.aud.as_ref(), want) {
+                return None;
+            }
+        }
+        if let Some(want) = &self.issuer {
+            if claims.iss.as_deref() != Some(want.as_str()) {
+                return None;
+            }
+        }
         if claims.sub.is_empty()
             || !claims
                 .sub
@@ -134,6 +189,8 @@ impl JwtVerifier {
             name: format!("jwt:{}", claims.sub),
             capabilities: caps,
             scope: PathScope::new(&claims.paths).ok()?,
+            // Sessions and streams it opens end when it does.
+            expires: Some(claims.exp.saturating_add(LEEWAY)),
         })
     }
 }
@@ -176,5 +233,62 @@ mod tests {
         assert!(v.verify(&empty, 1000).is_none());
         let no_exp = v.sign(&json!({"sub": "bot", "capabilities": ["read"]}));
         assert!(v.verify(&no_exp, 1000).is_none());
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_configured() {
+        let key = [9u8; 32];
+        let claims = |extra: serde_json::Value| {
+            let mut c = json!({"sub": "bot", "exp": 2000, "capabilities": ["read"]});
+            if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+                c.extend(e.clone());
+            }
+            c
+        };
+        let plain = JwtVerifier::new(&key).unwrap();
+        let strict = JwtVerifier::new(&key)
+            .unwrap()
+            .with_audience(Some("sovryn-mcp"))
+            .with_issuer(Some("https://idp.example"));
+        let good = plain.sign(&claims(
+            json!({"aud": "sovryn-mcp", "iss": "https://idp.example"}),
+        ));
+        let many = plain.sign(&claims(
+            json!({"aud": ["other", "sovryn-mcp"], "iss": "https://idp.example"}),
+        ));
+        assert!(strict.verify(&good, 1000).is_some());
+        assert!(strict.verify(&many, 1000).is_some());
+        // Missing or foreign audience or issuer: refused.
+        for bad in [
+            json!({}),
+            json!({"iss": "https://idp.example"}),
+            json!({"aud": "sovryn-mcp"}),
+            json!({"aud": "other", "iss": "https://idp.example"}),
+            json!({"aud": ["a", "b"], "iss": "https://idp.example"}),
+            json!({"aud": "sovryn-mcp", "iss": "https://evil.example"}),
+            json!({"aud": 7, "iss": "https://idp.example"}),
+        ] {
+            let t = plain.sign(&claims(bad.clone()));
+            assert!(strict.verify(&t, 1000).is_none(), "{bad}");
+        }
+        // Without the settings, aud and iss are not looked at.
+        assert!(plain
+            .verify(&plain.sign(&claims(json!({}))), 1000)
+            .is_some());
+        assert!(plain
+            .verify(&plain.sign(&claims(json!({"aud": 7}))), 1000)
+            .is_some());
+        let blank = JwtVerifier::new(&key)
+            .unwrap()
+            .with_audience(Some(" "))
+            .with_issuer(None);
+        assert!(blank
+            .verify(&plain.sign(&claims(json!({}))), 1000)
+            .is_some());
+        // The expiry is carried, so sessions end with the JWT.
+        assert_eq!(
+            plain.verify(&good, 1000).unwrap().expires,
+            Some(2000 + LEEWAY)
+        );
     }
 }

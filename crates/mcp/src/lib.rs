@@ -6,7 +6,8 @@
 //! * [`http`]: the axum app: auth, 401/403/429, RFC 9728 metadata, health, body cap.
 //! * [`gateway`]: CIDR allowlist, Host/Origin checks, metrics, the TCP/TLS listener.
 //! * [`jwt`]: optional HS256 JWT bearer tokens.
-//! * [`audit`]: the append-only `audit.jsonl` of tool calls.
+//! * [`audit`]: the append-only `audit.jsonl` of tool calls and refused authentications.
+//! * [`sessions`]: HTTP sessions by owner: caps, and ending them on revocation.
 //!
 //! Invariant: every path from a client is normalised, confined to the storage
 //! root and checked against the caller's scope before it reaches the engine.
@@ -18,8 +19,10 @@ pub mod gateway;
 pub mod http;
 mod index;
 pub mod jwt;
+mod limits;
 pub mod resources;
 mod server;
+pub mod sessions;
 pub mod tokens;
 pub mod tools;
 mod work;

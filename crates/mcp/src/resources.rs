@@ -255,9 +255,15 @@ impl SovrynServer {
             let subs = self.subs.clone();
             let peer = ctx.peer.clone();
             let me = self.clone();
+            let ended = self.ending(&ctx.extensions);
             tokio::spawn(async move {
                 loop {
-                    let path = match rx.recv().await {
+                    let next = tokio::select! {
+                        // The token was revoked or expired: not one more update.
+                        _ = ended.cancelled() => return,
+                        next = rx.recv() => next,
+                    };
+                    let path = match next {
                         Ok(p) => p,
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(_) => return,
@@ -286,15 +292,25 @@ impl SovrynServer {
 
     /// Sends `notifications/resources/list_changed` to this session's peer
     /// whenever a file the caller `p` may read appears or disappears
-    /// (coalesced over 50 ms), until the session is gone.
-    pub(crate) fn follow_list_changes(&self, p: Principal, peer: rmcp::Peer<RoleServer>) {
+    /// (coalesced over 50 ms), until the session is gone or `ended` (its
+    /// token revoked or expired).
+    pub(crate) fn follow_list_changes(
+        &self,
+        p: Principal,
+        peer: rmcp::Peer<RoleServer>,
+        ended: tokio_util::sync::CancellationToken,
+    ) {
         if !p.can(Capability::Read) {
             return;
         }
         let mut rx = self.shared.state.index.events(&self.shared.state.changes);
         tokio::spawn(async move {
             loop {
-                let batch = match rx.recv().await {
+                let next = tokio::select! {
+                    _ = ended.cancelled() => return,
+                    next = rx.recv() => next,
+                };
+                let batch = match next {
                     Ok(b) => b,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         Arc::new(vec![String::new()])
@@ -307,7 +323,7 @@ impl SovrynServer {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 while rx.try_recv().is_ok() {}
-                if peer.is_transport_closed() {
+                if peer.is_transport_closed() || ended.is_cancelled() {
                     return;
                 }
                 if let Err(e) = peer.notify_resource_list_changed().await {
@@ -324,11 +340,14 @@ impl SovrynServer {
         cx: rmcp::service::SubscriptionContext,
     ) -> Result<(), McpError> {
         let p = self.principal(cx.request_context());
+        let ended = self.ending(&cx.request_context().extensions);
         let mut rx = self.shared.state.changes.subscribe();
         let mut files = self.shared.state.index.events(&self.shared.state.changes);
         loop {
             tokio::select! {
                 _ = cx.cancelled() => return Ok(()),
+                // The token was revoked or expired: the stream ends here.
+                _ = ended.cancelled() => return Ok(()),
                 ev = files.recv() => match ev {
                     Ok(batch) => {
                         if p.as_ref().is_some_and(|p| p.can(Capability::Read) && batch.iter().any(|path| p.scope.allows(path))) {

@@ -39,7 +39,8 @@ impl ServerHandler for SovrynServer {
                 .cloned()
         });
         if let Some(p) = who {
-            self.follow_list_changes(p, context.peer);
+            let ended = self.ending(&context.extensions);
+            self.follow_list_changes(p, context.peer, ended);
         }
     }
 

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::error::{invalid as bail, Error, Result, WithContext};
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -59,24 +58,131 @@ impl FromStr for Capability {
     }
 }
 
+/// One component of a scope glob.
+#[derive(Debug, Clone)]
+enum Part {
+    /// `**`: any number of whole components, none included.
+    Any,
+    /// A name without wildcards, compared as is.
+    Literal(String),
+    /// A lone `*`: any one (non-empty) component.
+    Star,
+    /// A glob on one component (`*.md`, `v?`, `[ab]*`). Matched against a
+    /// single component, which never holds a `/`: a `*` cannot cross one.
+    Glob(globset::GlobMatcher),
+}
+
+impl Part {
+    fn parse(comp: &str, whole: &str) -> Result<Self> {
+        if comp == "**" {
+            return Ok(Part::Any);
+        }
+        if comp == "*" {
+            return Ok(Part::Star);
+        }
+        if !comp.contains(['*', '?', '[', ']', '{', '}', '\\']) {
+            return Ok(Part::Literal(comp.to_owned()));
+        }
+        let glob = globset::GlobBuilder::new(comp)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "bad path glob '{whole}': {e} ('*' matches within one path component, '**' alone spans components)"
+                ))
+            })?;
+        Ok(Part::Glob(glob.compile_matcher()))
+    }
+
+    fn matches(&self, comp: &str) -> bool {
+        match self {
+            Part::Any | Part::Star => !comp.is_empty(),
+            Part::Literal(l) => l == comp,
+            Part::Glob(g) => g.is_match(comp),
+        }
+    }
+}
+
+/// A scope glob split into components.
+#[derive(Debug, Clone)]
+struct Pattern {
+    parts: Vec<Part>,
+}
+
+/// Most components a scope glob may have.
+const MAX_GLOB_PARTS: usize = 64;
+
+impl Pattern {
+    /// The pattern positions reachable after `path`'s components, or `None`
+    /// when none is. Positions are indexes into `parts` (`parts.len()`: all
+    /// matched); a `**` may match no component, so it is skipped for free.
+    fn run(&self, path: &str) -> Option<Vec<bool>> {
+        let n = self.parts.len();
+        let mut cur = vec![false; n + 1];
+        cur[0] = true;
+        self.close(&mut cur);
+        let mut next = vec![false; n + 1];
+        for comp in path.split('/') {
+            next.iter_mut().for_each(|x| *x = false);
+            let mut any = false;
+            for i in (0..n).filter(|&i| cur[i]) {
+                match &self.parts[i] {
+                    Part::Any if !comp.is_empty() => {
+                        next[i] = true;
+                        any = true;
+                    }
+                    p if !matches!(p, Part::Any) && p.matches(comp) => {
+                        next[i + 1] = true;
+                        any = true;
+                    }
+                    _ => {}
+                }
+            }
+            if !any {
+                return None;
+            }
+            self.close(&mut next);
+            std::mem::swap(&mut cur, &mut next);
+        }
+        Some(cur)
+    }
+
+    /// Adds the positions after each reachable `**` (it may match nothing).
+    fn close(&self, states: &mut [bool]) {
+        for i in 0..self.parts.len() {
+            if states[i] && matches!(self.parts[i], Part::Any) {
+                states[i + 1] = true;
+            }
+        }
+    }
+
+    /// Whether `path` matches the whole pattern. `docs/**` matches `docs`
+    /// itself (the root of the subtree it grants) and everything below.
+    fn matches(&self, path: &str) -> bool {
+        self.run(path).is_some_and(|s| s[self.parts.len()])
+    }
+
+    /// Whether something strictly below the directory `path` can match.
+    fn below(&self, path: &str) -> bool {
+        self.run(path)
+            .is_some_and(|s| s[..self.parts.len()].iter().any(|x| *x))
+    }
+}
+
 /// Path globs limiting what a token sees. No globs: the whole folder.
+///
+/// A glob is matched component by component: `*`, `?` and classes stay
+/// within one path component, and only a `**` component spans several
+/// (`docs/**` is `docs` and everything below it). A path matching a glob
+/// does not bring what lies below it: a `notes/*.md` token may use
+/// `notes/y.md` but not `notes/y.md/secret.txt`. Directories on the way
+/// to a glob (`notes` for `notes/*.md`) are [`PathScope::leads_into`]:
+/// listable, showing only what leads into the scope.
 #[derive(Debug, Clone, Default)]
 pub struct PathScope {
     globs: Vec<String>,
-    set: Option<GlobSet>,
-    /// Literal directory prefixes of the globs (before any wildcard).
-    prefixes: Vec<String>,
-}
-
-fn literal_prefix(glob: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for part in glob.split('/') {
-        if part.contains(['*', '?', '[', '{']) {
-            break;
-        }
-        out.push(part);
-    }
-    out.join("/")
+    /// `None`: everything.
+    patterns: Option<Vec<Pattern>>,
 }
 
 impl PathScope {
@@ -85,30 +191,37 @@ impl PathScope {
         if globs.is_empty() {
             return Ok(Self::default());
         }
-        let mut b = GlobSetBuilder::new();
+        let mut patterns = Vec::new();
         let mut clean = Vec::new();
         for g in globs {
             let g = g.trim().trim_start_matches("./").trim_start_matches('/');
-            if g.is_empty() || g.split('/').any(|p| p == "..") {
+            // Empty and `.` components say nothing (`docs//a`, `docs/./a`).
+            let comps: Vec<&str> = g
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect();
+            if comps.is_empty() || comps.contains(&"..") || g.contains('\0') {
                 bail!("bad path glob '{g}'");
             }
-            b.add(
-                globset::GlobBuilder::new(g)
-                    .literal_separator(true)
-                    .build()
-                    .or_else(|_| Glob::new(g))
-                    .map_err(|e| Error::Invalid(format!("bad path glob '{g}': {e}")))?,
-            );
+            if comps.len() > MAX_GLOB_PARTS {
+                bail!("path glob '{g}' has more than {MAX_GLOB_PARTS} components");
+            }
+            let mut parts = comps
+                .iter()
+                .map(|c| Part::parse(c, g))
+                .collect::<Result<Vec<_>>>()?;
+            // A plain path (no wildcard at all) names that file or that
+            // directory with everything in it, as `--paths docs` reads; only
+            // a wildcard's matches stay without their subtrees.
+            if parts.iter().all(|p| matches!(p, Part::Literal(_))) {
+                parts.push(Part::Any);
+            }
+            patterns.push(Pattern { parts });
             clean.push(g.to_owned());
         }
-        let prefixes = clean.iter().map(|g| literal_prefix(g)).collect();
         Ok(PathScope {
-            set: Some(
-                b.build()
-                    .map_err(|e| Error::Invalid(format!("bad path globs: {e}")))?,
-            ),
             globs: clean,
-            prefixes,
+            patterns: Some(patterns),
         })
     }
 
@@ -119,44 +232,59 @@ impl PathScope {
 
     /// Whether the scope is the whole folder.
     pub fn is_all(&self) -> bool {
-        self.set.is_none()
+        self.patterns.is_none()
     }
 
-    /// Whether `rel` (or a directory holding it) lies in the scope.
+    /// Whether `rel` itself lies in the scope (matches one of its globs).
     pub fn allows(&self, rel: &str) -> bool {
-        let Some(set) = &self.set else {
+        let Some(patterns) = &self.patterns else {
             return true;
         };
-        if rel.is_empty() {
-            return false;
-        }
-        if set.is_match(rel) || set.is_match(format!("{rel}/\u{1}")) {
-            return true;
-        }
-        let mut cur = rel;
-        while let Some((parent, _)) = cur.rsplit_once('/') {
-            if set.is_match(parent) {
-                return true;
-            }
-            cur = parent;
-        }
-        false
+        !rel.is_empty() && patterns.iter().any(|p| p.matches(rel))
     }
 
     /// Whether `rel` is a directory on the way to something in the scope
     /// (listable, showing only what leads into the scope).
     pub fn leads_into(&self, rel: &str) -> bool {
-        if self.set.is_none() || rel.is_empty() {
+        let Some(patterns) = &self.patterns else {
             return true;
-        }
-        self.prefixes
-            .iter()
-            .any(|p| p == rel || p.starts_with(&format!("{rel}/")))
+        };
+        rel.is_empty() || patterns.iter().any(|p| p.below(rel))
     }
 
     /// Whether `rel` may appear in a listing (allowed, or leading into the scope).
     pub fn visible(&self, rel: &str) -> bool {
         self.allows(rel) || self.leads_into(rel)
+    }
+
+    /// Whether everything `other` covers is covered by this scope too, as
+    /// far as the globs tell (conservative: `false` when unsure). A scope
+    /// covers another when it is the whole folder, or when each of the
+    /// other's globs is one of its own or lies under one of its
+    /// `literal/prefix/**` globs.
+    pub fn covers(&self, other: &PathScope) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        if other.is_all() {
+            return false;
+        }
+        other.globs.iter().all(|g| {
+            self.globs.iter().any(|mine| {
+                if mine == g {
+                    return true;
+                }
+                let wild = |t: &str| t.contains(['*', '?', '[', ']', '{', '}', '\\']);
+                // `base/**`, or a plain path (which brings its subtree).
+                let base = match mine.strip_suffix("/**") {
+                    Some(b) => b,
+                    None if mine == "**" => return true,
+                    None if !wild(mine) => mine.as_str(),
+                    None => return false,
+                };
+                !wild(base) && (g == base || g.starts_with(&format!("{base}/")))
+            })
+        })
     }
 }
 
@@ -169,6 +297,9 @@ pub struct Principal {
     pub capabilities: Vec<Capability>,
     /// Path scope.
     pub scope: PathScope,
+    /// When its credential stops being valid (seconds since the epoch);
+    /// `None`: never (it can still be revoked).
+    pub expires: Option<i64>,
 }
 
 impl Principal {
@@ -178,7 +309,23 @@ impl Principal {
             name: "stdio".into(),
             capabilities: vec![Capability::Admin],
             scope: PathScope::default(),
+            expires: None,
         }
+    }
+
+    /// Whether it holds `admin` over the whole folder. Peer and token
+    /// administration need that: a peer or a token is not confined to a
+    /// token's path scope, so a scoped admin could otherwise hand out
+    /// what it cannot reach itself.
+    pub fn is_unscoped_admin(&self) -> bool {
+        self.can(Capability::Admin) && self.scope.is_all()
+    }
+
+    /// Whether it may grant `caps` over `scope` to someone else: it must
+    /// hold every one of them, over at least that scope. Any tool that
+    /// grants rights checks this, so a token never hands out more than it has.
+    pub fn may_grant(&self, caps: &[Capability], scope: &PathScope) -> bool {
+        caps.iter().all(|c| self.can(*c)) && self.scope.covers(scope)
     }
 
     /// The actor recorded with versions this principal makes.
@@ -230,6 +377,15 @@ pub fn db_path(home: &Path) -> PathBuf {
 
 fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A short, non-reversible tag of a presented credential for logs
+/// (`sha256:` and 8 hex digits of its hash, the start of what `mcp.db`
+/// stores for a real token): enough to tell attempts apart, useless to
+/// replay.
+pub fn fingerprint(secret: &str) -> String {
+    let h = hash(secret);
+    format!("sha256:{}", &h[..8])
 }
 
 fn now() -> i64 {
@@ -378,6 +534,7 @@ impl TokenStore {
             scope: PathScope::new(&info.paths)?,
             name: info.name,
             capabilities: info.capabilities,
+            expires: info.expires,
         }))
     }
 
@@ -392,7 +549,7 @@ impl TokenStore {
     }
 
     /// SQLite's `data_version`: changes when another connection commits.
-    fn data_version(&self) -> Result<i64> {
+    pub(crate) fn data_version(&self) -> Result<i64> {
         Ok(self
             .db
             .prepare_cached("PRAGMA data_version")?
@@ -448,6 +605,7 @@ impl TokenVerifier {
             scope: PathScope::new(&info.paths)?,
             name: info.name.clone(),
             capabilities: info.capabilities.clone(),
+            expires: info.expires,
         };
         let usable = info.usable(now());
         if self.cache.len() < CACHE_CAP {
@@ -514,5 +672,163 @@ mod tests {
         assert!(PathScope::default().allows("anything"));
         assert_eq!(parse_duration("2h").unwrap(), 7200);
         assert!(parse_duration("x").is_err());
+    }
+
+    fn scope(globs: &[&str]) -> PathScope {
+        PathScope::new(&globs.iter().map(|g| g.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn a_star_stays_in_its_component_and_brings_no_subtree() {
+        // The review's cases: a file-name glob and a directory glob.
+        let md = scope(&["notes/*.md"]);
+        assert!(md.allows("notes/y.md"));
+        assert!(!md.allows("notes/y.md/secret.txt"));
+        assert!(!md.allows("notes/new.md/any/thing.sh"));
+        assert!(!md.visible("notes/y.md/secret.txt"));
+        assert!(!md.leads_into("notes/y.md"));
+        assert!(md.leads_into("notes") && !md.allows("notes"));
+        let dir = scope(&["docs/*"]);
+        assert!(dir.allows("docs/sub") && dir.allows("docs/a.md"));
+        for p in ["docs/sub/deep", "docs/sub/deep/x.txt", "docs/sub/x"] {
+            assert!(!dir.allows(p) && !dir.visible(p), "{p}");
+        }
+        // `**` is the only way to a subtree, and includes its root.
+        let tree = scope(&["docs/**"]);
+        assert!(tree.allows("docs") && tree.allows("docs/sub/deep/x.txt"));
+        assert!(!tree.allows("docsx") && !tree.allows("other/docs/x"));
+        let mid = scope(&["src/**/*.rs"]);
+        assert!(mid.allows("src/lib.rs") && mid.allows("src/a/b/c.rs"));
+        assert!(!mid.allows("src/a") && mid.leads_into("src/a") && mid.leads_into("src"));
+        assert!(!mid.allows("src/a.rs/x"));
+        let any = scope(&["**/*.md"]);
+        assert!(any.allows("a.md") && any.allows("x/y/z.md") && !any.allows("x/y.md/z"));
+        assert!(any.leads_into("x") && !any.allows("x"));
+        let q = scope(&["v?/[ab]*.txt", "{x,y}/*"]);
+        assert!(q.allows("v1/a1.txt") && !q.allows("v12/a.txt") && !q.allows("v1/c.txt"));
+        assert!(q.allows("x/1") && q.allows("y/2") && !q.allows("z/1") && !q.allows("x/1/2"));
+        // A plain path is that file or directory with its subtree.
+        let lit = scope(&["docs"]);
+        assert!(lit.allows("docs") && lit.allows("docs/a/b") && !lit.allows("docsx"));
+        // Bad globs are refused, not widened.
+        for bad in ["", "/", "..", "a/../b", "{a,b/c}", "a/[b"] {
+            assert!(
+                PathScope::new(&[bad.to_string()]).is_err(),
+                "{bad} should be refused"
+            );
+        }
+        // Redundant separators are harmless.
+        assert!(scope(&["./docs//*.md"]).allows("docs/a.md"));
+    }
+
+    #[test]
+    fn a_scoped_admin_grants_no_more_than_it_has() {
+        let p = |globs: &[&str], caps: &[Capability]| Principal {
+            name: "t".into(),
+            capabilities: caps.to_vec(),
+            scope: scope(globs),
+            expires: None,
+        };
+        let full = Principal::stdio();
+        assert!(full.is_unscoped_admin());
+        let docs_admin = p(&["docs/**"], &[Capability::Admin]);
+        assert!(!docs_admin.is_unscoped_admin());
+        let rw = [Capability::Read, Capability::Write];
+        assert!(full.may_grant(&rw, &PathScope::default()));
+        assert!(!docs_admin.may_grant(&rw, &PathScope::default()));
+        assert!(docs_admin.may_grant(&rw, &scope(&["docs/**"])));
+        assert!(docs_admin.may_grant(&rw, &scope(&["docs/a/**", "docs/x.md"])));
+        assert!(!docs_admin.may_grant(&rw, &scope(&["docsx/**"])));
+        assert!(!docs_admin.may_grant(&rw, &scope(&["*/**"])));
+        let reader = p(&[], &[Capability::Read]);
+        assert!(reader.may_grant(&[Capability::Read], &PathScope::default()));
+        assert!(!reader.may_grant(&rw, &PathScope::default()));
+        let star = p(&["docs/*"], &[Capability::Admin]);
+        assert!(!star.may_grant(&rw, &scope(&["docs/a/**"])));
+    }
+
+    mod fuzz {
+        use super::super::PathScope;
+        use proptest::prelude::*;
+
+        /// Path components: plain names, dots, and glob characters.
+        fn component() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-c]{1,3}",
+                "[a-c.]{1,4}",
+                Just("*".to_string()),
+                Just("**".to_string()),
+                "[a-c]?\\*[a-c.]{0,2}",
+                "[a-c*?\\[\\]!{},\\\\.-]{1,5}",
+            ]
+        }
+
+        fn glob() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::collection::vec(component(), 1..5).prop_map(|c| c.join("/")),
+                // Anything at all, slashes and NULs included.
+                "\\PC{0,12}",
+            ]
+        }
+
+        /// Normalised paths (no empty, `.` or `..` components), with glob
+        /// characters in names too.
+        fn path() -> impl Strategy<Value = String> {
+            prop::collection::vec("[a-c*?][a-c.*?]{0,2}", 1..6).prop_map(|c| c.join("/"))
+        }
+
+        /// The reference for globs of literal and `*` components only.
+        fn naive(glob: &str, path: &str) -> bool {
+            let (g, p): (Vec<&str>, Vec<&str>) =
+                (glob.split('/').collect(), path.split('/').collect());
+            if !g.contains(&"*") {
+                // A plain path: itself and its subtree.
+                return p.len() >= g.len() && g.iter().zip(&p).all(|(g, p)| g == p);
+            }
+            g.len() == p.len() && g.iter().zip(&p).all(|(g, p)| *g == "*" || g == p)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn never_panics_and_a_star_never_crosses_a_slash(g in glob(), paths in prop::collection::vec(path(), 1..6)) {
+                let Ok(s) = PathScope::new(std::slice::from_ref(&g)) else {
+                    return Ok(());
+                };
+                let comps: Vec<&str> = g.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+                // A plain path (no wildcard) brings its subtree, like `path/**`.
+                let has_any = comps.contains(&"**")
+                    || comps.iter().all(|c| !c.contains(['*', '?', '[', ']', '{', '}', '\\']));
+                for p in &paths {
+                    let allowed = s.allows(p);
+                    let _ = s.leads_into(p);
+                    let _ = s.visible(p);
+                    if !has_any {
+                        // Without `**`, a match has exactly the glob's components:
+                        // no `*`, `?` or class ever matched a `/`.
+                        if allowed {
+                            prop_assert_eq!(p.split('/').count(), comps.len(), "{} matched {}", g, p);
+                            // And nothing below a match is in the scope.
+                            let below = format!("{p}/x");
+                            prop_assert!(!s.allows(&below), "{} allowed {}", g, below);
+                            prop_assert!(!s.visible(&below), "{} shows {}", g, below);
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn literal_and_star_globs_match_like_the_reference(
+                comps in prop::collection::vec(prop_oneof!["[a-c]{1,2}", Just("*".to_string())], 1..4),
+                paths in prop::collection::vec(prop::collection::vec("[a-c]{1,2}", 1..5).prop_map(|c| c.join("/")), 1..8),
+            ) {
+                let g = comps.join("/");
+                let s = PathScope::new(std::slice::from_ref(&g)).unwrap();
+                for p in &paths {
+                    prop_assert_eq!(s.allows(p), naive(&g, p), "{} on {}", g, p);
+                }
+            }
+        }
     }
 }

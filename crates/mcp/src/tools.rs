@@ -56,6 +56,35 @@ pub fn tool_capability(name: &str) -> Option<Capability> {
     })
 }
 
+/// Tools that change who may reach the folder (peers): an unscoped admin
+/// token only, since what they grant is not confined to a path scope.
+fn grants_rights(name: &str) -> bool {
+    matches!(name, "add_peer" | "remove_peer")
+}
+
+/// Why `p` may not call the tool `name`: the capability to name in a 403
+/// and a sentence; `None` when it may (or the tool is unknown: rmcp
+/// answers that).
+pub(crate) fn tool_refusal(p: &Principal, name: &str) -> Option<(Capability, String)> {
+    let cap = tool_capability(name)?;
+    if !p.can(cap) {
+        return Some((
+            cap,
+            format!("this token lacks the '{cap}' capability needed by {name}"),
+        ));
+    }
+    if grants_rights(name) && !p.is_unscoped_admin() {
+        return Some((
+            Capability::Admin,
+            format!(
+                "{name} needs an admin token without path limits (this one is limited to {})",
+                p.scope.globs().join(", ")
+            ),
+        ));
+    }
+    None
+}
+
 fn kind_name(k: EntryKind) -> &'static str {
     match k {
         EntryKind::File => "file",
@@ -538,7 +567,8 @@ pub struct MetaOut {
     pub target: Option<String>,
     /// Whether this version is a deletion.
     pub deleted: bool,
-    /// Where the path stands with each configured peer.
+    /// Where the path stands with each configured peer (empty for a token
+    /// without the `status` capability: peers are not its business).
     pub sync: Vec<PeerSyncOut>,
 }
 
@@ -1083,6 +1113,19 @@ fn edit_peers<T>(
     Ok(out)
 }
 
+/// The peers as configured now: `config.toml` is read again, since
+/// `sovryn peers add|remove` (another process) rewrites it and a running
+/// daemon follows it; the node's copy only when it cannot be read.
+fn current_peers(node: &Node) -> Vec<PeerConfig> {
+    match Config::load(&node.home) {
+        Ok(c) => c.peers,
+        Err(e) => {
+            tracing::warn!("reading the peers from config.toml: {e}");
+            node.config.peers.clone()
+        }
+    }
+}
+
 /// The `name` glob of `search_files`: case-insensitive, on file names, or
 /// on whole paths when it holds a `/`.
 struct NameGlob {
@@ -1141,10 +1184,13 @@ const RESCAN_BATCH: usize = 256;
 /// batches and progress counts paths. Each recorded version is a whole,
 /// stable read of a file (the scanner never records a torn one); what a
 /// cancelled rescan did not reach is left for the next scan. Returns the
-/// merged report and whether it was cancelled.
+/// merged report and whether it was cancelled. Only paths in `scope` are
+/// scanned: a token never records (nor learns the names of) what lies
+/// outside it.
 fn rescan(
     node: &mut Node,
     rel: &str,
+    scope: &crate::tokens::PathScope,
     opts: &ScanOptions,
     work: &Work,
 ) -> Result<(sovryn_engine::scan::ScanReport, bool), String> {
@@ -1161,7 +1207,14 @@ fn rescan(
         return Ok((r, false));
     }
     node.rules.reload();
-    let leaves = rescan_leaves(node, rel)?;
+    let mut leaves = rescan_leaves(node, rel)?;
+    if !scope.is_all() {
+        leaves.retain(|p| scope.allows(p));
+        if leaves.is_empty() {
+            // Scanning the directory itself would walk what lies below it.
+            return Ok((sovryn_engine::scan::ScanReport::default(), false));
+        }
+    }
     let total = leaves.len() as f64;
     let mut report = sovryn_engine::scan::ScanReport::default();
     work.progress(0.0, Some(total), || {
@@ -1350,6 +1403,18 @@ impl SovrynServer {
         Ok(p)
     }
 
+    /// The caller of a tool that grants rights (`name`), if it may call it:
+    /// an admin token without path limits.
+    fn granter(&self, ctx: &RequestContext<RoleServer>, name: &str) -> Result<Principal, String> {
+        let p = self
+            .principal(ctx)
+            .ok_or_else(|| "no authenticated caller".to_string())?;
+        match tool_refusal(&p, name) {
+            Some((_, why)) => Err(why),
+            None => Ok(p),
+        }
+    }
+
     /// Runs `f` on the node on a blocking thread.
     async fn on_node<T, F>(&self, f: F) -> Result<T, String>
     where
@@ -1399,11 +1464,7 @@ impl SovrynServer {
         self.tool_router
             .list_all()
             .into_iter()
-            .filter(|t| match (p, tool_capability(&t.name)) {
-                (Some(p), Some(cap)) => p.can(cap),
-                (None, _) => false,
-                (Some(_), None) => true,
-            })
+            .filter(|t| p.is_some_and(|p| tool_refusal(p, &t.name).is_none()))
             .collect()
     }
 
@@ -1417,13 +1478,11 @@ impl SovrynServer {
         let who = self.principal(&context);
         let name = request.name.to_string();
         let paths = args_paths(&request.arguments);
-        let denied = match (&who, tool_capability(&name)) {
-            (None, _) => Some("no authenticated caller".to_string()),
-            (Some(p), Some(cap)) if !p.can(cap) => Some(format!(
-                "this token lacks the '{cap}' capability needed by {name}"
-            )),
-            _ => None,
+        let denied = match &who {
+            None => Some("no authenticated caller".to_string()),
+            Some(p) => tool_refusal(p, &name).map(|(_, why)| why),
         };
+        let client = self.client(&context);
         let ct = context.ct.clone();
         let result: Result<CallToolResponse, McpError> = match &denied {
             Some(msg) => Ok(CallToolResult::error(vec![ContentBlock::text(msg.clone())]).into()),
@@ -1457,8 +1516,46 @@ impl SovrynServer {
             paths,
             outcome,
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            client,
+            suppressed: None,
         });
         result
+    }
+
+    /// The HTTP client's address (none on stdio).
+    fn client(&self, ctx: &RequestContext<RoleServer>) -> Option<String> {
+        if self.local.is_some() {
+            return None;
+        }
+        ctx.extensions
+            .get::<axum::http::request::Parts>()?
+            .extensions
+            .get::<axum::extract::ConnectInfo<crate::gateway::PeerAddr>>()
+            .map(|c| c.0 .0.ip().to_string())
+    }
+
+    /// What ends with the caller's credential: a revoked or expired token's
+    /// streams and notification tasks stop on it. Never for stdio.
+    pub(crate) fn ending(
+        &self,
+        ext: &rmcp::model::Extensions,
+    ) -> tokio_util::sync::CancellationToken {
+        if self.local.is_some() {
+            return tokio_util::sync::CancellationToken::new();
+        }
+        match ext
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.extensions.get::<crate::sessions::Ending>())
+        {
+            Some(e) => e.0.clone(),
+            // An HTTP request always carries it; without it, nothing is
+            // sent rather than something nobody can stop.
+            None => {
+                let ct = tokio_util::sync::CancellationToken::new();
+                ct.cancel();
+                ct
+            }
+        }
     }
 }
 
@@ -1959,7 +2056,7 @@ impl SovrynServer {
     }
 
     #[tool(
-        description = "A path's metadata: kind, size, mode, modification time, version label, number of versions, content hash, who made the version, and its sync state with each configured peer (`sync`: in_sync, pending, incoming, diverged or unknown).",
+        description = "A path's metadata: kind, size, mode, modification time, version label, number of versions, content hash, who made the version, and its sync state with each configured peer (`sync`: in_sync, pending, incoming, diverged or unknown; listed only for tokens with the status capability).",
         annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn get_file_metadata(
@@ -1987,21 +2084,24 @@ impl SovrynServer {
                 None => (cur.label, cur.entry.clone()),
             };
             let versions = node.store.versions(&rel).map_err(|e| e.to_string())?.len();
-            // The peers as configured now (a running daemon follows config.toml).
-            let peers = Config::load(&node.home)
-                .map(|c| c.peers)
-                .unwrap_or_else(|_| node.config.peers.clone());
-            let ids: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
-            let sync = sovryn_engine::peer_state::path_states(&node.store, &rel, &ids)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .zip(&peers)
-                .map(|(st, cfg)| PeerSyncOut {
-                    peer: st.peer,
-                    name: cfg.name.clone(),
-                    state: st.state.into(),
-                })
-                .collect();
+            // Peer ids and names are node administration, not file data:
+            // only a token that may see the node's status gets them.
+            let sync = if p.can(Capability::Status) {
+                let peers = current_peers(node);
+                let ids: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
+                sovryn_engine::peer_state::path_states(&node.store, &rel, &ids)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .zip(&peers)
+                    .map(|(st, cfg)| PeerSyncOut {
+                        peer: st.peer,
+                        name: cfg.name.clone(),
+                        state: st.state.into(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             Ok(MetaOut {
                 path: rel,
                 kind: kind_name(e.kind).into(),
@@ -2330,13 +2430,7 @@ impl SovrynServer {
         self.caller(&ctx, Capability::Status)?;
         self.on_node(move |node| {
             Ok(PeersOut {
-                peers: node
-                    .config
-                    .peers
-                    .iter()
-                    .cloned()
-                    .map(PeerOut::from)
-                    .collect(),
+                peers: current_peers(node).into_iter().map(PeerOut::from).collect(),
             })
         })
         .await
@@ -2357,7 +2451,7 @@ impl SovrynServer {
         Parameters(a): Parameters<AddPeerArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<AddPeerOut>, String> {
-        self.caller(&ctx, Capability::Admin)?;
+        let p = self.granter(&ctx, "add_peer")?;
         let id = a.endpoint_id.trim();
         let key: PublicKey = id
             .parse()
@@ -2378,6 +2472,18 @@ impl SovrynServer {
             read_only: a.read_only.unwrap_or(false),
             paths,
         };
+        // A peer gets read (and, unless read-only, write) over its paths: the
+        // caller must hold all of that itself.
+        let granted: Vec<Capability> = if peer.read_only {
+            vec![Capability::Read]
+        } else {
+            vec![Capability::Read, Capability::Write]
+        };
+        let globs: Vec<String> = peer.paths.iter().map(|p| format!("{p}/**")).collect();
+        let scope = crate::tokens::PathScope::new(&globs).map_err(|e| e.to_string())?;
+        if !p.may_grant(&granted, &scope) {
+            return Err("a token cannot give a peer more than it holds itself".into());
+        }
         self.on_node(move |node| {
             let me = sovryn_engine::identity::load(&node.home.identity())
                 .map_err(|e| e.to_string())?
@@ -2420,7 +2526,7 @@ impl SovrynServer {
         Parameters(a): Parameters<RemovePeerArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<RemovePeerOut>, String> {
-        self.caller(&ctx, Capability::Admin)?;
+        self.granter(&ctx, "remove_peer")?;
         let which = a.endpoint_id_or_name.trim().to_owned();
         self.on_node(move |node| {
             let removed = edit_peers(node, |peers| {
@@ -2456,7 +2562,7 @@ impl SovrynServer {
                 node_name: node.config.node_name.clone(),
                 sequence: node.store.sequence().map_err(|e| e.to_string())?,
                 paused: node.home.is_paused(),
-                peers: node.config.peers.len(),
+                peers: current_peers(node).len(),
                 conflicts: visible_conflicts(node, &p)?.len(),
             })
         })
@@ -2487,7 +2593,7 @@ impl SovrynServer {
         let (out, cancelled) = self
             .on_node_work(&ctx, move |node, work| {
                 confine(node, &rel)?;
-                let (r, cancelled) = rescan(node, &rel, &opts, work)?;
+                let (r, cancelled) = rescan(node, &rel, &p.scope, &opts, work)?;
                 Ok((
                     ForceSyncOut {
                         path: rel,
