@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod conflicts;
+pub mod decide;
 pub mod fsutil;
 pub mod identity;
 pub mod merge;

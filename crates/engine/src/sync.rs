@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use sovryn_store::{Causality, Change, ChunkId, DiskStat, Entry, EntryKind, FileRecord};
 
+use crate::decide::{decide, Decision};
 use crate::fsutil::stat_of;
 use crate::node::Node;
 use crate::paths;
@@ -52,11 +53,6 @@ pub struct ApplyReport {
     pub failed: Vec<(String, String)>,
 }
 
-/// How two concurrent states are ordered: the later write wins, ties by author.
-fn newer(a: &Entry, b: &Entry) -> bool {
-    (a.time_ns, &a.author, a.content_hash()) > (b.time_ns, &b.author, b.content_hash())
-}
-
 /// `(year, month, day)` of a day count since 1970-01-01 (proleptic Gregorian).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -77,7 +73,9 @@ pub fn conflict_name(rel: &str, author: &str, time_ns: i64) -> String {
     conflict_name_n(rel, author, time_ns, 0)
 }
 
-fn conflict_name_n(rel: &str, author: &str, time_ns: i64, n: u32) -> String {
+/// [`conflict_name`] with `-N` before the extension when `n` > 0 (the name
+/// was taken by another copy).
+pub fn conflict_name_n(rel: &str, author: &str, time_ns: i64, n: u32) -> String {
     let secs = time_ns.div_euclid(1_000_000_000);
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
@@ -520,31 +518,6 @@ impl Node {
         self.local_entry(Some(&prev), base, None)
     }
 
-    /// The directory at `rel` stays, against a remote state that would
-    /// remove it (a file, a symlink or a deletion) while it still holds
-    /// entries the peer did not know of: a live remote file or link is
-    /// kept as a conflict copy, and the directory is recorded with both
-    /// vectors plus one local edit, so it wins on every node.
-    fn sync_keep_dir(
-        &mut self,
-        rel: &str,
-        local: &FileRecord,
-        remote: &Entry,
-        batch: &mut Batch,
-        report: &mut ApplyReport,
-    ) -> Result<()> {
-        if !remote.deleted {
-            self.sync_flush_batch(batch)?;
-            self.sync_conflict_copy(rel, remote, batch, report)?;
-        }
-        let entry = self.dir_superseding(&local.entry, Some(remote));
-        tracing::info!(
-            "{rel}: the directory keeps the name against a peer's {}",
-            if remote.deleted { "deletion" } else { "file" }
-        );
-        self.sync_push_change(batch, report, rel, entry, local.disk)
-    }
-
     fn sync_apply_one(
         &mut self,
         rel: &str,
@@ -575,151 +548,101 @@ impl Node {
             self.sync_clear_ancestor(&anc, batch, report)?;
         }
         let local = self.sync_fresh_local(rel, batch, report)?;
-        let Some(local) = local else {
-            if remote.deleted {
-                // A tombstone for something never seen here: record it so
-                // the history agrees, nothing to remove.
-                self.sync_push_change(batch, report, rel, remote.clone(), None)?;
-            } else {
-                self.sync_place(batch, report, rel, remote.clone())?;
-            }
-            report.applied += 1;
-            return Ok(());
-        };
-        let l = &local.entry;
-        let local_dir = l.kind == EntryKind::Dir && !l.deleted;
-        let removes_dir = remote.deleted || remote.kind != EntryKind::Dir;
-        match remote.vv.compare(&l.vv) {
-            Causality::Equal if l.same_content(remote) || (l.deleted && remote.deleted) => {
-                report.ignored += 1;
-                Ok(())
-            }
-            // The same vector for other content: a node restored from an old
-            // copy reused its counters. Resolved like concurrent edits.
-            Causality::Equal => self.sync_resolve(rel, &local, remote, batch, report),
-            Causality::DominatedBy => {
-                report.ignored += 1;
-                Ok(())
-            }
-            Causality::Dominates
-                if local_dir && removes_dir && {
-                    self.sync_flush_batch(batch)?;
-                    self.dir_has_entries(rel)?
-                } =>
-            {
-                self.sync_keep_dir(rel, &local, remote, batch, report)
-            }
-            Causality::Dominates => {
-                if local.entry.deleted && remote.deleted {
-                    self.sync_push_change(batch, report, rel, remote.clone(), None)?;
-                } else {
-                    self.sync_place(batch, report, rel, remote.clone())?;
+        let me = self.short_id.clone();
+        let mut has_entries = || {
+            // Renames of this batch first, so the directory shows what it holds.
+            // When in doubt the directory stays (nothing is removed).
+            match self.sync_flush_batch(batch) {
+                Ok(()) => self.dir_has_entries(rel).unwrap_or(true),
+                Err(e) => {
+                    tracing::warn!("{rel}: {e}");
+                    true
                 }
-                report.applied += 1;
-                Ok(())
             }
-            Causality::Concurrent => self.sync_resolve(rel, &local, remote, batch, report),
-        }
-    }
-
-    fn sync_resolve(
-        &mut self,
-        rel: &str,
-        local: &FileRecord,
-        remote: &Entry,
-        batch: &mut Batch,
-        report: &mut ApplyReport,
-    ) -> Result<()> {
-        let l = &local.entry;
-        let mut merged = l.vv.clone();
-        merged.merge(&remote.vv);
-        // Same outcome on both sides: merge the vectors, nothing to write.
-        if (l.deleted && remote.deleted)
-            || (!l.deleted && !remote.deleted && l.same_content(remote))
-        {
-            let mut entry = if newer(remote, l) {
-                remote.clone()
-            } else {
-                l.clone()
-            };
-            entry.vv = merged;
-            self.sync_push_change(batch, report, rel, entry, local.disk)?;
-            return Ok(());
-        }
-        let dir = |e: &Entry| e.kind == EntryKind::Dir && !e.deleted;
-        let other = |e: &Entry| e.kind != EntryKind::Dir && !e.deleted;
-        // A type clash: the directory keeps the name on every node, the
-        // file or link becomes a conflict copy.
-        if dir(l) && other(remote) {
-            return self.sync_keep_dir(rel, local, remote, batch, report);
-        }
-        if other(l) && dir(remote) {
-            self.sync_flush_batch(batch)?;
-            self.sync_conflict_copy(rel, l, batch, report)?;
-            let mut entry = remote.clone();
-            entry.vv = merged;
-            entry.vv.increment(&self.short_id);
-            self.sync_place(batch, report, rel, entry)?;
-            report.applied += 1;
-            return Ok(());
-        }
-        if dir(l) && remote.deleted && {
-            self.sync_flush_batch(batch)?;
-            self.dir_has_entries(rel)?
-        } {
-            return self.sync_keep_dir(rel, local, remote, batch, report);
-        }
-        merged.increment(&self.short_id);
-        if remote.deleted {
-            // Delete against edit: the edit stays.
-            let mut entry = l.clone();
-            entry.vv = merged;
-            self.sync_push_change(batch, report, rel, entry, local.disk)?;
-            return Ok(());
-        }
-        if l.deleted {
-            let mut entry = remote.clone();
-            entry.vv = merged;
-            self.sync_place(batch, report, rel, entry)?;
-            report.applied += 1;
-            return Ok(());
-        }
-        let remote_wins = newer(remote, l);
-        // Two files: merge when the edits do not overlap (same inputs, in
-        // write order, on both sides, so both compute the same result).
-        let (first, second) = if remote_wins {
-            (l, remote)
-        } else {
-            (remote, l)
         };
-        match self.merge_concurrent(rel, first, second, merged.clone()) {
-            Ok(Some(entry)) => {
-                report.merged.push(rel.to_owned());
+        let decision = decide(
+            local.as_ref().map(|l| &l.entry),
+            remote,
+            &me,
+            &mut has_entries,
+        );
+        let disk = local.as_ref().and_then(|l| l.disk);
+        match decision {
+            Decision::Ignore => report.ignored += 1,
+            Decision::Tombstone(entry) => {
+                self.sync_push_change(batch, report, rel, entry, None)?;
+                report.applied += 1;
+            }
+            Decision::Place(entry) => {
                 self.sync_place(batch, report, rel, entry)?;
                 report.applied += 1;
-                return Ok(());
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!("{rel}: merging concurrent edits failed ({e}); keeping both"),
-        }
-        let (winner, loser) = if remote_wins {
-            (remote, l)
-        } else {
-            (l, remote)
-        };
-        if loser.kind != EntryKind::Dir {
-            self.sync_flush_batch(batch)?;
-            self.sync_conflict_copy(rel, loser, batch, report)?;
-        }
-        let mut entry = winner.clone();
-        entry.vv = merged;
-        if remote_wins {
-            self.sync_place(batch, report, rel, entry)?;
-        } else {
-            self.sync_push_change(batch, report, rel, entry, local.disk)?;
-        }
-        if remote_wins {
-            report.applied += 1;
+            Decision::Record(entry) => self.sync_push_change(batch, report, rel, entry, disk)?,
+            Decision::KeepDir { copy_remote } => {
+                let Some(local) = &local else {
+                    return Err(Error::Usage(format!("{rel}: no local directory to keep")));
+                };
+                if copy_remote {
+                    self.sync_flush_batch(batch)?;
+                    self.sync_conflict_copy(rel, remote, batch, report)?;
+                }
+                let entry = self.dir_superseding(&local.entry, Some(remote));
+                tracing::info!(
+                    "{rel}: the directory keeps the name against a peer's {}",
+                    if remote.deleted { "deletion" } else { "file" }
+                );
+                self.sync_push_change(batch, report, rel, entry, disk)?;
+            }
+            Decision::CopyLocalThenPlace(entry) => {
+                if let Some(local) = &local {
+                    self.sync_flush_batch(batch)?;
+                    self.sync_conflict_copy(rel, &local.entry, batch, report)?;
+                }
+                self.sync_place(batch, report, rel, entry)?;
+                report.applied += 1;
+            }
+            Decision::Resolve { remote_wins, vv } => {
+                let Some(local) = &local else {
+                    return Err(Error::Usage(format!("{rel}: nothing local to resolve")));
+                };
+                let l = &local.entry;
+                // Merge when the edits do not overlap (same inputs, in write
+                // order, on both sides, so both compute the same result).
+                let (first, second) = if remote_wins {
+                    (l, remote)
+                } else {
+                    (remote, l)
+                };
+                match self.merge_concurrent(rel, first, second, vv.clone()) {
+                    Ok(Some(entry)) => {
+                        report.merged.push(rel.to_owned());
+                        self.sync_place(batch, report, rel, entry)?;
+                        report.applied += 1;
+                        return Ok(());
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!("{rel}: merging concurrent edits failed ({e}); keeping both")
+                    }
+                }
+                let (winner, loser) = if remote_wins {
+                    (remote, l)
+                } else {
+                    (l, remote)
+                };
+                if loser.kind != EntryKind::Dir {
+                    self.sync_flush_batch(batch)?;
+                    self.sync_conflict_copy(rel, loser, batch, report)?;
+                }
+                let mut entry = winner.clone();
+                entry.vv = vv;
+                if remote_wins {
+                    self.sync_place(batch, report, rel, entry)?;
+                    report.applied += 1;
+                } else {
+                    self.sync_push_change(batch, report, rel, entry, disk)?;
+                }
+            }
         }
         Ok(())
     }
