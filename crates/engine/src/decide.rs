@@ -55,13 +55,23 @@ fn live_other(e: &Entry) -> bool {
     e.kind != EntryKind::Dir && !e.deleted
 }
 
-/// What to do with `remote` at a path whose state here is `local`. `me` is
-/// this node's version-vector id; `dir_has_entries` tells whether the local
-/// directory at the path still holds anything (asked only when it matters).
+/// Who decides: this node's version-vector id and the floor of its next
+/// counter (its clock, see [`VersionVector::advance`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Me<'a> {
+    /// The node's version-vector id.
+    pub id: &'a str,
+    /// Milliseconds since the epoch (or any clock that only goes forward).
+    pub now_ms: u64,
+}
+
+/// What to do with `remote` at a path whose state here is `local`.
+/// `dir_has_entries` tells whether the local directory at the path still
+/// holds anything (asked only when it matters).
 pub fn decide(
     local: Option<&Entry>,
     remote: &Entry,
-    me: &str,
+    me: Me<'_>,
     dir_has_entries: &mut dyn FnMut() -> bool,
 ) -> Decision {
     let Some(l) = local else {
@@ -100,7 +110,7 @@ pub fn decide(
 fn resolve(
     l: &Entry,
     remote: &Entry,
-    me: &str,
+    me: Me<'_>,
     dir_has_entries: &mut dyn FnMut() -> bool,
 ) -> Decision {
     let mut merged = l.vv.clone();
@@ -122,13 +132,13 @@ fn resolve(
     if live_other(l) && live_dir(remote) {
         let mut entry = remote.clone();
         entry.vv = merged;
-        entry.vv.increment(me);
+        entry.vv.advance(me.id, me.now_ms);
         return Decision::CopyLocalThenPlace(entry);
     }
     if live_dir(l) && remote.deleted && dir_has_entries() {
         return Decision::KeepDir { copy_remote: false };
     }
-    merged.increment(me);
+    merged.advance(me.id, me.now_ms);
     if remote.deleted {
         // Delete against edit: the edit stays.
         let mut entry = l.clone();

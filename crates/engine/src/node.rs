@@ -69,6 +69,11 @@ pub struct Node {
     pub store: Store,
 }
 
+/// Milliseconds since the epoch: the floor of a node's next vector counter.
+pub fn now_ms() -> u64 {
+    u64::try_from(sovryn_store::now_ns() / 1_000_000).unwrap_or(0)
+}
+
 /// Makes the home private: the directory 0700 and every file in it (and in
 /// its subdirectories: packs) 0600, whatever the umask made them. It holds
 /// keys, `mcp.jwt_secret` and the plaintext words of the search index.
@@ -245,7 +250,7 @@ impl Node {
     /// A new local state derived from `prev`: its vector plus one edit by this node.
     pub fn local_entry(&self, prev: Option<&Entry>, mut base: Entry, actor: Option<&str>) -> Entry {
         let mut vv = prev.map(|p| p.vv.clone()).unwrap_or_default();
-        vv.increment(&self.short_id);
+        vv.advance(&self.short_id, now_ms());
         base.vv = vv;
         base.author = self.config.node_name.clone();
         base.actor = actor.map(str::to_owned);

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use sovryn_store::{Causality, Change, ChunkId, DiskStat, Entry, EntryKind, FileRecord};
 
-use crate::decide::{decide, Decision};
+use crate::decide::{decide, Decision, Me};
 use crate::fsutil::stat_of;
 use crate::node::Node;
 use crate::paths;
@@ -560,10 +560,14 @@ impl Node {
                 }
             }
         };
+        let me = Me {
+            id: &me,
+            now_ms: crate::node::now_ms(),
+        };
         let decision = decide(
             local.as_ref().map(|l| &l.entry),
             remote,
-            &me,
+            me,
             &mut has_entries,
         );
         let disk = local.as_ref().and_then(|l| l.disk);

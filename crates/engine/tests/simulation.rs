@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
-use sovryn_engine::decide::{decide, Decision};
+use sovryn_engine::decide::{decide, Decision, Me};
 use sovryn_engine::sync::conflict_name_n;
 use sovryn_store::{ChunkId, Entry, EntryKind, VersionVector};
 
@@ -128,11 +128,12 @@ impl World {
 
     /// A local state on node `n`: its previous vector plus one edit.
     fn local_entry(&mut self, n: usize, prev: Option<&Entry>, mut base: Entry) -> Entry {
+        let now = self.tick();
         let mut vv = prev.map(|p| p.vv.clone()).unwrap_or_default();
-        vv.increment(&self.nodes[n].me);
+        vv.advance(&self.nodes[n].me, now as u64);
         base.vv = vv;
         base.author = self.nodes[n].name.clone();
-        base.time_ns = self.tick();
+        base.time_ns = now;
         base
     }
 
@@ -385,7 +386,12 @@ impl World {
         let local = self.nodes[n].tree.get(path).cloned();
         let me = self.nodes[n].me.clone();
         let below = self.has_live_below(n, path);
-        let decision = decide(local.as_ref(), remote, &me, &mut || below);
+        let now = self.tick() as u64;
+        let me = Me {
+            id: &me,
+            now_ms: now,
+        };
+        let decision = decide(local.as_ref(), remote, me, &mut || below);
         match decision {
             Decision::Ignore => {}
             Decision::Tombstone(e) | Decision::Record(e) => self.record(n, path, e),

@@ -45,6 +45,16 @@ impl VersionVector {
         *self.0.entry(node.to_owned()).or_insert(0) += 1;
     }
 
+    /// Records one more edit by `node`, its counter raised to at least
+    /// `floor` (a clock: milliseconds since the epoch). A node restored
+    /// from an old copy of its store would otherwise hand out counters it
+    /// already used, and its new writes would look older than states that
+    /// only built on its lost ones.
+    pub fn advance(&mut self, node: &str, floor: u64) {
+        let c = self.0.entry(node.to_owned()).or_insert(0);
+        *c = (*c + 1).max(floor);
+    }
+
     /// The least upper bound of both vectors (element-wise maximum).
     pub fn merge(&mut self, other: &VersionVector) {
         for (node, &counter) in &other.0 {
