@@ -26,9 +26,10 @@ impl Tmpfs {
         ok.then(|| Tmpfs(dir.to_owned()))
     }
 
+    /// Remounts read-write with a new size.
     fn resize(&self, size: &str) {
         let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
+            .args(["-o", &format!("remount,rw,size={size}")])
             .arg(&self.0)
             .output()
             .unwrap();
@@ -118,4 +119,63 @@ fn a_full_disk_corrupts_nothing_and_sync_finishes_when_space_returns() {
     let v = b.json(&["verify"]);
     assert_eq!(v["problems"].as_array().map(Vec::len), Some(0), "{v}");
     drop(b_up);
+}
+
+/// A state that passes every check but cannot be written here (its
+/// directory is a read-only file system) is reported, does not hold up the
+/// states behind it, and is applied by a later retry once it can be.
+#[test]
+fn a_state_that_cannot_be_applied_is_reported_and_retried() {
+    let a_port = free_port();
+    let b_port = free_port();
+    let a = TestNode::with_listen("alpha", &format!("127.0.0.1:{a_port}"), None);
+    let b = TestNode::with_listen(
+        "beta",
+        &format!("127.0.0.1:{b_port}"),
+        Some(&a.folder_key()),
+    );
+    std::fs::create_dir_all(b.path("ro")).unwrap();
+    let Some(fs) = Tmpfs::mount(&b.path("ro"), "4m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root and mount(8))");
+        return;
+    };
+    let ro = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&fs.0)
+        .output()
+        .unwrap();
+    assert!(ro.status.success());
+    a.trust(&b.id(), Some(&format!("127.0.0.1:{b_port}")));
+    b.trust(&a.id(), Some(&format!("127.0.0.1:{a_port}")));
+    a.write("ro/blocked.txt", b"waits for a writable disk\n");
+    a.write("z-after.txt", b"behind it\n");
+    let _a_up = a.up();
+    let b_up = b.up();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !b.path("z-after.txt").exists() {
+        assert!(Instant::now() < deadline, "blocked:\n{}", b_up.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !b
+        .json(&["peers", "list"])
+        .to_string()
+        .contains("could not be applied")
+    {
+        assert!(Instant::now() < deadline, "not reported:\n{}", b_up.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!b.path("ro/blocked.txt").exists());
+    fs.resize("4m"); // remount read-write
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b.path("ro/blocked.txt").exists() {
+        assert!(Instant::now() < deadline, "never retried:\n{}", b_up.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = b.run(&["sync", "--timeout", "30"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

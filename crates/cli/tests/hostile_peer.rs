@@ -429,21 +429,36 @@ async fn a_scoped_member_gets_and_changes_only_its_scope() {
         "deleted outside its scope"
     );
 
-    // A forged record whose path escapes: the session ends, nothing lands.
+    // Forged records (a path that escapes, a size its chunks cannot hold)
+    // are refused; they wedge nothing: a good record behind them lands.
     let file = entry(EntryKind::File, script.len() as u64, 0o644, vec![script_id]);
+    let mut too_big = file.clone();
+    too_big.size = 1 << 30;
     let msg = Msg::Index {
-        records: vec![WireRecord::new(
-            "docs/sub/../../../escape.sh".into(),
-            4,
-            file,
-            false,
-        )],
-        upto: 4,
+        records: vec![
+            WireRecord::new("docs/sub/../../../escape.sh".into(), 4, file.clone(), false),
+            WireRecord::new("docs/sub/big.bin".into(), 5, too_big, false),
+            WireRecord::new("docs/sub/after.sh".into(), 6, file, false),
+        ],
+        upto: 6,
     };
     wire::write_msg(&mut send, &msg).await.unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
-    assert!(closed.is_ok(), "a forged path did not end the session");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !n.path("docs/sub/after.sh").exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        n.path("docs/sub/after.sh").exists(),
+        "forged records wedged the session"
+    );
     assert!(!n.dir.path().join("escape.sh").exists());
+    assert!(!n.path("escape.sh").exists());
+    assert!(!n.path("docs/sub/big.bin").exists());
+    let peers = n.json(&["peers", "list"]);
+    assert!(
+        peers.to_string().contains("refused 2 malformed record"),
+        "not reported: {peers}"
+    );
 
     // An oversized frame: the session ends before the node allocates it.
     let conn = h.connect(&node, port).await;

@@ -69,6 +69,9 @@ const STORE_QUEUE: usize = 256;
 const SERVE_GROUP: usize = 16;
 /// Read-only store handles for the change log and chunk reads.
 const READERS: usize = 3;
+/// How long after a state failed to apply its session ends, so the next
+/// one retries it.
+const APPLY_RETRY: Duration = Duration::from_secs(5);
 /// How long to wait for the peer's `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -1611,14 +1614,26 @@ impl SyncNet {
                 let mut current: Vec<(String, Entry)> = Vec::new();
                 let mut history: Vec<(String, Entry)> = Vec::new();
                 let now = sovryn_store::now_ns();
+                let mut refused = 0usize;
                 for r in records {
-                    // Checked once, here: a bad record ends the session.
+                    // Checked once, here. A bad record is dropped (and
+                    // reported), never applied; it must not wedge the
+                    // states behind it either.
                     let PeerRecord {
                         path,
                         seq,
                         entry,
                         history: is_history,
-                    } = r.into_record(now)?;
+                    } = match r.into_record(now) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            if refused == 0 {
+                                tracing::warn!("{}: refused a record: {e}", peer.fmt_short());
+                            }
+                            refused += 1;
+                            continue;
+                        }
+                    };
                     // Nothing outside the peer's scope, ancestors included.
                     if !accepted_from(&cfg, path.as_str()) {
                         continue;
@@ -1630,6 +1645,12 @@ impl SyncNet {
                         seq_of.insert(path.clone(), seq);
                         current.push((path, entry));
                     }
+                }
+                if refused > 0 {
+                    metrics::counter!("sync_errors_total").increment(refused as u64);
+                    self.update_status(&peer, |s| {
+                        s.last_error = Some(format!("refused {refused} malformed record(s)"))
+                    });
                 }
                 let read_only = cfg.read_only;
                 let who = peer_s.clone();
@@ -1710,21 +1731,37 @@ impl SyncNet {
         };
         let applier = async {
             let key = meta_key(&peer);
-            // Once a state failed to apply, this session never records past it.
+            // Once a state failed to apply, this session never records past
+            // it, and ends a while later: the next one is sent everything
+            // from just before it again, so it is retried without blocking
+            // what came after it meanwhile.
             let mut floor: Option<u64> = None;
-            while let Some(Prepared {
-                list,
-                history,
-                seq_of,
-                upto,
-                received,
-            }) = rx.recv().await
-            {
+            let mut retry_at: Option<tokio::time::Instant> = None;
+            loop {
+                let next = match retry_at {
+                    Some(t) => tokio::select! {
+                        m = rx.recv() => m,
+                        _ = tokio::time::sleep_until(t) => {
+                            bail!("states that could not be applied are retried: reconnecting")
+                        }
+                    },
+                    None => rx.recv().await,
+                };
+                let Some(Prepared {
+                    list,
+                    history,
+                    seq_of,
+                    upto,
+                    received,
+                }) = next
+                else {
+                    break;
+                };
                 let any = !list.is_empty();
                 let key = key.clone();
                 // History messages (upto 0) do not move the peer's position.
                 let history_only = upto == 0;
-                let (seq, changed, upto, new_floor) = self
+                let (seq, changed, upto, new_floor, failed) = self
                     .shared
                     .with_node(move |n| {
                         let added = add_history(n, history)?;
@@ -1737,7 +1774,7 @@ impl SyncNet {
                             n.apply_remote(&list)?
                         };
                         if history_only {
-                            return Ok((n.store.sequence()?, report.changed, 0, floor));
+                            return Ok((n.store.sequence()?, report.changed, 0, floor, Vec::new()));
                         }
                         // A state that failed is asked for again from just before
                         // it on the next session.
@@ -1758,9 +1795,26 @@ impl SyncNet {
                             .increment(report.conflicts.len() as u64);
                         metrics::counter!("sync_errors_total")
                             .increment(report.failed.len() as u64);
-                        Ok((n.store.sequence()?, report.changed, upto, floor))
+                        Ok((
+                            n.store.sequence()?,
+                            report.changed,
+                            upto,
+                            floor,
+                            report.failed,
+                        ))
                     })
                     .await?;
+                if !failed.is_empty() && retry_at.is_none() {
+                    let (path, why) = &failed[0];
+                    let message = format!(
+                        "{} state(s) could not be applied (first: {path}: {why}); retrying in {} s",
+                        failed.len(),
+                        APPLY_RETRY.as_secs()
+                    );
+                    tracing::warn!("{}: {message}", peer.fmt_short());
+                    self.update_status(&peer, |s| s.last_error = Some(message));
+                    retry_at = Some(tokio::time::Instant::now() + APPLY_RETRY);
+                }
                 tracing::debug!("applied; sequence {seq}");
                 if any {
                     metrics::histogram!("sync_latency_seconds")
