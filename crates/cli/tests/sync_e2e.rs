@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -735,6 +736,25 @@ fn random_ops_on_three_nodes_converge() {
                         nodes[n].kill();
                         "sigkill".to_string()
                     }
+                } else if roll <= 85 {
+                    // The stopped node's home is copied, or brought back
+                    // from the copy (its index and change log go back; its
+                    // folder stays as it is).
+                    let backup = nodes[n].dir.path().join("home-copy");
+                    if backup.exists() {
+                        std::fs::remove_dir_all(&nodes[n].home).unwrap();
+                        std::fs::rename(&backup, &nodes[n].home).unwrap();
+                        "home restored from its copy".to_string()
+                    } else {
+                        let cp = Command::new("cp")
+                            .arg("-a")
+                            .arg(&nodes[n].home)
+                            .arg(&backup)
+                            .status()
+                            .unwrap();
+                        assert!(cp.success());
+                        "home copied".to_string()
+                    }
                 } else {
                     nodes[n].up();
                     dirty[n].clear();
@@ -848,11 +868,12 @@ fn random_ops_on_three_nodes_converge() {
     }
     let count = |w: &str| trace.iter().filter(|t| t.contains(w)).count();
     eprintln!(
-        "seed {seed}: {ops} ops, {} writes ({} type changes of k, {} symlink ops), {} restarts, {} conflict copies, all converged",
+        "seed {seed}: {ops} ops, {} writes ({} type changes of k, {} symlink ops), {} restarts, {} homes restored, {} conflict copies, all converged",
         writes.len(),
         count("retype"),
         count("link l"),
         count("sigkill") + count("sigterm"),
+        count("home restored"),
         conflict_copies(&t).len()
     );
     for n in nodes.iter_mut() {
