@@ -135,3 +135,53 @@ fn a_node_restored_from_an_old_home_loses_nothing() {
     a.down();
     b.down();
 }
+
+/// A restored node that records more new changes than it lost before it
+/// reconnects: its sequence is past where its peer had it, so sequence
+/// numbers alone would let the peer skip its new changes. The peer's
+/// last applied state is checked against the node's log instead.
+#[test]
+fn a_restored_node_that_wrote_more_than_it_lost_is_still_detected() {
+    let (mut a, mut b) = pair();
+    a.up();
+    b.up();
+    b.write("e.txt", b"0\n");
+    converge(&a, &b, "start", |t| t.contains_key("e.txt"));
+    b.down();
+    let backup = b.dir.path().join("home-backup");
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&b.home)
+        .arg(&backup)
+        .status()
+        .unwrap()
+        .success());
+    b.up();
+    // Five states of one file after the copy: five sequence numbers the
+    // restored node will not have, and one file its scan records once.
+    for i in 1..=5 {
+        b.write("e.txt", format!("{i}\n").as_bytes());
+        b.settle();
+        converge(&a, &b, "edits", |t| {
+            t.get("e.txt")
+                .is_some_and(|c| c.ends_with(&format!(":{i}\n")))
+        });
+    }
+    b.down();
+    a.down();
+    std::fs::remove_dir_all(&b.home).unwrap();
+    std::fs::rename(&backup, &b.home).unwrap();
+    b.up();
+    for i in 1..=6 {
+        b.write(&format!("new-{i}.txt"), b"written after the restore\n");
+    }
+    b.settle();
+    a.up();
+    converge(&a, &b, "after the restore", |t| {
+        (1..=6).all(|i| t.contains_key(&format!("new-{i}.txt")))
+            && t.get("e.txt").is_some_and(|c| c.ends_with(":5\n"))
+    });
+    synced(&[&a, &b]);
+    a.down();
+    b.down();
+}

@@ -131,6 +131,7 @@ async fn join(
             want_since,
             epoch: 7,
             want_epoch,
+            check: None,
         },
     )
     .await
@@ -252,6 +253,7 @@ async fn a_peer_without_the_folder_key_gets_nothing() {
         want_since: 0,
         epoch: 1,
         want_epoch: 0,
+        check: None,
     };
     let index = Msg::Index {
         records: vec![WireRecord::new("secret.txt".into(), 1, del.clone(), false)],

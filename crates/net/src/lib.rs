@@ -29,7 +29,7 @@ use sovryn_store::{Causality, ChunkCodec, ChunkId, Entry, SealedChunk, Store};
 use tokio::sync::{broadcast, watch};
 
 pub use wire::ALPN;
-use wire::{Frame, Msg, PeerRecord, WireRecord};
+use wire::{Frame, LogCheck, Msg, PeerRecord, WireRecord};
 
 /// Errors of the sync service's public API. (Sessions with peers report
 /// their failures as `anyhow` chains in logs and peer status: they never
@@ -945,7 +945,8 @@ impl SyncNet {
         self.prove_membership(&conn, &mut send, &mut recv).await?;
         let key = meta_key(&peer);
         let ekey = epoch_key(&peer);
-        let (my_seq, my_epoch, want_since, want_epoch) = self
+        let ckey = check_key(&peer);
+        let (my_seq, my_epoch, want_since, want_epoch, check) = self
             .shared
             .with_node(move |n| {
                 let want = n
@@ -958,7 +959,17 @@ impl SyncNet {
                     .meta(&ekey)?
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0);
-                Ok((n.store.sequence()?, index_epoch(n)?, want, want_epoch))
+                let check: Option<LogCheck> = n
+                    .store
+                    .meta(&ckey)?
+                    .and_then(|v| serde_json::from_str(&v).ok());
+                Ok((
+                    n.store.sequence()?,
+                    index_epoch(n)?,
+                    want,
+                    want_epoch,
+                    check,
+                ))
             })
             .await?;
         wire::write_msg(
@@ -971,39 +982,65 @@ impl SyncNet {
                 want_since,
                 epoch: my_epoch,
                 want_epoch,
+                check,
             },
         )
         .await?;
         let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::read_msg(&mut recv))
             .await
             .context("no Hello from the peer")??;
-        let (their_name, their_seq, their_want, their_epoch, their_want_epoch) = match hello {
-            Some(Msg::Hello {
-                folder_id,
-                name,
-                seq,
-                want_since,
-                epoch,
-                want_epoch,
-                ..
-            }) => {
-                // Both proved the folder key, so the ids agree; a mismatch
-                // is a bug or a forgery.
-                anyhow::ensure!(
-                    folder_id == self.folder_id,
-                    "folder id mismatch after proof"
-                );
-                (name, seq, want_since, epoch, want_epoch)
-            }
-            Some(Msg::Error { message }) => bail!("peer refused: {message}"),
-            Some(other) => bail!("expected Hello, got {}", msg_name(&other)),
-            None => bail!("peer closed the stream before Hello"),
-        };
+        let (their_name, their_seq, their_want, their_epoch, their_want_epoch, their_check) =
+            match hello {
+                Some(Msg::Hello {
+                    folder_id,
+                    name,
+                    seq,
+                    want_since,
+                    epoch,
+                    want_epoch,
+                    check,
+                    ..
+                }) => {
+                    // Both proved the folder key, so the ids agree; a mismatch
+                    // is a bug or a forgery.
+                    anyhow::ensure!(
+                        folder_id == self.folder_id,
+                        "folder id mismatch after proof"
+                    );
+                    (name, seq, want_since, epoch, want_epoch, check)
+                }
+                Some(Msg::Error { message }) => bail!("peer refused: {message}"),
+                Some(other) => bail!("expected Hello, got {}", msg_name(&other)),
+                None => bail!("peer closed the stream before Hello"),
+            };
         // Where each side's change log resumes. Both sides decide the same
         // from the same two Hellos: another epoch, or a log that went back
         // below what the other side applied (a store restored from an old
         // copy), means everything again from zero.
-        let their_from = if their_want_epoch == my_epoch && their_want <= my_seq {
+        // The peer's last applied state of this node's log must still be
+        // there (or superseded by a later state that includes it): if not,
+        // this store was restored from an old copy, even when its sequence
+        // has since grown past where it was.
+        let lost = match their_check {
+            Some(c) => {
+                self.shared
+                    .with_reader(move |s| {
+                        Ok(match s.file(&c.path)? {
+                            Some(rec) => {
+                                rec.seq < c.seq
+                                    || !matches!(
+                                        rec.entry.vv.compare(&c.vv),
+                                        Causality::Equal | Causality::Dominates
+                                    )
+                            }
+                            None => true,
+                        })
+                    })
+                    .await?
+            }
+            None => false,
+        };
+        let their_from = if their_want_epoch == my_epoch && their_want <= my_seq && !lost {
             their_want
         } else {
             0
@@ -1015,7 +1052,7 @@ impl SyncNet {
             let ekey = epoch_key(&peer);
             // Our own log went backwards (this store was restored): a new
             // epoch, so every other peer starts over with it too.
-            let rotate = their_want_epoch == my_epoch && their_want > my_seq;
+            let rotate = their_want_epoch == my_epoch && (their_want > my_seq || lost);
             self.shared
                 .with_node(move |n| {
                     if restarts {
@@ -1037,7 +1074,7 @@ impl SyncNet {
             }
             if rotate {
                 tracing::warn!(
-                    "{} had applied this node's log up to {their_want}, beyond its end {my_seq}: this store was restored from an old copy; new index epoch",
+                    "{} applied this node's log up to {their_want} (this node's end: {my_seq}), including a state this store no longer has: it was restored from an old copy; new index epoch",
                     peer.fmt_short()
                 );
             }
@@ -1587,6 +1624,8 @@ impl SyncNet {
             seq_of: HashMap<String, u64>,
             upto: u64,
             received: Instant,
+            /// The newest state of the peer's log in this message.
+            last: Option<LogCheck>,
         }
         let peer_s = peer.to_string();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
@@ -1615,6 +1654,7 @@ impl SyncNet {
                 let mut history: Vec<(String, Entry)> = Vec::new();
                 let now = sovryn_store::now_ns();
                 let mut refused = 0usize;
+                let mut last: Option<LogCheck> = None;
                 for r in records {
                     // Checked once, here. A bad record is dropped (and
                     // reported), never applied; it must not wedge the
@@ -1634,6 +1674,13 @@ impl SyncNet {
                             continue;
                         }
                     };
+                    if !is_history && last.as_ref().is_none_or(|l| seq > l.seq) {
+                        last = Some(LogCheck {
+                            seq,
+                            path: path.as_str().to_owned(),
+                            vv: entry.vv.clone(),
+                        });
+                    }
                     // Nothing outside the peer's scope, ancestors included.
                     if !accepted_from(&cfg, path.as_str()) {
                         continue;
@@ -1723,6 +1770,7 @@ impl SyncNet {
                     seq_of,
                     upto,
                     received,
+                    last,
                 };
                 if tx.send(prepared).await.is_err() {
                     return Ok(());
@@ -1731,6 +1779,7 @@ impl SyncNet {
         };
         let applier = async {
             let key = meta_key(&peer);
+            let ckey = check_key(&peer);
             // Once a state failed to apply, this session never records past
             // it, and ends a while later: the next one is sent everything
             // from just before it again, so it is retried without blocking
@@ -1753,12 +1802,14 @@ impl SyncNet {
                     seq_of,
                     upto,
                     received,
+                    last,
                 }) = next
                 else {
                     break;
                 };
                 let any = !list.is_empty();
                 let key = key.clone();
+                let ckey = ckey.clone();
                 // History messages (upto 0) do not move the peer's position.
                 let history_only = upto == 0;
                 let (seq, changed, upto, new_floor, failed) = self
@@ -1787,6 +1838,11 @@ impl SyncNet {
                             .min();
                         let upto = floor.map_or(upto, |f| f.min(upto));
                         n.store.set_meta(&key, &upto.to_string())?;
+                        if let Some(c) = &last {
+                            let text = serde_json::to_string(c)
+                                .map_err(|e| Error::Internal(e.to_string()))?;
+                            n.store.set_meta(&ckey, &text)?;
+                        }
                         for c in &report.conflicts {
                             tracing::warn!("conflict: kept the other version as {c}");
                         }
@@ -1878,6 +1934,11 @@ impl SyncNet {
 
 /// The store's `meta` key of this node's index epoch.
 const INDEX_EPOCH: &str = "index_epoch";
+
+/// The `meta` key of the last state applied from `peer`'s log ([`LogCheck`]).
+fn check_key(peer: &EndpointId) -> String {
+    format!("peer.{peer}.check")
+}
 
 /// The `meta` key of the epoch of `peer`'s log that its stored position counts in.
 fn epoch_key(peer: &EndpointId) -> String {

@@ -189,6 +189,18 @@ impl WireRecord {
     }
 }
 
+/// A state of a node's log as a peer applied it: where it was and what it
+/// said, so the node can tell whether its log still holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogCheck {
+    /// Its sequence in the node's log.
+    pub seq: u64,
+    /// Its path.
+    pub path: String,
+    /// Its version vector.
+    pub vv: sovryn_store::VersionVector,
+}
+
 /// A protocol message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -226,6 +238,11 @@ pub enum Msg {
         /// The receiver's epoch that `want_since` counts in; another epoch
         /// than the receiver's own means "send everything".
         want_epoch: u64,
+        /// The last state the sender applied from the receiver's log. A
+        /// receiver whose own record of that path is older, or sits
+        /// before that sequence, was restored from an old copy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        check: Option<LogCheck>,
     },
     /// Changed records, oldest first; `upto` is the sender's sequence they bring the receiver to.
     Index {
