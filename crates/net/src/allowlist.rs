@@ -1,0 +1,93 @@
+//! Who may connect (the allowlist, checked in iroh's `after_handshake`
+//! hook) and which paths a peer's rights cover.
+
+use super::*;
+
+/// The allowlist: endpoint ids that may connect, checked right after the
+/// TLS handshake, before any application byte.
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist(Arc<RwLock<HashMap<EndpointId, PeerConfig>>>);
+
+impl Allowlist {
+    /// The peer's config when it is allowed.
+    pub fn get(&self, id: &EndpointId) -> Option<PeerConfig> {
+        self.0.read().ok()?.get(id).cloned()
+    }
+    pub(crate) fn all(&self) -> Vec<(EndpointId, PeerConfig)> {
+        self.0
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default()
+    }
+    pub(crate) fn replace(&self, peers: HashMap<EndpointId, PeerConfig>) {
+        if let Ok(mut m) = self.0.write() {
+            *m = peers;
+        }
+    }
+}
+
+impl EndpointHooks for Allowlist {
+    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        let allowed = self
+            .0
+            .read()
+            .map(|m| m.contains_key(&conn.remote_id()))
+            .unwrap_or(false);
+        if allowed {
+            AfterHandshakeOutcome::Accept
+        } else {
+            tracing::warn!(
+                "refused a connection from unknown endpoint {}",
+                conn.remote_id()
+            );
+            AfterHandshakeOutcome::Reject {
+                error_code: 403u32.into(),
+                reason: b"not an allowed peer".to_vec(),
+            }
+        }
+    }
+}
+
+/// Parses peer configs into the allowlist map, skipping (and logging) bad ids.
+pub fn peer_map(peers: &[PeerConfig]) -> HashMap<EndpointId, PeerConfig> {
+    let mut out = HashMap::new();
+    for p in peers {
+        match p.id.parse::<EndpointId>() {
+            Ok(id) => {
+                out.insert(id, p.clone());
+            }
+            Err(e) => tracing::warn!("peer {}: bad endpoint id: {e}", p.id),
+        }
+    }
+    out
+}
+
+/// Whether `path` is within the prefixes a peer is limited to, or one of
+/// their ancestor directories (which it needs to hold them).
+pub fn in_scope(cfg: &PeerConfig, path: &str) -> bool {
+    accepted_from(cfg, path)
+        || cfg.paths.iter().any(|p| {
+            p.trim_matches('/')
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
+/// What is sent to a peer: its scope and the ancestors of its scope.
+pub(crate) fn sent_to(cfg: &PeerConfig, path: &str) -> bool {
+    in_scope(cfg, path)
+}
+
+/// What is taken from a peer: only paths at or under its prefixes (never
+/// an ancestor directory of them, whose mode or existence it must not change).
+pub fn accepted_from(cfg: &PeerConfig, path: &str) -> bool {
+    cfg.paths.is_empty()
+        || cfg.paths.iter().any(|p| {
+            let p = p.trim_matches('/');
+            p.is_empty()
+                || path == p
+                || path
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+}

@@ -1,0 +1,330 @@
+//! The iroh endpoint: binding, discovery (mDNS, DHT, relay), dialing
+//! peers with backoff, and the allowlist and limits of a running node.
+
+use super::*;
+
+/// How a node finds its peers and is found by them, beyond the addresses
+/// configured with `sovryn peers add --address` (from the `sync` section of
+/// `config.toml`; fixed when the endpoint binds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Discovery {
+    /// mDNS on the local network (`sync.mdns`; off when listening on loopback).
+    pub mdns: bool,
+    /// The BitTorrent mainline DHT (`sync.dht`).
+    pub dht: bool,
+    /// The relay server (`sync.relay_url`), which every peer is assumed to use too.
+    #[serde(serialize_with = "ser_relay")]
+    pub relay: Option<RelayUrl>,
+}
+
+fn ser_relay<S: serde::Serializer>(r: &Option<RelayUrl>, s: S) -> Result<S::Ok, S::Error> {
+    match r {
+        Some(u) => s.serialize_some(&u.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Discovery {
+    /// The discovery a node listening on `listen` runs with `sync`. mDNS is
+    /// left off on a loopback `listen` address: it would announce addresses
+    /// no other machine can reach (and test nodes on 127.0.0.1 stay silent).
+    pub fn from_config(sync: &SyncConfig, listen: SocketAddr) -> Result<Self, Error> {
+        let relay = match sync.relay() {
+            Some(u) => Some(u.parse::<RelayUrl>().map_err(|e| {
+                Error::Endpoint(format!("sync.relay_url '{u}' is not a valid URL: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(Discovery {
+            mdns: sync.mdns && !listen.ip().is_loopback(),
+            dht: sync.dht,
+            relay,
+        })
+    }
+
+    /// Whether a peer configured without addresses can still be dialed:
+    /// by an address lookup, or through the shared relay.
+    pub fn finds_peers(&self) -> bool {
+        self.mdns || self.dht || self.relay.is_some()
+    }
+}
+
+/// The mDNS service name Sovryn nodes announce (`_sovryn._udp.local`), so
+/// they only see each other, not every iroh application on the network.
+const MDNS_SERVICE: &str = "sovryn";
+
+/// Adds the address lookups `discovery` asks for to a bound endpoint. One
+/// that cannot start (e.g. no multicast-capable interface) is logged and
+/// left out; the node still runs with its configured addresses.
+fn add_address_lookups(endpoint: &Endpoint, discovery: &mut Discovery) -> Result<(), Error> {
+    let services = endpoint
+        .address_lookup()
+        .map_err(|e| Error::Endpoint(format!("the endpoint's address lookup: {e}")))?;
+    if discovery.mdns {
+        match MdnsAddressLookup::builder()
+            .service_name(MDNS_SERVICE)
+            .build(endpoint.id())
+        {
+            Ok(mdns) => {
+                services.add(mdns);
+                tracing::info!("LAN discovery (mDNS) on");
+            }
+            Err(e) => {
+                tracing::warn!("LAN discovery (mDNS) could not start: {e}");
+                discovery.mdns = false;
+            }
+        }
+    }
+    if discovery.dht {
+        // With a relay, only the relay URL is published (the node's IP
+        // addresses stay out of the public DHT); without one, the direct
+        // addresses are, or the record would be empty.
+        let filter = if discovery.relay.is_some() {
+            AddrFilter::relay_only()
+        } else {
+            AddrFilter::unfiltered()
+        };
+        match DhtAddressLookup::builder()
+            .secret_key(endpoint.secret_key().clone())
+            .addr_filter(filter)
+            .build()
+        {
+            Ok(dht) => {
+                services.add(dht);
+                tracing::info!("DHT discovery (mainline) on");
+            }
+            Err(e) => {
+                tracing::warn!("DHT discovery could not start: {e}");
+                discovery.dht = false;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl SyncNet {
+    /// Binds the endpoint on `listen` with the node's key. Peers are reached
+    /// at their configured addresses, and, as the node's `sync` config says
+    /// ([`Discovery`]), found by mDNS on the LAN (on by default), the
+    /// mainline DHT (off by default) and through a relay (none by default).
+    pub async fn bind(
+        shared: Shared,
+        listen: SocketAddr,
+        peers: &[PeerConfig],
+    ) -> Result<Arc<Self>, Error> {
+        let (secret, folder_id, name, short_id, sync): (
+            SecretKey,
+            String,
+            String,
+            String,
+            SyncConfig,
+        ) = {
+            let n = shared
+                .node
+                .lock()
+                .map_err(|_| Error::Internal("node lock poisoned".into()))?;
+            (
+                n.secret.clone(),
+                n.store.folder_id().to_owned(),
+                n.config.node_name.clone(),
+                n.short_id.clone(),
+                n.config.sync.clone(),
+            )
+        };
+        let mut discovery = Discovery::from_config(&sync, listen)?;
+        if sync.mdns && !discovery.mdns {
+            tracing::info!("LAN discovery (mDNS) off: listening on loopback {listen}");
+        }
+        let relay_mode = match &discovery.relay {
+            Some(url) => RelayMode::custom([url.clone()]),
+            None => RelayMode::Disabled,
+        };
+        let allow = Allowlist::default();
+        allow.replace(peer_map(peers));
+        let endpoint = Endpoint::builder(presets::Minimal)
+            .secret_key(secret)
+            .alpns(vec![ALPN.to_vec()])
+            .relay_mode(relay_mode)
+            .hooks(allow.clone())
+            .clear_ip_transports()
+            .bind_addr(listen)
+            .map_err(|e| Error::Endpoint(format!("bad listen address {listen}: {e}")))?
+            .bind()
+            .await
+            .map_err(|e| Error::Endpoint(format!("binding the sync endpoint on {listen}: {e}")))?;
+        add_address_lookups(&endpoint, &mut discovery)?;
+        if let Some(url) = &discovery.relay {
+            tracing::info!("relay {url}");
+        }
+        Ok(Arc::new(SyncNet {
+            endpoint,
+            shared,
+            allow,
+            state: Mutex::new(HashMap::new()),
+            folder_id,
+            name,
+            short_id,
+            limits: RwLock::new(Limits::default()),
+            discovery,
+        }))
+    }
+
+    /// How this node finds peers (what actually started).
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// This endpoint's id (the node id).
+    pub fn id(&self) -> EndpointId {
+        self.endpoint.id()
+    }
+
+    /// The sockets actually bound.
+    pub fn bound_sockets(&self) -> Vec<SocketAddr> {
+        self.endpoint.bound_sockets()
+    }
+
+    /// Replaces the allowlist. Sessions with peers no longer in it are
+    /// closed, and so are sessions with peers whose rights (read-only, path
+    /// scope) changed: every decision of a session reads the allowlist, and
+    /// the peer reconnects at once under its new rights.
+    pub fn set_peers(&self, peers: &[PeerConfig]) {
+        let map = peer_map(peers);
+        // The new rights are in force before any session is told.
+        let old = self.allow.all();
+        self.allow.replace(map.clone());
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, s) in st.iter_mut() {
+            let before = old.iter().find(|(o, _)| o == id).map(|(_, c)| c);
+            let reason: Option<(u32, &[u8])> = match (map.get(id), before) {
+                (None, _) => Some((403, b"peer removed")),
+                (Some(now), Some(b)) if now.read_only != b.read_only || now.paths != b.paths => {
+                    Some((3, b"rights changed"))
+                }
+                _ => None,
+            };
+            if let Some((code, why)) = reason {
+                for (c, _) in s.conns.drain(..) {
+                    c.close(code.into(), why);
+                }
+                s.next_dial = None;
+                s.dialing = false;
+            }
+        }
+        st.retain(|id, _| map.contains_key(id));
+    }
+
+    /// Sets the bandwidth limits in KiB/s (0: unlimited), for every peer together.
+    pub fn set_bandwidth(&self, send_kib_per_sec: u64, recv_kib_per_sec: u64) {
+        if let Ok(mut l) = self.limits.write() {
+            *l = Limits {
+                send: bucket(send_kib_per_sec),
+                recv: bucket(recv_kib_per_sec),
+            };
+        }
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Accepts connections and dials configured peers until the endpoint closes.
+    pub async fn run(self: Arc<Self>) {
+        let dialer = tokio::spawn(self.clone().dial_loop());
+        while let Some(incoming) = self.endpoint.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => me.run_session(conn, false).await,
+                    Err(e) => tracing::info!("incoming connection failed: {e}"),
+                }
+            });
+        }
+        dialer.abort();
+    }
+
+    /// Closes every connection and the endpoint.
+    pub async fn shutdown(&self) {
+        self.endpoint.close().await;
+    }
+
+    async fn dial_loop(self: Arc<Self>) {
+        loop {
+            let now = Instant::now();
+            let due: Vec<(EndpointId, PeerConfig)> = {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                self.allow
+                    .all()
+                    .into_iter()
+                    .filter(|(id, cfg)| {
+                        if cfg.addresses.is_empty() && !self.discovery.finds_peers() {
+                            return false;
+                        }
+                        let s = st.entry(*id).or_default();
+                        if s.dialing
+                            || s.status.connected > 0
+                            || s.next_dial.is_some_and(|t| t > now)
+                        {
+                            return false;
+                        }
+                        s.dialing = true;
+                        true
+                    })
+                    .collect()
+            };
+            for (id, cfg) in due {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let res = me.dial(id, &cfg).await;
+                    let conn = {
+                        let mut st = me.state.lock().unwrap_or_else(|e| e.into_inner());
+                        let s = st.entry(id).or_default();
+                        match res {
+                            Ok(conn) => {
+                                s.backoff = Duration::ZERO;
+                                s.next_dial = None;
+                                Some(conn)
+                            }
+                            Err(e) => {
+                                tracing::info!("dialing {}: {e:#}", id.fmt_short());
+                                s.dialing = false;
+                                s.status.last_error = Some(format!("{e:#}"));
+                                s.backoff = (s.backoff * 2)
+                                    .clamp(Duration::from_millis(500), Duration::from_secs(30));
+                                s.next_dial = Some(Instant::now() + s.backoff);
+                                None
+                            }
+                        }
+                    };
+                    if let Some(conn) = conn {
+                        me.run_session(conn, true).await;
+                    }
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub(crate) async fn dial(&self, id: EndpointId, cfg: &PeerConfig) -> Result<Connection> {
+        let mut addr = EndpointAddr::new(id);
+        for a in &cfg.addresses {
+            match tokio::net::lookup_host(a.as_str()).await {
+                Ok(it) => {
+                    for sa in it {
+                        addr = addr.with_ip_addr(sa);
+                    }
+                }
+                Err(e) => tracing::warn!("peer address {a}: {e}"),
+            }
+        }
+        // Peers of a mesh with a relay share it; without addresses, the
+        // address lookups (mDNS, DHT) resolve the id.
+        if let Some(url) = &self.discovery.relay {
+            addr = addr.with_relay_url(url.clone());
+        }
+        let conn = tokio::time::timeout(Duration::from_secs(15), self.endpoint.connect(addr, ALPN))
+            .await
+            .context("timed out")??;
+        Ok(conn)
+    }
+}

@@ -1,0 +1,97 @@
+//! The opened node shared by the daemon's tasks, and read-only store
+//! handles for the change log and chunk reads.
+
+use super::*;
+
+/// Read-only store handles for the change log and chunk reads.
+const READERS: usize = 3;
+
+/// The opened node, shared between the daemon's tasks.
+pub type SharedNode = Arc<Mutex<Node>>;
+
+/// The node plus the notifications its commits raise.
+#[derive(Clone)]
+pub struct Shared {
+    /// The node. Lock it only inside `spawn_blocking` (see [`Shared::with_node`]).
+    pub node: SharedNode,
+    /// Relative paths whose record changed (scans and applied remote states).
+    pub changes: broadcast::Sender<String>,
+    /// The store's newest change-log sequence.
+    pub seq: watch::Sender<u64>,
+    /// Read-only handles on the same store: the change log and chunk reads
+    /// served to peers never wait for the node's writes.
+    readers: Arc<Vec<Mutex<Store>>>,
+    /// The folder's codec, to check and seal received chunks off the lock.
+    pub(crate) codec: ChunkCodec,
+}
+
+impl Shared {
+    /// Wraps an opened node.
+    pub fn new(node: Node) -> Result<Self, Error> {
+        let seq = node.store.sequence()?;
+        let readers = (0..READERS)
+            .map(|_| node.store.reader().map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let codec = node.store.codec().clone();
+        Ok(Shared {
+            node: Arc::new(Mutex::new(node)),
+            changes: broadcast::channel(4096).0,
+            seq: watch::channel(seq).0,
+            readers: Arc::new(readers),
+            codec,
+        })
+    }
+
+    /// Runs `f` with a read-only store handle, on a blocking thread. It
+    /// sees everything committed, never what a writer has only appended.
+    pub async fn with_reader<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let free = readers.iter().find_map(|r| r.try_lock().ok());
+            let guard = match free {
+                Some(g) => g,
+                None => readers[0]
+                    .lock()
+                    .map_err(|_| Error::Internal("store reader lock poisoned".into()))?,
+            };
+            f(&guard)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("store reader task: {e}")))?
+    }
+
+    /// Runs `f` with the node locked, on a blocking thread.
+    pub async fn with_node<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Node) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = node
+                .lock()
+                .map_err(|_| Error::Internal("node lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("node task: {e}")))?
+    }
+
+    /// Announces committed changes: the new sequence to sync sessions and
+    /// each path to subscribers of [`Shared::changes`].
+    pub fn publish(&self, seq: u64, paths: impl IntoIterator<Item = String>) {
+        self.seq.send_if_modified(|s| {
+            if seq > *s {
+                *s = seq;
+                true
+            } else {
+                false
+            }
+        });
+        for p in paths {
+            let _ = self.changes.send(p);
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! Chunk transfer: serving sealed chunks (within a scoped peer's rights)
+//! and fetching missing ones from every connected peer, checked and stored
+//! by a task that never stalls the streams.
+
+use super::*;
+
+/// Chunk ids per `GetChunks` stream.
+const CHUNKS_PER_REQUEST: usize = 128;
+
+/// `GetChunks` streams in flight per peer.
+const FETCH_STREAMS: usize = 4;
+
+/// Received chunk bytes checked and stored together (at most).
+const PUT_BYTES: usize = 8 << 20;
+
+/// Received chunks queued for checking and storing (at most 256 KiB each).
+const STORE_QUEUE: usize = 256;
+
+/// Chunks read from the store per blocking call when serving.
+const SERVE_GROUP: usize = 16;
+
+/// A chunk as it came off the wire, not yet checked.
+enum Received {
+    Sealed(SealedChunk),
+}
+
+impl Received {
+    fn len(&self) -> usize {
+        match self {
+            Received::Sealed(s) => s.sealed.len(),
+        }
+    }
+}
+
+/// The chunk ids a path-scoped peer may be served, built from the store
+/// when first needed and rebuilt when it asks for an id not in it and the
+/// store has changed since (new versions name new chunks).
+#[derive(Default)]
+struct ScopedChunks {
+    cache: tokio::sync::Mutex<Option<ScopedSet>>,
+}
+
+struct ScopedSet {
+    prefixes: Vec<String>,
+    seq: u64,
+    built: Instant,
+    ids: Arc<std::collections::HashSet<ChunkId>>,
+}
+
+impl ScopedChunks {
+    async fn allowed(
+        &self,
+        shared: &Shared,
+        prefixes: &[String],
+        asked: &[ChunkId],
+    ) -> Result<Arc<std::collections::HashSet<ChunkId>>> {
+        let mut cache = self.cache.lock().await;
+        let seq = *shared.seq.borrow();
+        let fresh = cache.as_ref().is_some_and(|c| {
+            c.prefixes == prefixes
+                && (asked.iter().all(|id| c.ids.contains(id))
+                    || (c.seq == seq && c.built.elapsed() < Duration::from_secs(1)))
+        });
+        if !fresh {
+            let p = prefixes.to_vec();
+            let ids = shared
+                .with_reader(move |s| Ok(s.chunk_ids_under(&p)?))
+                .await?;
+            *cache = Some(ScopedSet {
+                prefixes: prefixes.to_vec(),
+                seq,
+                built: Instant::now(),
+                ids: Arc::new(ids),
+            });
+        }
+        cache
+            .as_ref()
+            .map(|c| c.ids.clone())
+            .context("scoped chunk set missing")
+    }
+}
+
+impl SyncNet {
+    /// Serves the peer's chunk requests, each on its own stream, sealed as
+    /// stored. A peer limited to some paths gets only chunks named by kept
+    /// versions of paths in its scope: it cannot confirm a guess about a
+    /// file outside it by asking for the guessed chunk's id.
+    pub(crate) async fn serve_chunks(self: Arc<Self>, conn: Connection) -> Result<()> {
+        let peer = conn.remote_id();
+        let scoped = Arc::new(ScopedChunks::default());
+        loop {
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            let shared = self.shared.clone();
+            let limit = self.limits().send;
+            let me = self.clone();
+            let scoped = scoped.clone();
+            tokio::spawn(async move {
+                let r: Result<()> = async {
+                    let ids = match wire::read_msg(&mut recv).await? {
+                        Some(Msg::GetChunks { ids }) => ids,
+                        Some(Msg::Probe { bytes }) => {
+                            // Throughput test: that many bytes of filler.
+                            let mut left = bytes.min(MAX_PROBE);
+                            let block = vec![0u8; 256 * 1024];
+                            while left > 0 {
+                                let n = left.min(block.len() as u64) as usize;
+                                throttle(limit.clone(), n).await;
+                                tokio::io::AsyncWriteExt::write_all(&mut send, &block[..n])
+                                    .await?;
+                                left -= n as u64;
+                            }
+                            send.finish()?;
+                            let _ = send.stopped().await;
+                            return Ok(());
+                        }
+                        _ => bail!("expected GetChunks"),
+                    };
+                    anyhow::ensure!(ids.len() <= 1024, "too many chunks asked");
+                    let cfg = me.rights(&peer)?;
+                    let allowed = if cfg.paths.is_empty() {
+                        None
+                    } else {
+                        Some(scoped.allowed(&shared, &cfg.paths, &ids).await?)
+                    };
+                    // Read ahead on a blocking thread while the stream is written.
+                    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+                    let reader = tokio::spawn(async move {
+                        for group in ids.chunks(SERVE_GROUP) {
+                            let group = group.to_vec();
+                            let allowed = allowed.clone();
+                            // The stored bytes as they are: the peer checks them.
+                            let found = shared
+                                .with_reader(move |s| {
+                                    Ok(group
+                                        .into_iter()
+                                        .map(|id| {
+                                            let ok = allowed.as_ref().is_none_or(|a| a.contains(&id));
+                                            let c = if ok { s.read_sealed(&id).ok() } else { None };
+                                            (id, c)
+                                        })
+                                        .collect::<Vec<_>>())
+                                })
+                                .await?;
+                            if tx.send(found).await.is_err() {
+                                break;
+                            }
+                        }
+                        anyhow::Ok(())
+                    });
+                    while let Some(found) = rx.recv().await {
+                        for (id, data) in found {
+                            match data {
+                                Some(c) => {
+                                    throttle(limit.clone(), c.sealed.len()).await;
+                                    wire::write_sealed(&mut send, &id, c.raw_len, &c.sealed).await?;
+                                    metrics::counter!("bytes_transferred_total", "direction" => "sent")
+                                        .increment(c.sealed.len() as u64);
+                                }
+                                None => wire::write_msg(&mut send, &Msg::NoChunk { id }).await?,
+                            }
+                        }
+                    }
+                    reader.await.context("chunk reader panicked")??;
+                    send.finish()?;
+                    let _ = send.stopped().await;
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = r {
+                    tracing::info!("chunk request: {e:#}");
+                }
+            });
+        }
+    }
+
+    /// Open connections to peers other than `origin`'s, one per peer:
+    /// more places to fetch chunks from.
+    fn other_connections(&self, origin: &Connection) -> Vec<Connection> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.iter()
+            .filter(|(id, _)| **id != origin.remote_id())
+            .filter_map(|(_, s)| s.conns.first().map(|(c, _)| c.clone()))
+            .collect()
+    }
+
+    /// Fetches `ids`, spreading the requests over the peer that announced
+    /// them (`origin`) and every other connected peer, up to
+    /// [`FETCH_STREAMS`] streams each; what another peer lacks is asked of
+    /// `origin`. Reading the streams never waits for the disk: received
+    /// chunks queue for one storing task that checks them in parallel and
+    /// appends them. Returns the ids `origin` lacks too.
+    pub(crate) async fn fetch_chunks(
+        self: &Arc<Self>,
+        origin: &Connection,
+        ids: Vec<ChunkId>,
+    ) -> Result<Vec<ChunkId>> {
+        let mut sources = vec![origin.clone()];
+        sources.extend(self.other_connections(origin));
+        let mut groups: std::collections::VecDeque<(Vec<ChunkId>, usize)> = ids
+            .chunks(CHUNKS_PER_REQUEST)
+            .enumerate()
+            .map(|(i, g)| (g.to_vec(), i % sources.len()))
+            .collect();
+        let (tx, rx) = tokio::sync::mpsc::channel::<(EndpointId, Received)>(STORE_QUEUE);
+        let storer = tokio::spawn(self.clone().store_received(rx));
+        let mut in_flight = vec![0usize; sources.len()];
+        let mut lacking = Vec::new();
+        let mut running = tokio::task::JoinSet::new();
+        let result: Result<()> = async {
+            loop {
+                // Start what the free streams allow, in order.
+                let mut i = 0;
+                while i < groups.len() {
+                    let src = groups[i].1;
+                    if in_flight[src] < FETCH_STREAMS {
+                        let Some((group, src)) = groups.remove(i) else {
+                            break;
+                        };
+                        in_flight[src] += 1;
+                        let me = self.clone();
+                        let conn = sources[src].clone();
+                        let tx = tx.clone();
+                        running.spawn(async move {
+                            let r = me.fetch_group(&conn, group.clone(), &tx).await;
+                            (src, group, r)
+                        });
+                    } else {
+                        i += 1;
+                    }
+                }
+                let Some(done) = running.join_next().await else {
+                    return Ok(());
+                };
+                let (src, group, r) = done.context("chunk fetch panicked")?;
+                in_flight[src] -= 1;
+                match r {
+                    Ok(missing) if missing.is_empty() => {}
+                    Ok(missing) if src == 0 => lacking.extend(missing),
+                    // Another peer lacked some: ask the origin.
+                    Ok(missing) => groups.push_back((missing, 0)),
+                    Err(e) if src != 0 => {
+                        tracing::debug!("chunks from another peer: {e:#}");
+                        groups.push_back((group, 0));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        .await;
+        drop(tx);
+        running.abort_all();
+        let stored = storer.await.context("chunk storing task panicked")?;
+        // The storing task's failure (a full disk) is the cause of the
+        // fetchers' "storing stopped": report it first.
+        stored.context("storing received chunks")?;
+        result?;
+        Ok(lacking)
+    }
+
+    /// One `GetChunks` stream: asks `conn` for `group` and queues each chunk
+    /// that comes back for [`Self::store_received`]. Returns the ids the
+    /// peer said it lacks.
+    async fn fetch_group(
+        &self,
+        conn: &Connection,
+        group: Vec<ChunkId>,
+        queue: &tokio::sync::mpsc::Sender<(EndpointId, Received)>,
+    ) -> Result<Vec<ChunkId>> {
+        let peer = conn.remote_id();
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let ask = Msg::GetChunks { ids: group.clone() };
+        wire::write_msg(&mut send, &ask).await?;
+        send.finish()?;
+        let mut wanted: std::collections::HashSet<ChunkId> = group.into_iter().collect();
+        let mut lacking = Vec::new();
+        let limit = self.limits().recv;
+        while let Some(frame) = wire::read_frame(&mut recv).await? {
+            let received = match frame {
+                Frame::Sealed(id, _, _) if !wanted.remove(&id) => {
+                    bail!("peer sent a chunk that was not asked for")
+                }
+                Frame::Sealed(id, raw_len, sealed) => {
+                    self.received(&limit, sealed.len()).await;
+                    Received::Sealed(SealedChunk {
+                        id,
+                        raw_len,
+                        sealed,
+                    })
+                }
+                Frame::Msg(Msg::NoChunk { id }) if wanted.remove(&id) => {
+                    lacking.push(id);
+                    continue;
+                }
+                Frame::Msg(m) => bail!("unexpected {} message on a chunk stream", msg_name(&m)),
+            };
+            queue
+                .send((peer, received))
+                .await
+                .map_err(|_| anyhow::anyhow!("chunk storing stopped"))?;
+        }
+        anyhow::ensure!(
+            wanted.is_empty(),
+            "peer sent {} chunks too few",
+            wanted.len()
+        );
+        Ok(lacking)
+    }
+
+    /// Counts `n` received bytes and waits for the download limit.
+    async fn received(&self, limit: &Option<Bucket>, n: usize) {
+        metrics::counter!("bytes_transferred_total", "direction" => "received").increment(n as u64);
+        // Reading slower makes QUIC flow control slow the sender.
+        throttle(limit.clone(), n).await;
+    }
+
+    /// Drains the queue of received chunks: whatever has arrived (up to
+    /// [`PUT_BYTES`]) is checked and stored in one go, while the streams go
+    /// on filling the queue.
+    async fn store_received(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::Receiver<(EndpointId, Received)>,
+    ) -> Result<()> {
+        let mut buf: Vec<(EndpointId, Received)> = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let next = if buf.is_empty() {
+                rx.recv().await
+            } else {
+                match rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                        self.put_chunks(std::mem::take(&mut buf)).await?;
+                        bytes = 0;
+                        continue;
+                    }
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            };
+            match next {
+                Some(item) => {
+                    bytes += item.1.len();
+                    buf.push(item);
+                    if bytes >= PUT_BYTES {
+                        self.put_chunks(std::mem::take(&mut buf)).await?;
+                        bytes = 0;
+                    }
+                }
+                None => return self.put_chunks(buf).await,
+            }
+        }
+    }
+
+    /// Checks received chunks against their ids (opening sealed ones) and
+    /// seals plaintext ones, in parallel and off the node's lock; then
+    /// appends them under it and counts them for the peers they came from.
+    async fn put_chunks(&self, chunks: Vec<(EndpointId, Received)>) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut per_peer: HashMap<EndpointId, u64> = HashMap::new();
+        for (peer, _) in &chunks {
+            *per_peer.entry(*peer).or_default() += 1;
+        }
+        let codec = self.shared.codec.clone();
+        let sealed = tokio::task::spawn_blocking(move || {
+            use rayon::prelude::*;
+            chunks
+                .into_par_iter()
+                .map(|(_, c)| match c {
+                    // Opened under the folder key and hashed against its id.
+                    Received::Sealed(s) => codec.check_sealed(&s).map(|()| s),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .context("sealing task panicked")??;
+        self.shared
+            .with_node(move |n| {
+                n.store.put_sealed(sealed)?;
+                Ok(())
+            })
+            .await?;
+        for (peer, n) in per_peer {
+            self.update_status(&peer, |s| s.chunks_received += n);
+        }
+        Ok(())
+    }
+}
