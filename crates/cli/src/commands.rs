@@ -149,7 +149,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ls { path, long } => ls(&ctx, path.as_deref(), long),
         Command::Cat { path, version } => cat(&ctx, &path, version.as_deref()),
         Command::Versions { path } => versions(&ctx, &path),
-        Command::Restore { path, version } => {
+        Command::Restore { path, at, version } => {
+            let version = at.or(version).context(
+                "which version? e.g. 'sovryn restore PATH v2' (see 'sovryn versions PATH')",
+            )?;
             let mut node = ctx.open(Access::ReadWrite)?;
             let rel = node.resolve(&cwd()?, &path)?;
             let rec = node.restore(&rel, &version, None)?;

@@ -107,9 +107,12 @@ pub enum Command {
     Restore {
         /// The file.
         path: String,
-        /// The version to restore (v1, v2, …).
-        #[arg(long)]
-        version: String,
+        /// The version to restore (v1, v2, …), as in `sovryn restore PATH v2`.
+        #[arg(value_name = "VERSION", required_unless_present = "version")]
+        at: Option<String>,
+        /// The same, as an option.
+        #[arg(long, conflicts_with = "at")]
+        version: Option<String>,
     },
     /// Show the changes between two versions (V2 defaults to the current file).
     Diff {
@@ -223,8 +226,28 @@ fn init_logging(cli: &Cli) {
         .init();
 }
 
+/// Commands that print and exit die quietly when their reader goes away
+/// (`sovryn ls | head`), like every Unix tool, instead of panicking on a
+/// broken pipe. Servers keep SIGPIPE ignored: a client that disconnects
+/// must never kill the node.
+fn quiet_on_closed_pipe(cli: &Cli) {
+    let serves = matches!(
+        cli.command,
+        Command::Node(node_cmd::NodeCommand::Up { .. })
+            | Command::Mcp { .. }
+            | Command::Daemon { .. }
+    );
+    if !serves {
+        // SAFETY: called once at startup, before any thread is spawned.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    quiet_on_closed_pipe(&cli);
     init_logging(&cli);
     if let Err(e) = commands::run(cli) {
         eprintln!("error: {e:#}");

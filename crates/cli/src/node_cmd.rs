@@ -241,7 +241,16 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
             };
             let updated = match config.peers.iter_mut().find(|p| p.id == peer.id) {
                 Some(p) => {
-                    *p = peer.clone();
+                    // Rights are what this command says; a name and
+                    // addresses not given are kept, not dropped.
+                    let mut merged = peer.clone();
+                    if merged.addresses.is_empty() {
+                        merged.addresses = p.addresses.clone();
+                    }
+                    if merged.name.is_none() {
+                        merged.name = p.name.clone();
+                    }
+                    *p = merged;
                     true
                 }
                 None => {
@@ -250,6 +259,12 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
                 }
             };
             config.save(home)?;
+            let peer = config
+                .peers
+                .iter()
+                .find(|p| p.id == peer.id)
+                .cloned()
+                .unwrap_or(peer);
             if json {
                 output::json(&json!({"peer": peer, "updated": updated}))
             } else {

@@ -1,0 +1,81 @@
+//! The command line as a person uses it: pipes, re-adding a peer, the
+//! spellings of the product spec.
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+
+use common::TestNode;
+
+/// `sovryn ls | head -1` on a long listing: no panic, nothing on stderr.
+#[test]
+fn output_piped_to_head_never_panics() {
+    let n = TestNode::new("a");
+    for i in 0..3000 {
+        n.write(&format!("dir/a-rather-long-file-name-{i:05}.txt"), b"x");
+    }
+    n.ok(&["scan"]);
+    let mut child = n
+        .cmd(&["ls"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    let got = out.read(&mut first).unwrap();
+    assert!(got > 0);
+    drop(out); // the reader goes away, as `head` does
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = child.wait().unwrap();
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+}
+
+/// Re-adding a known peer with new rights keeps its name and addresses.
+#[test]
+fn peers_add_on_a_known_id_keeps_its_name_and_addresses() {
+    let n = TestNode::new("a");
+    let other = TestNode::new("b").id();
+    n.ok(&[
+        "peers",
+        "add",
+        &other,
+        "--name",
+        "laptop",
+        "--address",
+        "127.0.0.1:7001",
+    ]);
+    n.ok(&["peers", "add", &other, "--read-only", "--path", "docs"]);
+    let list = n.json(&["peers", "list"]);
+    let p = &list["peers"][0];
+    assert_eq!(p["name"], "laptop", "{list}");
+    assert_eq!(p["addresses"][0], "127.0.0.1:7001", "{list}");
+    assert_eq!(p["read_only"], true, "{list}");
+    assert_eq!(p["paths"][0], "docs", "{list}");
+}
+
+/// `restore PATH VERSION` (the spec's spelling) and `--version` both work.
+#[test]
+fn restore_takes_the_version_as_an_argument() {
+    let n = TestNode::new("a");
+    n.write("f.txt", b"one\n");
+    n.ok(&["add", "f.txt"]);
+    n.write("f.txt", b"two\n");
+    n.ok(&["add", "f.txt"]);
+    n.ok(&["restore", "f.txt", "v1"]);
+    assert_eq!(std::fs::read(n.path("f.txt")).unwrap(), b"one\n");
+    n.ok(&["restore", "f.txt", "--version", "v2"]);
+    assert_eq!(std::fs::read(n.path("f.txt")).unwrap(), b"two\n");
+    let err = n.fails(&["restore", "f.txt"]);
+    assert!(err.contains("VERSION") || err.contains("version"), "{err}");
+}
