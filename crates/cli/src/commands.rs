@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use sovryn_engine::node::parse_label;
 use sovryn_engine::scan::{ScanOptions, ScanProgress};
 use sovryn_engine::{Home, InitOptions, Node};
 use sovryn_store::{Access, EntryKind, FileRecord};
@@ -155,15 +154,19 @@ pub fn run(cli: Cli) -> Result<()> {
             )?;
             let mut node = ctx.open(Access::ReadWrite)?;
             let rel = node.resolve(&cwd()?, &path)?;
+            let from = node.find_version(&rel, &version)?;
             let rec = node.restore(&rel, &version, None)?;
+            let from_id = from.id();
             if ctx.json {
                 output::json(
-                    &json!({"path": rel, "version": format!("v{}", rec.label), "restored_from": format!("v{}", parse_label(&version)?)}),
+                    &json!({"path": rel, "version": format!("v{}", rec.label), "id": sovryn_store::version_id(&rel, &rec.entry),
+                            "restored_from": format!("v{}", from.label), "restored_from_id": from_id}),
                 )
             } else {
                 println!(
-                    "restored {rel} from v{} as v{}",
-                    parse_label(&version)?,
+                    "restored {rel} from v{} ({}) as v{}",
+                    from.label,
+                    &from_id[..7],
                     rec.label
                 );
                 Ok(())
@@ -426,18 +429,20 @@ fn versions(ctx: &Ctx, path: &str) -> Result<()> {
         let v: Vec<_> = vs
             .iter()
             .map(|v| {
-                json!({"version": format!("v{}", v.label), "time_ns": v.entry.time_ns, "time": time(v.entry.time_ns),
+                json!({"version": format!("v{}", v.label), "id": v.id(), "time_ns": v.entry.time_ns, "time": time(v.entry.time_ns),
                        "node": v.entry.author, "actor": v.entry.actor, "size": v.entry.size, "deleted": v.entry.deleted,
                        "message": v.entry.message, "content_hash": v.entry.content_hash()})
             })
             .collect();
         return output::json(&v);
     }
+    let ids: Vec<String> = vs.iter().map(|v| v.id()).collect();
+    let shorts = sovryn_store::short_ids(&ids);
     println!(
-        "{:<8} {:<20} {:<14} {:>10}  Message",
-        "Version", "Date", "Node", "Size"
+        "{:<8} {:<10} {:<20} {:<14} {:>10}  Message",
+        "Version", "Id", "Date", "Node", "Size"
     );
-    for v in vs {
+    for (v, short) in vs.iter().zip(&shorts) {
         let msg = match (&v.entry.message, v.entry.deleted) {
             (_, true) => "(deleted)".to_owned(),
             (Some(m), _) => m.clone(),
@@ -448,8 +453,9 @@ fn versions(ctx: &Ctx, path: &str) -> Result<()> {
             None => v.entry.author.clone(),
         };
         let row = format!(
-            "{:<8} {:<20} {:<14} {:>10}  {}",
+            "{:<8} {:<10} {:<20} {:<14} {:>10}  {}",
             format!("v{}", v.label),
+            short,
             time(v.entry.time_ns),
             node_col,
             v.entry.size,

@@ -237,9 +237,37 @@ impl Node {
     }
 
     /// Version `spec` (`v2`) of a path.
+    ///
+    /// `spec` is a label (`v2`, `2`) or a version id: its full hex or a
+    /// prefix of at least 4 digits that names one version of the path
+    /// (ids are the same on every node; labels are this node's).
     pub fn find_version(&self, rel: &str, spec: &str) -> Result<VersionRecord> {
-        let label = parse_label(spec)?;
         self.record(rel)?;
+        let looks_like_label = spec
+            .trim_start_matches(['v', 'V'])
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            && !spec.is_empty()
+            && (spec.starts_with(['v', 'V']) || spec.len() < 4);
+        if !looks_like_label && spec.len() >= 4 && spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let want = spec.to_ascii_lowercase();
+            let mut found: Vec<VersionRecord> = self
+                .store
+                .versions(rel)?
+                .into_iter()
+                .filter(|v| v.id().starts_with(&want))
+                .collect();
+            return match found.len() {
+                1 => Ok(found.remove(0)),
+                0 => Err(Error::NotFound(format!(
+                    "{rel} has no version {spec} (see 'sovryn versions {rel}')"
+                ))),
+                n => Err(Error::Usage(format!(
+                    "{spec} names {n} versions of {rel}; give more digits"
+                ))),
+            };
+        }
+        let label = parse_label(spec)?;
         self.store.version(rel, label)?.ok_or_else(|| {
             Error::NotFound(format!(
                 "{rel} has no version v{label} (see 'sovryn versions {rel}')"

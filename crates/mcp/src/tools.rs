@@ -666,8 +666,10 @@ pub struct HistoryArgs {
 /// One version.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct VersionOut {
-    /// Its label (`v3`).
+    /// Its label on this node (`v3`).
     pub version: String,
+    /// Its id: the same on every node (`restore_version` accepts it).
+    pub id: String,
     /// When it was recorded (RFC 3339).
     pub time: String,
     /// Size in bytes.
@@ -702,7 +704,8 @@ pub struct HistoryOut {
 pub struct RestoreArgs {
     /// Path relative to the folder root (it may be deleted).
     pub path: String,
-    /// The version to bring back (`v2`).
+    /// The version to bring back: its label here (`v2`) or its id (a hex
+    /// prefix of at least 4 digits, the same on every node).
     pub version: String,
 }
 
@@ -2235,6 +2238,7 @@ impl SovrynServer {
                 .take(limit)
                 .map(|v| VersionOut {
                     version: label(v.label),
+                    id: v.id(),
                     time: rfc3339(v.entry.time_ns),
                     size: v.entry.size,
                     author: v.entry.author.clone(),
@@ -2270,19 +2274,19 @@ impl SovrynServer {
     ) -> Result<Json<RestoreOut>, String> {
         let p = self.caller(&ctx, Capability::Write)?;
         let rel = scoped(&p, &a.path)?;
-        let n = parse_version(&a.version)?;
+        let spec = a.version.trim().to_owned();
         let actor = p.actor();
         let r = rel.clone();
-        let rec = self
+        let (rec, n) = self
             .on_node_work(&ctx, move |node, work| {
                 confine(node, &r)?;
                 node.store
                     .file(&r)
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| not_found(&r))?;
-                let old = node
-                    .find_version(&r, &format!("v{n}"))
-                    .map_err(|e| e.to_string())?;
+                // A label (`v2`) or a version id (the same on every node).
+                let old = node.find_version(&r, &spec).map_err(|e| e.to_string())?;
+                let n = old.label;
                 // First read and check every chunk of the version (the long
                 // part, cancellable, with progress); nothing is written yet.
                 // Then capture + restore run to the end: the file is either
@@ -2300,6 +2304,7 @@ impl SovrynServer {
                 work.check()?;
                 node.capture(&r).map_err(|e| e.to_string())?;
                 node.restore(&r, &format!("v{n}"), Some(&actor))
+                    .map(|rec| (rec, n))
                     .map_err(|e| e.to_string())
             })
             .await?;

@@ -25,7 +25,10 @@ use std::path::{Path, PathBuf};
 
 pub use chunk::{ChunkCodec, ChunkId, SealedChunk};
 pub use keys::{KeyFile, MasterKey};
-pub use model::{Change, DiskStat, Entry, EntryKind, FileRecord, SearchHit, Stats, VersionRecord};
+pub use model::{
+    short_ids, version_id, Change, DiskStat, Entry, EntryKind, FileRecord, SearchHit, Stats,
+    VersionRecord,
+};
 pub use retention::RetentionPolicy;
 pub use store::{Access, GcReport, Ingested, Store, VerifyReport};
 pub use vv::{Causality, VersionVector};

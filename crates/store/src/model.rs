@@ -120,6 +120,44 @@ pub struct VersionRecord {
     pub entry: Entry,
 }
 
+impl VersionRecord {
+    /// The version's id: a hash of its path and its state (vector, author,
+    /// time, content), so the same on every node that holds it, unlike
+    /// the per-node label. 64 hex digits; show a unique prefix
+    /// ([`short_ids`]).
+    pub fn id(&self) -> String {
+        version_id(&self.path, &self.entry)
+    }
+}
+
+/// The id of the version `entry` of `path` (see [`VersionRecord::id`]).
+pub fn version_id(path: &str, entry: &Entry) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"sovryn version v1\0");
+    h.update(path.as_bytes());
+    h.update(b"\0");
+    // Field order is the struct's and the vector is a sorted map: the
+    // same state serialises to the same bytes everywhere.
+    h.update(&serde_json::to_vec(entry).unwrap_or_default());
+    h.finalize().to_hex().to_string()
+}
+
+/// The shortest prefixes (at least 7 hex digits, like git) that tell the
+/// given ids apart, in the same order.
+pub fn short_ids(ids: &[String]) -> Vec<String> {
+    let mut len = 7;
+    while len < 64 {
+        let mut seen = std::collections::HashSet::new();
+        if ids.iter().all(|i| seen.insert(&i[..len.min(i.len())])) {
+            break;
+        }
+        len += 1;
+    }
+    ids.iter()
+        .map(|i| i[..len.min(i.len())].to_owned())
+        .collect()
+}
+
 /// A state to record for a path.
 #[derive(Debug, Clone)]
 pub struct Change {
