@@ -67,6 +67,8 @@ impl Daemon {
         let listen: SocketAddr = listen
             .parse()
             .with_context(|| format!("listen address must be HOST:PORT, got '{listen}'"))?;
+        // A pause outlives restarts.
+        let paused = node.home.is_paused();
         let peers = node.config.peers.clone();
         let mcp_config = node.config.mcp.clone();
         let limits = (
@@ -78,6 +80,9 @@ impl Daemon {
         remove_stale_temp_files(&root);
         let shared = Shared::new(node)?;
         let net = SyncNet::bind(shared.clone(), listen, &peers).await?;
+        if paused {
+            net.pause(&peers);
+        }
         net.set_bandwidth(limits.0, limits.1);
         sovryn_net::describe_metrics();
         let mcp_state =
@@ -220,9 +225,11 @@ impl Daemon {
                         last = now;
                         match Config::load(&this.home) {
                             Ok(c) => {
-                                this.net.set_peers(&crate::node_cmd::active_peers(
-                                    &this.home, &c.peers,
-                                ));
+                                if this.home.is_paused() {
+                                    this.net.pause(&c.peers);
+                                } else {
+                                    this.net.resume(&c.peers);
+                                }
                                 this.net.set_bandwidth(
                                     c.sync.max_send_kib_per_sec,
                                     c.sync.max_recv_kib_per_sec,
@@ -474,7 +481,8 @@ impl Daemon {
                     .filter(|p| p.connected > 0)
                     // Applied there (acknowledged), not only sent.
                     .all(|p| p.acked_upto >= seq && p.received_upto >= p.remote_seq);
-            if done || tokio::time::Instant::now() >= deadline {
+            // No peer at all: nothing to wait for.
+            if done || peers.is_empty() || tokio::time::Instant::now() >= deadline {
                 let mut v = self.status(seq);
                 v["ok"] = done.into();
                 if !done {

@@ -363,15 +363,6 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
     }
 }
 
-/// The peers a running node should talk to: none while paused.
-pub fn active_peers(home: &Home, peers: &[PeerConfig]) -> Vec<PeerConfig> {
-    if home.is_paused() {
-        Vec::new()
-    } else {
-        peers.to_vec()
-    }
-}
-
 /// Control-socket requests added by these commands (`pause`, `resume`,
 /// `conflicts_resolve`); anything else is answered as unknown.
 pub async fn control(d: &Daemon, req: &serde_json::Value) -> serde_json::Value {
@@ -382,7 +373,8 @@ pub async fn control(d: &Daemon, req: &serde_json::Value) -> serde_json::Value {
     match req["cmd"].as_str() {
         Some("pause") => match std::fs::write(home.pause_marker(), b"") {
             Ok(()) => {
-                d.net.set_peers(&[]);
+                d.net
+                    .pause(&Config::load(&home).map(|c| c.peers).unwrap_or_default());
                 tracing::info!("sync paused");
                 json!({"ok": true, "paused": true})
             }
@@ -392,7 +384,7 @@ pub async fn control(d: &Daemon, req: &serde_json::Value) -> serde_json::Value {
             let _ = std::fs::remove_file(home.pause_marker());
             match Config::load(&home) {
                 Ok(c) => {
-                    d.net.set_peers(&c.peers);
+                    d.net.resume(&c.peers);
                     tracing::info!("sync resumed");
                     json!({"ok": true, "paused": false})
                 }

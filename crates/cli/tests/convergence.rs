@@ -246,3 +246,64 @@ fn version_ids_name_the_same_content_on_every_node() {
     );
     a.down();
 }
+
+/// A paused node tells its peers so (their status says "paused", not "not
+/// an allowed peer"), stays paused across a restart, and after resume
+/// `sovryn sync` completes at once when there is nothing to do; with no
+/// peer at all it returns at once too.
+#[test]
+fn pause_is_told_kept_and_sync_completes_after_resume() {
+    let (mut a, mut b) = pair();
+    a.up();
+    b.up();
+    a.write("x.txt", b"x\n");
+    converge(&a, &b, "start", |t| t.contains_key("x.txt"));
+    synced(&[&a, &b]);
+    a.ok(&["pause"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let peers = b.json(&["peers", "list"]).to_string();
+        if peers.contains("paused sync") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never said the peer paused: {peers}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Still paused after a restart: a write on A does not reach B.
+    a.down();
+    a.up();
+    a.write("while-paused.txt", b"p\n");
+    a.settle();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!b.root.join("while-paused.txt").exists());
+    a.ok(&["resume"]);
+    converge(&a, &b, "after resume", |t| {
+        t.contains_key("while-paused.txt")
+    });
+    let started = Instant::now();
+    synced(&[&a, &b]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "sync took {:?} with nothing to do",
+        started.elapsed()
+    );
+    // A node with no peer returns at once.
+    a.ok(&["peers", "remove", &b.id]);
+    std::thread::sleep(Duration::from_millis(1500)); // the node reloads its config
+    let started = Instant::now();
+    let out = a.cmd(&["sync", "--timeout", "30"]).output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no peers"),
+        "{out:?}"
+    );
+    a.down();
+    b.down();
+}

@@ -4,42 +4,62 @@
 use super::*;
 
 /// The allowlist: endpoint ids that may connect, checked right after the
-/// TLS handshake, before any application byte.
+/// TLS handshake, before any application byte. While sync is paused it is
+/// empty, and the peers it held are told "paused" (strangers still get
+/// "not an allowed peer").
 #[derive(Debug, Clone, Default)]
-pub struct Allowlist(Arc<RwLock<HashMap<EndpointId, PeerConfig>>>);
+pub struct Allowlist {
+    peers: Arc<RwLock<HashMap<EndpointId, PeerConfig>>>,
+    paused: Arc<RwLock<std::collections::HashSet<EndpointId>>>,
+}
 
 impl Allowlist {
     /// The peer's config when it is allowed.
     pub fn get(&self, id: &EndpointId) -> Option<PeerConfig> {
-        self.0.read().ok()?.get(id).cloned()
+        self.peers.read().ok()?.get(id).cloned()
     }
     pub(crate) fn all(&self) -> Vec<(EndpointId, PeerConfig)> {
-        self.0
+        self.peers
             .read()
             .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
             .unwrap_or_default()
     }
     pub(crate) fn replace(&self, peers: HashMap<EndpointId, PeerConfig>) {
-        if let Ok(mut m) = self.0.write() {
+        if let Ok(mut m) = self.peers.write() {
             *m = peers;
         }
     }
+    /// Remembers who is refused because sync is paused (empty: not paused).
+    pub(crate) fn set_paused(&self, ids: std::collections::HashSet<EndpointId>) {
+        if let Ok(mut p) = self.paused.write() {
+            *p = ids;
+        }
+    }
+    pub(crate) fn is_paused_for(&self, id: &EndpointId) -> bool {
+        self.paused.read().map(|p| p.contains(id)).unwrap_or(false)
+    }
 }
+
+/// The close code with which a paused node refuses (and closes) its peers.
+pub const PAUSED_CODE: u32 = 423;
 
 impl EndpointHooks for Allowlist {
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        let id = conn.remote_id();
         let allowed = self
-            .0
+            .peers
             .read()
-            .map(|m| m.contains_key(&conn.remote_id()))
+            .map(|m| m.contains_key(&id))
             .unwrap_or(false);
         if allowed {
             AfterHandshakeOutcome::Accept
+        } else if self.is_paused_for(&id) {
+            AfterHandshakeOutcome::Reject {
+                error_code: PAUSED_CODE.into(),
+                reason: b"paused".to_vec(),
+            }
         } else {
-            tracing::warn!(
-                "refused a connection from unknown endpoint {}",
-                conn.remote_id()
-            );
+            tracing::warn!("refused a connection from unknown endpoint {id}");
             AfterHandshakeOutcome::Reject {
                 error_code: 403u32.into(),
                 reason: b"not an allowed peer".to_vec(),

@@ -197,6 +197,9 @@ impl SyncNet {
         for (id, s) in st.iter_mut() {
             let before = old.iter().find(|(o, _)| o == id).map(|(_, c)| c);
             let reason: Option<(u32, &[u8])> = match (map.get(id), before) {
+                (None, _) if self.allow.is_paused_for(id) => {
+                    Some((allowlist::PAUSED_CODE, b"paused"))
+                }
                 (None, _) => Some((403, b"peer removed")),
                 (Some(now), Some(b)) if now.read_only != b.read_only || now.paths != b.paths => {
                     Some((3, b"rights changed"))
@@ -212,6 +215,19 @@ impl SyncNet {
             }
         }
         st.retain(|id, _| map.contains_key(id));
+    }
+
+    /// Pauses sync: every session closes and the configured `peers` are
+    /// refused with "paused" (so they can say so) until [`SyncNet::resume`].
+    pub fn pause(&self, peers: &[PeerConfig]) {
+        self.allow.set_paused(peer_map(peers).into_keys().collect());
+        self.set_peers(&[]);
+    }
+
+    /// Resumes sync with `peers`.
+    pub fn resume(&self, peers: &[PeerConfig]) {
+        self.allow.set_paused(Default::default());
+        self.set_peers(peers);
     }
 
     /// Sets the bandwidth limits in KiB/s (0: unlimited), for every peer together.
@@ -288,7 +304,7 @@ impl SyncNet {
                             Err(e) => {
                                 tracing::info!("dialing {}: {e:#}", id.fmt_short());
                                 s.dialing = false;
-                                s.status.last_error = Some(format!("{e:#}"));
+                                s.status.last_error = Some(describe_error(&e));
                                 s.backoff = (s.backoff * 2)
                                     .clamp(Duration::from_millis(500), Duration::from_secs(30));
                                 s.next_dial = Some(Instant::now() + s.backoff);

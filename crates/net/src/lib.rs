@@ -48,8 +48,8 @@ use bandwidth::{bucket, throttle, Bucket, Limits};
 pub use endpoint::Discovery;
 use session::{check_key, meta_key, msg_name, ControlSend};
 pub use shared::{Shared, SharedNode};
+use status::{describe_error, probe, MAX_PROBE};
 pub use status::{describe_metrics, NetworkTest, PeerStatus};
-use status::{probe, MAX_PROBE};
 pub use wire::ALPN;
 use wire::{Frame, LogCheck, Msg, PeerRecord, WireRecord};
 

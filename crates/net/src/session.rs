@@ -147,7 +147,7 @@ impl SyncNet {
                 s.closed_bytes.0 += cs.udp_tx.bytes;
                 s.closed_bytes.1 += cs.udp_rx.bytes;
                 if let Err(e) = &res {
-                    s.status.last_error = Some(format!("{e:#}"));
+                    s.status.last_error = Some(describe_error(&e));
                 }
                 if dialer {
                     s.next_dial = Some(Instant::now() + Duration::from_millis(500));
@@ -334,6 +334,10 @@ impl SyncNet {
             }
             s.remote_seq = their_seq;
             s.received_upto = want_since;
+            // What the peer already applied of our log counts as
+            // acknowledged: after a pause or a reconnect with nothing new,
+            // no index message (and so no ack) would ever come.
+            s.acked_upto = s.acked_upto.max(their_want);
             s.last_error = None;
         });
         // The control stream's sending half carries our index messages and

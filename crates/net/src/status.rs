@@ -222,3 +222,18 @@ impl SyncNet {
         f(&mut st.entry(*peer).or_default().status);
     }
 }
+
+/// A session's or a dial's failure as the peer's status shows it: the
+/// cases a person can act on in words, the rest as the error chain.
+pub(crate) fn describe_error(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    if text.contains(&format!("(code {})", allowlist::PAUSED_CODE)) {
+        "the peer has paused sync ('sovryn resume' there)".into()
+    } else if text.contains("membership proof failed") {
+        "the peer keeps another folder (another folder key): join with 'sovryn init --folder-key-file' using 'sovryn folder-key' of a member".into()
+    } else if text.contains("not an allowed peer") {
+        format!("{text} (add this node there with 'sovryn peers add')")
+    } else {
+        text
+    }
+}
