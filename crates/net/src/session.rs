@@ -147,7 +147,7 @@ impl SyncNet {
                 s.closed_bytes.0 += cs.udp_tx.bytes;
                 s.closed_bytes.1 += cs.udp_rx.bytes;
                 if let Err(e) = &res {
-                    s.status.last_error = Some(describe_error(&e));
+                    s.status.last_error = Some(describe_error(e));
                 }
                 if dialer {
                     s.next_dial = Some(Instant::now() + Duration::from_millis(500));
