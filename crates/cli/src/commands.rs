@@ -76,12 +76,22 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Init {
+            encryption_key: Some(_),
+            ..
+        } => bail!(
+            "--encryption-key is not accepted: a secret on the command line is visible to every \
+             local user (ps, /proc) and stays in your shell history. Use --passphrase-file FILE \
+             (or $SOVRYN_PASSPHRASE_FILE, or the prompt) to protect the key with a passphrase, \
+             and --folder-key-file FILE to join an existing folder"
+        ),
+        Command::Init {
             storage_path,
             node_id,
             listen,
             mcp_port,
             folder_key_file,
             no_passphrase,
+            encryption_key: None,
         } => init(
             &ctx,
             storage_path,
@@ -682,7 +692,18 @@ fn config(ctx: &Ctx, action: ConfigAction) -> Result<()> {
                 if set { "set" } else { "unset" }
             );
         }
+        ConfigAction::Get { key } if key == "offline_mode" => {
+            println!("{}", ctx.home.is_paused());
+        }
         ConfigAction::Get { key } => println!("{}", output::printable(&config.get(&key)?)),
+        ConfigAction::Set { key, value } if key == "offline_mode" => {
+            // The spec's name for pausing sync (kept across restarts).
+            let on: bool = value
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("offline_mode is true or false, got '{value}'"))?;
+            crate::node_cmd::set_paused(&ctx.home, on, ctx.json)?;
+        }
         ConfigAction::Set { key, value } => {
             config.set(&key, &value)?;
             config.save(&ctx.home)?;

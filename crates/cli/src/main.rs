@@ -55,6 +55,9 @@ pub enum Command {
         /// Store the master key unwrapped, without asking for a passphrase.
         #[arg(long)]
         no_passphrase: bool,
+        /// Refused: a key or passphrase on the command line leaks (see the error).
+        #[arg(long, hide = true, value_name = "KEY")]
+        encryption_key: Option<String>,
     },
     /// Print this node's id (its iroh endpoint id).
     Id,

@@ -30,6 +30,10 @@ pub enum NodeCommand {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Rescan the whole folder first (every sync does; accepted for the
+        /// spec's spelling).
+        #[arg(long)]
+        force: bool,
     },
     /// Manage the peers this node syncs with.
     Peers {
@@ -113,7 +117,7 @@ pub fn run(
 ) -> Result<()> {
     match cmd {
         NodeCommand::Up { listen } => up(home, passphrase_file, listen),
-        NodeCommand::Sync { timeout } => sync(home, json, timeout),
+        NodeCommand::Sync { timeout, force: _ } => sync(home, json, timeout),
         NodeCommand::Peers { action } => peers(home, json, action),
         NodeCommand::Pause => pause_resume(home, json, true),
         NodeCommand::Resume => pause_resume(home, json, false),
@@ -412,6 +416,11 @@ pub async fn control(d: &Daemon, req: &serde_json::Value) -> serde_json::Value {
         }
         _ => json!({"error": "unknown request"}),
     }
+}
+
+/// Pauses or resumes sync: the marker in the home, and the running node at once.
+pub fn set_paused(home: &Home, pause: bool, json: bool) -> Result<()> {
+    pause_resume(home, json, pause)
 }
 
 fn pause_resume(home: &Home, json: bool, pause: bool) -> Result<()> {

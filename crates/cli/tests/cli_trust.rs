@@ -79,3 +79,30 @@ fn restore_takes_the_version_as_an_argument() {
     let err = n.fails(&["restore", "f.txt"]);
     assert!(err.contains("VERSION") || err.contains("version"), "{err}");
 }
+
+/// The product spec's spellings: `config set offline_mode`, `sync --force`,
+/// and `init --encryption-key` refused with the reason and the way to go.
+#[test]
+fn the_spec_spellings_work_or_explain() {
+    let n = TestNode::new("a");
+    n.ok(&["config", "set", "offline_mode", "true"]);
+    assert_eq!(n.ok(&["config", "get", "offline_mode"]).trim(), "true");
+    assert!(n.home.join("paused").exists());
+    n.ok(&["config", "set", "offline_mode", "false"]);
+    assert!(!n.home.join("paused").exists());
+    let err = n.fails(&["sync", "--force", "--timeout", "1"]);
+    assert!(err.contains("not running"), "{err}");
+    let other = TestNode::uninit();
+    let err = other.fails(&[
+        "init",
+        "--storage-path",
+        other.root.to_str().unwrap(),
+        "--encryption-key",
+        "00112233",
+    ]);
+    assert!(
+        err.contains("--passphrase-file") && err.contains("command line"),
+        "{err}"
+    );
+    assert!(!other.home.exists());
+}
