@@ -110,7 +110,15 @@ pub fn resolve_user_path(root: &Path, cwd: &Path, raw: &str) -> Result<String> {
                     .collect(),
                 given,
             ),
-            Err(_) => (Vec::new(), given),
+            Err(_) => {
+                // Outside the folder: the path from here, when it lands
+                // inside (`../Sovryn/notes.md`); else from the folder's root.
+                let from_here = lexical_normalize(&cwd.join(given));
+                if let Ok(inside) = from_here.strip_prefix(&root) {
+                    return normalize_rel(&inside.to_string_lossy());
+                }
+                (Vec::new(), given)
+            }
         }
     };
     let mut parts = base;
@@ -293,6 +301,24 @@ mod tests {
                 proptest::prop_assert_eq!(normal.as_deref(), Some(raw.as_str()));
             }
         }
+    }
+
+    #[test]
+    fn a_relative_path_from_outside_that_lands_inside_is_taken_from_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        let beside = dir.path().join("beside");
+        std::fs::create_dir_all(&beside).unwrap();
+        assert_eq!(
+            resolve_user_path(&root, &beside, "../root/docs/a.md").unwrap(),
+            "docs/a.md"
+        );
+        // Not landing inside: taken from the folder's root, as before.
+        assert_eq!(
+            resolve_user_path(&root, &beside, "docs/a.md").unwrap(),
+            "docs/a.md"
+        );
     }
 
     #[test]
