@@ -11,6 +11,7 @@ use sovryn_store::{Access, EntryKind, FileRecord};
 
 use crate::output::{self, bytes, time};
 use crate::unlock;
+use crate::write_ops::{self, WriteOp, WriteOutcome};
 use crate::{Cli, Command, ConfigAction};
 
 struct Ctx {
@@ -151,9 +152,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Add { paths, message } => add(&ctx, &paths, message),
         Command::Remove { path } => remove(&ctx, &path),
         Command::Scan => {
-            let mut node = ctx.open(Access::ReadWrite)?;
-            let report = scan_with_progress(&mut node, &[], &ScanOptions::default())?;
-            print_scan(&ctx, &report)
+            let out = run_write(
+                &ctx,
+                WriteOp::Scan {
+                    paths: Vec::new(),
+                    message: None,
+                },
+            )?;
+            print_write(&ctx, &out)
         }
         Command::Ls { path, long } => ls(&ctx, path.as_deref(), long),
         Command::Cat { path, version } => cat(&ctx, &path, version.as_deref()),
@@ -162,25 +168,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let version = at.or(version).context(
                 "which version? e.g. 'sovryn restore PATH v2' (see 'sovryn versions PATH')",
             )?;
-            let mut node = ctx.open(Access::ReadWrite)?;
-            let rel = node.resolve(&cwd()?, &path)?;
-            let from = node.find_version(&rel, &version)?;
-            let rec = node.restore(&rel, &version, None)?;
-            let from_id = from.id();
-            if ctx.json {
-                output::json(
-                    &json!({"path": rel, "version": format!("v{}", rec.label), "id": sovryn_store::version_id(&rel, &rec.entry),
-                            "restored_from": format!("v{}", from.label), "restored_from_id": from_id}),
-                )
-            } else {
-                println!(
-                    "restored {rel} from v{} ({}) as v{}",
-                    from.label,
-                    &from_id[..7],
-                    rec.label
-                );
-                Ok(())
-            }
+            let path = resolve_here(&ctx, &path)?;
+            let out = run_write(&ctx, WriteOp::Restore { path, version })?;
+            print_write(&ctx, &out)
         }
         Command::Diff { path, v1, v2 } => diff(&ctx, &path, &v1, v2.as_deref()),
         Command::Search { query, path, limit } => search(&ctx, &query, path.as_deref(), limit),
@@ -311,18 +301,84 @@ fn print_scan(ctx: &Ctx, report: &sovryn_engine::scan::ScanReport) -> Result<()>
 }
 
 fn add(ctx: &Ctx, paths: &[String], message: Option<String>) -> Result<()> {
-    let mut node = ctx.open(Access::ReadWrite)?;
-    let cwd = cwd()?;
-    let rels = paths
+    let paths = paths
         .iter()
-        .map(|p| node.resolve(&cwd, p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let opts = ScanOptions {
-        message,
-        ..Default::default()
-    };
-    let report = scan_with_progress(&mut node, &rels, &opts)?;
-    print_scan(ctx, &report)
+        .map(|p| resolve_here(ctx, p))
+        .collect::<Result<Vec<_>>>()?;
+    let out = run_write(ctx, WriteOp::Scan { paths, message })?;
+    print_write(ctx, &out)
+}
+
+/// A path the user typed, relative to the folder (without opening the store).
+fn resolve_here(ctx: &Ctx, raw: &str) -> Result<String> {
+    let config = sovryn_engine::Config::load(&ctx.home)?;
+    Ok(sovryn_engine::paths::resolve_user_path(
+        &config.storage_path,
+        &cwd()?,
+        raw,
+    )?)
+}
+
+/// Runs a write in the running node when there is one (it holds the
+/// store), else here.
+fn run_write(ctx: &Ctx, op: WriteOp) -> Result<WriteOutcome> {
+    if let Some(out) = write_ops::via_daemon(&ctx.home, &op)? {
+        return Ok(out);
+    }
+    let mut node = ctx.open(Access::ReadWrite)?;
+    match op {
+        WriteOp::Scan { paths, message } => {
+            let opts = ScanOptions {
+                message,
+                ..Default::default()
+            };
+            Ok(WriteOutcome::Scanned(scan_with_progress(
+                &mut node, &paths, &opts,
+            )?))
+        }
+        op => Ok(write_ops::execute(&mut node, op, &mut |_| {})?),
+    }
+}
+
+fn print_write(ctx: &Ctx, out: &WriteOutcome) -> Result<()> {
+    match out {
+        WriteOutcome::Scanned(report) => print_scan(ctx, report),
+        WriteOutcome::Restored {
+            path,
+            label,
+            id,
+            from_label,
+            from_id,
+        } => {
+            if ctx.json {
+                output::json(
+                    &json!({"path": path, "version": format!("v{label}"), "id": id,
+                                     "restored_from": format!("v{from_label}"), "restored_from_id": from_id}),
+                )
+            } else {
+                println!(
+                    "restored {} from v{from_label} ({}) as v{label}",
+                    output::printable(path),
+                    &from_id[..7.min(from_id.len())]
+                );
+                Ok(())
+            }
+        }
+        WriteOutcome::Collected(report) => {
+            if ctx.json {
+                return output::json(report);
+            }
+            println!(
+                "pruned {} versions, removed {} chunks, rewrote {} packs: {} -> {}",
+                report.versions_pruned,
+                report.chunks_removed,
+                report.packs_rewritten,
+                bytes(report.pack_bytes_before),
+                bytes(report.pack_bytes_after)
+            );
+            Ok(())
+        }
+    }
 }
 
 fn remove(ctx: &Ctx, path: &str) -> Result<()> {
@@ -751,19 +807,6 @@ fn verify(ctx: &Ctx) -> Result<()> {
 }
 
 fn gc(ctx: &Ctx) -> Result<()> {
-    let mut node = ctx.open(Access::ReadWrite)?;
-    let policy = node.config.retention.clone();
-    let report = node.store.gc(&policy, sovryn_store::now_ns())?;
-    if ctx.json {
-        return output::json(&report);
-    }
-    println!(
-        "pruned {} versions, removed {} chunks, rewrote {} packs: {} -> {}",
-        report.versions_pruned,
-        report.chunks_removed,
-        report.packs_rewritten,
-        bytes(report.pack_bytes_before),
-        bytes(report.pack_bytes_after)
-    );
-    Ok(())
+    let out = run_write(ctx, WriteOp::Gc)?;
+    print_write(ctx, &out)
 }

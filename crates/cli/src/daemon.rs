@@ -440,6 +440,9 @@ impl Daemon {
                     let seq = *self.shared.seq.borrow();
                     self.status(seq)
                 }
+                // add, scan, restore, gc from the command line: this node
+                // holds the store, so it does them (see write_ops.rs).
+                Some("write") => self.write(&req["op"]).await,
                 Some("test_network") => {
                     let bytes = req["probe_bytes"].as_u64().unwrap_or(16 << 20);
                     let peers = self.net.test_network(req["peer"].as_str(), bytes).await;
@@ -462,6 +465,28 @@ impl Daemon {
             w.write_all(&out).await?;
         }
         Ok(())
+    }
+
+    /// Runs a typed write (`write_ops::WriteOp`) and announces what changed.
+    async fn write(&self, op: &serde_json::Value) -> serde_json::Value {
+        let op: crate::write_ops::WriteOp = match serde_json::from_value(op.clone()) {
+            Ok(op) => op,
+            Err(e) => return serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+        };
+        let done = self
+            .shared
+            .with_node(move |n| {
+                let out = crate::write_ops::execute(n, op, &mut |_| {})?;
+                Ok((out, n.store.sequence()?))
+            })
+            .await;
+        match done {
+            Ok((out, seq)) => {
+                self.shared.publish(seq, out.changed());
+                serde_json::json!({"ok": true, "outcome": out})
+            }
+            Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+        }
     }
 
     /// Scans everything, then waits until every configured peer is connected,

@@ -7,6 +7,7 @@ mod mcp_cmd;
 mod node_cmd;
 mod output;
 mod unlock;
+mod write_ops;
 
 use std::path::PathBuf;
 

@@ -307,3 +307,33 @@ fn pause_is_told_kept_and_sync_completes_after_resume() {
     a.down();
     b.down();
 }
+
+/// With the node running, the commands that write the store work from
+/// another terminal (the node does them), and their changes reach peers.
+#[test]
+fn writing_commands_work_while_the_node_runs() {
+    let (mut a, mut b) = pair();
+    a.up();
+    b.up();
+    a.write("notes.txt", b"first draft\n");
+    a.ok(&["add", "notes.txt", "-m", "the first draft"]);
+    a.write("notes.txt", b"second draft\n");
+    a.ok(&["add", "notes.txt"]);
+    let v = a.json(&["versions", "notes.txt"]);
+    assert!(v.to_string().contains("the first draft"), "{v}");
+    a.ok(&["restore", "notes.txt", "v1"]);
+    assert_eq!(
+        std::fs::read(a.root.join("notes.txt")).unwrap(),
+        b"first draft\n"
+    );
+    converge(&a, &b, "restored while running", |t| {
+        t.get("notes.txt")
+            .is_some_and(|c| c.ends_with(":first draft\n"))
+    });
+    a.ok(&["scan"]);
+    a.ok(&["gc"]);
+    a.ok(&["verify"]);
+    assert!(a.ok(&["search", "draft"]).contains("notes.txt"));
+    a.down();
+    b.down();
+}

@@ -42,7 +42,7 @@ pub struct ScanProgress {
 }
 
 /// What a scan found.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ScanReport {
     /// Entries looked at.
     pub entries: u64,
