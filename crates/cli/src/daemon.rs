@@ -234,6 +234,17 @@ impl Daemon {
                                     c.sync.max_send_kib_per_sec,
                                     c.sync.max_recv_kib_per_sec,
                                 );
+                                // Rules (`sovryn remove`), retention, search: at once.
+                                let applied =
+                                    this.shared.with_node(move |n| Ok(n.apply_config(c)?)).await;
+                                match applied {
+                                    Ok(later) if !later.is_empty() => tracing::warn!(
+                                        "config: {} take effect at the next start",
+                                        later.join(", ")
+                                    ),
+                                    Ok(_) => {}
+                                    Err(e) => tracing::warn!("applying the config: {e:#}"),
+                                }
                             }
                             Err(e) => tracing::warn!("reloading config: {e}"),
                         }

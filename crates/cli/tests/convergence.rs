@@ -337,3 +337,28 @@ fn writing_commands_work_while_the_node_runs() {
     a.down();
     b.down();
 }
+
+/// `sovryn remove PATH` on a running node takes effect without a restart:
+/// what is written there afterwards is neither recorded nor sent.
+#[test]
+fn remove_takes_effect_on_a_running_node() {
+    let (mut a, mut b) = pair();
+    a.up();
+    b.up();
+    a.write("videos/one.bin", b"\x00one");
+    converge(&a, &b, "before", |t| t.contains_key("videos/one.bin"));
+    a.ok(&["remove", "videos"]);
+    std::thread::sleep(Duration::from_millis(1500)); // the node reloads its config
+    a.write("videos/two.bin", b"\x00two");
+    a.write("kept.txt", b"still synced\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !b.root.join("kept.txt").exists() {
+        assert!(Instant::now() < deadline, "kept.txt never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!b.root.join("videos/two.bin").exists());
+    assert!(!a.ok(&["ls", "-l"]).contains("two.bin"));
+    a.down();
+    b.down();
+}

@@ -212,6 +212,32 @@ impl Node {
         })
     }
 
+    /// Takes a changed `config.toml` into a running node: sync rules
+    /// (ignore, include, exclude: `sovryn remove`), retention, search and
+    /// the rest apply at once. The storage path, node name and listen
+    /// address need a restart; they are kept, and the returned list names
+    /// those that differ.
+    pub fn apply_config(&mut self, mut config: Config) -> Result<Vec<&'static str>> {
+        let mut needs_restart = Vec::new();
+        if config.storage_path != self.config.storage_path {
+            needs_restart.push("storage_path");
+            config.storage_path = self.config.storage_path.clone();
+        }
+        if config.node_name != self.config.node_name {
+            needs_restart.push("node_name");
+            config.node_name = self.config.node_name.clone();
+        }
+        if config.listen != self.config.listen {
+            needs_restart.push("listen");
+            config.listen = self.config.listen.clone();
+        }
+        if config.sync != self.config.sync {
+            self.rules = Rules::new(&self.config.storage_path, &config.sync)?;
+        }
+        self.config = config;
+        Ok(needs_restart)
+    }
+
     /// The storage root.
     pub fn root(&self) -> &Path {
         &self.config.storage_path
