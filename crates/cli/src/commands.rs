@@ -150,7 +150,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Add { paths, message } => add(&ctx, &paths, message),
-        Command::Remove { path } => remove(&ctx, &path),
+        Command::Remove { path, force } => remove(&ctx, &path, force),
+        Command::Keep { path } => keep(&ctx, &path),
         Command::Scan => {
             let out = run_write(
                 &ctx,
@@ -381,11 +382,18 @@ fn print_write(ctx: &Ctx, out: &WriteOutcome) -> Result<()> {
     }
 }
 
-fn remove(ctx: &Ctx, path: &str) -> Result<()> {
+fn remove(ctx: &Ctx, path: &str, force: bool) -> Result<()> {
     let mut config = sovryn_engine::Config::load(&ctx.home)?;
     let rel = sovryn_engine::paths::resolve_user_path(&config.storage_path, &cwd()?, path)?;
     if rel.is_empty() {
         bail!("cannot remove the storage root itself");
+    }
+    let here = std::fs::symlink_metadata(config.storage_path.join(&rel)).is_ok();
+    if !here && !force {
+        bail!(
+            "nothing at {} in the folder; check the path, or use --force to stop keeping it before it arrives",
+            output::printable(&rel)
+        );
     }
     let pattern = format!("/{rel}");
     if !config.sync.exclude.contains(&pattern) {
@@ -393,6 +401,26 @@ fn remove(ctx: &Ctx, path: &str) -> Result<()> {
     }
     config.save(&ctx.home)?;
     println!("{rel} is no longer kept on this node; its history is kept and the local files were left in place");
+    Ok(())
+}
+
+fn keep(ctx: &Ctx, path: &str) -> Result<()> {
+    let mut config = sovryn_engine::Config::load(&ctx.home)?;
+    let rel = sovryn_engine::paths::resolve_user_path(&config.storage_path, &cwd()?, path)?;
+    let pattern = format!("/{rel}");
+    let before = config.sync.exclude.len();
+    config.sync.exclude.retain(|p| p != &pattern);
+    if config.sync.exclude.len() == before {
+        bail!(
+            "{} was not removed here (see 'sovryn config get sync.exclude')",
+            output::printable(&rel)
+        );
+    }
+    config.save(&ctx.home)?;
+    println!(
+        "{} is kept on this node again (the next scan records it)",
+        output::printable(&rel)
+    );
     Ok(())
 }
 

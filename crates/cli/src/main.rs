@@ -83,6 +83,14 @@ pub enum Command {
     Remove {
         /// File or directory.
         path: String,
+        /// Also when nothing is there yet (a path a peer will bring).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Keep a path on this node again (undoes 'sovryn remove').
+    Keep {
+        /// File or directory.
+        path: String,
     },
     /// Scan the whole storage path.
     Scan,

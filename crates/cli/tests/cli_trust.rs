@@ -106,3 +106,24 @@ fn the_spec_spellings_work_or_explain() {
     );
     assert!(!other.home.exists());
 }
+
+/// `remove` of a path that is not there is an error (unless forced);
+/// `keep` undoes a `remove`.
+#[test]
+fn remove_refuses_what_is_not_there_and_keep_undoes_it() {
+    let n = TestNode::new("a");
+    n.write("videos/a.bin", b"\x00a");
+    n.ok(&["scan"]);
+    let err = n.fails(&["remove", "vidoes"]);
+    assert!(err.contains("nothing at vidoes"), "{err}");
+    n.ok(&["remove", "later", "--force"]);
+    n.ok(&["remove", "videos"]);
+    n.write("videos/b.bin", b"\x00b");
+    n.ok(&["scan"]);
+    assert!(!n.ok(&["ls", "videos"]).contains("b.bin"));
+    n.ok(&["keep", "videos"]);
+    n.ok(&["scan"]);
+    assert!(n.ok(&["ls", "videos"]).contains("b.bin"));
+    let err = n.fails(&["keep", "videos"]);
+    assert!(err.contains("was not removed"), "{err}");
+}
