@@ -646,7 +646,7 @@ fn status(ctx: &Ctx) -> Result<()> {
     let paused = ctx.home.is_paused();
     // Live sync state from a running node: per peer, what is left to
     // exchange (change-log entries) in each direction.
-    let live = crate::daemon::control_request(&ctx.home, &json!({"cmd": "status"}))
+    let live = crate::control::request(&ctx.home, &crate::control::Request::Status)
         .ok()
         .flatten();
     let peers: Vec<serde_json::Value> = live

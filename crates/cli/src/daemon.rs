@@ -431,8 +431,18 @@ impl Daemon {
         let (r, mut w) = stream.into_split();
         let mut lines = BufReader::new(r).lines();
         while let Some(line) = lines.next_line().await? {
-            let req: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if req["cmd"].as_str() == Some("mcp_stdio") {
+            use crate::control::Request;
+            let req = match crate::control::parse(&line) {
+                Ok(r) => r,
+                Err(error) => {
+                    let mut out =
+                        serde_json::to_vec(&serde_json::json!({"ok": false, "error": error}))?;
+                    out.push(b'\n');
+                    w.write_all(&out).await?;
+                    continue;
+                }
+            };
+            if let Request::McpStdio = req {
                 w.write_all(b"{\"ok\":true}\n").await?;
                 // The reader keeps what it buffered past the request line.
                 let reader = lines.into_inner();
@@ -441,35 +451,36 @@ impl Daemon {
                     .context("MCP session on the control socket")?;
                 return Ok(());
             }
-            let answer = match req["cmd"].as_str() {
-                Some("mcp_start") => self.start_mcp_now().await,
-                Some("mcp_stop") => {
+            let answer = match req {
+                Request::McpStart => self.start_mcp_now().await,
+                Request::McpStop => {
                     let stopped = self.stop_mcp().await;
                     serde_json::json!({"ok": true, "stopped": stopped})
                 }
-                Some("status") => {
+                Request::Status => {
                     let seq = *self.shared.seq.borrow();
                     self.status(seq)
                 }
                 // add, scan, restore, gc from the command line: this node
                 // holds the store, so it does them (see write_ops.rs).
-                Some("write") => self.write(&req["op"]).await,
-                Some("test_network") => {
-                    let bytes = req["probe_bytes"].as_u64().unwrap_or(16 << 20);
-                    let peers = self.net.test_network(req["peer"].as_str(), bytes).await;
+                Request::Write { op } => self.write(op).await,
+                Request::TestNetwork { peer, probe_bytes } => {
+                    let peers = self.net.test_network(peer.as_deref(), probe_bytes).await;
                     serde_json::json!({"ok": true, "peers": peers})
                 }
-                Some("stop") => {
+                Request::Stop => {
                     self.stop.notify_one();
                     serde_json::json!({"ok": true, "stopping": true})
                 }
-                Some("sync") => {
-                    let timeout =
-                        Duration::from_millis(req["timeout_ms"].as_u64().unwrap_or(30_000));
-                    self.sync_now(timeout).await
+                Request::Sync { timeout_ms } => {
+                    self.sync_now(Duration::from_millis(timeout_ms)).await
                 }
-                // pause, resume, conflicts_resolve (node_cmd.rs)
-                _ => crate::node_cmd::control(self, &req).await,
+                Request::McpStdio => unreachable_answer(),
+                Request::Pause => crate::node_cmd::pause_now(self, true).await,
+                Request::Resume => crate::node_cmd::pause_now(self, false).await,
+                Request::ConflictsResolve { path, keep } => {
+                    crate::node_cmd::resolve_now(self, path, keep).await
+                }
             };
             let mut out = serde_json::to_vec(&answer)?;
             out.push(b'\n');
@@ -479,11 +490,7 @@ impl Daemon {
     }
 
     /// Runs a typed write (`write_ops::WriteOp`) and announces what changed.
-    async fn write(&self, op: &serde_json::Value) -> serde_json::Value {
-        let op: crate::write_ops::WriteOp = match serde_json::from_value(op.clone()) {
-            Ok(op) => op,
-            Err(e) => return serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
-        };
+    async fn write(&self, op: crate::write_ops::WriteOp) -> serde_json::Value {
         let done = self
             .shared
             .with_node(move |n| {
@@ -537,6 +544,11 @@ impl Daemon {
     }
 }
 
+/// `McpStdio` is answered before the match (it takes over the connection).
+fn unreachable_answer() -> serde_json::Value {
+    serde_json::json!({"ok": false, "error": "mcp_stdio takes over the connection"})
+}
+
 /// Starts the MCP HTTP server on `mcp.bind:mcp.port` sharing the daemon's
 /// node, change channel and path index. A server that cannot start (port in
 /// use, bad settings) is an error the caller reports; sync runs on without it.
@@ -585,25 +597,6 @@ async fn start_mcp(
 /// The running node's control socket in its home.
 pub fn control_socket(home: &Home) -> PathBuf {
     home.dir.join("control.sock")
-}
-
-/// Sends one request to a running node; `None` when no node runs in `home`.
-pub fn control_request(home: &Home, req: &serde_json::Value) -> Result<Option<serde_json::Value>> {
-    use std::io::{BufRead, Write};
-    let sock = control_socket(home);
-    let stream = match std::os::unix::net::UnixStream::connect(&sock) {
-        Ok(s) => s,
-        Err(_) => return Ok(None),
-    };
-    let mut w = stream.try_clone()?;
-    let mut line = serde_json::to_vec(req)?;
-    line.push(b'\n');
-    w.write_all(&line)?;
-    let mut answer = String::new();
-    std::io::BufReader::new(stream).read_line(&mut answer)?;
-    Ok(Some(
-        serde_json::from_str(&answer).context("bad answer from the node")?,
-    ))
 }
 
 /// Deletes temp files a killed run left behind (a write never renamed into place).

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use serde_json::json;
 use sovryn_engine::Home;
 
-use crate::daemon::control_request;
+use crate::control::{request as control_request, Request};
 use crate::output;
 
 /// `sovryn daemon` actions.
@@ -100,7 +100,7 @@ fn start(
     listen: Option<String>,
     timeout: u64,
 ) -> Result<()> {
-    if let Some(v) = control_request(home, &json!({"cmd": "status"}))? {
+    if let Some(v) = control_request(home, &Request::Status)? {
         bail!(
             "a node is already running in {} (pid {})",
             home.dir.display(),
@@ -159,10 +159,7 @@ fn start(
                 .join("\n");
             bail!("the node exited ({st}) before it was ready:\n{tail}");
         }
-        if let Some(v) = control_request(home, &json!({"cmd": "status"}))
-            .ok()
-            .flatten()
-        {
+        if let Some(v) = control_request(home, &Request::Status).ok().flatten() {
             if json {
                 let mut v = v;
                 v["running"] = true.into();
@@ -184,9 +181,7 @@ fn start(
 }
 
 fn stop(home: &Home, json: bool, timeout: u64) -> Result<()> {
-    let live = control_request(home, &json!({"cmd": "status"}))
-        .ok()
-        .flatten();
+    let live = control_request(home, &Request::Status).ok().flatten();
     let pid = live
         .as_ref()
         .and_then(|v| v["pid"].as_i64())
@@ -201,7 +196,7 @@ fn stop(home: &Home, json: bool, timeout: u64) -> Result<()> {
         return Ok(());
     };
     let asked = live.is_some()
-        && control_request(home, &json!({"cmd": "stop"}))
+        && control_request(home, &Request::Stop)
             .ok()
             .flatten()
             .is_some_and(|v| v["ok"].as_bool() == Some(true));
@@ -236,10 +231,7 @@ fn stop(home: &Home, json: bool, timeout: u64) -> Result<()> {
 }
 
 fn status(home: &Home, json: bool) -> Result<()> {
-    match control_request(home, &json!({"cmd": "status"}))
-        .ok()
-        .flatten()
-    {
+    match control_request(home, &Request::Status).ok().flatten() {
         Some(mut v) => {
             if json {
                 v["running"] = true.into();
@@ -261,11 +253,10 @@ fn status(home: &Home, json: bool) -> Result<()> {
 
 /// `sovryn test-network [PEER]`: asks the running node to test each peer.
 pub fn test_network(home: &Home, json: bool, peer: Option<String>, probe_mib: u64) -> Result<()> {
-    let req = json!({
-        "cmd": "test_network",
-        "peer": peer,
-        "probe_bytes": probe_mib.min(64) << 20,
-    });
+    let req = Request::TestNetwork {
+        peer: peer.clone(),
+        probe_bytes: probe_mib.min(64) << 20,
+    };
     let Some(answer) = control_request(home, &req)? else {
         bail!("the node is not running here; start it with 'sovryn up' or 'sovryn daemon start'");
     };

@@ -1,6 +1,7 @@
 //! `sovryn`: the command line of a Sovryn node.
 
 mod commands;
+mod control;
 mod daemon;
 mod daemon_cmd;
 mod mcp_cmd;

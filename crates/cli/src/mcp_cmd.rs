@@ -160,8 +160,12 @@ fn start_stop(home: &Home, json: bool, start: bool) -> Result<()> {
     if !home.exists() {
         bail!(sovryn_engine::Error::NoNode(home.dir.clone()));
     }
-    let cmd = if start { "mcp_start" } else { "mcp_stop" };
-    let Some(answer) = crate::daemon::control_request(home, &json!({ "cmd": cmd }))? else {
+    let req = if start {
+        crate::control::Request::McpStart
+    } else {
+        crate::control::Request::McpStop
+    };
+    let Some(answer) = crate::control::request(home, &req)? else {
         bail!("{NOT_RUNNING}");
     };
     if answer["ok"].as_bool() != Some(true) {
@@ -196,7 +200,7 @@ fn daemon_stream(home: &Home) -> Result<Option<std::os::unix::net::UnixStream>> 
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&sock) else {
         return Ok(None);
     };
-    stream.write_all(b"{\"cmd\":\"mcp_stdio\"}\n")?;
+    stream.write_all(&crate::control::Request::McpStdio.line()?)?;
     // Read the answer byte by byte: nothing of the MCP stream after it is consumed.
     let mut line = Vec::new();
     let mut b = [0u8; 1];
@@ -311,7 +315,7 @@ fn status(home: &Home, json: bool, port: Option<u16>) -> Result<()> {
     }
     // A running node says where its listener is (it may have been started
     // with `sovryn mcp start`, or be off).
-    let daemon = crate::daemon::control_request(home, &json!({"cmd": "status"}))
+    let daemon = crate::control::request(home, &crate::control::Request::Status)
         .ok()
         .flatten();
     let daemon_url = daemon

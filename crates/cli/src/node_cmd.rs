@@ -181,8 +181,10 @@ fn sync(home: &Home, json: bool, timeout: u64) -> Result<()> {
     if home.is_paused() {
         bail!("sync is paused on this node; run 'sovryn resume' first");
     }
-    let req = json!({"cmd": "sync", "timeout_ms": timeout.saturating_mul(1000)});
-    let Some(answer) = crate::daemon::control_request(home, &req)? else {
+    let req = crate::control::Request::Sync {
+        timeout_ms: timeout.saturating_mul(1000),
+    };
+    let Some(answer) = crate::control::request(home, &req)? else {
         bail!("the node is not running here; start it with 'sovryn up'");
     };
     let ok = answer["ok"].as_bool().unwrap_or(false);
@@ -285,7 +287,7 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
             }
         }
         PeersAction::List => {
-            let live = crate::daemon::control_request(home, &json!({"cmd": "status"}))
+            let live = crate::control::request(home, &crate::control::Request::Status)
                 .ok()
                 .flatten();
             let live_of = |id: &str| {
@@ -367,15 +369,15 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
     }
 }
 
-/// Control-socket requests added by these commands (`pause`, `resume`,
-/// `conflicts_resolve`); anything else is answered as unknown.
-pub async fn control(d: &Daemon, req: &serde_json::Value) -> serde_json::Value {
+/// `pause` / `resume` on the running node: the marker (kept across
+/// restarts), then the sessions.
+pub async fn pause_now(d: &Daemon, pause: bool) -> serde_json::Value {
     let home = match d.shared.with_node(|n| Ok(n.home.clone())).await {
         Ok(h) => h,
         Err(e) => return json!({"ok": false, "error": format!("{e:#}")}),
     };
-    match req["cmd"].as_str() {
-        Some("pause") => match std::fs::write(home.pause_marker(), b"") {
+    if pause {
+        return match std::fs::write(home.pause_marker(), b"") {
             Ok(()) => {
                 d.net
                     .pause(&Config::load(&home).map(|c| c.peers).unwrap_or_default());
@@ -383,38 +385,35 @@ pub async fn control(d: &Daemon, req: &serde_json::Value) -> serde_json::Value {
                 json!({"ok": true, "paused": true})
             }
             Err(e) => json!({"ok": false, "error": format!("writing the pause marker: {e}")}),
-        },
-        Some("resume") => {
-            let _ = std::fs::remove_file(home.pause_marker());
-            match Config::load(&home) {
-                Ok(c) => {
-                    d.net.resume(&c.peers);
-                    tracing::info!("sync resumed");
-                    json!({"ok": true, "paused": false})
-                }
-                Err(e) => json!({"ok": false, "error": format!("reading the config: {e}")}),
-            }
+        };
+    }
+    let _ = std::fs::remove_file(home.pause_marker());
+    match Config::load(&home) {
+        Ok(c) => {
+            d.net.resume(&c.peers);
+            tracing::info!("sync resumed");
+            json!({"ok": true, "paused": false})
         }
-        Some("conflicts_resolve") => {
-            let path = req["path"].as_str().unwrap_or_default().to_owned();
-            let keep = req["keep"].as_str().unwrap_or_default().to_owned();
-            let done = d
-                .shared
-                .with_node(move |n| {
-                    let keep: sovryn_engine::conflicts::Keep = keep.parse()?;
-                    let r = n.resolve_conflict(&path, keep, None)?;
-                    Ok((r, n.store.sequence()?))
-                })
-                .await;
-            match done {
-                Ok((r, seq)) => {
-                    d.shared.publish(seq, r.changed.clone());
-                    json!({"ok": true, "resolution": r})
-                }
-                Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
-            }
+        Err(e) => json!({"ok": false, "error": format!("reading the config: {e}")}),
+    }
+}
+
+/// `conflicts resolve` on the running node.
+pub async fn resolve_now(d: &Daemon, path: String, keep: String) -> serde_json::Value {
+    let done = d
+        .shared
+        .with_node(move |n| {
+            let keep: sovryn_engine::conflicts::Keep = keep.parse()?;
+            let r = n.resolve_conflict(&path, keep, None)?;
+            Ok((r, n.store.sequence()?))
+        })
+        .await;
+    match done {
+        Ok((r, seq)) => {
+            d.shared.publish(seq, r.changed.clone());
+            json!({"ok": true, "resolution": r})
         }
-        _ => json!({"error": "unknown request"}),
+        Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
     }
 }
 
@@ -427,8 +426,12 @@ fn pause_resume(home: &Home, json: bool, pause: bool) -> Result<()> {
     if !home.exists() {
         bail!("no node in {}", home.dir.display());
     }
-    let cmd = if pause { "pause" } else { "resume" };
-    let running = match crate::daemon::control_request(home, &json!({ "cmd": cmd }))? {
+    let req = if pause {
+        crate::control::Request::Pause
+    } else {
+        crate::control::Request::Resume
+    };
+    let running = match crate::control::request(home, &req)? {
         Some(a) => {
             if a["ok"].as_bool() != Some(true) {
                 bail!(
@@ -498,8 +501,11 @@ fn conflicts(
             let cwd = std::env::current_dir().context("reading the current directory")?;
             let config = Config::load(home)?;
             let rel = sovryn_engine::paths::resolve_user_path(&config.storage_path, &cwd, &path)?;
-            let req = json!({"cmd": "conflicts_resolve", "path": rel, "keep": keep});
-            let res: serde_json::Value = match crate::daemon::control_request(home, &req)? {
+            let req = crate::control::Request::ConflictsResolve {
+                path: rel.clone(),
+                keep: keep.clone(),
+            };
+            let res: serde_json::Value = match crate::control::request(home, &req)? {
                 Some(a) => {
                     if a["ok"].as_bool() != Some(true) {
                         bail!(

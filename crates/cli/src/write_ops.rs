@@ -100,8 +100,8 @@ pub fn execute(
 
 /// Asks the running node to do `op`; `None` when no node runs here.
 pub fn via_daemon(home: &Home, op: &WriteOp) -> Result<Option<WriteOutcome>> {
-    let req = serde_json::json!({"cmd": "write", "op": op});
-    let Some(answer) = crate::daemon::control_request(home, &req)? else {
+    let req = crate::control::Request::Write { op: op.clone() };
+    let Some(answer) = crate::control::request(home, &req)? else {
         return Ok(None);
     };
     if answer["ok"].as_bool() != Some(true) {
