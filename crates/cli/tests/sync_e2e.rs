@@ -872,6 +872,20 @@ fn random_ops_on_three_nodes_converge() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Converged, `sovryn sync` completes on every node (nothing stuck "to
+    // receive" or "to send").
+    for (i, n) in nodes.iter().enumerate() {
+        let out = n.cmd(&["sync", "--timeout", "30"]).output().unwrap();
+        if !out.status.success() {
+            fail(format!(
+                "sync did not complete on node {i}: {}{}\ntrace:\n{}\nlog:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                trace.join("\n"),
+                n.log()
+            ));
+        }
+    }
 
     // Every write survives somewhere.
     let t = tree(&nodes[0].root);
