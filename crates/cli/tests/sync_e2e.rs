@@ -652,6 +652,7 @@ fn random_ops_on_three_nodes_converge() {
     let mut paused = [false; 3];
     // When beta's home was copied, and (copy, restore) once it was restored.
     let mut copied_at: Option<usize> = None;
+    let mut stopped_at = [0usize; 3];
     let mut restore_window: Option<(usize, usize)> = None;
     let mut trace = Vec::new();
 
@@ -745,6 +746,7 @@ fn random_ops_on_three_nodes_converge() {
             }
             83..=91 => {
                 if node_up {
+                    stopped_at[n] = op;
                     if rng.below(2) == 0 {
                         nodes[n].settle();
                         nodes[n].down();
@@ -770,7 +772,9 @@ fn random_ops_on_three_nodes_converge() {
                         restore_window = Some((from, op));
                         "home restored from its copy".to_string()
                     } else {
-                        copied_at = Some(op);
+                        // Writes made since it stopped are on its disk
+                        // only; they are recorded after this copy.
+                        copied_at = Some(stopped_at[n]);
                         let cp = Command::new("cp")
                             .arg("-a")
                             .arg(&nodes[n].home)
