@@ -155,3 +155,74 @@ fn resolve(
         vv: merged,
     }
 }
+
+/// A peer's deletion of a path that cannot exist here (an ancestor is a
+/// file or a symlink): nothing to remove; the tombstone to record so the
+/// histories agree, or `None` when this node's state is as new or newer.
+pub fn tombstone_under_file(local: Option<&Entry>, remote: &Entry) -> Option<Entry> {
+    if local.is_some_and(|l| {
+        matches!(
+            remote.vv.compare(&l.vv),
+            Causality::Equal | Causality::DominatedBy
+        )
+    }) {
+        return None;
+    }
+    let mut entry = remote.clone();
+    if let Some(l) = local {
+        entry.vv.merge(&l.vv);
+    }
+    Some(entry)
+}
+
+/// The directory that replaces `local` (a file, a link, a tombstone or a
+/// directory) in a type clash: `(prev, base)` for the node's next local
+/// state, where `prev` carries both vectors (so one local edit on top of
+/// it dominates both) and `base` is the directory (mode 0755 when new).
+pub fn superseding_dir(local: &Entry, remote: Option<&Entry>) -> (Entry, Entry) {
+    let mut base = local.clone();
+    if base.kind != EntryKind::Dir || base.deleted {
+        base.mode = 0o755;
+    }
+    base.kind = EntryKind::Dir;
+    base.deleted = false;
+    base.chunks.clear();
+    base.size = 0;
+    base.target = None;
+    base.message = None;
+    let mut prev = local.clone();
+    if let Some(r) = remote {
+        prev.vv.merge(&r.vv);
+    }
+    (prev, base)
+}
+
+/// What a candidate conflict-copy name holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameSlot {
+    /// Nothing (or only a tombstone, and nothing on disk): usable.
+    Free,
+    /// A live copy with the loser's very content: nothing to do.
+    SameCopy,
+    /// Something else: try the next name.
+    Taken,
+}
+
+/// The name of the conflict copy of `loser` at `rel`: the first of
+/// `conflict_name_n(rel, author, time, 0, 1, …)` that `slot` calls free,
+/// the same on every node; `None` when one already holds that content.
+pub fn conflict_copy_name<E>(
+    rel: &str,
+    loser: &Entry,
+    mut slot: impl FnMut(&str) -> Result<NameSlot, E>,
+) -> Result<Option<String>, E> {
+    for n in 0.. {
+        let name = crate::sync::conflict_name_n(rel, &loser.author, loser.time_ns, n);
+        match slot(&name)? {
+            NameSlot::Free => return Ok(Some(name)),
+            NameSlot::SameCopy => return Ok(None),
+            NameSlot::Taken => {}
+        }
+    }
+    Ok(None)
+}

@@ -25,9 +25,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use sovryn_store::{Causality, Change, ChunkId, DiskStat, Entry, EntryKind, FileRecord};
+use sovryn_store::{Change, ChunkId, DiskStat, Entry, EntryKind, FileRecord};
 
-use crate::decide::{decide, Decision, Me};
+use crate::decide::{decide, Decision, Me, NameSlot};
 use crate::fsutil::stat_of;
 use crate::node::Node;
 use crate::paths;
@@ -500,21 +500,7 @@ impl Node {
     /// A directory state that supersedes `local` (and `remote`): both
     /// vectors plus one local edit, mode 0755 for a new directory.
     fn dir_superseding(&self, local: &Entry, remote: Option<&Entry>) -> Entry {
-        let mut base = local.clone();
-        if base.kind != EntryKind::Dir || base.deleted {
-            base.mode = 0o755;
-        }
-        base.kind = EntryKind::Dir;
-        base.deleted = false;
-        base.chunks.clear();
-        base.size = 0;
-        base.target = None;
-        base.message = None;
-        // Both vectors first, then one local edit: it dominates both.
-        let mut prev = local.clone();
-        if let Some(r) = remote {
-            prev.vv.merge(&r.vv);
-        }
+        let (prev, base) = crate::decide::superseding_dir(local, remote);
         self.local_entry(Some(&prev), base, None)
     }
 
@@ -527,20 +513,10 @@ impl Node {
     ) -> Result<()> {
         if let Some(anc) = self.blocking_ancestor(rel) {
             if remote.deleted {
-                // Nothing can be at `rel`: deleting it is a no-op; the
-                // tombstone is recorded so the histories agree.
                 let local = self.store.file(rel)?;
-                let newer_here = local.as_ref().is_some_and(|l| {
-                    matches!(
-                        remote.vv.compare(&l.entry.vv),
-                        Causality::Equal | Causality::DominatedBy
-                    )
-                });
-                if !newer_here {
-                    let mut entry = remote.clone();
-                    if let Some(l) = &local {
-                        entry.vv.merge(&l.entry.vv);
-                    }
+                if let Some(entry) =
+                    crate::decide::tombstone_under_file(local.as_ref().map(|l| &l.entry), remote)
+                {
                     self.sync_push_change(batch, report, rel, entry, None)?;
                 }
                 return Ok(());
@@ -658,20 +634,23 @@ impl Node {
         batch: &mut Batch,
         report: &mut ApplyReport,
     ) -> Result<()> {
-        let mut name = String::new();
-        for n in 0.. {
-            name = conflict_name_n(rel, &loser.author, loser.time_ns, n);
-            let existing = self.store.file(&name)?;
-            let on_disk = paths::confined(self.root(), &name)?
+        let name = crate::decide::conflict_copy_name(rel, loser, |name| {
+            let existing = self.store.file(name)?;
+            let on_disk = paths::confined(self.root(), name)?
                 .symlink_metadata()
                 .is_ok();
-            match existing {
-                Some(rec) if !rec.entry.deleted && rec.entry.same_content(loser) => return Ok(()),
-                None if !on_disk => break,
-                Some(rec) if rec.entry.deleted && !on_disk => break,
-                _ => {}
-            }
-        }
+            Ok::<_, Error>(match existing {
+                Some(rec) if !rec.entry.deleted && rec.entry.same_content(loser) => {
+                    NameSlot::SameCopy
+                }
+                None if !on_disk => NameSlot::Free,
+                Some(rec) if rec.entry.deleted && !on_disk => NameSlot::Free,
+                _ => NameSlot::Taken,
+            })
+        })?;
+        let Some(name) = name else {
+            return Ok(());
+        };
         let prev = self.store.file(&name)?;
         let mut base = loser.clone();
         base.message = Some(format!("conflict copy of {rel}"));

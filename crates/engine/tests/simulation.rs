@@ -17,8 +17,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
-use sovryn_engine::decide::{decide, Decision, Me};
-use sovryn_engine::sync::conflict_name_n;
+use sovryn_engine::decide::{
+    conflict_copy_name, decide, superseding_dir, tombstone_under_file, Decision, Me, NameSlot,
+};
 use sovryn_store::{ChunkId, Entry, EntryKind, VersionVector};
 
 const POOL: &[&str] = &["a", "k", "k/i", "k/j", "d/x"];
@@ -360,17 +361,7 @@ impl World {
         if let Some(anc) = blocking {
             if remote.deleted {
                 let local = self.nodes[n].tree.get(path).cloned();
-                let newer_here = local.as_ref().is_some_and(|l| {
-                    matches!(
-                        remote.vv.compare(&l.vv),
-                        sovryn_store::Causality::Equal | sovryn_store::Causality::DominatedBy
-                    )
-                });
-                if !newer_here {
-                    let mut e = remote.clone();
-                    if let Some(l) = &local {
-                        e.vv.merge(&l.vv);
-                    }
+                if let Some(e) = tombstone_under_file(local.as_ref(), remote) {
                     self.record(n, path, e);
                 }
                 return;
@@ -439,35 +430,23 @@ impl World {
     }
 
     fn dir_superseding(&mut self, n: usize, local: &Entry, remote: Option<&Entry>) -> Entry {
-        let mut base = local.clone();
-        if base.kind != EntryKind::Dir || base.deleted {
-            base.mode = 0o755;
-        }
-        base.kind = EntryKind::Dir;
-        base.deleted = false;
-        base.chunks.clear();
-        base.size = 0;
-        base.target = None;
-        base.message = None;
-        let mut prev = local.clone();
-        if let Some(r) = remote {
-            prev.vv.merge(&r.vv);
-        }
+        let (prev, base) = superseding_dir(local, remote);
         self.local_entry(n, Some(&prev), base)
     }
 
     /// `Node::sync_conflict_copy`: the name from the loser's author and time.
     fn conflict_copy(&mut self, n: usize, rel: &str, loser: &Entry) {
-        let mut name = String::new();
-        for k in 0.. {
-            name = conflict_name_n(rel, &loser.author, loser.time_ns, k);
-            match self.nodes[n].tree.get(&name) {
-                Some(rec) if live(rec) && rec.same_content(loser) => return,
-                None => break,
-                Some(rec) if rec.deleted => break,
-                _ => {}
-            }
-        }
+        let tree = &self.nodes[n].tree;
+        let Ok(Some(name)) = conflict_copy_name(rel, loser, |name| {
+            Ok::<_, ()>(match tree.get(name) {
+                Some(rec) if live(rec) && rec.same_content(loser) => NameSlot::SameCopy,
+                None => NameSlot::Free,
+                Some(rec) if rec.deleted => NameSlot::Free,
+                _ => NameSlot::Taken,
+            })
+        }) else {
+            return;
+        };
         let prev = self.nodes[n].tree.get(&name).cloned();
         let mut base = loser.clone();
         base.message = Some(format!("conflict copy of {rel}"));
