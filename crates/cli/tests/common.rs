@@ -114,14 +114,7 @@ impl TestNode {
 
     /// Runs and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "sovryn {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(args, self.run(args))
     }
 
     /// Runs and asserts failure; returns stderr.
@@ -154,6 +147,17 @@ impl TestNode {
     pub fn stats(&self) -> serde_json::Value {
         self.json(&["stats"])
     }
+}
+
+/// Stdout of a `sovryn` run that must have succeeded (else its output).
+pub fn succeeded(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "sovryn {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Bytes of every file under `dir`.

@@ -86,6 +86,21 @@ fn keys(folder_key: &str) -> ((String, [u8; 32]), ChunkCodec) {
     ((d.folder_id.clone(), d.membership), ChunkCodec::new(d))
 }
 
+/// Opens a handshake: a fresh challenge; returns its nonce.
+async fn send_challenge(send: &mut SendStream) -> membership::Nonce {
+    let mine = membership::nonce();
+    wire::write_msg(
+        send,
+        &Msg::Challenge {
+            version: wire::VERSION,
+            nonce: hex::encode(mine),
+        },
+    )
+    .await
+    .unwrap();
+    mine
+}
+
 /// A member's handshake (challenge, proof, hello); returns the node's Hello.
 async fn join(
     h: &Hostile,
@@ -95,16 +110,7 @@ async fn join(
     want_epoch: u64,
 ) -> (SendStream, RecvStream, Msg) {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mine = membership::nonce();
-    wire::write_msg(
-        &mut send,
-        &Msg::Challenge {
-            version: wire::VERSION,
-            nonce: hex::encode(mine),
-        },
-    )
-    .await
-    .unwrap();
+    let mine = send_challenge(&mut send).await;
     let Msg::Challenge { nonce, .. } = read(&mut recv).await else {
         panic!("no challenge")
     };
@@ -226,16 +232,7 @@ async fn a_peer_without_the_folder_key_gets_nothing() {
     // A forged proof, then everything an attacker would pipeline after it.
     let conn = h.connect(&node, port).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mine = membership::nonce();
-    wire::write_msg(
-        &mut send,
-        &Msg::Challenge {
-            version: wire::VERSION,
-            nonce: hex::encode(mine),
-        },
-    )
-    .await
-    .unwrap();
+    send_challenge(&mut send).await;
     let Msg::Challenge { .. } = read(&mut recv).await else {
         panic!("no challenge")
     };
@@ -278,15 +275,7 @@ async fn a_peer_without_the_folder_key_gets_nothing() {
     // Replayed: the node's own proof sent back to it as ours.
     let conn = h.connect(&node, port).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    wire::write_msg(
-        &mut send,
-        &Msg::Challenge {
-            version: wire::VERSION,
-            nonce: hex::encode(membership::nonce()),
-        },
-    )
-    .await
-    .unwrap();
+    send_challenge(&mut send).await;
     let _challenge = read(&mut recv).await;
     let Msg::Proof { mac } = read(&mut recv).await else {
         panic!("no proof")

@@ -77,14 +77,7 @@ impl Peer {
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "sovryn {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        crate::common::succeeded(args, self.cmd(args).output().unwrap())
     }
 
     pub fn folder_key(&self) -> String {
