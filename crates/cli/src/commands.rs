@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use sovryn_engine::scan::{ScanOptions, ScanProgress};
-use sovryn_engine::{Home, InitOptions, Node};
+use sovryn_engine::{Home, InitOptions, Node, View};
 use sovryn_store::{Access, EntryKind, FileRecord};
 
 use crate::output::{self, bytes, time};

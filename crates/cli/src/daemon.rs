@@ -86,7 +86,7 @@ impl Daemon {
         net.set_bandwidth(limits.0, limits.1);
         sovryn_net::describe_metrics();
         let mcp_state =
-            sovryn_mcp::McpState::with_channel(shared.node.clone(), shared.changes.clone());
+            sovryn_mcp::McpState::with_channel(shared.node.clone(), shared.changes.clone())?;
         let mcp = if mcp_config.enabled {
             match start_mcp(&mcp_state, &mcp_config).await {
                 Ok(m) => {

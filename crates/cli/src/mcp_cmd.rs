@@ -116,7 +116,7 @@ pub fn run(home: &Home, passphrase_file: Option<&Path>, json: bool, cmd: McpComm
                     return block_on(pipe_stdio(stream));
                 }
                 let node = open_node(home, passphrase_file, !no_scan)?;
-                return block_on(sovryn_mcp::serve_stdio(McpState::new(node)));
+                return block_on(sovryn_mcp::serve_stdio(McpState::new(node)?));
             }
             let node = open_node(home, passphrase_file, !no_scan)?;
             debug_assert!(http);
@@ -135,7 +135,7 @@ pub fn run(home: &Home, passphrase_file: Option<&Path>, json: bool, cmd: McpComm
                 );
             }
             block_on(sovryn_mcp::serve_http_with(
-                McpState::new(node),
+                McpState::new(node)?,
                 addr,
                 opts,
                 shutdown_signal(),

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde_json::json;
 use sovryn_engine::config::PeerConfig;
 use sovryn_engine::identity::PublicKey;
-use sovryn_engine::{Config, Home, Node};
+use sovryn_engine::{Config, Home, Node, View};
 use sovryn_store::Access;
 
 use crate::daemon::Daemon;

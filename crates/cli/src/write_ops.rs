@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sovryn_engine::scan::{ScanOptions, ScanReport};
-use sovryn_engine::{Home, Node};
+use sovryn_engine::{Home, Node, View};
 use sovryn_store::GcReport;
 
 /// A write a command asks for (paths already resolved against the folder).

@@ -10,6 +10,7 @@ use sovryn_store::EntryKind;
 
 use crate::node::Node;
 use crate::sync::is_conflict_copy;
+use crate::view::View;
 use crate::{paths, Error, Result};
 
 const MARK: &str = ".sync-conflict-";
@@ -110,46 +111,43 @@ pub fn parse_conflict_name(rel: &str) -> Option<(String, String, String)> {
     Some((format!("{dir}{stem}{ext}"), author.to_owned(), time))
 }
 
-impl Node {
-    /// Conflict copies currently in the tree (recorded, live, on disk).
-    pub fn conflict_copies(&self) -> Result<Vec<ConflictCopy>> {
-        let mut out = Vec::new();
-        for rec in self.store.files_under("")? {
-            if rec.entry.deleted
-                || rec.entry.kind != EntryKind::File
-                || !is_conflict_copy(&rec.path)
-            {
-                continue;
-            }
-            let Ok(abs) = paths::confined(self.root(), &rec.path) else {
-                continue;
-            };
-            if !abs.is_file() {
-                continue;
-            }
-            let (original, author, time) = parse_conflict_name(&rec.path).unwrap_or_else(|| {
-                (
-                    rec.path.replace(MARK, "."),
-                    rec.entry.author.clone(),
-                    String::new(),
-                )
-            });
-            let original_exists = paths::confined(self.root(), &original)
-                .map(|p| p.is_file())
-                .unwrap_or(false);
-            out.push(ConflictCopy {
-                path: rec.path,
-                original,
-                author,
-                time,
-                original_exists,
-                size: rec.entry.size,
-            });
+/// Conflict copies currently in the tree (recorded, live, on disk).
+pub(crate) fn copies_in(view: &(impl View + ?Sized)) -> Result<Vec<ConflictCopy>> {
+    let mut out = Vec::new();
+    for rec in view.store().files_under("")? {
+        if rec.entry.deleted || rec.entry.kind != EntryKind::File || !is_conflict_copy(&rec.path) {
+            continue;
         }
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(out)
+        let Ok(abs) = paths::confined(view.root(), &rec.path) else {
+            continue;
+        };
+        if !abs.is_file() {
+            continue;
+        }
+        let (original, author, time) = parse_conflict_name(&rec.path).unwrap_or_else(|| {
+            (
+                rec.path.replace(MARK, "."),
+                rec.entry.author.clone(),
+                String::new(),
+            )
+        });
+        let original_exists = paths::confined(view.root(), &original)
+            .map(|p| p.is_file())
+            .unwrap_or(false);
+        out.push(ConflictCopy {
+            path: rec.path,
+            original,
+            author,
+            time,
+            original_exists,
+            size: rec.entry.size,
+        });
     }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
 
+impl Node {
     /// Finds the conflict copy `rel` names: the copy itself, or an original
     /// with exactly one copy.
     fn conflict_copy_for(&self, rel: &str) -> Result<ConflictCopy> {

@@ -22,12 +22,14 @@ pub mod peer_state;
 pub mod rules;
 pub mod scan;
 pub mod sync;
+pub mod view;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
 
 pub use config::{Config, Home};
 pub use node::{InitOptions, Node};
+pub use view::{ReadPool, Reader, View};
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use sovryn_store::keys::KdfParams;
 use sovryn_store::{
     Access, Change, DiskStat, Entry, EntryKind, FileRecord, KeyFile, MasterKey, Store,
-    VersionRecord,
 };
 
 use crate::config::{Config, Home};
@@ -16,6 +15,7 @@ use crate::fsutil::{self, disk_stat, set_mode, temp_beside};
 use crate::identity::{self, PublicKey, SecretKey};
 use crate::paths;
 use crate::rules::Rules;
+use crate::view::View;
 use crate::{Error, Result};
 
 /// What `init` needs.
@@ -253,54 +253,6 @@ impl Node {
         paths::resolve_user_path(self.root(), cwd, raw)
     }
 
-    /// The current record of a path, or a "not tracked" error.
-    pub fn record(&self, rel: &str) -> Result<FileRecord> {
-        self.store.file(rel)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "not tracked: {rel} (run 'sovryn add {rel}' first?)"
-            ))
-        })
-    }
-
-    /// Version `spec` (`v2`) of a path.
-    ///
-    /// `spec` is a label (`v2`, `2`) or a version id: its full hex or a
-    /// prefix of at least 4 digits that names one version of the path
-    /// (ids are the same on every node; labels are this node's).
-    pub fn find_version(&self, rel: &str, spec: &str) -> Result<VersionRecord> {
-        self.record(rel)?;
-        let looks_like_label = spec
-            .trim_start_matches(['v', 'V'])
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            && !spec.is_empty()
-            && (spec.starts_with(['v', 'V']) || spec.len() < 4);
-        if !looks_like_label && spec.len() >= 4 && spec.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let want = spec.to_ascii_lowercase();
-            let mut found: Vec<VersionRecord> = self
-                .store
-                .versions(rel)?
-                .into_iter()
-                .filter(|v| v.id().starts_with(&want))
-                .collect();
-            return match found.len() {
-                1 => Ok(found.remove(0)),
-                0 => Err(Error::NotFound(format!(
-                    "{rel} has no version {spec} (see 'sovryn versions {rel}')"
-                ))),
-                n => Err(Error::Usage(format!(
-                    "{spec} names {n} versions of {rel}; give more digits"
-                ))),
-            };
-        }
-        let label = parse_label(spec)?;
-        self.store.version(rel, label)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "{rel} has no version v{label} (see 'sovryn versions {rel}')"
-            ))
-        })
-    }
-
     /// A new local state derived from `prev`: its vector plus one edit by this node.
     pub fn local_entry(&self, prev: Option<&Entry>, mut base: Entry, actor: Option<&str>) -> Entry {
         let mut vv = prev.map(|p| p.vv.clone()).unwrap_or_default();
@@ -429,41 +381,6 @@ impl Node {
         } else {
             String::from_utf8(bytes).ok()
         })
-    }
-
-    /// A unified diff between two states of `rel` (a summary when either is binary).
-    pub fn diff(&self, rel: &str, a: (&str, &Entry), b: (&str, &Entry)) -> Result<String> {
-        const LIMIT: u64 = 16 * 1024 * 1024;
-        let read = |e: &Entry| -> Result<Option<String>> {
-            if e.deleted || e.kind != EntryKind::File {
-                return Ok(Some(String::new()));
-            }
-            if e.size > LIMIT {
-                return Ok(None);
-            }
-            let bytes = self.store.content(e)?;
-            Ok(if bytes.contains(&0) {
-                None
-            } else {
-                String::from_utf8(bytes).ok()
-            })
-        };
-        match (read(a.1)?, read(b.1)?) {
-            (Some(x), Some(y)) => Ok(similar::TextDiff::from_lines(&x, &y)
-                .unified_diff()
-                .context_radius(3)
-                .header(&format!("{rel}@{}", a.0), &format!("{rel}@{}", b.0))
-                .to_string()),
-            _ => Ok(format!(
-                "binary files differ: {rel}@{} ({} bytes, {}) vs {rel}@{} ({} bytes, {})\n",
-                a.0,
-                a.1.size,
-                a.1.content_hash(),
-                b.0,
-                b.1.size,
-                b.1.content_hash()
-            )),
-        }
     }
 
     /// The state of `rel` as it is on disk right now (not recorded).

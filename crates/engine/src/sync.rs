@@ -669,6 +669,7 @@ mod tests {
     use super::*;
     use crate::config::Home;
     use crate::node::InitOptions;
+    use crate::view::View;
     use sovryn_store::{Access, MasterKey};
 
     struct T {

@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use sovryn_engine::Node;
 use sovryn_store::{EntryKind, Store};
 use tokio::sync::broadcast;
 
@@ -34,9 +33,8 @@ struct State {
 
 /// The path index of one node (shared by every session of its server).
 pub(crate) struct PathIndex {
-    node: Arc<Mutex<Node>>,
-    /// A read-only store handle, opened on first use (also serialises refreshes).
-    reader: Mutex<Option<Store>>,
+    /// A read-only store handle of its own (also serialises refreshes).
+    reader: Mutex<Store>,
     state: RwLock<State>,
     /// Files created or deleted, per refresh.
     events: broadcast::Sender<Arc<Vec<String>>>,
@@ -45,10 +43,9 @@ pub(crate) struct PathIndex {
 }
 
 impl PathIndex {
-    pub(crate) fn new(node: Arc<Mutex<Node>>) -> Self {
+    pub(crate) fn new(reader: Store) -> Self {
         PathIndex {
-            node,
-            reader: Mutex::new(None),
+            reader: Mutex::new(reader),
             state: RwLock::new(State::default()),
             events: broadcast::channel(256).0,
             following: Default::default(),
@@ -57,20 +54,10 @@ impl PathIndex {
 
     /// Applies the change log since the last refresh (blocking: SQLite).
     pub(crate) fn refresh(&self) -> Result<(), String> {
-        let mut reader = self
+        let store = self
             .reader
             .lock()
             .map_err(|_| "path index unavailable".to_string())?;
-        if reader.is_none() {
-            let node = self
-                .node
-                .lock()
-                .map_err(|_| "the node is unavailable".to_string())?;
-            *reader = Some(node.store.reader().map_err(|e| e.to_string())?);
-        }
-        let Some(store) = reader.as_ref() else {
-            return Err("path index unavailable".into());
-        };
         let (seq, loaded) = {
             let st = self.state.read().map_err(|_| "path index poisoned")?;
             (st.seq, st.loaded)

@@ -31,18 +31,24 @@ use std::sync::{Arc, Mutex};
 
 use error::WithContext;
 use rmcp::ServiceExt;
-use sovryn_engine::Node;
+use sovryn_engine::{Node, ReadPool};
 
 pub use error::{Error, Result};
 pub use http::{serve_http, serve_http_with, HttpOptions};
 pub use tokens::{Capability, PathScope, Principal, TokenStore, TokenVerifier};
 pub use tools::SovrynServer;
 
+/// Read-only store handles per server: enough for both cores and a few
+/// slow reads (a large file, a full-text search) at once.
+const READERS: usize = 4;
+
 /// What the MCP server needs from a running node.
 #[derive(Clone)]
 pub struct McpState {
     /// The opened node (read-write for the write tools).
     pub node: Arc<Mutex<Node>>,
+    /// Read-only handles: read tools never wait for the node's writes.
+    pub reads: Arc<ReadPool>,
     /// Paths (relative) that changed; the server sends those it writes.
     pub changes: tokio::sync::broadcast::Sender<String>,
     /// Live paths, kept current from the change log (shared by every server
@@ -52,7 +58,7 @@ pub struct McpState {
 
 impl McpState {
     /// Wraps an opened node.
-    pub fn new(node: Node) -> Self {
+    pub fn new(node: Node) -> Result<Self> {
         Self::with_channel(
             Arc::new(Mutex::new(node)),
             tokio::sync::broadcast::channel(1024).0,
@@ -64,19 +70,29 @@ impl McpState {
     pub fn with_channel(
         node: Arc<Mutex<Node>>,
         changes: tokio::sync::broadcast::Sender<String>,
-    ) -> Self {
-        let index = Arc::new(index::PathIndex::new(node.clone()));
+    ) -> Result<Self> {
+        let (reads, index_reader) = {
+            let n = node.lock().map_err(|_| Error::NodeUnavailable)?;
+            (
+                ReadPool::new(&n, READERS).context("opening read-only store handles")?,
+                n.store
+                    .reader()
+                    .context("opening a read-only store handle")?,
+            )
+        };
+        let index = Arc::new(index::PathIndex::new(index_reader));
         // Loaded now, not on the first subscription: a file created between
         // a client's subscribing and that first load would be taken for one
         // that was always there, and its list_changed never sent.
         if let Err(e) = index.refresh() {
             tracing::warn!("path index: {e}");
         }
-        McpState {
+        Ok(McpState {
             index,
             node,
+            reads: Arc::new(reads),
             changes,
-        }
+        })
     }
 
     /// The node's home directory.
@@ -91,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) state: McpState,
     pub(crate) audit: audit::Audit,
     pub(crate) node_name: String,
+    /// The node's home (its `config.toml`).
+    pub(crate) home: std::path::PathBuf,
     /// The storage root.
     pub(crate) root: std::path::PathBuf,
     /// The tool router, built once (sessions and stateless requests clone it).
@@ -113,6 +131,7 @@ impl Shared {
             state,
             audit,
             node_name,
+            home,
             root,
             router: Arc::new(SovrynServer::build_router()),
         }))

@@ -21,7 +21,7 @@ use sovryn_engine::config::PeerConfig;
 use sovryn_engine::conflicts::{ConflictCopy, Keep};
 use sovryn_engine::identity::PublicKey;
 use sovryn_engine::scan::ScanOptions;
-use sovryn_engine::{paths, Config, Node};
+use sovryn_engine::{paths, Config, Node, Reader, View};
 use sovryn_store::{Entry, EntryKind, FileRecord};
 
 use crate::audit::AuditLine;
@@ -112,14 +112,14 @@ fn not_found(rel: &str) -> String {
 }
 
 /// A live record of `rel`, or "no such file".
-fn live(node: &Node, rel: &str) -> Result<FileRecord, String> {
-    match node.store.file(rel).map_err(|e| e.to_string())? {
+fn live(node: &dyn View, rel: &str) -> Result<FileRecord, String> {
+    match node.store().file(rel).map_err(|e| e.to_string())? {
         Some(r) if !r.entry.deleted => Ok(r),
         _ => Err(not_found(rel)),
     }
 }
 
-fn load_text_or_bytes(node: &Node, rel: &str, e: &Entry) -> Result<Vec<u8>, String> {
+fn load_text_or_bytes(node: &dyn View, rel: &str, e: &Entry) -> Result<Vec<u8>, String> {
     load_with(node, rel, e, &Work::none())
 }
 
@@ -132,7 +132,7 @@ const PROGRESS_BYTES: u64 = 1024 * 1024;
 
 /// A file's content, read chunk by chunk: stops when the call is cancelled
 /// and reports the bytes read.
-fn load_with(node: &Node, rel: &str, e: &Entry, work: &Work) -> Result<Vec<u8>, String> {
+fn load_with(node: &dyn View, rel: &str, e: &Entry, work: &Work) -> Result<Vec<u8>, String> {
     if e.kind != EntryKind::File {
         return Err(format!("{rel} is a {}, not a file", kind_name(e.kind)));
     }
@@ -143,14 +143,14 @@ fn load_with(node: &Node, rel: &str, e: &Entry, work: &Work) -> Result<Vec<u8>, 
         ));
     }
     if e.size < PROGRESS_BYTES {
-        return node.store.content(e).map_err(|e| e.to_string());
+        return node.store().content(e).map_err(|e| e.to_string());
     }
     let total = e.size as f64;
     let mut out = Vec::with_capacity(e.size as usize);
     work.progress(0.0, Some(total), || format!("reading {rel}"));
     for id in &e.chunks {
         work.check()?;
-        out.extend_from_slice(&node.store.read_chunk(id).map_err(|e| e.to_string())?);
+        out.extend_from_slice(&node.store().read_chunk(id).map_err(|e| e.to_string())?);
         work.progress(out.len() as f64, Some(total), || {
             format!("read {} of {} bytes of {rel}", out.len(), e.size)
         });
@@ -220,7 +220,7 @@ pub struct ReadOut {
 }
 
 fn read_entry(
-    node: &Node,
+    node: &dyn View,
     rel: &str,
     version: u64,
     e: &Entry,
@@ -1010,7 +1010,7 @@ fn scoped_dir(p: &Principal, raw: &str) -> Result<String, String> {
     Ok(rel)
 }
 
-fn confine(node: &Node, rel: &str) -> Result<(), String> {
+fn confine(node: &dyn View, rel: &str) -> Result<(), String> {
     paths::confined(node.root(), rel)
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -1021,9 +1021,9 @@ fn parse_version(spec: &str) -> Result<u64, String> {
 }
 
 /// A version `spec` of `rel`, or its current record when `spec` is None/"current".
-fn state_of(node: &Node, rel: &str, spec: Option<&str>) -> Result<(u64, Entry), String> {
+fn state_of(node: &dyn View, rel: &str, spec: Option<&str>) -> Result<(u64, Entry), String> {
     let cur = node
-        .store
+        .store()
         .file(rel)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| not_found(rel))?;
@@ -1040,7 +1040,7 @@ fn state_of(node: &Node, rel: &str, spec: Option<&str>) -> Result<(u64, Entry), 
         Some(s) => {
             let n = parse_version(s)?;
             let v = node
-                .store
+                .store()
                 .version(rel, n)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| {
@@ -1055,7 +1055,7 @@ fn state_of(node: &Node, rel: &str, spec: Option<&str>) -> Result<(u64, Entry), 
 }
 
 /// The conflict copies `p` may see.
-fn visible_conflicts(node: &Node, p: &Principal) -> Result<Vec<ConflictCopy>, String> {
+fn visible_conflicts(node: &dyn View, p: &Principal) -> Result<Vec<ConflictCopy>, String> {
     Ok(node
         .conflict_copies()
         .map_err(|e| e.to_string())?
@@ -1066,7 +1066,7 @@ fn visible_conflicts(node: &Node, p: &Principal) -> Result<Vec<ConflictCopy>, St
 
 /// The conflict copy `rel` names (the copy, or an original with one copy),
 /// among those `p` may see; its original must be in the scope too.
-fn visible_copy_for(node: &Node, p: &Principal, rel: &str) -> Result<String, String> {
+fn visible_copy_for(node: &dyn View, p: &Principal, rel: &str) -> Result<String, String> {
     let all = visible_conflicts(node, p)?;
     let copy = match all.iter().find(|c| c.path == rel) {
         Some(c) => c,
@@ -1118,15 +1118,14 @@ fn edit_peers<T>(
 
 /// The peers as configured now: `config.toml` is read again, since
 /// `sovryn peers add|remove` (another process) rewrites it and a running
-/// daemon follows it; the node's copy only when it cannot be read.
-fn current_peers(node: &Node) -> Vec<PeerConfig> {
-    match Config::load(&node.home) {
-        Ok(c) => c.peers,
-        Err(e) => {
-            tracing::warn!("reading the peers from config.toml: {e}");
-            node.config.peers.clone()
-        }
-    }
+/// daemon follows it.
+fn current_peers(home: &std::path::Path) -> Result<Vec<PeerConfig>, String> {
+    let home = sovryn_engine::Home {
+        dir: home.to_owned(),
+    };
+    Config::load(&home)
+        .map(|c| c.peers)
+        .map_err(|e| format!("reading the peers from config.toml: {e}"))
 }
 
 /// The `name` glob of `search_files`: case-insensitive, on file names, or
@@ -1456,6 +1455,42 @@ impl SovrynServer {
         r
     }
 
+    /// Runs `f` with a read-only handle on a blocking thread: it sees every
+    /// committed version and never waits for the node's writes.
+    async fn on_reader<T, F>(&self, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader) -> Result<T, String> + Send + 'static,
+    {
+        let reads = self.shared.state.reads.clone();
+        tokio::task::spawn_blocking(move || f(&reads.get()))
+            .await
+            .map_err(|e| format!("internal error: {e}"))?
+    }
+
+    /// Like [`Self::on_reader`] for long reads, with the call's [`Work`].
+    async fn on_reader_work<T, F>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        f: F,
+    ) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader, &Work) -> Result<T, String> + Send + 'static,
+    {
+        let (work, forwarder) = crate::work::start(ctx);
+        let r = self
+            .on_reader(move |reader| {
+                work.check()?;
+                f(reader, &work)
+            })
+            .await;
+        if let Some(task) = forwarder {
+            let _ = task.await;
+        }
+        r
+    }
+
     fn changed<I: IntoIterator<Item = String>>(&self, paths: I) {
         for p in paths {
             let _ = self.shared.state.changes.send(p);
@@ -1582,16 +1617,15 @@ impl SovrynServer {
         // server's time for a 4 KiB read). Anything bigger, or a busy node,
         // goes the usual way.
         if ctx.meta.get_progress_token().is_none() {
-            if let Ok(mut guard) = self.shared.state.node.try_lock() {
-                let node = &mut *guard;
-                confine(node, &rel)?;
-                let (n, e) = state_of(node, &rel, a.version.as_deref())?;
+            if let Some(reader) = self.shared.state.reads.try_get() {
+                confine(&*reader, &rel)?;
+                let (n, e) = state_of(&*reader, &rel, a.version.as_deref())?;
                 if e.size <= INLINE_READ_BYTES {
-                    return read_entry(node, &rel, n, &e, &a, &Work::none()).map(Json);
+                    return read_entry(&*reader, &rel, n, &e, &a, &Work::none()).map(Json);
                 }
             }
         }
-        self.on_node_work(&ctx, move |node, work| {
+        self.on_reader_work(&ctx, move |node, work| {
             confine(node, &rel)?;
             let (n, e) = state_of(node, &rel, a.version.as_deref())?;
             read_entry(node, &rel, n, &e, &a, work)
@@ -1616,7 +1650,7 @@ impl SovrynServer {
                 a.paths.len()
             ));
         }
-        self.on_node_work(&ctx, move |node, work| {
+        self.on_reader_work(&ctx, move |node, work| {
             let mut budget = 4 * MAX_READ_BYTES;
             let mut files = Vec::new();
             let total = a.paths.len() as f64;
@@ -1917,7 +1951,7 @@ impl SovrynServer {
                 .map_err(|_| format!("bad cursor '{c}'; pass next_cursor as given"))?,
             None => 0,
         };
-        self.on_node(move |node| {
+        self.on_reader(move |node| {
             confine(node, &rel)?;
             if !rel.is_empty() {
                 let rec = live(node, &rel)?;
@@ -1934,7 +1968,7 @@ impl SovrynServer {
                 rel.matches('/').count() + 1
             };
             let all: Vec<FileRecord> = node
-                .store
+                .store()
                 .files_under(&rel)
                 .map_err(|e| e.to_string())?
                 .into_iter()
@@ -2069,10 +2103,11 @@ impl SovrynServer {
     ) -> Result<Json<MetaOut>, String> {
         let p = self.caller(&ctx, Capability::Read)?;
         let rel = scoped_read(&p, &a.path)?;
-        self.on_node(move |node| {
+        let home = self.shared.home.clone();
+        self.on_reader(move |node| {
             confine(node, &rel)?;
             let cur = node
-                .store
+                .store()
                 .file(&rel)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| not_found(&rel))?;
@@ -2086,13 +2121,17 @@ impl SovrynServer {
                 }
                 None => (cur.label, cur.entry.clone()),
             };
-            let versions = node.store.versions(&rel).map_err(|e| e.to_string())?.len();
+            let versions = node
+                .store()
+                .versions(&rel)
+                .map_err(|e| e.to_string())?
+                .len();
             // Peer ids and names are node administration, not file data:
             // only a token that may see the node's status gets them.
             let sync = if p.can(Capability::Status) {
-                let peers = current_peers(node);
+                let peers = current_peers(&home)?;
                 let ids: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
-                sovryn_engine::peer_state::path_states(&node.store, &rel, &ids)
+                sovryn_engine::peer_state::path_states(node.store(), &rel, &ids)
                     .map_err(|e| e.to_string())?
                     .into_iter()
                     .zip(&peers)
@@ -2183,11 +2222,11 @@ impl SovrynServer {
             .map_err(|e| format!("internal error: {e}"))?
             .map(Json);
         };
-        self.on_node_work(&ctx, move |node, work| {
+        self.on_reader_work(&ctx, move |node, work| {
             let mut matches = Vec::new();
             let mut truncated = false;
             for hit in node
-                .store
+                .store()
                 .search(&q, &prefix, 100_000)
                 .map_err(|e| e.to_string())?
             {
@@ -2223,15 +2262,15 @@ impl SovrynServer {
         let p = self.caller(&ctx, Capability::Read)?;
         let rel = scoped_read(&p, &a.path)?;
         let limit = a.limit.unwrap_or(50).clamp(1, 10_000) as usize;
-        self.on_node(move |node| {
+        self.on_reader(move |node| {
             confine(node, &rel)?;
             let cur = node
-                .store
+                .store()
                 .file(&rel)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| not_found(&rel))?;
             let versions = node
-                .store
+                .store()
                 .versions(&rel)
                 .map_err(|e| e.to_string())?
                 .into_iter()
@@ -2327,7 +2366,7 @@ impl SovrynServer {
     ) -> Result<Json<DiffOut>, String> {
         let p = self.caller(&ctx, Capability::Read)?;
         let rel = scoped_read(&p, &a.path)?;
-        self.on_node(move |node| {
+        self.on_reader(move |node| {
             confine(node, &rel)?;
             let (na, ea) = state_of(node, &rel, Some(&a.from))?;
             let (nb, eb) = state_of(node, &rel, a.to.as_deref())?;
@@ -2352,10 +2391,11 @@ impl SovrynServer {
     )]
     async fn get_stats(&self, ctx: RequestContext<RoleServer>) -> Result<Json<StatsOut>, String> {
         self.caller(&ctx, Capability::Status)?;
-        self.on_node(move |node| {
-            let s = node.store.stats().map_err(|e| e.to_string())?;
+        let node_name = self.shared.node_name.clone();
+        self.on_reader(move |node| {
+            let s = node.store().stats().map_err(|e| e.to_string())?;
             Ok(StatsOut {
-                node_name: node.config.node_name.clone(),
+                node_name,
                 files: s.files,
                 directories: s.dirs,
                 symlinks: s.symlinks,
@@ -2381,7 +2421,7 @@ impl SovrynServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ConflictsOut>, String> {
         let p = self.caller(&ctx, Capability::Read)?;
-        self.on_node(move |node| {
+        self.on_reader(move |node| {
             Ok(ConflictsOut {
                 conflicts: visible_conflicts(node, &p)?
                     .into_iter()
@@ -2433,9 +2473,13 @@ impl SovrynServer {
     )]
     async fn get_peers(&self, ctx: RequestContext<RoleServer>) -> Result<Json<PeersOut>, String> {
         self.caller(&ctx, Capability::Status)?;
-        self.on_node(move |node| {
+        let home = self.shared.home.clone();
+        self.on_reader(move |_| {
             Ok(PeersOut {
-                peers: current_peers(node).into_iter().map(PeerOut::from).collect(),
+                peers: current_peers(&home)?
+                    .into_iter()
+                    .map(PeerOut::from)
+                    .collect(),
             })
         })
         .await
@@ -2562,12 +2606,13 @@ impl SovrynServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<SyncStatusOut>, String> {
         let p = self.caller(&ctx, Capability::Status)?;
-        self.on_node(move |node| {
+        let (node_name, home) = (self.shared.node_name.clone(), self.shared.home.clone());
+        self.on_reader(move |node| {
             Ok(SyncStatusOut {
-                node_name: node.config.node_name.clone(),
-                sequence: node.store.sequence().map_err(|e| e.to_string())?,
-                paused: node.home.is_paused(),
-                peers: current_peers(node).len(),
+                node_name,
+                sequence: node.store().sequence().map_err(|e| e.to_string())?,
+                paused: sovryn_engine::Home { dir: home.clone() }.is_paused(),
+                peers: current_peers(&home)?.len(),
                 conflicts: visible_conflicts(node, &p)?.len(),
             })
         })

@@ -91,7 +91,7 @@ async fn idle_sessions_expire_and_give_their_slot_back() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(sovryn_mcp::serve_http_with(
-        McpState::new(node),
+        McpState::new(node).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
         opts,
         async move {

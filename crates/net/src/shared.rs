@@ -2,6 +2,7 @@
 //! handles for the change log and chunk reads.
 
 use super::*;
+use sovryn_engine::{ReadPool, View};
 
 /// Read-only store handles for the change log and chunk reads.
 const READERS: usize = 3;
@@ -20,7 +21,7 @@ pub struct Shared {
     pub seq: watch::Sender<u64>,
     /// Read-only handles on the same store: the change log and chunk reads
     /// served to peers never wait for the node's writes.
-    readers: Arc<Vec<Mutex<Store>>>,
+    readers: Arc<ReadPool>,
     /// The folder's codec, to check and seal received chunks off the lock.
     pub(crate) codec: ChunkCodec,
 }
@@ -29,9 +30,7 @@ impl Shared {
     /// Wraps an opened node.
     pub fn new(node: Node) -> Result<Self, Error> {
         let seq = node.store.sequence()?;
-        let readers = (0..READERS)
-            .map(|_| node.store.reader().map(Mutex::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let readers = ReadPool::new(&node, READERS)?;
         let codec = node.store.codec().clone();
         Ok(Shared {
             node: Arc::new(Mutex::new(node)),
@@ -49,18 +48,9 @@ impl Shared {
         f: impl FnOnce(&Store) -> Result<R, Error> + Send + 'static,
     ) -> Result<R, Error> {
         let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let free = readers.iter().find_map(|r| r.try_lock().ok());
-            let guard = match free {
-                Some(g) => g,
-                None => readers[0]
-                    .lock()
-                    .map_err(|_| Error::Internal("store reader lock poisoned".into()))?,
-            };
-            f(&guard)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("store reader task: {e}")))?
+        tokio::task::spawn_blocking(move || f(readers.get().store()))
+            .await
+            .map_err(|e| Error::Internal(format!("store reader task: {e}")))?
     }
 
     /// Runs `f` with the node locked, on a blocking thread.
