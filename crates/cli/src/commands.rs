@@ -652,18 +652,7 @@ fn status(ctx: &Ctx) -> Result<()> {
     let peers: Vec<serde_json::Value> = live
         .as_ref()
         .and_then(|l| l["peers"].as_array().cloned())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|mut p| {
-            let live_seq = live.as_ref().and_then(|l| l["seq"].as_u64()).unwrap_or(0);
-            let n = |p: &serde_json::Value, k: &str| p[k].as_u64().unwrap_or(0);
-            let to_receive = n(&p, "remote_seq").saturating_sub(n(&p, "received_upto"));
-            let to_send = live_seq.saturating_sub(n(&p, "acked_upto"));
-            p["to_receive"] = to_receive.into();
-            p["to_send"] = to_send.into();
-            p
-        })
-        .collect();
+        .unwrap_or_default();
     if ctx.json {
         return output::json(&json!({
             "name": node.config.node_name, "node_id": node.node_id().to_string(), "home": node.home.dir,
@@ -706,24 +695,10 @@ fn status(ctx: &Ctx) -> Result<()> {
         node.config.peers.len()
     );
     for p in &peers {
-        let connected = p["connected"].as_u64().unwrap_or(0) > 0;
         println!(
-            "  {}  {}  {}",
-            p["name"].as_str().unwrap_or("-"),
-            if connected { "connected" } else { "offline" },
-            if connected {
-                let (r, s) = (
-                    p["to_receive"].as_u64().unwrap_or(0),
-                    p["to_send"].as_u64().unwrap_or(0),
-                );
-                if r == 0 && s == 0 {
-                    "in sync".to_string()
-                } else {
-                    format!("{r} change(s) to receive, {s} to send")
-                }
-            } else {
-                p["last_error"].as_str().unwrap_or("").to_string()
-            }
+            "  {}  {}",
+            output::printable(p["name"].as_str().unwrap_or("-")),
+            output::peer_line(p)
         );
     }
     if !conflicts.is_empty() {

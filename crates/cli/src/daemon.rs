@@ -356,15 +356,16 @@ impl Daemon {
         Ok(out)
     }
 
-    fn status(&self, seq: u64) -> serde_json::Value {
+    async fn status(&self, seq: u64) -> serde_json::Value {
         let mcp = self.mcp_url();
         serde_json::json!({
             "node_id": self.net.id().to_string(),
             "pid": std::process::id(),
             "seq": seq,
+            "paused": self.home.is_paused(),
             "listening": self.net.bound_sockets().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "mcp_url": mcp,
-            "peers": self.net.peer_status(),
+            "peers": self.net.peer_report().await,
         })
     }
 
@@ -459,7 +460,7 @@ impl Daemon {
                 }
                 Request::Status => {
                     let seq = *self.shared.seq.borrow();
-                    self.status(seq)
+                    self.status(seq).await
                 }
                 // add, scan, restore, gc from the command line: this node
                 // holds the store, so it does them (see write_ops.rs).
@@ -509,8 +510,12 @@ impl Daemon {
 
     /// Scans everything, then waits until every configured peer is connected,
     /// has been sent our whole change log and has had everything it
-    /// announced applied here.
+    /// announced applied here. Returns at once when there is no peer to
+    /// wait for: none configured, sync paused, or every peer refusing for
+    /// a reason only a person can fix (another folder key, not listed
+    /// there, paused there).
     async fn sync_now(&self, timeout: Duration) -> serde_json::Value {
+        use sovryn_net::LinkState;
         if let Err(e) = self.rescan(vec![String::new()]).await {
             return serde_json::json!({"ok": false, "error": format!("scan: {e:#}")});
         }
@@ -518,19 +523,43 @@ impl Daemon {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let peers = self.net.peer_status();
-            let done = peers.iter().any(|p| p.connected > 0)
+            let connected = |p: &&sovryn_net::PeerStatus| p.state == LinkState::Connected;
+            let done = peers.iter().any(|p| connected(&p))
                 && peers
                     .iter()
-                    .filter(|p| p.connected > 0)
+                    .filter(connected)
                     // Applied there (acknowledged), not only sent.
                     .all(|p| p.acked_upto >= seq && p.received_upto >= p.remote_seq);
-            // No peer at all: nothing to wait for.
-            if done || peers.is_empty() || tokio::time::Instant::now() >= deadline {
-                let mut v = self.status(seq);
+            let stuck = |p: &sovryn_net::PeerStatus| {
+                matches!(
+                    p.state,
+                    LinkState::Paused
+                        | LinkState::PeerPaused
+                        | LinkState::WrongFolderKey
+                        | LinkState::NotAllowedThere
+                )
+            };
+            let hopeless = !peers.is_empty() && peers.iter().all(stuck);
+            if done || peers.is_empty() || hopeless || tokio::time::Instant::now() >= deadline {
+                let mut v = self.status(seq).await;
                 v["ok"] = done.into();
                 if !done {
                     v["error"] = if peers.is_empty() {
                         "no peers configured".into()
+                    } else if peers.iter().all(|p| p.state == LinkState::Paused) {
+                        "sync is paused on this node; run 'sovryn resume' first".into()
+                    } else if hopeless {
+                        let why: Vec<String> = peers
+                            .iter()
+                            .map(|p| {
+                                format!(
+                                    "{}: {}",
+                                    p.name.as_deref().unwrap_or(&p.id),
+                                    p.last_error.as_deref().unwrap_or("paused")
+                                )
+                            })
+                            .collect();
+                        format!("no peer can sync: {}", why.join("; ")).into()
                     } else if peers.iter().all(|p| p.connected == 0) {
                         "no peer is connected".into()
                     } else {

@@ -1,12 +1,13 @@
 //! Commands of a running node: `up`, `sync`, `peers`, `pause`/`resume`,
 //! `conflicts` and `logs`, and the control-socket requests they add.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::json;
+
 use sovryn_engine::config::PeerConfig;
 use sovryn_engine::identity::PublicKey;
 use sovryn_engine::{Config, Home, Node, View};
@@ -184,7 +185,14 @@ fn sync(home: &Home, json: bool, timeout: u64) -> Result<()> {
     let req = crate::control::Request::Sync {
         timeout_ms: timeout.saturating_mul(1000),
     };
-    let Some(answer) = crate::control::request(home, &req)? else {
+    // On a terminal, what is left and how fast it moves, while it waits.
+    let progress = (!json && std::io::stderr().is_terminal()).then(|| sync_progress(home));
+    let answer = crate::control::request(home, &req);
+    if let Some((bar, stop)) = progress {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        bar.finish_and_clear();
+    }
+    let Some(answer) = answer? else {
         bail!("the node is not running here; start it with 'sovryn up'");
     };
     let ok = answer["ok"].as_bool().unwrap_or(false);
@@ -195,12 +203,8 @@ fn sync(home: &Home, json: bool, timeout: u64) -> Result<()> {
             println!(
                 "{}  {}  {}",
                 p["id"].as_str().unwrap_or("?"),
-                p["name"].as_str().unwrap_or("-"),
-                if p["connected"].as_u64().unwrap_or(0) > 0 {
-                    "connected"
-                } else {
-                    "offline"
-                }
+                output::printable(p["name"].as_str().unwrap_or("-")),
+                output::peer_line(p)
             );
         }
         if ok {
@@ -211,6 +215,46 @@ fn sync(home: &Home, json: bool, timeout: u64) -> Result<()> {
         bail!("{}", answer["error"].as_str().unwrap_or("not in sync"));
     }
     Ok(())
+}
+
+/// A spinner that shows, twice a second, the running node's per-peer
+/// progress (what is left, the rate) until the flag is set.
+fn sync_progress(
+    home: &Home,
+) -> (
+    indicatif::ProgressBar,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar.set_message("syncing");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (b, s, home) = (bar.clone(), stop.clone(), home.clone());
+    std::thread::spawn(move || {
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(Some(st)) = crate::control::request(&home, &crate::control::Request::Status) {
+                let lines: Vec<String> = st["peers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        format!(
+                            "{}: {}",
+                            output::printable(p["name"].as_str().unwrap_or("-")),
+                            output::peer_line(p)
+                        )
+                    })
+                    .collect();
+                b.set_message(lines.join(" | "));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    });
+    (bar, stop)
 }
 
 fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
@@ -320,14 +364,7 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
             }
             for p in &config.peers {
                 let state = match live_of(&p.id) {
-                    Some(l) if l["connected"].as_u64().unwrap_or(0) > 0 => format!(
-                        "  connected, sent {} received {}",
-                        l["sent_upto"], l["received_upto"]
-                    ),
-                    Some(l) => match l["last_error"].as_str() {
-                        Some(e) => format!("  offline ({e})"),
-                        None => "  offline".to_string(),
-                    },
+                    Some(l) => format!("  {}", output::peer_line(&l)),
                     None => String::new(),
                 };
                 let row = format!(

@@ -57,6 +57,52 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// One line on where a peer stands, from the node's status of it
+/// (`sovryn_net::PeerStatus` as JSON): its state and, while connected,
+/// what is left each way and how fast it moves.
+pub fn peer_line(p: &serde_json::Value) -> String {
+    let n = |k: &str| p[k].as_u64().unwrap_or(0);
+    let error = p["last_error"].as_str().map(printable);
+    match p["state"].as_str().unwrap_or("offline") {
+        "connected" => {
+            let (rf, rb, rr) = (
+                n("to_receive_files"),
+                n("to_receive_bytes"),
+                n("receive_rate"),
+            );
+            let (sf, sb, sr) = (n("to_send_files"), n("to_send_bytes"), n("send_rate"));
+            if rf == 0 && sf == 0 {
+                return "connected, in sync".into();
+            }
+            let mut parts = Vec::new();
+            if rf > 0 {
+                parts.push(format!(
+                    "receiving {rf} file(s), {} to go at {}/s",
+                    bytes(rb),
+                    bytes(rr)
+                ));
+            }
+            if sf > 0 {
+                parts.push(format!(
+                    "sending {sf} file(s), {} at {}/s",
+                    bytes(sb),
+                    bytes(sr)
+                ));
+            }
+            format!("connected, {}", parts.join("; "))
+        }
+        "paused" => "paused (sync is paused on this node: 'sovryn resume')".into(),
+        "peer_paused" => "paused by the peer ('sovryn resume' there)".into(),
+        "wrong_folder_key" | "not_allowed_there" | "error" => {
+            format!("error: {}", error.unwrap_or_default())
+        }
+        _ => match error {
+            Some(e) => format!("offline ({e})"),
+            None => "offline".into(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::printable;

@@ -10,7 +10,7 @@ use super::*;
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
     peers: Arc<RwLock<HashMap<EndpointId, PeerConfig>>>,
-    paused: Arc<RwLock<std::collections::HashSet<EndpointId>>>,
+    paused: Arc<RwLock<HashMap<EndpointId, PeerConfig>>>,
 }
 
 impl Allowlist {
@@ -30,13 +30,23 @@ impl Allowlist {
         }
     }
     /// Remembers who is refused because sync is paused (empty: not paused).
-    pub(crate) fn set_paused(&self, ids: std::collections::HashSet<EndpointId>) {
+    pub(crate) fn set_paused(&self, peers: HashMap<EndpointId, PeerConfig>) {
         if let Ok(mut p) = self.paused.write() {
-            *p = ids;
+            *p = peers;
         }
     }
     pub(crate) fn is_paused_for(&self, id: &EndpointId) -> bool {
-        self.paused.read().map(|p| p.contains(id)).unwrap_or(false)
+        self.paused
+            .read()
+            .map(|p| p.contains_key(id))
+            .unwrap_or(false)
+    }
+    /// The peers refused while sync is paused.
+    pub(crate) fn paused_peers(&self) -> Vec<(EndpointId, PeerConfig)> {
+        self.paused
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default()
     }
 }
 

@@ -220,7 +220,7 @@ impl SyncNet {
     /// Pauses sync: every session closes and the configured `peers` are
     /// refused with "paused" (so they can say so) until [`SyncNet::resume`].
     pub fn pause(&self, peers: &[PeerConfig]) {
-        self.allow.set_paused(peer_map(peers).into_keys().collect());
+        self.allow.set_paused(peer_map(peers));
         self.set_peers(&[]);
     }
 
@@ -304,7 +304,7 @@ impl SyncNet {
                             Err(e) => {
                                 tracing::info!("dialing {}: {e:#}", id.fmt_short());
                                 s.dialing = false;
-                                s.status.last_error = Some(describe_error(&e));
+                                record_error(&mut s.status, &e);
                                 s.backoff = (s.backoff * 2)
                                     .clamp(Duration::from_millis(500), Duration::from_secs(30));
                                 s.next_dial = Some(Instant::now() + s.backoff);

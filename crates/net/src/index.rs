@@ -159,6 +159,8 @@ impl SyncNet {
             received: Instant,
             /// The newest state of the peer's log in this message.
             last: Option<LogCheck>,
+            /// Files and bytes of `list` counted as incoming in the status.
+            incoming: (u64, u64),
         }
         let peer_s = peer.to_string();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
@@ -282,6 +284,14 @@ impl SyncNet {
                     })
                     .await?;
                 let mut history = history;
+                let incoming = (
+                    list.len() as u64,
+                    list.iter()
+                        .filter(|(_, e)| !e.deleted)
+                        .map(|(_, e)| e.size)
+                        .sum::<u64>(),
+                );
+                self.incoming(&peer, incoming.0, incoming.1, false);
                 if !missing.is_empty() || !history_missing.is_empty() {
                     let n = missing.len() + history_missing.len();
                     let need: std::collections::HashSet<ChunkId> =
@@ -304,6 +314,7 @@ impl SyncNet {
                     upto,
                     received,
                     last,
+                    incoming,
                 };
                 if tx.send(prepared).await.is_err() {
                     return Ok(());
@@ -336,6 +347,7 @@ impl SyncNet {
                     upto,
                     received,
                     last,
+                    incoming,
                 }) = next
                 else {
                     break;
@@ -404,6 +416,7 @@ impl SyncNet {
                     self.update_status(&peer, |s| s.last_error = Some(message));
                     retry_at = Some(tokio::time::Instant::now() + APPLY_RETRY);
                 }
+                self.incoming(&peer, incoming.0, incoming.1, true);
                 tracing::debug!("applied; sequence {seq}");
                 if any {
                     metrics::histogram!("sync_latency_seconds")

@@ -48,8 +48,8 @@ use bandwidth::{bucket, throttle, Bucket, Limits};
 pub use endpoint::Discovery;
 use session::{check_key, meta_key, msg_name, ControlSend};
 pub use shared::{Shared, SharedNode};
-use status::{describe_error, probe, MAX_PROBE};
-pub use status::{describe_metrics, NetworkTest, PeerStatus};
+pub use status::{describe_metrics, LinkState, NetworkTest, PeerStatus};
+use status::{probe, record_error, MAX_PROBE};
 pub use wire::ALPN;
 use wire::{Frame, LogCheck, Msg, PeerRecord, WireRecord};
 
@@ -78,6 +78,11 @@ struct PeerState {
     status: PeerStatus,
     /// Wire bytes (sent, received) of connections already closed.
     closed_bytes: (u64, u64),
+    /// Chunk bytes per second, each way.
+    send_meter: status::Meter,
+    recv_meter: status::Meter,
+    /// Files being fetched from it.
+    incoming: status::Incoming,
     /// Open connections and whether this node dialed each.
     conns: Vec<(Connection, bool)>,
     /// Connections whose handshake completed (by `stable_id`): only those

@@ -142,12 +142,17 @@ impl SyncNet {
             if let Some(s) = st.get_mut(&peer) {
                 s.status.connected = s.status.connected.saturating_sub(1);
                 s.conns.retain(|(c, _)| c.stable_id() != conn.stable_id());
+                // Batches prepared by the last session will never be applied
+                // by it (a duplicate's end leaves the live session's own).
+                if s.conns.is_empty() {
+                    s.incoming = Default::default();
+                }
                 s.established.remove(&conn.stable_id());
                 let cs = conn.stats();
                 s.closed_bytes.0 += cs.udp_tx.bytes;
                 s.closed_bytes.1 += cs.udp_rx.bytes;
                 if let Err(e) = &res {
-                    s.status.last_error = Some(describe_error(e));
+                    record_error(&mut s.status, e);
                 }
                 if dialer {
                     s.next_dial = Some(Instant::now() + Duration::from_millis(500));

@@ -3,6 +3,27 @@
 
 use super::*;
 
+/// Where the link with a peer stands, in words a person can act on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// No session and nothing known against it (not reached yet).
+    #[default]
+    Offline,
+    /// A session is open: both sides proved they hold the folder key.
+    Connected,
+    /// This node paused sync (`sovryn resume`).
+    Paused,
+    /// The peer paused sync (`sovryn resume` there).
+    PeerPaused,
+    /// The peer keeps another folder: it must join with this folder's key.
+    WrongFolderKey,
+    /// The peer does not list this node (`sovryn peers add` there).
+    NotAllowedThere,
+    /// The last session or dial failed: see `last_error`.
+    Error,
+}
+
 /// What this node knows about a peer right now.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PeerStatus {
@@ -10,8 +31,27 @@ pub struct PeerStatus {
     pub id: String,
     /// Configured name, else the name it announced.
     pub name: Option<String>,
-    /// Open sessions with it.
+    /// Where the link stands.
+    pub state: LinkState,
+    /// Sessions open with it (proven: past the membership proof).
     pub connected: u32,
+    /// File states announced by it and not yet applied here (change-log
+    /// entries; those being fetched count as files).
+    pub to_receive_files: u64,
+    /// Bytes of the files being fetched from it that have not arrived yet.
+    pub to_receive_bytes: u64,
+    /// File states of this node's change log it has not acknowledged yet
+    /// (within its scope).
+    pub to_send_files: u64,
+    /// Their bytes (file sizes).
+    pub to_send_bytes: u64,
+    /// Chunk bytes received from it per second, over the last 3 seconds.
+    pub receive_rate: u64,
+    /// Chunk bytes sent to it per second, over the last 3 seconds.
+    pub send_rate: u64,
+    /// What kind of failure `last_error` is.
+    #[serde(skip)]
+    pub(crate) problem: LinkState,
     /// Its newest sequence as of its `Hello`.
     pub remote_seq: u64,
     /// Its change log applied here up to this sequence.
@@ -32,6 +72,64 @@ pub struct PeerStatus {
     pub acked_upto: u64,
     /// QUIC packets to it declared lost on the open connections.
     pub lost_packets: u64,
+}
+
+/// Bytes per second over the last few whole seconds.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Meter {
+    /// (second since the process started, bytes in it), by second modulo 4.
+    seconds: [(u64, u64); 4],
+}
+
+impl Meter {
+    fn now() -> u64 {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_secs()
+    }
+
+    /// Counts `n` bytes now.
+    pub(crate) fn add(&mut self, n: u64) {
+        let now = Self::now();
+        let slot = &mut self.seconds[(now % 4) as usize];
+        if slot.0 != now {
+            *slot = (now, 0);
+        }
+        slot.1 += n;
+    }
+
+    /// The mean over the last 3 whole seconds.
+    pub(crate) fn rate(&self) -> u64 {
+        let now = Self::now();
+        let total: u64 = self
+            .seconds
+            .iter()
+            .filter(|(s, _)| *s < now && now - *s <= 3)
+            .map(|(_, b)| b)
+            .sum();
+        total / 3
+    }
+}
+
+/// Files being fetched from a peer: prepared batches not yet applied.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Incoming {
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+    /// Chunk bytes (plaintext) that arrived for them.
+    pub(crate) fetched: u64,
+}
+
+/// Classifies a session's or a dial's failure (its error chain).
+fn error_state(text: &str) -> LinkState {
+    if text.contains(&format!("(code {})", allowlist::PAUSED_CODE)) {
+        LinkState::PeerPaused
+    } else if text.contains("membership proof failed") {
+        LinkState::WrongFolderKey
+    } else if text.contains("not an allowed peer") {
+        LinkState::NotAllowedThere
+    } else {
+        LinkState::Error
+    }
 }
 
 /// What `sovryn test-network` reports about one peer.
@@ -180,12 +278,14 @@ impl SyncNet {
         out
     }
 
-    /// Status of every configured peer.
+    /// Status of every configured peer (and, while this node is paused,
+    /// of the peers it paused), without what is left to send (see
+    /// [`SyncNet::peer_report`]).
     pub fn peer_status(&self) -> Vec<PeerStatus> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<PeerStatus> = self
-            .allow
-            .all()
+        let mut peers = self.allow.all();
+        peers.extend(self.allow.paused_peers());
+        let mut out: Vec<PeerStatus> = peers
             .into_iter()
             .map(|(id, cfg)| {
                 let mut s = match st.get(&id) {
@@ -202,9 +302,27 @@ impl SyncNet {
                         s.bytes_sent = tx;
                         s.bytes_received = rx;
                         s.lost_packets = lost;
+                        // A connection still proving membership is not a session.
+                        s.connected = p.established.len() as u32;
+                        s.receive_rate = p.recv_meter.rate();
+                        s.send_rate = p.send_meter.rate();
+                        s.to_receive_files = p
+                            .incoming
+                            .files
+                            .max(s.remote_seq.saturating_sub(s.received_upto));
+                        s.to_receive_bytes = p.incoming.bytes.saturating_sub(p.incoming.fetched);
                         s
                     }
                     None => PeerStatus::default(),
+                };
+                s.state = if self.allow.is_paused_for(&id) {
+                    LinkState::Paused
+                } else if s.connected > 0 {
+                    LinkState::Connected
+                } else if s.last_error.is_some() {
+                    s.problem
+                } else {
+                    LinkState::Offline
                 };
                 s.id = id.to_string();
                 if cfg.name.is_some() {
@@ -217,23 +335,102 @@ impl SyncNet {
         out
     }
 
+    /// [`SyncNet::peer_status`] plus what is left to send to each peer:
+    /// the states of this node's change log after what it acknowledged,
+    /// within its scope (read from the store).
+    pub async fn peer_report(&self) -> Vec<PeerStatus> {
+        let mut out = self.peer_status();
+        let scopes: Vec<(u64, Option<PeerConfig>)> = out
+            .iter()
+            .map(|p| {
+                let cfg =
+                    p.id.parse::<EndpointId>()
+                        .ok()
+                        .and_then(|id| self.allow.get(&id));
+                (p.acked_upto, cfg)
+            })
+            .collect();
+        let pending = self
+            .shared
+            .with_reader(move |s| {
+                scopes
+                    .into_iter()
+                    .map(|(from, cfg)| {
+                        let mut files = 0u64;
+                        let mut bytes = 0u64;
+                        for (_, path, _, deleted, size) in s.path_changes_since(from)? {
+                            if cfg.as_ref().is_none_or(|c| sent_to(c, &path)) {
+                                files += 1;
+                                bytes += if deleted { 0 } else { size };
+                            }
+                        }
+                        Ok((files, bytes))
+                    })
+                    .collect::<Result<Vec<_>, Error>>()
+            })
+            .await;
+        match pending {
+            Ok(pending) => {
+                for (p, (files, bytes)) in out.iter_mut().zip(pending) {
+                    p.to_send_files = files;
+                    p.to_send_bytes = bytes;
+                }
+            }
+            Err(e) => tracing::warn!("reading what is left to send: {e}"),
+        }
+        out
+    }
+
+    /// Counts chunk bytes sent to or received from `peer`.
+    pub(crate) fn count_chunk(&self, peer: &EndpointId, sent: bool, n: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let p = st.entry(*peer).or_default();
+        if sent {
+            p.send_meter.add(n);
+        } else {
+            p.recv_meter.add(n);
+            p.incoming.fetched += n;
+        }
+    }
+
+    /// Adds (or, with `done`, removes) a batch of files being fetched.
+    pub(crate) fn incoming(&self, peer: &EndpointId, files: u64, bytes: u64, done: bool) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let i = &mut st.entry(*peer).or_default().incoming;
+        if done {
+            i.files = i.files.saturating_sub(files);
+            i.bytes = i.bytes.saturating_sub(bytes);
+            i.fetched = i.fetched.saturating_sub(bytes);
+            if i.files == 0 {
+                *i = Incoming::default();
+            }
+        } else {
+            i.files += files;
+            i.bytes += bytes;
+        }
+    }
+
     pub(crate) fn update_status(&self, peer: &EndpointId, f: impl FnOnce(&mut PeerStatus)) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut st.entry(*peer).or_default().status);
     }
 }
 
-/// A session's or a dial's failure as the peer's status shows it: the
-/// cases a person can act on in words, the rest as the error chain.
-pub(crate) fn describe_error(e: &anyhow::Error) -> String {
+/// Records a session's or a dial's failure in the peer's status: the cases
+/// a person can act on in words, the rest as the error chain.
+pub(crate) fn record_error(status: &mut PeerStatus, e: &anyhow::Error) {
     let text = format!("{e:#}");
-    if text.contains(&format!("(code {})", allowlist::PAUSED_CODE)) {
-        "the peer has paused sync ('sovryn resume' there)".into()
-    } else if text.contains("membership proof failed") {
-        "the peer keeps another folder (another folder key): join with 'sovryn init --folder-key-file' using 'sovryn folder-key' of a member".into()
-    } else if text.contains("not an allowed peer") {
-        format!("{text} (add this node there with 'sovryn peers add')")
-    } else {
-        text
+    status.problem = error_state(&text);
+    status.last_error = Some(describe_error(status.problem, text));
+}
+
+fn describe_error(state: LinkState, text: String) -> String {
+    match state {
+        LinkState::PeerPaused => "the peer has paused sync ('sovryn resume' there)".into(),
+        LinkState::WrongFolderKey => "the peer keeps another folder (another folder key): join with 'sovryn init --folder-key-file' using 'sovryn folder-key' of a member".into(),
+        LinkState::NotAllowedThere => {
+            format!("{text} (add this node there with 'sovryn peers add')")
+        }
+        _ => text,
     }
 }

@@ -80,6 +80,17 @@ impl Peer {
         crate::common::succeeded(args, self.cmd(args).output().unwrap())
     }
 
+    /// Runs a command that must fail; returns its stderr.
+    pub fn fails_with(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "sovryn {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     pub fn folder_key(&self) -> String {
         self.ok(&["folder-key"]).trim().to_owned()
     }
