@@ -147,6 +147,38 @@ def test_stdio_is_served_by_the_running_node(solo):
     assert stdio_session(n, lambda s: ok(s, "read_file", {"path": "agent.md"}))["content"] == "from the agent\n"
 
 
+def test_stdio_session_hands_over_to_a_node_that_starts_later(solo):
+    """`mcp serve --stdio` with no node running serves the session itself;
+    `sovryn up` started later takes the store over, and the same client
+    session goes on through the node (Claude Desktop keeps its session)."""
+    n = solo
+    (n.folder / "before.md").write_text("made before\n")
+
+    async def body(s):
+        r = await ok(s, "read_file", {"path": "before.md"})
+        assert r["content"] == "made before\n"
+        await ok(s, "write_file", {"path": "first.md", "content": "served in process\n"})
+        # A node starts while the session is open: it is not refused.
+        n.up()
+        w = await ok(s, "write_file", {"path": "second.md", "content": "served by the node\n"})
+        assert w["created"]
+        assert (await ok(s, "read_file", {"path": "first.md"}))["content"] == "served in process\n"
+        assert len((await s.list_tools()).tools) > 10
+        return True
+
+    assert stdio_session(n, body)
+    # The node holds the store: it recorded the write made through it and
+    # syncs it like any other (its status answers, its history has both).
+    st = json.loads(n.run("status", "--json").stdout)
+    assert st["running"] is True
+    for path, text in (("first.md", "served in process\n"), ("second.md", "served by the node\n")):
+        assert (n.folder / path).read_text() == text
+        hist = json.loads(n.run("versions", path, "--json").stdout)
+        versions = hist["versions"] if isinstance(hist, dict) else hist
+        assert versions[0]["actor"] == "mcp:stdio"
+    assert not (n.home / "mcp-stdio.sock").exists()
+
+
 @pytest.fixture
 def pair(tmp_path: Path):
     a = Node(tmp_path, "alpha")

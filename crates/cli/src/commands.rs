@@ -383,40 +383,48 @@ fn print_write(ctx: &Ctx, out: &WriteOutcome) -> Result<()> {
 }
 
 fn remove(ctx: &Ctx, path: &str, force: bool) -> Result<()> {
-    let mut config = sovryn_engine::Config::load(&ctx.home)?;
-    let rel = sovryn_engine::paths::resolve_user_path(&config.storage_path, &cwd()?, path)?;
-    if rel.is_empty() {
-        bail!("cannot remove the storage root itself");
-    }
-    let here = std::fs::symlink_metadata(config.storage_path.join(&rel)).is_ok();
-    if !here && !force {
-        bail!(
-            "nothing at {} in the folder; check the path, or use --force to stop keeping it before it arrives",
-            output::printable(&rel)
-        );
-    }
-    let pattern = format!("/{rel}");
-    if !config.sync.exclude.contains(&pattern) {
-        config.sync.exclude.push(pattern);
-    }
-    config.save(&ctx.home)?;
+    let cwd = cwd()?;
+    let rel = sovryn_engine::Config::update(&ctx.home, |config| {
+        let rel = sovryn_engine::paths::resolve_user_path(&config.storage_path, &cwd, path)?;
+        if rel.is_empty() {
+            return Err(sovryn_engine::Error::Usage(
+                "cannot remove the storage root itself".into(),
+            ));
+        }
+        let here = std::fs::symlink_metadata(config.storage_path.join(&rel)).is_ok();
+        if !here && !force {
+            return Err(sovryn_engine::Error::Usage(format!(
+                "nothing at {} in the folder; check the path, or use --force to stop keeping it before it arrives",
+                output::printable(&rel)
+            )));
+        }
+        let pattern = format!("/{rel}");
+        if !config.sync.exclude.contains(&pattern) {
+            config.sync.exclude.push(pattern);
+        }
+        Ok(rel)
+    })?;
+    crate::reload::notify_node(&ctx.home);
     println!("{rel} is no longer kept on this node; its history is kept and the local files were left in place");
     Ok(())
 }
 
 fn keep(ctx: &Ctx, path: &str) -> Result<()> {
-    let mut config = sovryn_engine::Config::load(&ctx.home)?;
-    let rel = sovryn_engine::paths::resolve_user_path(&config.storage_path, &cwd()?, path)?;
-    let pattern = format!("/{rel}");
-    let before = config.sync.exclude.len();
-    config.sync.exclude.retain(|p| p != &pattern);
-    if config.sync.exclude.len() == before {
-        bail!(
-            "{} was not removed here (see 'sovryn config get sync.exclude')",
-            output::printable(&rel)
-        );
-    }
-    config.save(&ctx.home)?;
+    let cwd = cwd()?;
+    let rel = sovryn_engine::Config::update(&ctx.home, |config| {
+        let rel = sovryn_engine::paths::resolve_user_path(&config.storage_path, &cwd, path)?;
+        let pattern = format!("/{rel}");
+        let before = config.sync.exclude.len();
+        config.sync.exclude.retain(|p| p != &pattern);
+        if config.sync.exclude.len() == before {
+            return Err(sovryn_engine::Error::Usage(format!(
+                "{} was not removed here (see 'sovryn config get sync.exclude')",
+                output::printable(&rel)
+            )));
+        }
+        Ok(rel)
+    })?;
+    crate::reload::notify_node(&ctx.home);
     println!(
         "{} is kept on this node again (the next scan records it)",
         output::printable(&rel)
@@ -764,8 +772,11 @@ fn config(ctx: &Ctx, action: ConfigAction) -> Result<()> {
             crate::node_cmd::set_paused(&ctx.home, on, ctx.json)?;
         }
         ConfigAction::Set { key, value } => {
-            config.set(&key, &value)?;
-            config.save(&ctx.home)?;
+            config = sovryn_engine::Config::update(&ctx.home, |c| {
+                c.set(&key, &value)?;
+                Ok(c.clone())
+            })?;
+            crate::reload::notify_node(&ctx.home);
             if sovryn_engine::config::is_secret_key(&key) {
                 println!("{key} set (a secret: not shown)");
             } else {

@@ -55,6 +55,8 @@ pub enum Request {
         /// What to do.
         op: WriteOp,
     },
+    /// `config.toml` changed: reload it and apply what changed.
+    ReloadConfig,
 }
 
 /// A request on the wire: the version beside the command.

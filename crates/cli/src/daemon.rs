@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sovryn_engine::scan::ScanOptions;
@@ -26,7 +26,7 @@ pub struct Daemon {
     pub shared: Shared,
     /// The sync service.
     pub net: Arc<SyncNet>,
-    home: Home,
+    pub(crate) home: Home,
     root: PathBuf,
     /// Kept alive while the daemon runs.
     _watcher: sovryn_engine::watch::Watcher,
@@ -39,6 +39,13 @@ pub struct Daemon {
     mcp: std::sync::Mutex<Option<McpServer>>,
     /// Notified by a `stop` request on the control socket.
     stop: Notify,
+    /// Config changes as they are applied (see `reload.rs`).
+    pub config_events: broadcast::Sender<sovryn_engine::config::ConfigChange>,
+    /// Held by the reload in progress.
+    pub(crate) reloading: tokio::sync::Mutex<()>,
+    /// Fires when the file watcher sees `config.toml` change.
+    config_touched: Arc<Notify>,
+    _config_watcher: sovryn_engine::watch::Watcher,
 }
 
 /// The MCP HTTP server running inside the daemon.
@@ -113,6 +120,13 @@ impl Daemon {
                 tracing::debug!("watch queue full: a full rescan follows");
             }
         })?;
+        let config_touched = Arc::new(Notify::new());
+        let touched = config_touched.clone();
+        let config_watcher = sovryn_engine::watch::watch_file(
+            &home.config(),
+            crate::reload::CONFIG_DEBOUNCE,
+            move || touched.notify_one(),
+        )?;
         let daemon = Daemon {
             shared,
             net,
@@ -124,6 +138,10 @@ impl Daemon {
             mcp_state,
             mcp: std::sync::Mutex::new(mcp),
             stop: Notify::new(),
+            config_events: broadcast::channel(64).0,
+            reloading: tokio::sync::Mutex::new(()),
+            config_touched,
+            _config_watcher: config_watcher,
         };
         daemon.rescan(vec![String::new()]).await?;
         Ok(daemon)
@@ -131,6 +149,9 @@ impl Daemon {
 
     /// Scans `paths` (`""`: everything) and announces what changed.
     pub async fn rescan(&self, paths: Vec<String>) -> Result<()> {
+        let new_ignore_rules = paths
+            .iter()
+            .any(|p| p.rsplit('/').next() == Some(sovryn_engine::rules::IGNORE_FILE));
         let (seq, changed) = self
             .shared
             .with_node(move |n| {
@@ -167,6 +188,10 @@ impl Daemon {
             .await?;
         tracing::debug!("scan recorded {} changes, sequence {seq}", changed.len());
         self.shared.publish(seq, changed);
+        if new_ignore_rules {
+            // What a taken-back line skipped so far comes from the peers.
+            self.net.refetch_all().await?;
+        }
         Ok(())
     }
 
@@ -212,75 +237,28 @@ impl Daemon {
         let reloader = {
             let this = this.clone();
             tokio::spawn(async move {
-                let path = this.home.config();
-                let mut last = modified(&path);
-                let packs = sovryn_store::Store::pack_dir(&this.home.dir);
-                for tick in 0u64.. {
-                    if tick % 10 == 0 {
-                        metrics::gauge!("storage_used_bytes").set(dir_bytes(&packs) as f64);
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let now = modified(&path);
-                    if now != last {
-                        last = now;
-                        match Config::load(&this.home) {
-                            Ok(c) => {
-                                if this.home.is_paused() {
-                                    this.net.pause(&c.peers);
-                                } else {
-                                    this.net.resume(&c.peers);
-                                }
-                                this.net.set_bandwidth(
-                                    c.sync.max_send_kib_per_sec,
-                                    c.sync.max_recv_kib_per_sec,
-                                );
-                                // Rules (`sovryn remove`), retention, search: at once.
-                                let applied =
-                                    this.shared.with_node(move |n| Ok(n.apply_config(c)?)).await;
-                                match applied {
-                                    Ok(later) if !later.is_empty() => tracing::warn!(
-                                        "config: {} take effect at the next start",
-                                        later.join(", ")
-                                    ),
-                                    Ok(_) => {}
-                                    Err(e) => tracing::warn!("applying the config: {e:#}"),
-                                }
-                            }
-                            Err(e) => tracing::warn!("reloading config: {e}"),
-                        }
-                    }
+                loop {
+                    this.config_touched.notified().await;
+                    this.reload_config().await;
+                }
+            })
+        };
+        let storage_gauge = {
+            let packs = sovryn_store::Store::pack_dir(&this.home.dir);
+            tokio::spawn(async move {
+                loop {
+                    metrics::gauge!("storage_used_bytes").set(dir_bytes(&packs) as f64);
+                    tokio::time::sleep(Duration::from_secs(10)).await;
                 }
             })
         };
         let control = {
             let this = this.clone();
-            let sock = control_socket(&this.home);
-            let _ = std::fs::remove_file(&sock);
-            let listener = tokio::net::UnixListener::bind(&sock)
-                .with_context(|| format!("binding the control socket {}", sock.display()))?;
-            // The socket grants full control: owner only, whatever the
-            // umask, and every client's credentials are checked too.
-            std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .with_context(|| format!("securing the control socket {}", sock.display()))?;
-            // SAFETY: getuid has no preconditions.
-            let me = unsafe { libc::getuid() };
+            let listener = crate::local_socket::bind_private(&control_socket(&this.home))?;
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
-                    match stream.peer_cred() {
-                        Ok(c) if c.uid() == me => {}
-                        Ok(c) => {
-                            tracing::warn!(
-                                "refused a control connection from uid {} (this node runs as uid {me})",
-                                c.uid()
-                            );
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::warn!(
-                                "refused a control connection: no peer credentials: {e}"
-                            );
-                            continue;
-                        }
+                    if !crate::local_socket::same_user(&stream) {
+                        continue;
                     }
                     let this = this.clone();
                     tokio::spawn(async move {
@@ -322,6 +300,7 @@ impl Daemon {
         let _ = std::fs::remove_file(control_socket(&this.home));
         scanner.abort();
         reloader.abort();
+        storage_gauge.abort();
         this.net.shutdown().await;
         runner.abort();
         this.shared
@@ -372,7 +351,7 @@ impl Daemon {
     /// Starts the MCP HTTP listener if it is not running (`sovryn mcp
     /// start`), with the `mcp.*` settings of `config.toml` as they are now,
     /// whatever `mcp.enabled` says.
-    async fn start_mcp_now(&self) -> serde_json::Value {
+    pub(crate) async fn start_mcp_now(&self) -> serde_json::Value {
         if let Some(url) = self.mcp_url() {
             return serde_json::json!({"ok": true, "url": url, "already_running": true});
         }
@@ -403,7 +382,7 @@ impl Daemon {
     }
 
     /// Stops the MCP HTTP listener, if it runs (its sessions end).
-    async fn stop_mcp(&self) -> bool {
+    pub(crate) async fn stop_mcp(&self) -> bool {
         let mcp = self.mcp.lock().ok().and_then(|mut m| m.take());
         let Some(m) = mcp else {
             return false;
@@ -465,6 +444,7 @@ impl Daemon {
                 // add, scan, restore, gc from the command line: this node
                 // holds the store, so it does them (see write_ops.rs).
                 Request::Write { op } => self.write(op).await,
+                Request::ReloadConfig => self.reload_config().await,
                 Request::TestNetwork { peer, probe_bytes } => {
                     let peers = self.net.test_network(peer.as_deref(), probe_bytes).await;
                     serde_json::json!({"ok": true, "peers": peers})
@@ -663,10 +643,6 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn modified(path: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
 /// The paths to scan: `""` alone when everything is wanted, else the set
 /// without paths that lie under another one in it.
 fn roots(mut paths: Vec<String>) -> Vec<String> {
@@ -758,9 +734,19 @@ fn changed_paths(
 fn scannable(n: &Node, roots: Vec<String>) -> Result<Vec<String>, sovryn_store::Error> {
     n.rules.reload();
     let mut out = Vec::with_capacity(roots.len());
-    for p in roots {
+    for mut p in roots {
         if p.is_empty() {
             return Ok(vec![p]);
+        }
+        // New ignore rules: what they now keep or drop lies beside them.
+        if p.rsplit('/').next() == Some(sovryn_engine::rules::IGNORE_FILE) {
+            p = p
+                .rsplit_once('/')
+                .map(|(d, _)| d.to_owned())
+                .unwrap_or_default();
+            if p.is_empty() {
+                return Ok(vec![p]);
+            }
         }
         match std::fs::symlink_metadata(n.root().join(&p)) {
             Ok(m) => {

@@ -4,9 +4,12 @@ mod commands;
 mod control;
 mod daemon;
 mod daemon_cmd;
+mod local_socket;
 mod mcp_cmd;
+mod mcp_stdio;
 mod node_cmd;
 mod output;
+mod reload;
 mod unlock;
 mod write_ops;
 

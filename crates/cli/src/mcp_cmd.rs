@@ -115,8 +115,9 @@ pub fn run(home: &Home, passphrase_file: Option<&Path>, json: bool, cmd: McpComm
                 if let Some(stream) = daemon_stream(home)? {
                     return block_on(pipe_stdio(stream));
                 }
+                // Served here until a node starts, which takes it over.
                 let node = open_node(home, passphrase_file, !no_scan)?;
-                return block_on(sovryn_mcp::serve_stdio(McpState::new(node)?));
+                return block_on(crate::mcp_stdio::serve(home.clone(), node));
             }
             let node = open_node(home, passphrase_file, !no_scan)?;
             debug_assert!(http);
@@ -194,7 +195,7 @@ fn start_stop(home: &Home, json: bool, start: bool) -> Result<()> {
 
 /// A control-socket connection of the running node switched to MCP
 /// (`mcp_stdio`), with what was read past its answer; `None` when no node runs.
-fn daemon_stream(home: &Home) -> Result<Option<std::os::unix::net::UnixStream>> {
+pub(crate) fn daemon_stream(home: &Home) -> Result<Option<std::os::unix::net::UnixStream>> {
     use std::io::Read;
     let sock = crate::daemon::control_socket(home);
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&sock) else {

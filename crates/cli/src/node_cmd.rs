@@ -133,6 +133,9 @@ pub fn run(
 
 fn up(home: &Home, passphrase_file: Option<&Path>, listen: Option<String>) -> Result<()> {
     let key = unlock::master_key(home, passphrase_file)?;
+    // An MCP stdio session serving this home in its own process hands the
+    // store over and goes on through this node.
+    crate::mcp_stdio::ask_release(home)?;
     let node = Node::open(home.clone(), &key, Access::ReadWrite)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -258,7 +261,7 @@ fn sync_progress(
 }
 
 fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
-    let mut config = Config::load(home)?;
+    let config = Config::load(home)?;
     match action {
         PeersAction::Add {
             id,
@@ -289,32 +292,35 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
                 read_only,
                 paths: clean_paths,
             };
-            let updated = match config.peers.iter_mut().find(|p| p.id == peer.id) {
-                Some(p) => {
-                    // Rights are what this command says; a name and
-                    // addresses not given are kept, not dropped.
-                    let mut merged = peer.clone();
-                    if merged.addresses.is_empty() {
-                        merged.addresses = p.addresses.clone();
+            let (updated, peer) = Config::update(home, |config| {
+                let updated = match config.peers.iter_mut().find(|p| p.id == peer.id) {
+                    Some(p) => {
+                        // Rights are what this command says; a name and
+                        // addresses not given are kept, not dropped.
+                        let mut merged = peer.clone();
+                        if merged.addresses.is_empty() {
+                            merged.addresses = p.addresses.clone();
+                        }
+                        if merged.name.is_none() {
+                            merged.name = p.name.clone();
+                        }
+                        *p = merged;
+                        true
                     }
-                    if merged.name.is_none() {
-                        merged.name = p.name.clone();
+                    None => {
+                        config.peers.push(peer.clone());
+                        false
                     }
-                    *p = merged;
-                    true
-                }
-                None => {
-                    config.peers.push(peer.clone());
-                    false
-                }
-            };
-            config.save(home)?;
-            let peer = config
-                .peers
-                .iter()
-                .find(|p| p.id == peer.id)
-                .cloned()
-                .unwrap_or(peer);
+                };
+                let peer = config
+                    .peers
+                    .iter()
+                    .find(|p| p.id == peer.id)
+                    .cloned()
+                    .unwrap_or(peer);
+                Ok((updated, peer))
+            })?;
+            crate::reload::notify_node(home);
             if json {
                 output::json(&json!({"peer": peer, "updated": updated}))
             } else {
@@ -388,16 +394,21 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
             Ok(())
         }
         PeersAction::Remove { peer } => {
-            let before = config.peers.len();
-            config
-                .peers
-                .retain(|p| p.id != peer && p.name.as_deref() != Some(peer.as_str()));
-            if config.peers.len() == before {
-                bail!("no peer '{peer}' (see 'sovryn peers list')");
-            }
-            config.save(home)?;
+            let removed = Config::update(home, |config| {
+                let before = config.peers.len();
+                config
+                    .peers
+                    .retain(|p| p.id != peer && p.name.as_deref() != Some(peer.as_str()));
+                if config.peers.len() == before {
+                    return Err(sovryn_engine::Error::NotFound(format!(
+                        "no peer '{peer}' (see 'sovryn peers list')"
+                    )));
+                }
+                Ok(before - config.peers.len())
+            })?;
+            crate::reload::notify_node(home);
             if json {
-                output::json(&json!({"removed": before - config.peers.len()}))
+                output::json(&json!({"removed": removed}))
             } else {
                 println!("removed {peer}");
                 Ok(())

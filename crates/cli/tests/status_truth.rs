@@ -40,8 +40,10 @@ fn a_transfer_shows_what_is_left_and_its_rate_on_both_sides() {
     a.up();
     b.up();
     wait_for(&b, "connected", |p| p["state"] == "connected");
-    let big = common::random_bytes(12 << 20, 7);
-    a.write("big.bin", &big);
+    // Made outside the folder and renamed in: one state of one file.
+    let outside = a.dir.path().join("big.bin");
+    std::fs::write(&outside, common::random_bytes(12 << 20, 7)).unwrap();
+    std::fs::rename(&outside, a.root.join("big.bin")).unwrap();
     let recv = wait_for(&b, "B receiving", |p| {
         p["to_receive_bytes"].as_u64().unwrap_or(0) > 0
             && p["receive_rate"].as_u64().unwrap_or(0) > 0

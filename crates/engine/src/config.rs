@@ -126,6 +126,28 @@ pub fn check_peer_address(a: &str) -> Result<()> {
     }
 }
 
+/// A change of `config.toml` as a running node acts on it (see
+/// [`Config::changes_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigChange {
+    /// Peers added, removed, or their rights or addresses changed.
+    Peers,
+    /// Ignore, include or exclude rules (`sovryn remove`, `keep`).
+    Rules,
+    /// Bandwidth limits.
+    Bandwidth,
+    /// Retention of old versions.
+    Retention,
+    /// Full-text search settings.
+    Search,
+    /// The MCP listener's settings.
+    Mcp,
+    /// Settings a running node cannot change (listen address, node name,
+    /// storage path, discovery): they apply at the next start.
+    NeedsRestart(&'static str),
+}
+
 /// MCP listener settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -375,6 +397,72 @@ impl Config {
         check_apart(&home.dir, &self.storage_path)?;
         let text = toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
         crate::fsutil::write_atomic(&home.config(), text.as_bytes(), 0o600)
+    }
+
+    /// What changed from `old` to this config, each concern once.
+    pub fn changes_from(&self, old: &Config) -> Vec<ConfigChange> {
+        let mut out = Vec::new();
+        if self.peers != old.peers {
+            out.push(ConfigChange::Peers);
+        }
+        let (a, b) = (&self.sync, &old.sync);
+        if a.ignore != b.ignore || a.include != b.include || a.exclude != b.exclude {
+            out.push(ConfigChange::Rules);
+        }
+        if a.max_send_kib_per_sec != b.max_send_kib_per_sec
+            || a.max_recv_kib_per_sec != b.max_recv_kib_per_sec
+        {
+            out.push(ConfigChange::Bandwidth);
+        }
+        if self.retention != old.retention {
+            out.push(ConfigChange::Retention);
+        }
+        if self.search != old.search {
+            out.push(ConfigChange::Search);
+        }
+        if self.mcp != old.mcp {
+            out.push(ConfigChange::Mcp);
+        }
+        for (name, differs) in [
+            ("listen", self.listen != old.listen),
+            ("node_name", self.node_name != old.node_name),
+            ("storage_path", self.storage_path != old.storage_path),
+            (
+                "sync.mdns, sync.dht, sync.relay_url",
+                a.mdns != b.mdns || a.dht != b.dht || a.relay_url != b.relay_url,
+            ),
+        ] {
+            if differs {
+                out.push(ConfigChange::NeedsRestart(name));
+            }
+        }
+        out
+    }
+
+    /// Changes `config.toml` under an exclusive lock (`config.lock` in the
+    /// home): load, `f`, save. Concurrent writers (two commands, the CLI
+    /// and an agent's `add_peer`) queue instead of losing each other's
+    /// change. Nothing is saved when `f` fails.
+    pub fn update<T>(home: &Home, f: impl FnOnce(&mut Config) -> Result<T>) -> Result<T> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let path = home.dir.join("config.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        // SAFETY: flock on a descriptor we own; released when `lock` drops.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(&path, std::io::Error::last_os_error()));
+        }
+        let mut config = Config::load(home)?;
+        let out = f(&mut config)?;
+        config.save(home)?;
+        drop(lock);
+        Ok(out)
     }
 
     /// The value at a dotted key, as TOML.

@@ -102,6 +102,49 @@ pub fn watch(
     })
 }
 
+/// Watches one file through its directory (non-recursively, so a file
+/// replaced by a rename, as `config.toml` is, stays followed): `on_change`
+/// runs once per debounce window in which it was written, created, replaced
+/// or removed. It runs on the watcher's thread.
+pub fn watch_file(
+    file: &Path,
+    delay: Duration,
+    mut on_change: impl FnMut() + Send + 'static,
+) -> Result<Watcher> {
+    let dir = file
+        .parent()
+        .ok_or_else(|| Error::Config(format!("{} has no directory", file.display())))?
+        .to_owned();
+    let name = file.file_name().map(|n| n.to_owned());
+    let handler = move |res: DebounceEventResult| {
+        let touched = match res {
+            Ok(events) => events.iter().any(|ev| {
+                !matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write))
+                    && ev.paths.iter().any(|p| p.file_name() == name.as_deref())
+            }),
+            Err(_) => true,
+        };
+        if touched {
+            on_change();
+        }
+    };
+    let tick = (delay / 4).max(Duration::from_millis(5));
+    let mut debouncer = new_debouncer_opt::<_, notify::RecommendedWatcher, _>(
+        delay,
+        Some(tick),
+        handler,
+        NoCache::new(),
+        notify::Config::default(),
+    )
+    .map_err(|e| Error::Config(format!("cannot start the file watcher: {e}")))?;
+    debouncer
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| Error::Config(format!("cannot watch {}: {e}", dir.display())))?;
+    Ok(Watcher {
+        _debouncer: debouncer,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

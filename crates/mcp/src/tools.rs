@@ -1103,16 +1103,25 @@ fn visible_copy_for(node: &dyn View, p: &Principal, rel: &str) -> Result<String,
     Ok(copy.path.clone())
 }
 
-/// Loads `config.toml`, lets `f` edit its peers, saves it (a running daemon
-/// reloads it) and updates the node's copy.
+/// Lets `f` edit the peers of `config.toml` (under its lock; a running
+/// daemon reloads it) and updates the node's copy.
 fn edit_peers<T>(
     node: &mut Node,
     f: impl FnOnce(&mut Vec<PeerConfig>) -> Result<T, String>,
 ) -> Result<T, String> {
-    let mut config = Config::load(&node.home).map_err(|e| e.to_string())?;
-    let out = f(&mut config.peers)?;
-    config.save(&node.home).map_err(|e| e.to_string())?;
-    node.config.peers = config.peers;
+    let mut refused = None;
+    let (out, peers) = Config::update(&node.home, |config| {
+        match f(&mut config.peers) {
+            Ok(out) => Ok((out, config.peers.clone())),
+            Err(e) => {
+                // Nothing is saved: the edit was refused.
+                refused = Some(e);
+                Err(sovryn_engine::Error::Usage(String::new()))
+            }
+        }
+    })
+    .map_err(|e| refused.take().unwrap_or_else(|| e.to_string()))?;
+    node.config.peers = peers;
     Ok(out)
 }
 

@@ -439,3 +439,32 @@ impl SyncNet {
         Ok(())
     }
 }
+
+impl SyncNet {
+    /// Asks every peer for its whole change log again (this node now keeps
+    /// paths it skipped before: a rule was taken back). Positions are
+    /// reset, then the sessions close and reconnect from zero; states this
+    /// node already has cost a comparison, the skipped ones are fetched.
+    pub async fn refetch_all(&self) -> Result<(), Error> {
+        let peers: Vec<EndpointId> = self.allow.all().into_iter().map(|(id, _)| id).collect();
+        let ids = peers.clone();
+        self.shared
+            .with_node(move |n| {
+                for p in &ids {
+                    n.store.set_meta(&meta_key(p), "0")?;
+                    n.store.set_meta(&check_key(p), "")?;
+                }
+                Ok(())
+            })
+            .await?;
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for id in peers {
+            if let Some(s) = st.get(&id) {
+                for (c, _) in &s.conns {
+                    c.close(4u32.into(), b"rules changed");
+                }
+            }
+        }
+        Ok(())
+    }
+}

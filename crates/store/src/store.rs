@@ -106,7 +106,7 @@ pub struct Store {
     pending: HashMap<ChunkId, (Location, u32)>,
     pending_bytes: u64,
     access: Access,
-    _lock: Option<File>,
+    lock: Option<File>,
 }
 
 fn lock_exclusive(path: &Path) -> Result<File> {
@@ -264,7 +264,7 @@ impl Store {
             pending: HashMap::new(),
             pending_bytes: 0,
             access,
-            _lock: lock,
+            lock,
         };
         let folder = store.meta("folder_id")?;
         match folder {
@@ -302,8 +302,20 @@ impl Store {
             pending: HashMap::new(),
             pending_bytes: 0,
             access: Access::ReadOnly,
-            _lock: None,
+            lock: None,
         })
+    }
+
+    /// Gives up writing: flushes what is pending, then releases the home's
+    /// write lock so another process can open the store for writing. This
+    /// handle stays usable for queries only.
+    pub fn release(&mut self) -> Result<()> {
+        if self.access == Access::ReadWrite {
+            self.flush()?;
+            self.access = Access::ReadOnly;
+        }
+        self.lock = None;
+        Ok(())
     }
 
     /// The codec (ids, sealing) of this folder.
