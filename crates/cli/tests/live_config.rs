@@ -3,7 +3,7 @@
 //! retention, bandwidth; and concurrent writers of `config.toml` keep
 //! each other's changes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 mod mesh;
@@ -23,15 +23,7 @@ fn rules_and_retention_apply_to_a_running_node() {
     a.settle();
     a.write("build.log", b"noise");
     a.write("notes.txt", b"kept");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !b.root.join("notes.txt").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "notes.txt never arrived:\n{}",
-            b.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.wait_for_file("notes.txt");
     a.settle();
     std::thread::sleep(Duration::from_millis(500));
     assert!(
@@ -47,15 +39,7 @@ fn rules_and_retention_apply_to_a_running_node() {
     b.settle();
     a.write("x.bak", b"backup");
     a.write("y.txt", b"marker");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !b.root.join("y.txt").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "y.txt never arrived:\n{}",
-            b.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.wait_for_file("y.txt");
     std::thread::sleep(Duration::from_millis(500));
     assert!(!b.root.join("x.bak").exists(), "B took a file it ignores");
     std::fs::remove_file(b.root.join(".sovrynignore")).unwrap();
@@ -69,15 +53,7 @@ fn rules_and_retention_apply_to_a_running_node() {
     b.ok(&["remove", "sub"]);
     a.write("sub/new.txt", b"after");
     a.write("other.txt", b"after");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !b.root.join("other.txt").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "other.txt never arrived:\n{}",
-            b.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.wait_for_file("other.txt");
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !b.root.join("sub/new.txt").exists(),
@@ -85,15 +61,7 @@ fn rules_and_retention_apply_to_a_running_node() {
     );
     // ... and `keep` takes it back.
     b.ok(&["keep", "sub"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !b.root.join("sub/new.txt").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "sub/new.txt never arrived after keep:\n{}",
-            b.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.wait_for_file("sub/new.txt");
 
     // Retention: the running node's gc uses the value set a moment ago.
     for i in 0..5 {

@@ -80,6 +80,19 @@ impl Peer {
         crate::common::succeeded(args, self.cmd(args).output().unwrap())
     }
 
+    /// Waits until `rel` is on this node's disk.
+    pub fn wait_for_file(&self, rel: &str) {
+        let deadline = Instant::now() + CONVERGE;
+        while !self.root.join(rel).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{rel} never arrived:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs a command that must fail; returns its stderr.
     pub fn fails_with(&self, args: &[&str]) -> String {
         let out = self.cmd(args).output().unwrap();
