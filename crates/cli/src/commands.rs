@@ -7,9 +7,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use sovryn_engine::scan::{ScanOptions, ScanProgress};
 use sovryn_engine::{Home, InitOptions, Node, View};
-use sovryn_store::{Access, EntryKind, FileRecord};
+use sovryn_store::{Access, EntryKind};
 
-use crate::output::{self, bytes, time};
+use crate::output::{self, bytes};
 use crate::unlock;
 use crate::write_ops::{self, WriteOp, WriteOutcome};
 use crate::{Cli, Command, ConfigAction};
@@ -25,6 +25,59 @@ impl Ctx {
         let key = unlock::master_key(&self.home, self.passphrase_file.as_deref())?;
         Ok(Node::open(self.home.clone(), &key, access)?)
     }
+
+    /// A user-typed path as a path from the folder root (relative ones from
+    /// the current directory); needs no key.
+    fn resolve(&self, raw: &str) -> Result<String> {
+        let config = sovryn_engine::Config::load(&self.home)?;
+        Ok(sovryn_engine::paths::resolve_user_path(
+            &config.storage_path,
+            &cwd()?,
+            raw,
+        )?)
+    }
+
+    fn ask(&self, query: sovryn_api::Query) -> Result<sovryn_api::Answer> {
+        ask(&self.home, self.passphrase_file.as_deref(), query)
+    }
+}
+
+/// Answers a read-only question: the running node answers it when there is
+/// one (no key needed here, a passphrase is not asked again), else this
+/// process on a read-only handle.
+pub fn ask(
+    home: &Home,
+    passphrase_file: Option<&std::path::Path>,
+    query: sovryn_api::Query,
+) -> Result<sovryn_api::Answer> {
+    let req = crate::control::Request::Query {
+        query: query.clone(),
+    };
+    if let Some(answer) = crate::control::request(home, &req)? {
+        if answer["ok"] == true {
+            return serde_json::from_value(answer["answer"].clone())
+                .context("reading the running node's answer");
+        }
+        bail!(
+            "{}",
+            answer["error"]
+                .as_str()
+                .unwrap_or("the running node refused")
+        );
+    }
+    let key = unlock::master_key(home, passphrase_file)?;
+    let node = Node::open(home.clone(), &key, Access::ReadOnly)?;
+    Ok(sovryn_api::ask(&node, query)?)
+}
+
+/// The answer of the kind `$variant` or an error naming what came instead.
+macro_rules! expect_answer {
+    ($answer:expr, $variant:ident) => {
+        match $answer {
+            sovryn_api::Answer::$variant(x) => x,
+            other => bail!("unexpected answer from the node: {other:?}"),
+        }
+    };
 }
 
 fn cwd() -> Result<PathBuf> {
@@ -432,13 +485,13 @@ fn keep(ctx: &Ctx, path: &str) -> Result<()> {
     Ok(())
 }
 
-fn list_row(rec: &FileRecord, long: bool) -> String {
-    let name = if rec.entry.kind == EntryKind::Dir {
-        format!("{}/", rec.path)
+fn list_row(e: &sovryn_api::EntryInfo, long: bool) -> String {
+    let name = if e.kind == EntryKind::Dir {
+        format!("{}/", e.path)
     } else {
-        rec.path.clone()
+        e.path.clone()
     };
-    let name = match &rec.entry.target {
+    let name = match &e.target {
         Some(t) => format!("{name} -> {t}"),
         None => name,
     };
@@ -446,121 +499,75 @@ fn list_row(rec: &FileRecord, long: bool) -> String {
         return name;
     }
     format!(
-        "{:>6o} {:>10} {:>5} {} {:<12} {}",
-        rec.entry.mode & 0o7777,
-        rec.entry.size,
-        format!("v{}", rec.label),
-        time(rec.entry.mtime_ns),
-        rec.entry.author,
+        "{:>6} {:>10} {:>5} {} {:<12} {}",
+        e.mode,
+        e.size,
+        e.version,
+        output::rfc3339_human(&e.modified),
+        e.author,
         name
     )
 }
 
 fn ls(ctx: &Ctx, path: Option<&str>, long: bool) -> Result<()> {
-    let node = ctx.open(Access::ReadOnly)?;
-    let cwd = cwd()?;
     let rel = match path {
-        Some(p) => node.resolve(&cwd, p)?,
-        None => node.resolve(&cwd, ".").unwrap_or_default(),
+        Some(p) => ctx.resolve(p)?,
+        None => ctx.resolve(".").unwrap_or_default(),
     };
-    let all = node.store.files_under(&rel)?;
-    let depth = if rel.is_empty() {
-        0
-    } else {
-        rel.matches('/').count() + 1
-    };
-    let mut rows: Vec<&FileRecord> = all
-        .iter()
-        .filter(|r| !r.entry.deleted)
-        .filter(|r| {
-            if r.path == rel {
-                r.entry.kind != EntryKind::Dir
-            } else {
-                r.path.matches('/').count() == depth
-            }
-        })
-        .collect();
-    if rows.is_empty() && !rel.is_empty() && !all.iter().any(|r| r.path == rel && !r.entry.deleted)
-    {
-        bail!("not tracked: {rel}");
-    }
-    rows.sort_by(|a, b| a.path.cmp(&b.path));
+    let listing = expect_answer!(ctx.ask(sovryn_api::Query::List { path: rel })?, Listing);
     if ctx.json {
-        let v: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({"path": r.path, "kind": r.entry.kind, "size": r.entry.size, "mode": r.entry.mode & 0o7777,
-                       "version": format!("v{}", r.label), "mtime_ns": r.entry.mtime_ns, "author": r.entry.author,
-                       "target": r.entry.target})
-            })
-            .collect();
-        return output::json(&v);
+        return output::json(&listing);
     }
-    for r in rows {
-        println!("{}", output::printable(&list_row(r, long)));
+    for e in &listing.entries {
+        println!("{}", output::printable(&list_row(e, long)));
     }
     Ok(())
 }
 
 fn cat(ctx: &Ctx, path: &str, version: Option<&str>) -> Result<()> {
-    let node = ctx.open(Access::ReadOnly)?;
-    let rel = node.resolve(&cwd()?, path)?;
-    let entry = match version {
-        Some(v) => node.find_version(&rel, v)?.entry,
-        None => node.record(&rel)?.entry,
+    let query = sovryn_api::Query::Read {
+        path: ctx.resolve(path)?,
+        version: version.map(str::to_owned),
     };
-    if entry.deleted {
-        bail!("{rel} is deleted in that version");
-    }
-    if entry.kind != EntryKind::File {
-        bail!("{rel} is not a file");
-    }
+    let content = expect_answer!(ctx.ask(query)?, Content);
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
-    node.store.write_content(&entry, &mut lock)?;
+    lock.write_all(&content.bytes()?)?;
     lock.flush()?;
     Ok(())
 }
 
 fn versions(ctx: &Ctx, path: &str) -> Result<()> {
-    let node = ctx.open(Access::ReadOnly)?;
-    let rel = node.resolve(&cwd()?, path)?;
-    node.record(&rel)?;
-    let vs = node.store.versions(&rel)?;
+    let query = sovryn_api::Query::Versions {
+        path: ctx.resolve(path)?,
+    };
+    let history = expect_answer!(ctx.ask(query)?, Versions);
     if ctx.json {
-        let v: Vec<_> = vs
-            .iter()
-            .map(|v| {
-                json!({"version": format!("v{}", v.label), "id": v.id(), "time_ns": v.entry.time_ns, "time": time(v.entry.time_ns),
-                       "node": v.entry.author, "actor": v.entry.actor, "size": v.entry.size, "deleted": v.entry.deleted,
-                       "message": v.entry.message, "content_hash": v.entry.content_hash()})
-            })
-            .collect();
-        return output::json(&v);
+        return output::json(&history);
     }
-    let ids: Vec<String> = vs.iter().map(|v| v.id()).collect();
+    let ids: Vec<String> = history.versions.iter().map(|v| v.id.clone()).collect();
     let shorts = sovryn_store::short_ids(&ids);
     println!(
         "{:<8} {:<10} {:<20} {:<14} {:>10}  Message",
         "Version", "Id", "Date", "Node", "Size"
     );
-    for (v, short) in vs.iter().zip(&shorts) {
-        let msg = match (&v.entry.message, v.entry.deleted) {
+    for (v, short) in history.versions.iter().zip(&shorts) {
+        let msg = match (&v.message, v.deleted) {
             (_, true) => "(deleted)".to_owned(),
             (Some(m), _) => m.clone(),
             (None, _) => String::new(),
         };
-        let node_col = match &v.entry.actor {
-            Some(a) => format!("{} ({a})", v.entry.author),
-            None => v.entry.author.clone(),
+        let node_col = match &v.actor {
+            Some(a) => format!("{} ({a})", v.node),
+            None => v.node.clone(),
         };
         let row = format!(
             "{:<8} {:<10} {:<20} {:<14} {:>10}  {}",
-            format!("v{}", v.label),
+            v.version,
             short,
-            time(v.entry.time_ns),
+            output::rfc3339_human(&v.time),
             node_col,
-            v.entry.size,
+            v.size,
             msg
         );
         println!("{}", output::printable(&row));
@@ -569,66 +576,36 @@ fn versions(ctx: &Ctx, path: &str) -> Result<()> {
 }
 
 fn diff(ctx: &Ctx, path: &str, v1: &str, v2: Option<&str>) -> Result<()> {
-    let mut node = ctx.open(Access::ReadOnly)?;
-    let rel = node.resolve(&cwd()?, path)?;
-    let a = node.find_version(&rel, v1)?;
-    let a_label = format!("v{}", a.label);
-    let out = match v2 {
-        Some(v) => {
-            let b = node.find_version(&rel, v)?;
-            node.diff(
-                &rel,
-                (&a_label, &a.entry),
-                (&format!("v{}", b.label), &b.entry),
-            )?
-        }
-        None => {
-            // The file as it is on disk now; a read-only node cannot ingest, so read it directly.
-            let abs = sovryn_engine::paths::confined(node.root(), &rel)?;
-            let current = match std::fs::read(&abs) {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(e).with_context(|| format!("reading {}", abs.display())),
-            };
-            let old = node.store.content(&a.entry)?;
-            match (String::from_utf8(old), String::from_utf8(current.clone())) {
-                (Ok(x), Ok(y)) if !x.contains('\0') && !y.contains('\0') => {
-                    similar::TextDiff::from_lines(&x, &y)
-                        .unified_diff()
-                        .context_radius(3)
-                        .header(&format!("{rel}@{a_label}"), &format!("{rel}@current"))
-                        .to_string()
-                }
-                _ => format!(
-                    "binary files differ: {rel}@{a_label} ({} bytes) vs {rel}@current ({} bytes)\n",
-                    a.entry.size,
-                    current.len()
-                ),
-            }
-        }
+    let query = sovryn_api::Query::Diff {
+        path: ctx.resolve(path)?,
+        from: v1.to_owned(),
+        to: v2.map(str::to_owned),
     };
-    let _ = &mut node;
+    let diff = expect_answer!(ctx.ask(query)?, Diff);
     if ctx.json {
-        return output::json(&json!({"path": rel, "diff": out}));
+        return output::json(&diff);
     }
-    print!("{out}");
+    print!("{}", diff.diff);
     Ok(())
 }
 
 fn search(ctx: &Ctx, query: &str, path: Option<&str>, limit: usize) -> Result<()> {
-    let node = ctx.open(Access::ReadOnly)?;
-    let prefix = match path {
-        Some(p) => node.resolve(&cwd()?, p)?,
-        None => String::new(),
+    let query = sovryn_api::Query::Search {
+        query: query.to_owned(),
+        path: match path {
+            Some(p) => ctx.resolve(p)?,
+            None => String::new(),
+        },
+        limit,
     };
-    let hits = node.store.search(query, &prefix, limit)?;
+    let hits = expect_answer!(ctx.ask(query)?, Hits);
     if ctx.json {
         return output::json(&hits);
     }
-    if hits.is_empty() {
+    if hits.hits.is_empty() {
         println!("no matches");
     }
-    for h in hits {
+    for h in hits.hits {
         println!(
             "{}",
             output::printable(&format!("{}: {}", h.path, h.snippet.replace('\n', " ")))
@@ -638,44 +615,64 @@ fn search(ctx: &Ctx, query: &str, path: Option<&str>, limit: usize) -> Result<()
 }
 
 fn status(ctx: &Ctx) -> Result<()> {
-    let mut node = ctx.open(Access::ReadOnly)?;
-    let stats = node.store.stats()?;
-    // What changed on disk since the last scan, without recording anything.
-    let pending = node.scan(
-        &[],
-        &ScanOptions {
-            dry_run: true,
-            ..Default::default()
-        },
-        &mut |_| {},
-    )?;
-    let pending_count = pending.added + pending.modified + pending.deleted;
-    let conflicts = node.conflict_copies()?;
-    let paused = ctx.home.is_paused();
-    // Live sync state from a running node: per peer, what is left to
-    // exchange (change-log entries) in each direction.
+    let config = sovryn_engine::Config::load(&ctx.home)?;
+    let node_id = sovryn_engine::identity::load(&ctx.home.identity())?.public();
+    // A running node answers everything (without the key here); else this
+    // process opens the store read-only and looks at the disk itself.
     let live = crate::control::request(&ctx.home, &crate::control::Request::Status)
         .ok()
         .flatten();
+    let (stats, conflicts, pending, folder_id) = match &live {
+        Some(l) => {
+            let stats = expect_answer!(ctx.ask(sovryn_api::Query::Stats)?, Stats);
+            let conflicts =
+                expect_answer!(ctx.ask(sovryn_api::Query::Conflicts)?, Conflicts).conflicts;
+            let answer = crate::control::request(&ctx.home, &crate::control::Request::Unrecorded)?
+                .unwrap_or_default();
+            let pending: Vec<String> = serde_json::from_value(answer["paths"].clone())
+                .context("reading the running node's unrecorded paths")?;
+            let folder_id = l["folder_id"].as_str().unwrap_or_default().to_owned();
+            (stats, conflicts, pending, folder_id)
+        }
+        None => {
+            let mut node = ctx.open(Access::ReadOnly)?;
+            let pending = node.scan(
+                &[],
+                &ScanOptions {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &mut |_| {},
+            )?;
+            (
+                node.store.stats()?,
+                node.conflict_copies()?,
+                pending.changed,
+                node.store.folder_id().to_owned(),
+            )
+        }
+    };
+    let pending_count = pending.len();
+    let paused = ctx.home.is_paused();
     let peers: Vec<serde_json::Value> = live
         .as_ref()
         .and_then(|l| l["peers"].as_array().cloned())
         .unwrap_or_default();
     if ctx.json {
         return output::json(&json!({
-            "name": node.config.node_name, "node_id": node.node_id().to_string(), "home": node.home.dir,
-            "storage_path": node.config.storage_path, "folder_id": node.store.folder_id(),
+            "name": config.node_name, "node_id": node_id.to_string(), "home": ctx.home.dir,
+            "storage_path": config.storage_path, "folder_id": folder_id,
             "files": stats.files, "dirs": stats.dirs, "sequence": stats.sequence,
-            "pending_changes": pending_count, "pending_paths": pending.changed,
+            "pending_changes": pending_count, "pending_paths": pending,
             "running": live.is_some(), "paused": paused, "peers": peers,
-            "configured_peers": node.config.peers.len(),
+            "configured_peers": config.peers.len(),
             "conflicts": conflicts.len(),
         }));
     }
-    println!("node        {} ({})", node.config.node_name, node.node_id());
-    println!("home        {}", node.home.dir.display());
-    println!("storage     {}", node.config.storage_path.display());
-    println!("folder id   {}", node.store.folder_id());
+    println!("node        {} ({node_id})", config.node_name);
+    println!("home        {}", ctx.home.dir.display());
+    println!("storage     {}", config.storage_path.display());
+    println!("folder id   {folder_id}");
     println!(
         "tracked     {} files, {} directories, {} symlinks ({})",
         stats.files,
@@ -688,7 +685,7 @@ fn status(ctx: &Ctx) -> Result<()> {
         println!("disk        in step with the index");
     } else {
         println!("disk        {pending_count} unrecorded change(s): run 'sovryn scan'");
-        for p in pending.changed.iter().take(10) {
+        for p in pending.iter().take(10) {
             println!("              {}", output::printable(p));
         }
     }
@@ -700,7 +697,7 @@ fn status(ctx: &Ctx) -> Result<()> {
     };
     println!(
         "sync        {state}; {} peer(s) configured",
-        node.config.peers.len()
+        config.peers.len()
     );
     for p in &peers {
         println!(
@@ -719,8 +716,7 @@ fn status(ctx: &Ctx) -> Result<()> {
 }
 
 fn stats(ctx: &Ctx) -> Result<()> {
-    let node = ctx.open(Access::ReadOnly)?;
-    let s = node.store.stats()?;
+    let s = expect_answer!(ctx.ask(sovryn_api::Query::Stats)?, Stats);
     if ctx.json {
         return output::json(&s);
     }
@@ -788,13 +784,8 @@ fn config(ctx: &Ctx, action: ConfigAction) -> Result<()> {
 }
 
 fn verify(ctx: &Ctx) -> Result<()> {
-    let node = ctx.open(Access::ReadOnly)?;
     let pb = progress_bar("verifying");
-    let report = node.store.verify(&mut |done, total| {
-        if done.is_multiple_of(512) {
-            pb.set_message(format!("verifying chunks {done}/{total}"));
-        }
-    })?;
+    let report = expect_answer!(ctx.ask(sovryn_api::Query::Verify)?, Verify);
     pb.finish_and_clear();
     if ctx.json {
         output::json(&report)?;

@@ -57,6 +57,13 @@ pub enum Request {
     },
     /// `config.toml` changed: reload it and apply what changed.
     ReloadConfig,
+    /// The paths on disk a scan would record now.
+    Unrecorded,
+    /// A read-only question, answered from the node's read-only handles.
+    Query {
+        /// What to answer.
+        query: sovryn_api::Query,
+    },
 }
 
 /// A request on the wire: the version beside the command.

@@ -335,12 +335,37 @@ impl Daemon {
         Ok(out)
     }
 
+    /// Paths on disk that differ from the index and that the rules keep
+    /// (what a scan would record now): `status` on a running node.
+    async fn unrecorded(&self) -> Result<Vec<String>> {
+        let candidates = self.changed_on_disk().await?;
+        let kept = self
+            .shared
+            .with_node(move |n| {
+                n.rules.reload();
+                let mut out = Vec::new();
+                for p in candidates {
+                    let keep = match std::fs::symlink_metadata(n.root().join(&p)) {
+                        Ok(m) => n.rules.keeps(&p, m.is_dir() && !m.file_type().is_symlink()),
+                        Err(_) => n.store.file(&p)?.is_some_and(|r| !r.entry.deleted),
+                    };
+                    if keep {
+                        out.push(p);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(kept)
+    }
+
     async fn status(&self, seq: u64) -> serde_json::Value {
         let mcp = self.mcp_url();
         serde_json::json!({
             "node_id": self.net.id().to_string(),
             "pid": std::process::id(),
             "seq": seq,
+            "folder_id": self.shared.folder_id(),
             "paused": self.home.is_paused(),
             "listening": self.net.bound_sockets().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "mcp_url": mcp,
@@ -445,6 +470,21 @@ impl Daemon {
                 // holds the store, so it does them (see write_ops.rs).
                 Request::Write { op } => self.write(op).await,
                 Request::ReloadConfig => self.reload_config().await,
+                Request::Unrecorded => match self.unrecorded().await {
+                    Ok(paths) => serde_json::json!({"ok": true, "paths": paths}),
+                    Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+                },
+                Request::Query { query } => {
+                    match self
+                        .shared
+                        .with_view(move |r| sovryn_api::ask(r, query))
+                        .await
+                    {
+                        Ok(Ok(answer)) => serde_json::json!({"ok": true, "answer": answer}),
+                        Ok(Err(e)) => serde_json::json!({"ok": false, "error": e.to_string()}),
+                        Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+                    }
+                }
                 Request::TestNetwork { peer, probe_bytes } => {
                     let peers = self.net.test_network(peer.as_deref(), probe_bytes).await;
                     serde_json::json!({"ok": true, "peers": peers})

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use sovryn_engine::config::PeerConfig;
 use sovryn_engine::identity::PublicKey;
-use sovryn_engine::{Config, Home, Node, View};
+use sovryn_engine::{Config, Home, Node};
 use sovryn_store::Access;
 
 use crate::daemon::Daemon;
@@ -522,9 +522,11 @@ fn conflicts(
 ) -> Result<()> {
     match action {
         ConflictsAction::List => {
-            let key = unlock::master_key(home, passphrase_file)?;
-            let node = Node::open(home.clone(), &key, Access::ReadOnly)?;
-            let list = node.conflict_copies()?;
+            let list =
+                match crate::commands::ask(home, passphrase_file, sovryn_api::Query::Conflicts)? {
+                    sovryn_api::Answer::Conflicts(c) => c.conflicts,
+                    other => bail!("unexpected answer from the node: {other:?}"),
+                };
             if json {
                 return output::json(&json!({ "conflicts": list }));
             }

@@ -11,6 +11,14 @@ pub fn time(ns: i64) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// An RFC 3339 time as `YYYY-MM-DD HH:MM:SS` (UTC), for tables.
+pub fn rfc3339_human(t: &str) -> String {
+    match time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
+        Ok(dt) => time(dt.unix_timestamp_nanos() as i64),
+        Err(_) => t.to_owned(),
+    }
+}
+
 /// Formats a byte count (KiB, MiB, …).
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -12,15 +12,15 @@ fn version_restore_diff_cat_round_trip() {
     n.write("notes/todo.md", b"buy milk\nwalk cat\n");
     n.ok(&["add", "notes/todo.md"]);
     let v = n.json(&["versions", "notes/todo.md"]);
-    let labels: Vec<&str> = v
+    let labels: Vec<&str> = v["versions"]
         .as_array()
         .unwrap()
         .iter()
         .map(|x| x["version"].as_str().unwrap())
         .collect();
     assert_eq!(labels, ["v2", "v1"]);
-    assert_eq!(v[0]["node"], "laptop");
-    assert_eq!(v[1]["message"], "first draft");
+    assert_eq!(v["versions"][0]["node"], "laptop");
+    assert_eq!(v["versions"][1]["message"], "first draft");
 
     let out = n.ok(&["restore", "notes/todo.md", "--version", "v1"]);
     assert!(out.contains("v3"), "{out}");
@@ -29,8 +29,8 @@ fn version_restore_diff_cat_round_trip() {
         b"buy milk\nwalk dog\n"
     );
     let v = n.json(&["versions", "notes/todo.md"]);
-    assert_eq!(v[0]["version"], "v3");
-    assert_eq!(v[0]["message"], "restored from v1");
+    assert_eq!(v["versions"][0]["version"], "v3");
+    assert_eq!(v["versions"][0]["message"], "restored from v1");
 
     let diff = n.ok(&["diff", "notes/todo.md", "v1", "v2"]);
     assert!(
@@ -63,7 +63,7 @@ fn deletes_dirs_symlinks_and_modes_are_recorded() {
     std::os::unix::fs::symlink("/etc/passwd", n.path("outside")).unwrap();
     n.ok(&["scan"]);
     let ls = n.json(&["ls"]);
-    let names: Vec<&str> = ls
+    let names: Vec<&str> = ls["entries"]
         .as_array()
         .unwrap()
         .iter()
@@ -71,17 +71,23 @@ fn deletes_dirs_symlinks_and_modes_are_recorded() {
         .collect();
     assert_eq!(names, ["bin", "empty", "link", "outside"]);
     let bin = n.json(&["ls", "bin"]);
-    assert_eq!(bin[0]["mode"], 0o750);
-    assert_eq!(n.json(&["ls", "link"])[0]["target"], "bin/run.sh");
+    assert_eq!(bin["entries"][0]["mode"], "0750");
+    assert_eq!(
+        n.json(&["ls", "link"])["entries"][0]["target"],
+        "bin/run.sh"
+    );
     // The out-of-tree link is stored as a link, never followed.
-    assert_eq!(n.json(&["ls", "outside"])[0]["kind"], "symlink");
+    assert_eq!(n.json(&["ls", "outside"])["entries"][0]["kind"], "symlink");
     assert!(n.fails(&["cat", "outside"]).contains("not a file"));
-    assert_eq!(n.json(&["ls", "empty"])[0]["path"], "empty/inner");
+    assert_eq!(
+        n.json(&["ls", "empty"])["entries"][0]["path"],
+        "empty/inner"
+    );
 
     std::fs::remove_file(n.path("bin/run.sh")).unwrap();
     n.ok(&["scan"]);
     let v = n.json(&["versions", "bin/run.sh"]);
-    assert_eq!(v[0]["deleted"], true);
+    assert_eq!(v["versions"][0]["deleted"], true);
     assert!(n.fails(&["cat", "bin/run.sh"]).contains("deleted"));
     n.ok(&["restore", "bin/run.sh", "--version", "v1"]);
     assert_eq!(
@@ -232,21 +238,27 @@ fn search_finds_words_scoped_by_prefix() {
     n.write("notes/cooking.md", b"Knead the dough for ten minutes.");
     n.ok(&["scan"]);
     let all = n.json(&["search", "borrowing"]);
-    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert_eq!(all["hits"].as_array().unwrap().len(), 2);
     let scoped = n.json(&["search", "borrowing", "--path", "notes"]);
-    assert_eq!(scoped.as_array().unwrap().len(), 1);
-    assert_eq!(scoped[0]["path"], "notes/rust.md");
-    assert!(scoped[0]["snippet"]
+    assert_eq!(scoped["hits"].as_array().unwrap().len(), 1);
+    assert_eq!(scoped["hits"][0]["path"], "notes/rust.md");
+    assert!(scoped["hits"][0]["snippet"]
         .as_str()
         .unwrap()
         .contains("[borrowing]"));
-    assert_eq!(n.json(&["search", "dough"])[0]["path"], "notes/cooking.md");
+    assert_eq!(
+        n.json(&["search", "dough"])["hits"][0]["path"],
+        "notes/cooking.md"
+    );
     // Edits keep the index current.
     n.write("notes/cooking.md", b"Proof the bread overnight.");
     n.ok(&["scan"]);
-    assert!(n.json(&["search", "dough"]).as_array().unwrap().is_empty());
+    assert!(n.json(&["search", "dough"])["hits"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert_eq!(
-        n.json(&["search", "overnight"])[0]["path"],
+        n.json(&["search", "overnight"])["hits"][0]["path"],
         "notes/cooking.md"
     );
 }
@@ -347,7 +359,7 @@ fn gc_prunes_by_retention_and_frees_chunks() {
     let after = dir_size(&n.home.join("packs"));
     assert!(after < before * 3 / 5, "{before} -> {after}");
     let v = n.json(&["versions", "f.bin"]);
-    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2);
     assert_eq!(
         n.run(&["cat", "f.bin", "--version", "v4"]).stdout,
         random_bytes(300_000, 4)

@@ -16,7 +16,7 @@ use crate::{paths, Error, Result};
 const MARK: &str = ".sync-conflict-";
 
 /// A conflict copy present in the tree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ConflictCopy {
     /// The copy's path.
     pub path: String,

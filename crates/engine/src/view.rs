@@ -15,6 +15,15 @@ use crate::conflicts::ConflictCopy;
 use crate::node::parse_label;
 use crate::{Error, Node, Result};
 
+/// A unified diff of two texts with three lines of context.
+pub fn unified_diff(a: &str, b: &str, a_name: &str, b_name: &str) -> String {
+    similar::TextDiff::from_lines(a, b)
+        .unified_diff()
+        .context_radius(3)
+        .header(a_name, b_name)
+        .to_string()
+}
+
 /// What reading a folder needs: its store and its working tree.
 pub trait View {
     /// The folder's store (read-only for a [`Reader`]).
@@ -40,11 +49,12 @@ pub trait View {
             })
         };
         match (read(a.1)?, read(b.1)?) {
-            (Some(x), Some(y)) => Ok(similar::TextDiff::from_lines(&x, &y)
-                .unified_diff()
-                .context_radius(3)
-                .header(&format!("{rel}@{}", a.0), &format!("{rel}@{}", b.0))
-                .to_string()),
+            (Some(x), Some(y)) => Ok(unified_diff(
+                &x,
+                &y,
+                &format!("{rel}@{}", a.0),
+                &format!("{rel}@{}", b.0),
+            )),
             _ => Ok(format!(
                 "binary files differ: {rel}@{} ({} bytes, {}) vs {rel}@{} ({} bytes, {})\n",
                 a.0,

@@ -291,7 +291,7 @@ impl SyncNet {
                         .map(|(_, e)| e.size)
                         .sum::<u64>(),
                 );
-                self.incoming(&peer, incoming.0, incoming.1, false);
+                self.incoming(&peer, conn.stable_id(), incoming.0, incoming.1, false);
                 if !missing.is_empty() || !history_missing.is_empty() {
                     let n = missing.len() + history_missing.len();
                     let need: std::collections::HashSet<ChunkId> =
@@ -321,6 +321,7 @@ impl SyncNet {
                 }
             }
         };
+        let conn_id = conn.stable_id();
         let applier = async {
             let key = meta_key(&peer);
             let ckey = check_key(&peer);
@@ -416,7 +417,7 @@ impl SyncNet {
                     self.update_status(&peer, |s| s.last_error = Some(message));
                     retry_at = Some(tokio::time::Instant::now() + APPLY_RETRY);
                 }
-                self.incoming(&peer, incoming.0, incoming.1, true);
+                self.incoming(&peer, conn_id, incoming.0, incoming.1, true);
                 tracing::debug!("applied; sequence {seq}");
                 if any {
                     metrics::histogram!("sync_latency_seconds")

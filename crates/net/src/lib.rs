@@ -81,8 +81,8 @@ struct PeerState {
     /// Chunk bytes per second, each way.
     send_meter: status::Meter,
     recv_meter: status::Meter,
-    /// Files being fetched from it.
-    incoming: status::Incoming,
+    /// Files being fetched from it, per session (connection's stable id).
+    incoming: HashMap<usize, status::Incoming>,
     /// Open connections and whether this node dialed each.
     conns: Vec<(Connection, bool)>,
     /// Connections whose handshake completed (by `stable_id`): only those

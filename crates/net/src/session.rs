@@ -142,11 +142,8 @@ impl SyncNet {
             if let Some(s) = st.get_mut(&peer) {
                 s.status.connected = s.status.connected.saturating_sub(1);
                 s.conns.retain(|(c, _)| c.stable_id() != conn.stable_id());
-                // Batches prepared by the last session will never be applied
-                // by it (a duplicate's end leaves the live session's own).
-                if s.conns.is_empty() {
-                    s.incoming = Default::default();
-                }
+                // Batches this session prepared will never be applied by it.
+                s.incoming.remove(&conn.stable_id());
                 s.established.remove(&conn.stable_id());
                 let cs = conn.stats();
                 s.closed_bytes.0 += cs.udp_tx.bytes;

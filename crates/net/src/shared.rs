@@ -53,6 +53,23 @@ impl Shared {
             .map_err(|e| Error::Internal(format!("store reader task: {e}")))?
     }
 
+    /// This folder's public id (the same on every node of the mesh).
+    pub fn folder_id(&self) -> &str {
+        &self.codec.keys().folder_id
+    }
+
+    /// Runs `f` with a read-only view of the folder (store and working
+    /// tree), on a blocking thread; it never waits for the writer.
+    pub async fn with_view<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&sovryn_engine::Reader) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || f(&readers.get()))
+            .await
+            .map_err(|e| Error::Internal(format!("store reader task: {e}")))
+    }
+
     /// Runs `f` with the node locked, on a blocking thread.
     pub async fn with_node<R: Send + 'static>(
         &self,

@@ -306,11 +306,14 @@ impl SyncNet {
                         s.connected = p.established.len() as u32;
                         s.receive_rate = p.recv_meter.rate();
                         s.send_rate = p.send_meter.rate();
-                        s.to_receive_files = p
+                        let files: u64 = p.incoming.values().map(|i| i.files).sum();
+                        s.to_receive_files =
+                            files.max(s.remote_seq.saturating_sub(s.received_upto));
+                        s.to_receive_bytes = p
                             .incoming
-                            .files
-                            .max(s.remote_seq.saturating_sub(s.received_upto));
-                        s.to_receive_bytes = p.incoming.bytes.saturating_sub(p.incoming.fetched);
+                            .values()
+                            .map(|i| i.bytes.saturating_sub(i.fetched))
+                            .sum();
                         s
                     }
                     None => PeerStatus::default(),
@@ -381,28 +384,41 @@ impl SyncNet {
         out
     }
 
-    /// Counts chunk bytes sent to or received from `peer`.
-    pub(crate) fn count_chunk(&self, peer: &EndpointId, sent: bool, n: u64) {
+    /// Counts chunk bytes sent to `peer`, or received from it on `conn`.
+    pub(crate) fn count_chunk(&self, peer: &EndpointId, conn: Option<usize>, n: u64) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let p = st.entry(*peer).or_default();
-        if sent {
-            p.send_meter.add(n);
-        } else {
-            p.recv_meter.add(n);
-            p.incoming.fetched += n;
+        match conn {
+            None => p.send_meter.add(n),
+            Some(c) => {
+                p.recv_meter.add(n);
+                if let Some(i) = p.incoming.get_mut(&c) {
+                    i.fetched += n;
+                }
+            }
         }
     }
 
-    /// Adds (or, with `done`, removes) a batch of files being fetched.
-    pub(crate) fn incoming(&self, peer: &EndpointId, files: u64, bytes: u64, done: bool) {
+    /// Adds (or, with `done`, removes) a batch of files being fetched by
+    /// the session on `conn`. Per session: a duplicate connection that
+    /// ends takes only its own batches along.
+    pub(crate) fn incoming(
+        &self,
+        peer: &EndpointId,
+        conn: usize,
+        files: u64,
+        bytes: u64,
+        done: bool,
+    ) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let i = &mut st.entry(*peer).or_default().incoming;
+        let map = &mut st.entry(*peer).or_default().incoming;
+        let i = map.entry(conn).or_default();
         if done {
             i.files = i.files.saturating_sub(files);
             i.bytes = i.bytes.saturating_sub(bytes);
             i.fetched = i.fetched.saturating_sub(bytes);
             if i.files == 0 {
-                *i = Incoming::default();
+                map.remove(&conn);
             }
         } else {
             i.files += files;

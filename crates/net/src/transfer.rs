@@ -155,7 +155,7 @@ impl SyncNet {
                                     wire::write_sealed(&mut send, &id, c.raw_len, &c.sealed).await?;
                                     metrics::counter!("bytes_transferred_total", "direction" => "sent")
                                         .increment(c.sealed.len() as u64);
-                                    me.count_chunk(&peer, true, c.raw_len as u64);
+                                    me.count_chunk(&peer, None, c.raw_len as u64);
                                 }
                                 None => wire::write_msg(&mut send, &Msg::NoChunk { id }).await?,
                             }
@@ -281,7 +281,7 @@ impl SyncNet {
                     bail!("peer sent a chunk that was not asked for")
                 }
                 Frame::Sealed(id, raw_len, sealed) => {
-                    self.count_chunk(&peer, false, u64::from(raw_len));
+                    self.count_chunk(&peer, Some(conn.stable_id()), u64::from(raw_len));
                     self.received(&limit, sealed.len()).await;
                     Received::Sealed(SealedChunk {
                         id,

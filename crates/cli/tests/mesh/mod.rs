@@ -186,7 +186,7 @@ impl Peer {
         }
         let vs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let mut contents = Vec::new();
-        for v in vs.as_array().unwrap() {
+        for v in vs["versions"].as_array().unwrap() {
             if v["deleted"] == true {
                 continue;
             }
