@@ -173,6 +173,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::FolderKey => {
             let key = unlock::master_key(&ctx.home, ctx.passphrase_file.as_deref())?;
+            if ctx.json {
+                return output::json(&json!({ "folder_key": key.to_hex() }));
+            }
             println!("{}", key.to_hex());
             Ok(())
         }
@@ -458,6 +461,9 @@ fn remove(ctx: &Ctx, path: &str, force: bool) -> Result<()> {
         Ok(rel)
     })?;
     crate::reload::notify_node(&ctx.home);
+    if ctx.json {
+        return output::json(&json!({ "path": rel, "kept": false }));
+    }
     println!("{rel} is no longer kept on this node; its history is kept and the local files were left in place");
     Ok(())
 }
@@ -478,6 +484,9 @@ fn keep(ctx: &Ctx, path: &str) -> Result<()> {
         Ok(rel)
     })?;
     crate::reload::notify_node(&ctx.home);
+    if ctx.json {
+        return output::json(&json!({ "path": rel, "kept": true }));
+    }
     println!(
         "{} is kept on this node again (the next scan records it)",
         output::printable(&rel)
@@ -750,15 +759,27 @@ fn config(ctx: &Ctx, action: ConfigAction) -> Result<()> {
     match action {
         ConfigAction::Get { key } if sovryn_engine::config::is_secret_key(&key) => {
             let set = config.get(&key)? != "(unset)";
+            if ctx.json {
+                return output::json(&json!({ "key": key, "secret": true, "set": set }));
+            }
             println!(
                 "{key} is {} (a secret: read config.toml)",
                 if set { "set" } else { "unset" }
             );
         }
         ConfigAction::Get { key } if key == "offline_mode" => {
+            if ctx.json {
+                return output::json(&json!({ "key": key, "value": ctx.home.is_paused() }));
+            }
             println!("{}", ctx.home.is_paused());
         }
-        ConfigAction::Get { key } => println!("{}", output::printable(&config.get(&key)?)),
+        ConfigAction::Get { key } => {
+            let value = config.get(&key)?;
+            if ctx.json {
+                return output::json(&json!({ "key": key, "value": value }));
+            }
+            println!("{}", output::printable(&value))
+        }
         ConfigAction::Set { key, value } if key == "offline_mode" => {
             // The spec's name for pausing sync (kept across restarts).
             let on: bool = value
@@ -773,7 +794,15 @@ fn config(ctx: &Ctx, action: ConfigAction) -> Result<()> {
                 Ok(c.clone())
             })?;
             crate::reload::notify_node(&ctx.home);
-            if sovryn_engine::config::is_secret_key(&key) {
+            let secret = sovryn_engine::config::is_secret_key(&key);
+            if ctx.json {
+                return output::json(&if secret {
+                    json!({ "key": key, "secret": true, "set": true })
+                } else {
+                    json!({ "key": key, "value": config.get(&key)? })
+                });
+            }
+            if secret {
                 println!("{key} set (a secret: not shown)");
             } else {
                 println!("{key} = {}", output::printable(&config.get(&key)?));

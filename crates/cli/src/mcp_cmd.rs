@@ -485,7 +485,7 @@ fn tokens(home: &Home, json: bool, action: TokensAction) -> Result<()> {
         TokensAction::List => {
             let list = store.list()?;
             if json {
-                return output::json(&list);
+                return output::json(&serde_json::json!({ "tokens": list }));
             }
             if list.is_empty() {
                 println!("no tokens (create one with 'sovryn mcp tokens create')");

@@ -127,3 +127,57 @@ fn remove_refuses_what_is_not_there_and_keep_undoes_it() {
     let err = n.fails(&["keep", "videos"]);
     assert!(err.contains("was not removed"), "{err}");
 }
+
+/// `--json` prints one object with stable field names for every command:
+/// scripts never meet a bare array, a bare string or human text.
+#[test]
+fn json_output_is_always_an_object() {
+    let n = TestNode::new("shapes");
+    n.write("a.txt", b"hello words\n");
+    n.ok(&["scan"]);
+    n.write("a.txt", b"hello again\n");
+    for args in [
+        &["scan"][..],
+        &["add", "a.txt", "-m", "second"],
+        &["ls"],
+        &["versions", "a.txt"],
+        &["cat", "a.txt", "--version", "v1"],
+        &["diff", "a.txt", "v1"],
+        &["search", "hello"],
+        &["stats"],
+        &["status"],
+        &["verify"],
+        &["gc"],
+        &["conflicts", "list"],
+        &["peers", "list"],
+        &["config", "get", "node_name"],
+        &["config", "set", "retention.keep_last", "50"],
+        &["config", "get", "offline_mode"],
+        &["id"],
+        &["mcp", "tokens", "list"],
+        &["daemon", "status"],
+        &["restore", "a.txt", "v1"],
+        &["remove", "a.txt"],
+        &["keep", "a.txt"],
+        &["pause"],
+        &["resume"],
+        &["folder-key"],
+    ] {
+        if args[0] == "cat" {
+            // Bytes, not a report: `cat` prints the file as it is.
+            assert_eq!(n.ok(args), "hello words\n");
+            continue;
+        }
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = n.ok(&a);
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("sovryn {args:?}: not JSON ({e}): {out}"));
+        assert!(v.is_object(), "sovryn {args:?} printed {v}");
+    }
+    // Times are RFC 3339, modes octal strings.
+    let v = n.json(&["versions", "a.txt"]);
+    let t = v["versions"][0]["time"].as_str().unwrap();
+    assert!(t.ends_with('Z') && t.contains('T'), "{t}");
+    assert_eq!(n.json(&["ls"])["entries"][0]["mode"], "0644");
+}
