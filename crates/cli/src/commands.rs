@@ -11,8 +11,8 @@ use sovryn_store::{Access, EntryKind};
 
 use crate::output::{self, bytes};
 use crate::unlock;
-use crate::write_ops::{self, WriteOp, WriteOutcome};
 use crate::{Cli, Command, ConfigAction};
+use sovryn_daemon::write_ops::{self, WriteOp, WriteOutcome};
 
 struct Ctx {
     home: Home,
@@ -50,10 +50,10 @@ pub fn ask(
     passphrase_file: Option<&std::path::Path>,
     query: sovryn_api::Query,
 ) -> Result<sovryn_api::Answer> {
-    let req = crate::control::Request::Query {
+    let req = sovryn_daemon::control::Request::Query {
         query: query.clone(),
     };
-    if let Some(answer) = crate::control::request(home, &req)? {
+    if let Some(answer) = sovryn_daemon::control::request(home, &req)? {
         if answer["ok"] == true {
             return serde_json::from_value(answer["answer"].clone())
                 .context("reading the running node's answer");
@@ -460,7 +460,7 @@ fn remove(ctx: &Ctx, path: &str, force: bool) -> Result<()> {
         }
         Ok(rel)
     })?;
-    crate::reload::notify_node(&ctx.home);
+    sovryn_daemon::notify_config_changed(&ctx.home);
     if ctx.json {
         return output::json(&json!({ "path": rel, "kept": false }));
     }
@@ -483,7 +483,7 @@ fn keep(ctx: &Ctx, path: &str) -> Result<()> {
         }
         Ok(rel)
     })?;
-    crate::reload::notify_node(&ctx.home);
+    sovryn_daemon::notify_config_changed(&ctx.home);
     if ctx.json {
         return output::json(&json!({ "path": rel, "kept": true }));
     }
@@ -628,7 +628,7 @@ fn status(ctx: &Ctx) -> Result<()> {
     let node_id = sovryn_engine::identity::load(&ctx.home.identity())?.public();
     // A running node answers everything (without the key here); else this
     // process opens the store read-only and looks at the disk itself.
-    let live = crate::control::request(&ctx.home, &crate::control::Request::Status)
+    let live = sovryn_daemon::control::request(&ctx.home, &sovryn_daemon::control::Request::Status)
         .ok()
         .flatten();
     let (stats, conflicts, pending, folder_id) = match &live {
@@ -636,8 +636,17 @@ fn status(ctx: &Ctx) -> Result<()> {
             let stats = expect_answer!(ctx.ask(sovryn_api::Query::Stats)?, Stats);
             let conflicts =
                 expect_answer!(ctx.ask(sovryn_api::Query::Conflicts)?, Conflicts).conflicts;
-            let answer = crate::control::request(&ctx.home, &crate::control::Request::Unrecorded)?
-                .unwrap_or_default();
+            let answer = sovryn_daemon::control::request(
+                &ctx.home,
+                &sovryn_daemon::control::Request::Unrecorded,
+            )?
+            .unwrap_or_default();
+            if answer["ok"] != true {
+                bail!(
+                    "the running node could not compare the disk with its index: {}",
+                    answer["error"].as_str().unwrap_or("no reason given")
+                );
+            }
             let pending: Vec<String> = serde_json::from_value(answer["paths"].clone())
                 .context("reading the running node's unrecorded paths")?;
             let folder_id = l["folder_id"].as_str().unwrap_or_default().to_owned();
@@ -793,7 +802,7 @@ fn config(ctx: &Ctx, action: ConfigAction) -> Result<()> {
                 c.set(&key, &value)?;
                 Ok(c.clone())
             })?;
-            crate::reload::notify_node(&ctx.home);
+            sovryn_daemon::notify_config_changed(&ctx.home);
             let secret = sovryn_engine::config::is_secret_key(&key);
             if ctx.json {
                 return output::json(&if secret {

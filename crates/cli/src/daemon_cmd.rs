@@ -10,8 +10,8 @@ use clap::Subcommand;
 use serde_json::json;
 use sovryn_engine::Home;
 
-use crate::control::{request as control_request, Request};
 use crate::output;
+use sovryn_daemon::control::{request as control_request, Request};
 
 /// `sovryn daemon` actions.
 #[derive(Subcommand, Debug)]

@@ -1,17 +1,12 @@
 //! `sovryn`: the command line of a Sovryn node.
 
 mod commands;
-mod control;
-mod daemon;
 mod daemon_cmd;
-mod local_socket;
 mod mcp_cmd;
 mod mcp_stdio;
 mod node_cmd;
 mod output;
-mod reload;
 mod unlock;
-mod write_ops;
 
 use std::path::PathBuf;
 

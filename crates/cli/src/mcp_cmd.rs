@@ -162,11 +162,11 @@ fn start_stop(home: &Home, json: bool, start: bool) -> Result<()> {
         bail!(sovryn_engine::Error::NoNode(home.dir.clone()));
     }
     let req = if start {
-        crate::control::Request::McpStart
+        sovryn_daemon::control::Request::McpStart
     } else {
-        crate::control::Request::McpStop
+        sovryn_daemon::control::Request::McpStop
     };
-    let Some(answer) = crate::control::request(home, &req)? else {
+    let Some(answer) = sovryn_daemon::control::request(home, &req)? else {
         bail!("{NOT_RUNNING}");
     };
     if answer["ok"].as_bool() != Some(true) {
@@ -197,11 +197,11 @@ fn start_stop(home: &Home, json: bool, start: bool) -> Result<()> {
 /// (`mcp_stdio`), with what was read past its answer; `None` when no node runs.
 pub(crate) fn daemon_stream(home: &Home) -> Result<Option<std::os::unix::net::UnixStream>> {
     use std::io::Read;
-    let sock = crate::daemon::control_socket(home);
+    let sock = sovryn_daemon::control_socket(home);
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&sock) else {
         return Ok(None);
     };
-    stream.write_all(&crate::control::Request::McpStdio.line()?)?;
+    stream.write_all(&sovryn_daemon::control::Request::McpStdio.line()?)?;
     // Read the answer byte by byte: nothing of the MCP stream after it is consumed.
     let mut line = Vec::new();
     let mut b = [0u8; 1];
@@ -316,7 +316,7 @@ fn status(home: &Home, json: bool, port: Option<u16>) -> Result<()> {
     }
     // A running node says where its listener is (it may have been started
     // with `sovryn mcp start`, or be off).
-    let daemon = crate::control::request(home, &crate::control::Request::Status)
+    let daemon = sovryn_daemon::control::request(home, &sovryn_daemon::control::Request::Status)
         .ok()
         .flatten();
     let daemon_url = daemon

@@ -95,7 +95,7 @@ pub async fn serve(home: Home, node: Node) -> Result<()> {
     let node = Arc::new(Mutex::new(node));
     let state =
         sovryn_mcp::McpState::with_channel(node.clone(), tokio::sync::broadcast::channel(1024).0)?;
-    let handover = crate::local_socket::bind_private(&handover_socket(&home))?;
+    let handover = sovryn_daemon::local_socket::bind_private(&handover_socket(&home))?;
     let (client_end, server_end) = tokio::io::duplex(1 << 20);
     let (server_r, server_w) = tokio::io::split(server_end);
     let server = tokio::spawn(sovryn_mcp::serve_io(state, server_r, server_w));
@@ -133,7 +133,7 @@ pub async fn serve(home: Home, node: Node) -> Result<()> {
             },
             asked = handover.accept() => {
                 let (stream, _) = asked?;
-                if crate::local_socket::same_user(&stream) {
+                if sovryn_daemon::local_socket::same_user(&stream) {
                     break stream;
                 }
             }

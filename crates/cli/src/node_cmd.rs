@@ -13,9 +13,9 @@ use sovryn_engine::identity::PublicKey;
 use sovryn_engine::{Config, Home, Node};
 use sovryn_store::Access;
 
-use crate::daemon::Daemon;
 use crate::output;
 use crate::unlock;
+use sovryn_daemon::Daemon;
 
 /// Commands that run the node or manage its peers.
 #[derive(Subcommand, Debug)]
@@ -175,7 +175,8 @@ fn up(home: &Home, passphrase_file: Option<&Path>, listen: Option<String>) -> Re
         writeln!(out, "ready")?;
         out.flush()?;
         drop(out);
-        daemon.run().await
+        daemon.run().await?;
+        anyhow::Ok(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())
@@ -185,12 +186,12 @@ fn sync(home: &Home, json: bool, timeout: u64) -> Result<()> {
     if home.is_paused() {
         bail!("sync is paused on this node; run 'sovryn resume' first");
     }
-    let req = crate::control::Request::Sync {
+    let req = sovryn_daemon::control::Request::Sync {
         timeout_ms: timeout.saturating_mul(1000),
     };
     // On a terminal, what is left and how fast it moves, while it waits.
     let progress = (!json && std::io::stderr().is_terminal()).then(|| sync_progress(home));
-    let answer = crate::control::request(home, &req);
+    let answer = sovryn_daemon::control::request(home, &req);
     if let Some((bar, stop)) = progress {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         bar.finish_and_clear();
@@ -239,7 +240,9 @@ fn sync_progress(
     let (b, s, home) = (bar.clone(), stop.clone(), home.clone());
     std::thread::spawn(move || {
         while !s.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok(Some(st)) = crate::control::request(&home, &crate::control::Request::Status) {
+            if let Ok(Some(st)) =
+                sovryn_daemon::control::request(&home, &sovryn_daemon::control::Request::Status)
+            {
                 let lines: Vec<String> = st["peers"]
                     .as_array()
                     .into_iter()
@@ -320,7 +323,7 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
                     .unwrap_or(peer);
                 Ok((updated, peer))
             })?;
-            crate::reload::notify_node(home);
+            sovryn_daemon::notify_config_changed(home);
             if json {
                 output::json(&json!({"peer": peer, "updated": updated}))
             } else {
@@ -337,9 +340,10 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
             }
         }
         PeersAction::List => {
-            let live = crate::control::request(home, &crate::control::Request::Status)
-                .ok()
-                .flatten();
+            let live =
+                sovryn_daemon::control::request(home, &sovryn_daemon::control::Request::Status)
+                    .ok()
+                    .flatten();
             let live_of = |id: &str| {
                 live.as_ref().and_then(|l| {
                     l["peers"]
@@ -406,7 +410,7 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
                 }
                 Ok(before - config.peers.len())
             })?;
-            crate::reload::notify_node(home);
+            sovryn_daemon::notify_config_changed(home);
             if json {
                 output::json(&json!({"removed": removed}))
             } else {
@@ -414,54 +418,6 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
                 Ok(())
             }
         }
-    }
-}
-
-/// `pause` / `resume` on the running node: the marker (kept across
-/// restarts), then the sessions.
-pub async fn pause_now(d: &Daemon, pause: bool) -> serde_json::Value {
-    let home = match d.shared.with_node(|n| Ok(n.home.clone())).await {
-        Ok(h) => h,
-        Err(e) => return json!({"ok": false, "error": format!("{e:#}")}),
-    };
-    if pause {
-        return match std::fs::write(home.pause_marker(), b"") {
-            Ok(()) => {
-                d.net
-                    .pause(&Config::load(&home).map(|c| c.peers).unwrap_or_default());
-                tracing::info!("sync paused");
-                json!({"ok": true, "paused": true})
-            }
-            Err(e) => json!({"ok": false, "error": format!("writing the pause marker: {e}")}),
-        };
-    }
-    let _ = std::fs::remove_file(home.pause_marker());
-    match Config::load(&home) {
-        Ok(c) => {
-            d.net.resume(&c.peers);
-            tracing::info!("sync resumed");
-            json!({"ok": true, "paused": false})
-        }
-        Err(e) => json!({"ok": false, "error": format!("reading the config: {e}")}),
-    }
-}
-
-/// `conflicts resolve` on the running node.
-pub async fn resolve_now(d: &Daemon, path: String, keep: String) -> serde_json::Value {
-    let done = d
-        .shared
-        .with_node(move |n| {
-            let keep: sovryn_engine::conflicts::Keep = keep.parse()?;
-            let r = n.resolve_conflict(&path, keep, None)?;
-            Ok((r, n.store.sequence()?))
-        })
-        .await;
-    match done {
-        Ok((r, seq)) => {
-            d.shared.publish(seq, r.changed.clone());
-            json!({"ok": true, "resolution": r})
-        }
-        Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
     }
 }
 
@@ -475,11 +431,11 @@ fn pause_resume(home: &Home, json: bool, pause: bool) -> Result<()> {
         bail!("no node in {}", home.dir.display());
     }
     let req = if pause {
-        crate::control::Request::Pause
+        sovryn_daemon::control::Request::Pause
     } else {
-        crate::control::Request::Resume
+        sovryn_daemon::control::Request::Resume
     };
-    let running = match crate::control::request(home, &req)? {
+    let running = match sovryn_daemon::control::request(home, &req)? {
         Some(a) => {
             if a["ok"].as_bool() != Some(true) {
                 bail!(
@@ -551,11 +507,11 @@ fn conflicts(
             let cwd = std::env::current_dir().context("reading the current directory")?;
             let config = Config::load(home)?;
             let rel = sovryn_engine::paths::resolve_user_path(&config.storage_path, &cwd, &path)?;
-            let req = crate::control::Request::ConflictsResolve {
+            let req = sovryn_daemon::control::Request::ConflictsResolve {
                 path: rel.clone(),
                 keep: keep.clone(),
             };
-            let res: serde_json::Value = match crate::control::request(home, &req)? {
+            let res: serde_json::Value = match sovryn_daemon::control::request(home, &req)? {
                 Some(a) => {
                     if a["ok"].as_bool() != Some(true) {
                         bail!(

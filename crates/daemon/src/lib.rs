@@ -1,16 +1,36 @@
-//! The running node (`sovryn up`): the opened node shared between the
-//! watcher, the periodic rescan, the sync service and the MCP HTTP server
-//! (when `mcp.enabled`).
+//! Sovryn's running node (`sovryn up`, `sovryn daemon start`): the opened
+//! node shared by the watcher, the periodic rescan, the sync service and the
+//! MCP HTTP server (when `mcp.enabled`), under one supervisor; config change
+//! events ([`reload`]); and the typed control protocol on its local socket
+//! ([`control`]), through which every command of the command line reaches a
+//! running node.
+//!
+//! * [`control`]: the versioned request protocol and its client.
+//! * [`write_ops`]: the writes the command line asks for (add, scan,
+//!   restore, gc), run here or by the command line itself.
+//! * [`local_socket`]: sockets only this user may use.
+
+pub mod control;
+mod error;
+pub mod local_socket;
+mod reload;
+mod requests;
+mod supervisor;
+pub mod write_ops;
+
+pub use error::{Error, Result};
+pub use reload::notify_config_changed;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 use sovryn_engine::scan::ScanOptions;
 use sovryn_engine::{Config, Home, Node};
 use sovryn_net::{Shared, SharedNode, SyncNet};
+use supervisor::Supervisor;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 /// Debounce window of the file watcher (most of the change-to-peer latency).
@@ -70,6 +90,10 @@ impl Daemon {
 
     /// Opens the sync endpoint for an opened node and scans it once.
     pub async fn start(node: Node, listen: Option<String>) -> Result<Self> {
+        Ok(Self::open(node, listen).await?)
+    }
+
+    async fn open(node: Node, listen: Option<String>) -> anyhow::Result<Self> {
         let listen = listen.unwrap_or_else(|| node.config.listen.clone());
         let listen: SocketAddr = listen
             .parse()
@@ -149,6 +173,10 @@ impl Daemon {
 
     /// Scans `paths` (`""`: everything) and announces what changed.
     pub async fn rescan(&self, paths: Vec<String>) -> Result<()> {
+        Ok(self.scan_paths(paths).await?)
+    }
+
+    async fn scan_paths(&self, paths: Vec<String>) -> anyhow::Result<()> {
         let new_ignore_rules = paths
             .iter()
             .any(|p| p.rsplit('/').next() == Some(sovryn_engine::rules::IGNORE_FILE));
@@ -197,19 +225,33 @@ impl Daemon {
 
     /// Runs until SIGINT or SIGTERM: sync sessions, the watcher, the
     /// periodic rescan and reloading peers from `config.toml`.
-    pub async fn run(mut self) -> Result<()> {
+    pub async fn run(self) -> Result<()> {
+        Ok(self.serve().await?)
+    }
+
+    async fn serve(mut self) -> anyhow::Result<()> {
         let (_, mut rx) = mpsc::channel(1);
         std::mem::swap(&mut rx, &mut self.watched);
         let this = Arc::new(self);
-        let runner = tokio::spawn(this.net.clone().run());
-        let scanner = {
+        let mut tasks = Supervisor::new();
+        {
+            let net = this.net.clone();
+            tasks.spawn("sync", async move {
+                net.run().await;
+                Ok(())
+            });
+        }
+        {
             let this = this.clone();
-            tokio::spawn(async move {
+            tasks.spawn("scanner", async move {
                 let mut full = tokio::time::interval(FULL_RESCAN);
                 full.tick().await;
                 loop {
                     let mut paths = tokio::select! {
-                        p = rx.recv() => match p { Some(p) => p, None => break },
+                        p = rx.recv() => match p {
+                            Some(p) => p,
+                            None => anyhow::bail!("the file watcher stopped"),
+                        },
                         _ = full.tick() => match this.changed_on_disk().await {
                             Ok(p) => p,
                             Err(e) => {
@@ -228,36 +270,37 @@ impl Daemon {
                         paths.push(String::new());
                     }
                     tracing::debug!("rescanning {} paths", paths.len());
-                    if let Err(e) = this.rescan(paths).await {
+                    if let Err(e) = this.scan_paths(paths).await {
                         tracing::warn!("rescan: {e:#}");
                     }
                 }
-            })
-        };
-        let reloader = {
+            });
+        }
+        {
             let this = this.clone();
-            tokio::spawn(async move {
+            tasks.spawn("config", async move {
                 loop {
                     this.config_touched.notified().await;
                     this.reload_config().await;
                 }
-            })
-        };
-        let storage_gauge = {
+            });
+        }
+        {
             let packs = sovryn_store::Store::pack_dir(&this.home.dir);
-            tokio::spawn(async move {
+            tasks.spawn("storage gauge", async move {
                 loop {
                     metrics::gauge!("storage_used_bytes").set(dir_bytes(&packs) as f64);
                     tokio::time::sleep(Duration::from_secs(10)).await;
                 }
-            })
-        };
-        let control = {
+            });
+        }
+        {
             let this = this.clone();
-            let listener = crate::local_socket::bind_private(&control_socket(&this.home))?;
-            tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    if !crate::local_socket::same_user(&stream) {
+            let listener = local_socket::bind_private(&control_socket(&this.home))?;
+            tasks.spawn("control socket", async move {
+                loop {
+                    let (stream, _) = listener.accept().await.context("accepting")?;
+                    if !local_socket::same_user(&stream) {
                         continue;
                     }
                     let this = this.clone();
@@ -267,19 +310,19 @@ impl Daemon {
                         }
                     });
                 }
-            })
-        };
+            });
+        }
         // Writes that do not come from a scan or a peer (MCP tools) are
         // announced on `changes` only: pick up the new sequence so sync
         // sessions push them at once.
-        let poker = {
+        {
             let shared = this.shared.clone();
             let mut rx = shared.changes.subscribe();
-            tokio::spawn(async move {
+            tasks.spawn("change announcer", async move {
                 loop {
                     match rx.recv().await {
                         Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => break,
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
                     }
                     while rx.try_recv().is_ok() {}
                     match shared.with_reader(|s| Ok(s.sequence()?)).await {
@@ -287,27 +330,26 @@ impl Daemon {
                         Err(e) => tracing::warn!("reading the sequence: {e:#}"),
                     }
                 }
-            })
-        };
-        tokio::select! {
-            r = wait_for_signal() => r?,
-            _ = this.stop.notified() => {}
+            });
         }
+        let stopped = tasks
+            .run_until(async {
+                tokio::select! {
+                    r = wait_for_signal() => r,
+                    _ = this.stop.notified() => Ok(()),
+                }
+            })
+            .await;
         eprintln!("stopping");
-        poker.abort();
         this.stop_mcp().await;
-        control.abort();
         let _ = std::fs::remove_file(control_socket(&this.home));
-        scanner.abort();
-        reloader.abort();
-        storage_gauge.abort();
         this.net.shutdown().await;
-        runner.abort();
+        tasks.shutdown().await;
         this.shared
             .with_node(|n| Ok(n.store.flush()?))
             .await
             .context("flushing the store")?;
-        Ok(())
+        stopped
     }
 }
 
@@ -316,7 +358,7 @@ impl Daemon {
     /// from the index, new paths (a new directory as a whole) and recorded
     /// paths gone from disk. Found with a read-only store handle and a
     /// plain walk, so the node's lock is held only to scan what changed.
-    async fn changed_on_disk(&self) -> Result<Vec<String>> {
+    async fn changed_on_disk(&self) -> anyhow::Result<Vec<String>> {
         use std::collections::HashMap;
         let recorded: HashMap<String, Option<sovryn_store::DiskStat>> = self
             .shared
@@ -335,28 +377,47 @@ impl Daemon {
         Ok(out)
     }
 
-    /// Paths on disk that differ from the index and that the rules keep
-    /// (what a scan would record now): `status` on a running node.
-    async fn unrecorded(&self) -> Result<Vec<String>> {
+    /// What a scan would record now (`status` on a running node): the
+    /// paths whose stat differs from the index, scanned without recording.
+    async fn unrecorded(&self) -> anyhow::Result<Vec<String>> {
         let candidates = self.changed_on_disk().await?;
-        let kept = self
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let fallback = candidates.clone();
+        let changed = self
             .shared
             .with_node(move |n| {
-                n.rules.reload();
-                let mut out = Vec::new();
-                for p in candidates {
-                    let keep = match std::fs::symlink_metadata(n.root().join(&p)) {
-                        Ok(m) => n.rules.keeps(&p, m.is_dir() && !m.file_type().is_symlink()),
-                        Err(_) => n.store.file(&p)?.is_some_and(|r| !r.entry.deleted),
-                    };
-                    if keep {
-                        out.push(p);
-                    }
+                let wanted = scannable(n, roots(candidates))?;
+                if wanted.is_empty() {
+                    return Ok(Vec::new());
                 }
-                Ok(out)
+                let opts = ScanOptions {
+                    dry_run: true,
+                    ..Default::default()
+                };
+                match n.scan(&wanted, &opts, &mut |_| {}) {
+                    Ok(r) => Ok(r.changed),
+                    // Something vanished meanwhile: path by path.
+                    Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {
+                        let mut out = Vec::new();
+                        for p in wanted {
+                            if let Ok(r) = n.scan(std::slice::from_ref(&p), &opts, &mut |_| {}) {
+                                out.extend(r.changed);
+                            }
+                        }
+                        Ok(out)
+                    }
+                    Err(e) => Err(e.into()),
+                }
             })
-            .await?;
-        Ok(kept)
+            .await;
+        // A file changing under the dry run: what differs by its stat is
+        // the honest answer until the next look.
+        Ok(changed.unwrap_or_else(|e| {
+            tracing::debug!("dry-run scan for status: {e}");
+            fallback
+        }))
     }
 
     async fn status(&self, seq: u64) -> serde_json::Value {
@@ -431,7 +492,7 @@ impl Daemon {
     /// One request per line, one JSON answer per line. `mcp_stdio` turns
     /// the rest of the connection into an MCP session (`sovryn mcp serve
     /// --stdio` pipes its stdin/stdout to it).
-    async fn serve_control(&self, stream: tokio::net::UnixStream) -> Result<()> {
+    async fn serve_control(&self, stream: tokio::net::UnixStream) -> anyhow::Result<()> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let (r, mut w) = stream.into_split();
         let mut lines = BufReader::new(r).lines();
@@ -497,10 +558,10 @@ impl Daemon {
                     self.sync_now(Duration::from_millis(timeout_ms)).await
                 }
                 Request::McpStdio => unreachable_answer(),
-                Request::Pause => crate::node_cmd::pause_now(self, true).await,
-                Request::Resume => crate::node_cmd::pause_now(self, false).await,
+                Request::Pause => crate::requests::pause_now(self, true).await,
+                Request::Resume => crate::requests::pause_now(self, false).await,
                 Request::ConflictsResolve { path, keep } => {
-                    crate::node_cmd::resolve_now(self, path, keep).await
+                    crate::requests::resolve_now(self, path, keep).await
                 }
             };
             let mut out = serde_json::to_vec(&answer)?;
@@ -805,7 +866,7 @@ fn scannable(n: &Node, roots: Vec<String>) -> Result<Vec<String>, sovryn_store::
     Ok(out)
 }
 
-async fn wait_for_signal() -> Result<()> {
+async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -3,17 +3,17 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use crate::{Error, Result};
 
 /// Binds `path` (replacing a stale socket file) with mode 0600.
 pub fn bind_private(path: &Path) -> Result<tokio::net::UnixListener> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("binding the socket {}", path.display()))?;
+        .map_err(|e| Error::io(format!("binding the socket {}", path.display()), e))?;
     // The socket grants control: owner only, whatever the umask, and every
     // client's credentials are checked too ([`same_user`]).
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("securing the socket {}", path.display()))?;
+        .map_err(|e| Error::io(format!("securing the socket {}", path.display()), e))?;
     Ok(listener)
 }
 

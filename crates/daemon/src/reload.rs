@@ -10,7 +10,7 @@ use serde_json::json;
 use sovryn_engine::config::ConfigChange;
 use sovryn_engine::Config;
 
-use crate::daemon::Daemon;
+use crate::Daemon;
 
 /// How long the file watcher gathers events before a reload.
 pub const CONFIG_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -108,7 +108,7 @@ impl Daemon {
 
 /// Tells a running node that `config.toml` changed, and waits until it
 /// applied the change. Nothing to do when no node runs.
-pub fn notify_node(home: &sovryn_engine::Home) {
+pub fn notify_config_changed(home: &sovryn_engine::Home) {
     match crate::control::request(home, &crate::control::Request::ReloadConfig) {
         Ok(Some(answer)) if answer["ok"] != true => {
             eprintln!(

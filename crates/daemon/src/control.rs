@@ -4,7 +4,7 @@
 //! request is a variant of [`Request`]: unknown commands and other versions
 //! are refused with a clear answer, never guessed at.
 
-use anyhow::{Context, Result};
+use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sovryn_engine::Home;
 
@@ -82,7 +82,8 @@ impl Request {
         let mut line = serde_json::to_vec(&Envelope {
             v: VERSION,
             request: self.clone(),
-        })?;
+        })
+        .map_err(|e| Error::Failed(format!("encoding a control request: {e}")))?;
         line.push(b'\n');
         Ok(line)
     }
@@ -106,18 +107,23 @@ pub fn parse(line: &str) -> Result<Request, String> {
 /// Sends `request` to the node running in `home`; `None` when none runs.
 pub fn request(home: &Home, request: &Request) -> Result<Option<serde_json::Value>> {
     use std::io::{BufRead, Write};
-    let sock = crate::daemon::control_socket(home);
+    let sock = crate::control_socket(home);
     let stream = match std::os::unix::net::UnixStream::connect(&sock) {
         Ok(s) => s,
         Err(_) => return Ok(None),
     };
-    let mut w = stream.try_clone()?;
-    w.write_all(&request.line()?)?;
-    let mut answer = String::new();
-    std::io::BufReader::new(stream).read_line(&mut answer)?;
-    Ok(Some(
-        serde_json::from_str(&answer).context("bad answer from the node")?,
-    ))
+    let talk = || -> std::io::Result<String> {
+        let mut w = stream.try_clone()?;
+        w.write_all(&request.line().map_err(std::io::Error::other)?)?;
+        let mut answer = String::new();
+        std::io::BufReader::new(&stream).read_line(&mut answer)?;
+        Ok(answer)
+    };
+    let answer =
+        talk().map_err(|e| Error::io(format!("talking to the node on {}", sock.display()), e))?;
+    Ok(Some(serde_json::from_str(&answer).map_err(|e| {
+        Error::Failed(format!("bad answer from the node: {e}"))
+    })?))
 }
 
 #[cfg(test)]

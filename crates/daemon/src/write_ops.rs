@@ -4,7 +4,7 @@
 //! socket (typed requests below) instead of failing; without one they open
 //! the store themselves. Either way the same [`execute`] does the work.
 
-use anyhow::{Context, Result};
+use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sovryn_engine::scan::{ScanOptions, ScanReport};
 use sovryn_engine::{Home, Node, View};
@@ -105,14 +105,17 @@ pub fn via_daemon(home: &Home, op: &WriteOp) -> Result<Option<WriteOutcome>> {
         return Ok(None);
     };
     if answer["ok"].as_bool() != Some(true) {
-        anyhow::bail!(
-            "{}",
+        return Err(Error::Failed(
             answer["error"]
                 .as_str()
                 .unwrap_or("the running node refused")
-        );
+                .to_owned(),
+        ));
     }
-    let outcome = serde_json::from_value(answer["outcome"].clone())
-        .context("the running node answered something this version does not know")?;
+    let outcome = serde_json::from_value(answer["outcome"].clone()).map_err(|e| {
+        Error::Failed(format!(
+            "the running node answered something this version does not know: {e}"
+        ))
+    })?;
     Ok(Some(outcome))
 }
