@@ -146,7 +146,7 @@ def test_mcp_write_on_a_lands_on_b_within_a_second(pair):
     hist = json.loads(b.run("versions", "notes/from-agent.md", "--json").stdout)
     versions = hist["versions"] if isinstance(hist, dict) else hist
     newest = versions[0]
-    assert newest["node"] == "alpha", newest
+    assert newest["author"] == "alpha", newest
     assert newest["actor"] == "mcp:agent", newest
 
     # A's server reads back what B now also holds.

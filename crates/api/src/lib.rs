@@ -141,8 +141,8 @@ pub struct Listing {
     pub entries: Vec<EntryInfo>,
 }
 
-/// One version of a path.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One version of a path (also what MCP's `get_version_history` returns).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VersionInfo {
     /// This node's label (`v3`).
     pub version: String,
@@ -151,7 +151,7 @@ pub struct VersionInfo {
     /// When it was made, RFC 3339.
     pub time: String,
     /// The node that made it.
-    pub node: String,
+    pub author: String,
     /// Who made it there (`mcp:<token>` for an agent).
     pub actor: Option<String>,
     /// Bytes.
@@ -240,12 +240,13 @@ fn entry_info(r: &FileRecord) -> EntryInfo {
     }
 }
 
-fn version_info(v: &VersionRecord) -> VersionInfo {
+/// A version as calls return it.
+pub fn version_info(v: &VersionRecord) -> VersionInfo {
     VersionInfo {
         version: format!("v{}", v.label),
         id: v.id(),
         time: rfc3339(v.entry.time_ns),
-        node: v.entry.author.clone(),
+        author: v.entry.author.clone(),
         actor: v.entry.actor.clone(),
         size: v.entry.size,
         deleted: v.entry.deleted,

@@ -567,8 +567,8 @@ fn versions(ctx: &Ctx, path: &str) -> Result<()> {
             (None, _) => String::new(),
         };
         let node_col = match &v.actor {
-            Some(a) => format!("{} ({a})", v.node),
-            None => v.node.clone(),
+            Some(a) => format!("{} ({a})", v.author),
+            None => v.author.clone(),
         };
         let row = format!(
             "{:<8} {:<10} {:<20} {:<14} {:>10}  {}",

@@ -19,7 +19,7 @@ fn version_restore_diff_cat_round_trip() {
         .map(|x| x["version"].as_str().unwrap())
         .collect();
     assert_eq!(labels, ["v2", "v1"]);
-    assert_eq!(v["versions"][0]["node"], "laptop");
+    assert_eq!(v["versions"][0]["author"], "laptop");
     assert_eq!(v["versions"][1]["message"], "first draft");
 
     let out = n.ok(&["restore", "notes/todo.md", "--version", "v1"]);

@@ -27,19 +27,9 @@ impl SovrynServer {
                 .store()
                 .versions(&rel)
                 .map_err(|e| e.to_string())?
-                .into_iter()
+                .iter()
                 .take(limit)
-                .map(|v| VersionOut {
-                    version: label(v.label),
-                    id: v.id(),
-                    time: rfc3339(v.entry.time_ns),
-                    size: v.entry.size,
-                    author: v.entry.author.clone(),
-                    actor: v.entry.actor.clone(),
-                    deleted: v.entry.deleted,
-                    message: v.entry.message.clone(),
-                    content_hash: v.entry.content_hash(),
-                })
+                .map(sovryn_api::version_info)
                 .collect();
             Ok(HistoryOut {
                 path: rel,

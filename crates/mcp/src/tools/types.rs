@@ -422,31 +422,6 @@ pub struct HistoryArgs {
     pub limit: Option<u32>,
 }
 
-/// One version.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct VersionOut {
-    /// Its label on this node (`v3`).
-    pub version: String,
-    /// Its id: the same on every node (`restore_version` accepts it).
-    pub id: String,
-    /// When it was recorded (RFC 3339).
-    pub time: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Node that made it.
-    pub author: String,
-    /// Who on that node, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub actor: Option<String>,
-    /// Whether it is a deletion.
-    pub deleted: bool,
-    /// Its note (e.g. `restored from v1`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Content hash.
-    pub content_hash: String,
-}
-
 /// Result of `get_version_history`.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct HistoryOut {
@@ -455,7 +430,7 @@ pub struct HistoryOut {
     /// The current version.
     pub current: String,
     /// Versions, newest first.
-    pub versions: Vec<VersionOut>,
+    pub versions: Vec<sovryn_api::VersionInfo>,
 }
 
 /// Arguments of `restore_version`.
