@@ -114,17 +114,18 @@ fn start(
         .mode(0o600)
         .open(&log)
         .with_context(|| format!("opening {}", log.display()))?;
+    // The key is opened here, where a terminal can be asked for the
+    // passphrase, and handed to the node over a pipe (never an argument or
+    // the environment, which other processes can read).
+    let key = crate::unlock::master_key(home, passphrase_file)?;
     let exe = std::env::current_exe().context("finding the sovryn binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("--home").arg(&home.dir);
-    if let Some(f) = passphrase_file {
-        cmd.arg("--passphrase-file").arg(f);
-    }
-    cmd.arg("up");
+    cmd.arg("up").arg("--key-stdin");
     if let Some(l) = listen {
         cmd.arg("--listen").arg(l);
     }
-    cmd.stdin(Stdio::null())
+    cmd.stdin(Stdio::piped())
         .stdout(out.try_clone()?)
         .stderr(out)
         .current_dir(&home.dir);
@@ -141,6 +142,13 @@ fn start(
         });
     }
     let mut child = cmd.spawn().context("starting 'sovryn up'")?;
+    {
+        let mut stdin = child.stdin.take().context("the node's standard input")?;
+        let mut line = key.to_hex().into_bytes();
+        line.push(b'\n');
+        std::io::Write::write_all(&mut stdin, &line).context("handing the key to the node")?;
+        // Dropped: the node reads one line and sees the end.
+    }
     let pid = child.id() as i32;
     std::fs::write(pid_path(home), format!("{pid}\n"))?;
     let deadline = Instant::now() + Duration::from_secs(timeout);

@@ -25,6 +25,10 @@ pub enum NodeCommand {
         /// Override the sync listen address (HOST:PORT) for this run.
         #[arg(long)]
         listen: Option<String>,
+        /// Read the opened key (hex, one line) from standard input: how
+        /// `sovryn daemon start` hands over a key it asked a passphrase for.
+        #[arg(long, hide = true)]
+        key_stdin: bool,
     },
     /// Scan now and wait until every connected peer is caught up both ways (needs 'sovryn up').
     Sync {
@@ -117,7 +121,7 @@ pub fn run(
     cmd: NodeCommand,
 ) -> Result<()> {
     match cmd {
-        NodeCommand::Up { listen } => up(home, passphrase_file, listen),
+        NodeCommand::Up { listen, key_stdin } => up(home, passphrase_file, listen, key_stdin),
         NodeCommand::Sync { timeout, force: _ } => sync(home, json, timeout),
         NodeCommand::Peers { action } => peers(home, json, action),
         NodeCommand::Pause => pause_resume(home, json, true),
@@ -131,8 +135,24 @@ pub fn run(
     }
 }
 
-fn up(home: &Home, passphrase_file: Option<&Path>, listen: Option<String>) -> Result<()> {
-    let key = unlock::master_key(home, passphrase_file)?;
+fn up(
+    home: &Home,
+    passphrase_file: Option<&Path>,
+    listen: Option<String>,
+    key_stdin: bool,
+) -> Result<()> {
+    let key = if key_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the key from standard input")?;
+        // A key of another folder is refused when the store opens (its
+        // folder id is checked).
+        sovryn_store::MasterKey::from_hex(line.trim())
+            .context("the key on standard input is not a key")?
+    } else {
+        unlock::master_key(home, passphrase_file)?
+    };
     // An MCP stdio session serving this home in its own process hands the
     // store over and goes on through this node.
     crate::mcp_stdio::ask_release(home)?;
