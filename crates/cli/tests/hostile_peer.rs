@@ -24,7 +24,6 @@ impl Hostile {
     async fn new() -> Self {
         let ep = Endpoint::builder(presets::Minimal)
             .secret_key(SecretKey::generate())
-            .alpns(vec![wire::ALPN.to_vec()])
             .relay_mode(RelayMode::Disabled)
             .clear_ip_transports()
             .bind_addr("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
@@ -39,10 +38,13 @@ impl Hostile {
         self.ep.id().to_string()
     }
 
-    async fn connect(&self, node: &str, port: u16) -> Connection {
+    /// Dials `node` for `folder` (its public id: the ALPN is no secret;
+    /// what guards a folder is its key).
+    async fn connect(&self, node: &str, port: u16, folder: &str) -> Connection {
         let id: EndpointId = node.parse().unwrap();
         let addr = EndpointAddr::new(id).with_ip_addr(format!("127.0.0.1:{port}").parse().unwrap());
-        tokio::time::timeout(Duration::from_secs(10), self.ep.connect(addr, wire::ALPN))
+        let alpn = wire::alpn(folder);
+        tokio::time::timeout(Duration::from_secs(10), self.ep.connect(addr, &alpn))
             .await
             .expect("connect timed out")
             .expect("connect")
@@ -228,9 +230,23 @@ async fn a_peer_without_the_folder_key_gets_nothing() {
     n.trust(&h.id(), None);
     let _up = n.up();
     let node = n.id();
+    let folder = n.json(&["status"])["folder_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A folder the node does not serve: the handshake itself fails.
+    let id: EndpointId = node.parse().unwrap();
+    let addr = EndpointAddr::new(id).with_ip_addr(format!("127.0.0.1:{port}").parse().unwrap());
+    let other = wire::alpn("0123456789abcdef0123456789abcdef");
+    let refused = tokio::time::timeout(Duration::from_secs(10), h.ep.connect(addr, &other)).await;
+    assert!(
+        matches!(refused, Ok(Err(_))),
+        "a folder not served here was accepted"
+    );
 
     // A forged proof, then everything an attacker would pipeline after it.
-    let conn = h.connect(&node, port).await;
+    let conn = h.connect(&node, port, &folder).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send_challenge(&mut send).await;
     let Msg::Challenge { .. } = read(&mut recv).await else {
@@ -273,7 +289,7 @@ async fn a_peer_without_the_folder_key_gets_nothing() {
     );
 
     // Replayed: the node's own proof sent back to it as ours.
-    let conn = h.connect(&node, port).await;
+    let conn = h.connect(&node, port, &folder).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send_challenge(&mut send).await;
     let _challenge = read(&mut recv).await;
@@ -294,7 +310,7 @@ async fn a_peer_without_the_folder_key_gets_nothing() {
     );
 
     // Chunks asked on a side stream before any proof: never served.
-    let conn = h.connect(&node, port).await;
+    let conn = h.connect(&node, port, &folder).await;
     let (_control, _r) = conn.open_bi().await.unwrap();
     if let Ok((mut send, mut recv)) = conn.open_bi().await {
         let _ = wire::write_msg(
@@ -331,8 +347,12 @@ async fn a_scoped_member_gets_and_changes_only_its_scope() {
         & 0o7777;
     let _up = n.up();
     let node = n.id();
+    let folder = n.json(&["status"])["folder_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
-    let conn = h.connect(&node, port).await;
+    let conn = h.connect(&node, port, &folder).await;
     let (mut send, mut recv, _) = join(&h, &conn, &mkey, 0, 0).await;
     let records = index_records(&mut recv).await;
     let paths: Vec<&str> = records.iter().map(|(p, _, _)| p.as_str()).collect();
@@ -452,7 +472,7 @@ async fn a_scoped_member_gets_and_changes_only_its_scope() {
     );
 
     // An oversized frame: the session ends before the node allocates it.
-    let conn = h.connect(&node, port).await;
+    let conn = h.connect(&node, port, &folder).await;
     let (mut send, _recv, _) = join(&h, &conn, &mkey, 0, 0).await;
     let mut head = (u32::MAX).to_be_bytes().to_vec();
     head.push(0);
@@ -479,8 +499,12 @@ async fn narrowing_a_connected_peer_applies_at_once() {
     n.trust(&h.id(), None);
     let _up = n.up();
     let node = n.id();
+    let folder = n.json(&["status"])["folder_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
-    let conn = h.connect(&node, port).await;
+    let conn = h.connect(&node, port, &folder).await;
     let (mut send, mut recv, hello) = join(&h, &conn, &mkey, 0, 0).await;
     let Msg::Hello { epoch, seq, .. } = hello else {
         unreachable!()
@@ -527,7 +551,7 @@ async fn narrowing_a_connected_peer_applies_at_once() {
     assert!(closed.is_ok(), "the live session kept its old rights");
 
     // The next session has the new rights: nothing applied, docs only sent.
-    let conn = h.connect(&node, port).await;
+    let conn = h.connect(&node, port, &folder).await;
     let (mut send, mut recv, _) = join(&h, &conn, &mkey, 0, 0).await;
     serve_chunks(conn.clone(), vec![(id2, body2.clone())], codec.clone());
     let sent = index_records(&mut recv).await;
@@ -553,7 +577,7 @@ async fn narrowing_a_connected_peer_applies_at_once() {
     // log that went backwards; everything comes again from the start.
     n.ok(&["peers", "add", &h.id()]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let conn = h.connect(&node, port).await;
+    let conn = h.connect(&node, port, &folder).await;
     let (_send, mut recv, hello2) = join(&h, &conn, &mkey, seq + 100, epoch).await;
     let again = index_records(&mut recv).await;
     assert!(
@@ -569,7 +593,7 @@ async fn narrowing_a_connected_peer_applies_at_once() {
         "the epoch is rotated after the hello that found it"
     );
     // Another epoch than the node's: everything again too.
-    let conn = h.connect(&node, port).await;
+    let conn = h.connect(&node, port, &folder).await;
     let (_send, mut recv, _) = join(&h, &conn, &mkey, seq, epoch ^ 1).await;
     let again = index_records(&mut recv).await;
     assert!(again.iter().any(|(p, _, _)| p == "secret.txt"));

@@ -53,9 +53,10 @@ impl Allowlist {
 /// The close code with which a paused node refuses (and closes) its peers.
 pub const PAUSED_CODE: u32 = 423;
 
-impl EndpointHooks for Allowlist {
-    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
-        let id = conn.remote_id();
+impl Allowlist {
+    /// The decision of the endpoint's hook for a peer that asked for this
+    /// folder.
+    fn admit(&self, id: EndpointId) -> AfterHandshakeOutcome {
         let allowed = self
             .peers
             .read()
@@ -74,6 +75,46 @@ impl EndpointHooks for Allowlist {
                 error_code: 403u32.into(),
                 reason: b"not an allowed peer".to_vec(),
             }
+        }
+    }
+}
+
+/// The endpoint's hook, shared by the folders served on one endpoint: each
+/// connection names its folder by its ALPN, and that folder's allowlist
+/// decides, right after the TLS handshake and before any application byte.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    folders: Arc<RwLock<HashMap<Vec<u8>, Allowlist>>>,
+}
+
+impl Gate {
+    pub(crate) fn add(&self, alpn: Vec<u8>, allow: Allowlist) {
+        if let Ok(mut m) = self.folders.write() {
+            m.insert(alpn, allow);
+        }
+    }
+    pub(crate) fn remove(&self, alpn: &[u8]) {
+        if let Ok(mut m) = self.folders.write() {
+            m.remove(alpn);
+        }
+    }
+}
+
+impl EndpointHooks for Gate {
+    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        let folder = self
+            .folders
+            .read()
+            .ok()
+            .and_then(|m| m.get(conn.alpn()).cloned());
+        match folder {
+            Some(allow) => allow.admit(conn.remote_id()),
+            // Not a folder served here (TLS already refuses an ALPN the
+            // endpoint does not offer; this covers one just removed).
+            None => AfterHandshakeOutcome::Reject {
+                error_code: 404u32.into(),
+                reason: b"no such folder".to_vec(),
+            },
         }
     }
 }

@@ -141,11 +141,14 @@ impl SyncNet {
         };
         let allow = Allowlist::default();
         allow.replace(peer_map(peers));
+        let alpn = wire::alpn(&folder_id);
+        let gate = Gate::default();
+        gate.add(alpn.clone(), allow.clone());
         let endpoint = Endpoint::builder(presets::Minimal)
             .secret_key(secret)
-            .alpns(vec![ALPN.to_vec()])
+            .alpns(vec![alpn.clone()])
             .relay_mode(relay_mode)
-            .hooks(allow.clone())
+            .hooks(gate.clone())
             .clear_ip_transports()
             .bind_addr(listen)
             .map_err(|e| Error::Endpoint(format!("bad listen address {listen}: {e}")))?
@@ -156,8 +159,12 @@ impl SyncNet {
         if let Some(url) = &discovery.relay {
             tracing::info!("relay {url}");
         }
-        Ok(Arc::new(SyncNet {
+        let net = Arc::new(SyncNet {
             endpoint,
+            alpn: alpn.clone(),
+            owner: true,
+            gate,
+            routes: Default::default(),
             shared,
             allow,
             state: Mutex::new(HashMap::new()),
@@ -166,7 +173,74 @@ impl SyncNet {
             short_id,
             limits: RwLock::new(Limits::default()),
             discovery,
-        }))
+        });
+        net.route(&net);
+        Ok(net)
+    }
+
+    /// Serves another folder of this node (`shared`, with its `peers`) on
+    /// this service's endpoint: its own ALPN, allowlist, sessions and
+    /// limits; the same node id, addresses and discovery.
+    pub async fn attach(
+        self: &Arc<Self>,
+        shared: Shared,
+        peers: &[PeerConfig],
+    ) -> Result<Arc<Self>, Error> {
+        let (folder_id, name, short_id) = {
+            let n = shared
+                .node
+                .lock()
+                .map_err(|_| Error::Internal("node lock poisoned".into()))?;
+            (
+                n.store.folder_id().to_owned(),
+                n.config.node_name.clone(),
+                n.short_id.clone(),
+            )
+        };
+        let alpn = wire::alpn(&folder_id);
+        if self.route_of(&alpn).is_some() {
+            return Err(Error::Endpoint(format!(
+                "folder {folder_id} is already served on this endpoint"
+            )));
+        }
+        let allow = Allowlist::default();
+        allow.replace(peer_map(peers));
+        self.gate.add(alpn.clone(), allow.clone());
+        let net = Arc::new(SyncNet {
+            endpoint: self.endpoint.clone(),
+            alpn,
+            owner: false,
+            gate: self.gate.clone(),
+            routes: self.routes.clone(),
+            shared,
+            allow,
+            state: Mutex::new(HashMap::new()),
+            folder_id,
+            name,
+            short_id,
+            limits: RwLock::new(Limits::default()),
+            discovery: self.discovery.clone(),
+        });
+        net.route(&net);
+        Ok(net)
+    }
+
+    /// Registers `net` as the service of its ALPN, and offers every served
+    /// ALPN in TLS.
+    fn route(&self, net: &Arc<SyncNet>) {
+        let alpns = match self.routes.write() {
+            Ok(mut r) => {
+                r.insert(net.alpn.clone(), Arc::downgrade(net));
+                r.keys().cloned().collect::<Vec<_>>()
+            }
+            Err(_) => return,
+        };
+        self.endpoint.set_alpns(alpns);
+    }
+
+    /// The service of the folder an ALPN names, if it is served here.
+    fn route_of(&self, alpn: &[u8]) -> Option<Arc<SyncNet>> {
+        self.routes.read().ok()?.get(alpn)?.upgrade()
     }
 
     /// How this node finds peers (what actually started).
@@ -244,14 +318,23 @@ impl SyncNet {
         self.limits.read().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// Accepts connections and dials configured peers until the endpoint closes.
+    /// Dials this folder's peers; the endpoint's owner also accepts the
+    /// connections of every folder served on it and hands each to its
+    /// folder's service. Runs until the endpoint closes.
     pub async fn run(self: Arc<Self>) {
         let dialer = tokio::spawn(self.clone().dial_loop());
+        if !self.owner {
+            let _ = dialer.await;
+            return;
+        }
         while let Some(incoming) = self.endpoint.accept().await {
             let me = self.clone();
             tokio::spawn(async move {
                 match incoming.await {
-                    Ok(conn) => me.run_session(conn, false).await,
+                    Ok(conn) => match me.route_of(conn.alpn()) {
+                        Some(folder) => folder.run_session(conn, false).await,
+                        None => conn.close(404u32.into(), b"no such folder"),
+                    },
                     Err(e) => tracing::info!("incoming connection failed: {e}"),
                 }
             });
@@ -259,9 +342,27 @@ impl SyncNet {
         dialer.abort();
     }
 
-    /// Closes every connection and the endpoint.
+    /// Closes this folder's connections; the owner closes the endpoint.
     pub async fn shutdown(&self) {
-        self.endpoint.close().await;
+        if self.owner {
+            self.endpoint.close().await;
+            return;
+        }
+        self.gate.remove(&self.alpn);
+        let alpns = match self.routes.write() {
+            Ok(mut r) => {
+                r.remove(&self.alpn);
+                r.keys().cloned().collect::<Vec<_>>()
+            }
+            Err(_) => Vec::new(),
+        };
+        self.endpoint.set_alpns(alpns);
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for s in st.values() {
+            for (c, _) in &s.conns {
+                c.close(0u32.into(), b"folder stopped");
+            }
+        }
     }
 
     async fn dial_loop(self: Arc<Self>) {
@@ -338,9 +439,12 @@ impl SyncNet {
         if let Some(url) = &self.discovery.relay {
             addr = addr.with_relay_url(url.clone());
         }
-        let conn = tokio::time::timeout(Duration::from_secs(15), self.endpoint.connect(addr, ALPN))
-            .await
-            .context("timed out")??;
+        let conn = tokio::time::timeout(
+            Duration::from_secs(15),
+            self.endpoint.connect(addr, &self.alpn),
+        )
+        .await
+        .context("timed out")??;
         Ok(conn)
     }
 }

@@ -43,14 +43,14 @@ use sovryn_store::{Causality, ChunkCodec, ChunkId, Entry, SealedChunk, Store};
 use tokio::sync::{broadcast, watch};
 
 use allowlist::sent_to;
-pub use allowlist::{accepted_from, in_scope, peer_map, Allowlist};
+pub use allowlist::{accepted_from, in_scope, peer_map, Allowlist, Gate};
 use bandwidth::{bucket, throttle, Bucket, Limits};
 pub use endpoint::Discovery;
 use session::{check_key, meta_key, msg_name, ControlSend};
 pub use shared::{Shared, SharedNode};
 pub use status::{describe_metrics, LinkState, NetworkTest, PeerStatus};
 use status::{probe, record_error, MAX_PROBE};
-pub use wire::ALPN;
+pub use wire::{alpn, ALPN_PREFIX};
 use wire::{Frame, LogCheck, Msg, PeerRecord, WireRecord};
 
 /// Errors of the sync service's public API. (Sessions with peers report
@@ -93,9 +93,20 @@ struct PeerState {
     backoff: Duration,
 }
 
-/// The sync service: an iroh endpoint and the sessions with peers.
+/// The sync service of one folder: its sessions with peers, on the node's
+/// iroh endpoint (its own, or shared with the other folders: see
+/// [`SyncNet::attach`]).
 pub struct SyncNet {
     endpoint: Endpoint,
+    /// This folder's ALPN on the endpoint.
+    alpn: Vec<u8>,
+    /// Whether this service bound the endpoint (it accepts connections for
+    /// every folder and closes the endpoint at shutdown).
+    owner: bool,
+    /// The endpoint's hook (every folder's allowlist by ALPN).
+    gate: Gate,
+    /// The folders served on the endpoint, by ALPN.
+    routes: Arc<RwLock<HashMap<Vec<u8>, std::sync::Weak<SyncNet>>>>,
     shared: Shared,
     allow: Allowlist,
     state: Mutex<HashMap<EndpointId, PeerState>>,

@@ -123,7 +123,12 @@ pub(crate) struct Incoming {
 fn error_state(text: &str) -> LinkState {
     if text.contains(&format!("(code {})", allowlist::PAUSED_CODE)) {
         LinkState::PeerPaused
-    } else if text.contains("membership proof failed") {
+    } else if text.contains("membership proof failed")
+        // TLS: the peer serves no folder of this ALPN (another folder key,
+        // or a release before folder ALPNs).
+        || text.contains("doesn't support any known protocol")
+        || text.contains("no application protocol")
+    {
         LinkState::WrongFolderKey
     } else if text.contains("not an allowed peer") {
         LinkState::NotAllowedThere
@@ -443,7 +448,7 @@ pub(crate) fn record_error(status: &mut PeerStatus, e: &anyhow::Error) {
 fn describe_error(state: LinkState, text: String) -> String {
     match state {
         LinkState::PeerPaused => "the peer has paused sync ('sovryn resume' there)".into(),
-        LinkState::WrongFolderKey => "the peer keeps another folder (another folder key): join with 'sovryn init --folder-key-file' using 'sovryn folder-key' of a member".into(),
+        LinkState::WrongFolderKey => "the peer keeps another folder (another folder key, or a sovryn too old to serve this one): join with 'sovryn init --folder-key-file' using 'sovryn folder-key' of a member".into(),
         LinkState::NotAllowedThere => {
             format!("{text} (add this node there with 'sovryn peers add')")
         }

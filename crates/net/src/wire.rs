@@ -16,8 +16,14 @@ use sovryn_engine::paths::RelPath;
 use sovryn_store::{ChunkId, Entry, EntryKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The one ALPN of the sync protocol.
-pub const ALPN: &[u8] = b"sovryn/sync/3";
+/// The ALPN prefix of the sync protocol. Each folder is its own protocol on
+/// a node's one endpoint: `sovryn/sync/3/<folder id>`.
+pub const ALPN_PREFIX: &str = "sovryn/sync/3/";
+
+/// The ALPN of the folder whose public id is `folder_id`.
+pub fn alpn(folder_id: &str) -> Vec<u8> {
+    format!("{ALPN_PREFIX}{folder_id}").into_bytes()
+}
 /// Protocol version carried in `Challenge`.
 pub const VERSION: u32 = 3;
 /// Largest JSON message.
