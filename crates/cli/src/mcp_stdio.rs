@@ -28,23 +28,41 @@ const RELEASE_WAIT: Duration = Duration::from_secs(60);
 
 /// Asks an `mcp serve --stdio` process of this home to hand the store over
 /// (before this process opens it for writing). Returns whether one did.
+/// An exchange cut short is tried again: the session may be busy or
+/// between two states; no listener at all means there is no such session.
 pub fn ask_release(home: &Home) -> Result<bool> {
     let path = handover_socket(home);
-    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
-        Ok(s) => s,
-        Err(_) => return Ok(false),
-    };
-    stream.set_read_timeout(Some(RELEASE_WAIT))?;
-    stream.write_all(b"release\n")?;
-    let mut line = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut line)
-        .context("waiting for the MCP stdio session to release the store")?;
-    if line.trim() != "released" {
-        bail!("the MCP stdio session did not release the store ({line:?})");
+    let mut last = None;
+    for _ in 0..10 {
+        let stream = match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(s) => s,
+            Err(_) => return Ok(false),
+        };
+        match exchange(&stream) {
+            Ok(answer) if answer.trim() == "released" => {
+                tracing::info!("took the store over from an MCP stdio session");
+                return Ok(true);
+            }
+            Ok(answer) => last = Some(format!("it answered {answer:?}")),
+            Err(e) => {
+                tracing::warn!("asking the MCP stdio session for the store: {e}");
+                last = Some(e.to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    tracing::info!("took the store over from an MCP stdio session");
-    Ok(true)
+    bail!(
+        "the MCP stdio session did not release the store ({})",
+        last.unwrap_or_default()
+    )
+}
+
+fn exchange(stream: &std::os::unix::net::UnixStream) -> std::io::Result<String> {
+    stream.set_read_timeout(Some(RELEASE_WAIT))?;
+    (&*stream).write_all(b"release\n")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line)
 }
 
 /// What the proxy has seen of the client's session.
@@ -131,12 +149,11 @@ pub async fn serve(home: Home, node: Node) -> Result<()> {
                     return server.await.context("MCP session task")?.map_err(Into::into);
                 }
             },
-            asked = handover.accept() => {
-                let (stream, _) = asked?;
-                if sovryn_daemon::local_socket::same_user(&stream) {
-                    break stream;
-                }
-            }
+            asked = handover.accept() => match asked {
+                Ok((stream, _)) if sovryn_daemon::local_socket::same_user(&stream) => break stream,
+                Ok(_) => {}
+                Err(e) => tracing::warn!("the MCP stdio handover socket: {e}"),
+            },
         }
     };
     // Finish the calls in flight; the client's next lines wait in stdin.

@@ -53,6 +53,15 @@ impl Discovery {
 /// they only see each other, not every iroh application on the network.
 const MDNS_SERVICE: &str = "sovryn";
 
+/// What the folders served on one endpoint share.
+struct OnEndpoint {
+    endpoint: Endpoint,
+    owner: bool,
+    gate: Gate,
+    routes: Arc<RwLock<HashMap<Vec<u8>, std::sync::Weak<SyncNet>>>>,
+    discovery: Discovery,
+}
+
 /// Adds the address lookups `discovery` asks for to a bound endpoint. One
 /// that cannot start (e.g. no multicast-capable interface) is logged and
 /// left out; the node still runs with its configured addresses.
@@ -112,24 +121,12 @@ impl SyncNet {
         listen: SocketAddr,
         peers: &[PeerConfig],
     ) -> Result<Arc<Self>, Error> {
-        let (secret, folder_id, name, short_id, sync): (
-            SecretKey,
-            String,
-            String,
-            String,
-            SyncConfig,
-        ) = {
+        let (secret, sync): (SecretKey, SyncConfig) = {
             let n = shared
                 .node
                 .lock()
                 .map_err(|_| Error::Internal("node lock poisoned".into()))?;
-            (
-                n.secret.clone(),
-                n.store.folder_id().to_owned(),
-                n.config.node_name.clone(),
-                n.short_id.clone(),
-                n.config.sync.clone(),
-            )
+            (n.secret.clone(), n.config.sync.clone())
         };
         let mut discovery = Discovery::from_config(&sync, listen)?;
         if sync.mdns && !discovery.mdns {
@@ -139,14 +136,11 @@ impl SyncNet {
             Some(url) => RelayMode::custom([url.clone()]),
             None => RelayMode::Disabled,
         };
-        let allow = Allowlist::default();
-        allow.replace(peer_map(peers));
-        let alpn = wire::alpn(&folder_id);
         let gate = Gate::default();
-        gate.add(alpn.clone(), allow.clone());
+        // The folders' ALPNs are offered as they are routed (`route`).
         let endpoint = Endpoint::builder(presets::Minimal)
             .secret_key(secret)
-            .alpns(vec![alpn.clone()])
+            .alpns(Vec::new())
             .relay_mode(relay_mode)
             .hooks(gate.clone())
             .clear_ip_transports()
@@ -159,23 +153,17 @@ impl SyncNet {
         if let Some(url) = &discovery.relay {
             tracing::info!("relay {url}");
         }
-        let net = Arc::new(SyncNet {
-            endpoint,
-            alpn: alpn.clone(),
-            owner: true,
-            gate,
-            routes: Default::default(),
+        Self::serve_folder(
+            OnEndpoint {
+                endpoint,
+                owner: true,
+                gate,
+                routes: Default::default(),
+                discovery,
+            },
             shared,
-            allow,
-            state: Mutex::new(HashMap::new()),
-            folder_id,
-            name,
-            short_id,
-            limits: RwLock::new(Limits::default()),
-            discovery,
-        });
-        net.route(&net);
-        Ok(net)
+            peers,
+        )
     }
 
     /// Serves another folder of this node (`shared`, with its `peers`) on
@@ -183,6 +171,26 @@ impl SyncNet {
     /// limits; the same node id, addresses and discovery.
     pub async fn attach(
         self: &Arc<Self>,
+        shared: Shared,
+        peers: &[PeerConfig],
+    ) -> Result<Arc<Self>, Error> {
+        Self::serve_folder(
+            OnEndpoint {
+                endpoint: self.endpoint.clone(),
+                owner: false,
+                gate: self.gate.clone(),
+                routes: self.routes.clone(),
+                discovery: self.discovery.clone(),
+            },
+            shared,
+            peers,
+        )
+    }
+
+    /// The service of `shared`'s folder on an endpoint: registered with the
+    /// endpoint's hook and routes.
+    fn serve_folder(
+        on: OnEndpoint,
         shared: Shared,
         peers: &[PeerConfig],
     ) -> Result<Arc<Self>, Error> {
@@ -198,20 +206,21 @@ impl SyncNet {
             )
         };
         let alpn = wire::alpn(&folder_id);
-        if self.route_of(&alpn).is_some() {
+        let served = on.routes.read().ok().and_then(|r| r.get(&alpn)?.upgrade());
+        if served.is_some() {
             return Err(Error::Endpoint(format!(
                 "folder {folder_id} is already served on this endpoint"
             )));
         }
         let allow = Allowlist::default();
         allow.replace(peer_map(peers));
-        self.gate.add(alpn.clone(), allow.clone());
+        on.gate.add(alpn.clone(), allow.clone());
         let net = Arc::new(SyncNet {
-            endpoint: self.endpoint.clone(),
+            endpoint: on.endpoint,
             alpn,
-            owner: false,
-            gate: self.gate.clone(),
-            routes: self.routes.clone(),
+            owner: on.owner,
+            gate: on.gate,
+            routes: on.routes,
             shared,
             allow,
             state: Mutex::new(HashMap::new()),
@@ -219,7 +228,7 @@ impl SyncNet {
             name,
             short_id,
             limits: RwLock::new(Limits::default()),
-            discovery: self.discovery.clone(),
+            discovery: on.discovery,
         });
         net.route(&net);
         Ok(net)
