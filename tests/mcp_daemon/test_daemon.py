@@ -61,7 +61,9 @@ class Node:
         threading.Thread(target=pump, daemon=True).start()
         if not ready.wait(30):
             self.proc.kill()
-            raise RuntimeError(f"{self.name} did not start: {self.lines} {self.proc.stderr.read()}")
+            log = self.home / "sovryn.log"
+            tail = log.read_text()[-4000:] if log.exists() else ""
+            raise RuntimeError(f"{self.name} did not start: {self.lines} {self.proc.stderr.read()}\nlog:\n{tail}")
 
     def mcp_url(self) -> str | None:
         for line in self.lines:

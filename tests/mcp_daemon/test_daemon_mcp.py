@@ -18,14 +18,22 @@ from test_daemon import Node, mcp_session, wait_connected
 
 
 def stdio_session(node: Node, body, message_handler=None):
+    # The server's stderr goes to a file, shown when the session fails.
+    errlog_path = node.home.parent / f"{node.name}-stdio.err"
+
     async def main():
         params = StdioServerParameters(command=node.bin, args=["--home", str(node.home), "mcp", "serve", "--stdio"])
-        async with stdio_client(params) as (r, w):
-            async with ClientSession(r, w, message_handler=message_handler) as s:
-                await s.initialize()
-                return await body(s)
+        with open(errlog_path, "a") as errlog:
+            async with stdio_client(params, errlog=errlog) as (r, w):
+                async with ClientSession(r, w, message_handler=message_handler) as s:
+                    await s.initialize()
+                    return await body(s)
 
-    return asyncio.run(asyncio.wait_for(main(), timeout=60))
+    try:
+        return asyncio.run(asyncio.wait_for(main(), timeout=60))
+    except BaseException:
+        print("mcp serve --stdio stderr:\n" + errlog_path.read_text() if errlog_path.exists() else "(none)")
+        raise
 
 
 async def ok(s, tool, args):

@@ -154,9 +154,20 @@ fn up(
         unlock::master_key(home, passphrase_file)?
     };
     // An MCP stdio session serving this home in its own process hands the
-    // store over and goes on through this node.
-    crate::mcp_stdio::ask_release(home)?;
-    let node = Node::open(home.clone(), &key, Access::ReadWrite)?;
+    // store over and goes on through this node. One that is just ending
+    // holds the store a moment longer: ask again for a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let node = loop {
+        crate::mcp_stdio::ask_release(home)?;
+        match Node::open(home.clone(), &key, Access::ReadWrite) {
+            Err(sovryn_engine::Error::Store(sovryn_store::Error::Busy(_)))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            opened => break opened?,
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
