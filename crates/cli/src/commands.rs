@@ -84,26 +84,12 @@ fn cwd() -> Result<PathBuf> {
     std::env::current_dir().context("reading the current directory")
 }
 
-fn progress_bar(label: &str) -> indicatif::ProgressBar {
-    let pb = if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new_spinner()
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    pb.set_message(label.to_owned());
-    pb
-}
-
 fn scan_with_progress(
     node: &mut Node,
     prefixes: &[String],
     opts: &ScanOptions,
 ) -> Result<sovryn_engine::scan::ScanReport> {
-    let pb = progress_bar("scanning");
+    let pb = output::progress_bar("scanning");
     let mut last = std::time::Instant::now();
     let report = node.scan(prefixes, opts, &mut |p: &ScanProgress| {
         if last.elapsed().as_millis() >= 100 {
@@ -822,7 +808,7 @@ fn config(ctx: &Ctx, action: ConfigAction) -> Result<()> {
 }
 
 fn verify(ctx: &Ctx) -> Result<()> {
-    let pb = progress_bar("verifying");
+    let pb = output::progress_bar("verifying");
     let report = expect_answer!(ctx.ask(sovryn_api::Query::Verify)?, Verify);
     pb.finish_and_clear();
     if ctx.json {

@@ -260,13 +260,8 @@ fn sync_progress(
     indicatif::ProgressBar,
     std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
+    let bar = output::progress_bar("syncing");
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    bar.set_message("syncing");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (b, s, home) = (bar.clone(), stop.clone(), home.clone());
     std::thread::spawn(move || {

@@ -19,6 +19,22 @@ pub fn rfc3339_human(t: &str) -> String {
     }
 }
 
+/// A spinner on standard error with `label` and the time elapsed (hidden
+/// when standard error is not a terminal).
+pub fn progress_bar(label: &str) -> indicatif::ProgressBar {
+    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    pb.set_message(label.to_owned());
+    pb
+}
+
 /// Formats a byte count (KiB, MiB, …).
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

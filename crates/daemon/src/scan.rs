@@ -15,34 +15,15 @@ impl Daemon {
         let (seq, changed) = self
             .shared
             .with_node(move |n| {
-                let mut changed = Vec::new();
                 // One scan for the whole set: one commit group (one pack sync,
                 // one transaction per 2000 files) instead of one per path.
-                let wanted = scannable(n, roots(paths))?;
-                if wanted.is_empty() {
-                    return Ok((n.store.sequence()?, changed));
-                }
-                match n.scan(&wanted, &ScanOptions::default(), &mut |_| {}) {
-                    Ok(r) => changed.extend(r.changed),
-                    // Something vanished or became ignored in between: path by path.
-                    Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {
-                        for p in wanted {
-                            match n.scan(
-                                std::slice::from_ref(&p),
-                                &ScanOptions::default(),
-                                &mut |_| {},
-                            ) {
-                                Ok(r) => changed.extend(r.changed),
-                                Err(
-                                    sovryn_engine::Error::NotFound(_)
-                                    | sovryn_engine::Error::Usage(_),
-                                ) => {}
-                                Err(e) => tracing::warn!("scanning {p:?}: {e}"),
-                            }
-                        }
+                let changed = match scan_roots(n, paths, &ScanOptions::default()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("scanning: {e}");
+                        Vec::new()
                     }
-                    Err(e) => tracing::warn!("scanning: {e}"),
-                }
+                };
                 Ok((n.store.sequence()?, changed))
             })
             .await?;
@@ -89,28 +70,11 @@ impl Daemon {
         let changed = self
             .shared
             .with_node(move |n| {
-                let wanted = scannable(n, roots(candidates))?;
-                if wanted.is_empty() {
-                    return Ok(Vec::new());
-                }
                 let opts = ScanOptions {
                     dry_run: true,
                     ..Default::default()
                 };
-                match n.scan(&wanted, &opts, &mut |_| {}) {
-                    Ok(r) => Ok(r.changed),
-                    // Something vanished meanwhile: path by path.
-                    Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {
-                        let mut out = Vec::new();
-                        for p in wanted {
-                            if let Ok(r) = n.scan(std::slice::from_ref(&p), &opts, &mut |_| {}) {
-                                out.extend(r.changed);
-                            }
-                        }
-                        Ok(out)
-                    }
-                    Err(e) => Err(e.into()),
-                }
+                Ok(scan_roots(n, candidates, &opts)?)
             })
             .await;
         // A file changing under the dry run: what differs by its stat is
@@ -119,6 +83,35 @@ impl Daemon {
             tracing::debug!("dry-run scan for status: {e}");
             fallback
         }))
+    }
+}
+
+/// Scans `paths` (reduced by [`roots`], kept by the rules) as one group and
+/// returns what changed; when something vanished or became ignored in
+/// between, path by path, skipping those.
+fn scan_roots(
+    n: &mut Node,
+    paths: Vec<String>,
+    opts: &ScanOptions,
+) -> Result<Vec<String>, sovryn_engine::Error> {
+    let wanted = scannable(n, roots(paths))?;
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    match n.scan(&wanted, opts, &mut |_| {}) {
+        Ok(r) => Ok(r.changed),
+        Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {
+            let mut changed = Vec::new();
+            for p in wanted {
+                match n.scan(std::slice::from_ref(&p), opts, &mut |_| {}) {
+                    Ok(r) => changed.extend(r.changed),
+                    Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {}
+                    Err(e) => tracing::warn!("scanning {p:?}: {e}"),
+                }
+            }
+            Ok(changed)
+        }
+        Err(e) => Err(e),
     }
 }
 

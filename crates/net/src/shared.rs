@@ -47,10 +47,7 @@ impl Shared {
         &self,
         f: impl FnOnce(&Store) -> Result<R, Error> + Send + 'static,
     ) -> Result<R, Error> {
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || f(readers.get().store()))
-            .await
-            .map_err(|e| Error::Internal(format!("store reader task: {e}")))?
+        self.with_view(move |r| f(r.store())).await?
     }
 
     /// This folder's public id (the same on every node of the mesh).

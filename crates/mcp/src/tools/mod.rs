@@ -28,6 +28,7 @@ use crate::audit::AuditLine;
 use crate::tokens::{Capability, Principal};
 use crate::work::{Work, CANCELLED};
 use crate::Shared;
+use sovryn_api::rfc3339;
 
 mod conflicts;
 mod history;
@@ -101,16 +102,6 @@ fn kind_name(k: EntryKind) -> &'static str {
         EntryKind::Dir => "directory",
         EntryKind::Symlink => "symlink",
     }
-}
-
-fn rfc3339(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 fn label(n: u64) -> String {
