@@ -107,10 +107,37 @@ fn scan_with_progress(
     Ok(report)
 }
 
+/// Whether a command works on one folder (`-F`) rather than the node.
+fn folder_scoped(command: &Command) -> bool {
+    use crate::node_cmd::NodeCommand;
+    !matches!(
+        command,
+        Command::Init { .. }
+            | Command::Id
+            | Command::Keygen
+            | Command::Unlock
+            | Command::Lock
+            | Command::Folders { .. }
+            | Command::TestNetwork { .. }
+            | Command::Daemon { .. }
+            | Command::Node(NodeCommand::Up { .. })
+            | Command::Node(NodeCommand::Logs { audit: false, .. })
+    )
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    let node_home = Home::locate(cli.home.clone())?;
+    let home = if folder_scoped(&cli.command) {
+        sovryn_engine::folders::select(&node_home, cli.folder.as_deref(), &cwd()?)?.home
+    } else {
+        if cli.folder.is_some() && !matches!(cli.command, Command::Folders { .. }) {
+            bail!("-F/--folder does not apply here: this command works on the whole node");
+        }
+        node_home
+    };
     let ctx = Ctx {
-        home: Home::locate(cli.home.clone())?,
+        home,
         passphrase_file: cli.passphrase_file.clone(),
         json: cli.json,
     };
@@ -230,6 +257,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::TestNetwork { peer, probe_mib } => {
             crate::daemon_cmd::test_network(&ctx.home, ctx.json, peer, probe_mib)
+        }
+        Command::Folders { action } => {
+            crate::folders_cmd::run(&ctx.home, ctx.passphrase_file.as_deref(), ctx.json, action)
         }
         Command::Daemon { action } => {
             crate::daemon_cmd::run(&ctx.home, ctx.passphrase_file.as_deref(), ctx.json, action)

@@ -2,6 +2,7 @@
 
 mod commands;
 mod daemon_cmd;
+mod folders_cmd;
 mod mcp_cmd;
 mod mcp_stdio;
 mod node_cmd;
@@ -22,6 +23,10 @@ pub struct Cli {
     /// File holding the passphrase that opens the master key.
     #[arg(long, global = true, env = "SOVRYN_PASSPHRASE_FILE")]
     pub passphrase_file: Option<PathBuf>,
+    /// The folder a folder-scoped command works on (default: the folder
+    /// whose storage path holds the current directory, else the only one).
+    #[arg(long, short = 'F', global = true, value_name = "NAME")]
+    pub folder: Option<String>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -167,6 +172,11 @@ pub enum Command {
         /// MiB downloaded from each peer to measure throughput (at most 64).
         #[arg(long, default_value_t = 16)]
         probe_mib: u64,
+    },
+    /// The node's folders: list, add, remove, share, unshare.
+    Folders {
+        #[command(subcommand)]
+        action: folders_cmd::FoldersAction,
     },
     /// Run the node in the background: start, stop, status.
     Daemon {

@@ -157,6 +157,12 @@ fn up(
     // store over and goes on through this node. One that is just ending
     // holds the store a moment longer: ask again for a few seconds.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for f in sovryn_engine::folders::list(home)?
+        .iter()
+        .filter(|f| !f.name.is_default())
+    {
+        crate::mcp_stdio::ask_release(&f.home)?;
+    }
     let node = loop {
         crate::mcp_stdio::ask_release(home)?;
         match Node::open(home.clone(), &key, Access::ReadWrite) {
@@ -186,9 +192,19 @@ fn up(
             daemon.net.set_peers(&[]);
             tracing::info!("sync is paused ('sovryn resume' to sync again)");
         }
+        let others = daemon.open_folders(key).await;
         let mut out = std::io::stdout().lock();
         writeln!(out, "node {name} ({})", daemon.net.id())?;
         writeln!(out, "folder {}", root.display())?;
+        for (folder, opened) in others {
+            match opened {
+                Ok(path) => writeln!(out, "folder {folder}: {}", path.display())?,
+                Err(e) => {
+                    tracing::warn!("folder {folder} not served: {e}");
+                    eprintln!("warning: folder {folder} not served: {e}");
+                }
+            }
+        }
         for a in daemon.net.bound_sockets() {
             writeln!(out, "listening on {a}")?;
         }
@@ -321,34 +337,7 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
                 read_only,
                 paths: clean_paths,
             };
-            let (updated, peer) = Config::update(home, |config| {
-                let updated = match config.peers.iter_mut().find(|p| p.id == peer.id) {
-                    Some(p) => {
-                        // Rights are what this command says; a name and
-                        // addresses not given are kept, not dropped.
-                        let mut merged = peer.clone();
-                        if merged.addresses.is_empty() {
-                            merged.addresses = p.addresses.clone();
-                        }
-                        if merged.name.is_none() {
-                            merged.name = p.name.clone();
-                        }
-                        *p = merged;
-                        true
-                    }
-                    None => {
-                        config.peers.push(peer.clone());
-                        false
-                    }
-                };
-                let peer = config
-                    .peers
-                    .iter()
-                    .find(|p| p.id == peer.id)
-                    .cloned()
-                    .unwrap_or(peer);
-                Ok((updated, peer))
-            })?;
+            let (updated, peer) = Config::update(home, |config| Ok(config.upsert_peer(peer)))?;
             sovryn_daemon::notify_config_changed(home);
             if json {
                 output::json(&json!({"peer": peer, "updated": updated}))
@@ -424,18 +413,7 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
             Ok(())
         }
         PeersAction::Remove { peer } => {
-            let removed = Config::update(home, |config| {
-                let before = config.peers.len();
-                config
-                    .peers
-                    .retain(|p| p.id != peer && p.name.as_deref() != Some(peer.as_str()));
-                if config.peers.len() == before {
-                    return Err(sovryn_engine::Error::NotFound(format!(
-                        "no peer '{peer}' (see 'sovryn peers list')"
-                    )));
-                }
-                Ok(before - config.peers.len())
-            })?;
+            let removed = Config::update(home, |config| config.remove_peer(&peer))?;
             sovryn_daemon::notify_config_changed(home);
             if json {
                 output::json(&json!({"removed": removed}))

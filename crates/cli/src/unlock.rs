@@ -84,6 +84,11 @@ pub fn passphrase(file: Option<&Path>, prompt: &str) -> Result<Option<String>> {
 /// Opens the master key of `home`.
 pub fn master_key(home: &Home, passphrase_file: Option<&Path>) -> Result<MasterKey> {
     let kf = Node::key_file(home)?;
+    if kf.is_sealed() {
+        // Another folder of the node: the node's key opens it.
+        let node = sovryn_engine::folders::node_of(home)?;
+        return Ok(kf.unseal(&master_key(&node, passphrase_file)?)?);
+    }
     if !kf.needs_passphrase() {
         return Ok(kf.open(None)?);
     }

@@ -59,6 +59,16 @@ pub enum Request {
     ReloadConfig,
     /// The paths on disk a scan would record now.
     Unrecorded,
+    /// Start serving a folder just added (`sovryn folders add`).
+    OpenFolder {
+        /// Its name.
+        name: String,
+    },
+    /// Stop serving a folder (`sovryn folders remove`).
+    CloseFolder {
+        /// Its name.
+        name: String,
+    },
     /// A read-only question, answered from the node's read-only handles.
     Query {
         /// What to answer.

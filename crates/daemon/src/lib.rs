@@ -12,6 +12,7 @@
 
 pub mod control;
 mod error;
+mod folders;
 pub mod local_socket;
 mod mcp;
 mod reload;
@@ -64,6 +65,11 @@ pub struct Daemon {
     mcp: std::sync::Mutex<Option<McpServer>>,
     /// Notified by a `stop` request on the control socket.
     stop: Notify,
+    /// Set for a folder served on another folder's endpoint: it stops when
+    /// this is cancelled (by that folder), not on signals.
+    attached: Option<tokio_util::sync::CancellationToken>,
+    /// The node's other folders (kept by the endpoint's owner).
+    pub(crate) folders: tokio::sync::Mutex<folders::FolderRuns>,
     /// Config changes as they are applied (see `reload.rs`).
     pub config_events: broadcast::Sender<sovryn_engine::config::ConfigChange>,
     /// Held by the reload in progress.
@@ -88,17 +94,14 @@ impl Daemon {
 
     /// Opens the sync endpoint for an opened node and scans it once.
     pub async fn start(node: Node, listen: Option<String>) -> Result<Self> {
-        Ok(Self::open(node, listen).await?)
+        Ok(Self::open(node, Bind::Listen(listen)).await?)
     }
 
-    async fn open(node: Node, listen: Option<String>) -> anyhow::Result<Self> {
-        let listen = listen.unwrap_or_else(|| node.config.listen.clone());
-        let listen: SocketAddr = listen
-            .parse()
-            .with_context(|| format!("listen address must be HOST:PORT, got '{listen}'"))?;
+    async fn open(node: Node, bind: Bind<'_>) -> anyhow::Result<Self> {
         // A pause outlives restarts.
         let paused = node.home.is_paused();
         let peers = node.config.peers.clone();
+        let config_listen = node.config.listen.clone();
         let mcp_config = node.config.mcp.clone();
         let limits = (
             node.config.sync.max_send_kib_per_sec,
@@ -108,7 +111,19 @@ impl Daemon {
         let home = node.home.clone();
         remove_stale_temp_files(&root);
         let shared = Shared::new(node)?;
-        let net = SyncNet::bind(shared.clone(), listen, &peers).await?;
+        let (net, attached) = match bind {
+            Bind::Listen(listen) => {
+                let listen = listen.unwrap_or_else(|| config_listen.clone());
+                let listen: SocketAddr = listen
+                    .parse()
+                    .with_context(|| format!("listen address must be HOST:PORT, got '{listen}'"))?;
+                (SyncNet::bind(shared.clone(), listen, &peers).await?, None)
+            }
+            Bind::On(owner) => (
+                owner.attach(shared.clone(), &peers).await?,
+                Some(tokio_util::sync::CancellationToken::new()),
+            ),
+        };
         if paused {
             net.pause(&peers);
         }
@@ -160,6 +175,8 @@ impl Daemon {
             mcp_state,
             mcp: std::sync::Mutex::new(mcp),
             stop: Notify::new(),
+            attached,
+            folders: Default::default(),
             config_events: broadcast::channel(64).0,
             reloading: tokio::sync::Mutex::new(()),
             config_touched,
@@ -231,7 +248,7 @@ impl Daemon {
                 }
             });
         }
-        {
+        if this.attached.is_none() {
             let packs = sovryn_store::Store::pack_dir(&this.home.dir);
             tasks.spawn("storage gauge", async move {
                 loop {
@@ -278,15 +295,22 @@ impl Daemon {
                 }
             });
         }
+        let attached = this.attached.clone();
         let stopped = tasks
             .run_until(async {
                 tokio::select! {
-                    r = wait_for_signal() => r,
+                    r = wait_for_signal(), if attached.is_none() => r,
                     _ = this.stop.notified() => Ok(()),
+                    _ = cancelled(attached.as_ref()) => Ok(()),
                 }
             })
             .await;
-        eprintln!("stopping");
+        match &this.attached {
+            None => eprintln!("stopping"),
+            Some(_) => eprintln!("folder {} stopping", this.root.display()),
+        }
+        // The other folders first: they are served on this one's endpoint.
+        this.stop_folders().await;
         this.stop_mcp().await;
         let _ = std::fs::remove_file(control_socket(&this.home));
         this.net.shutdown().await;
@@ -297,6 +321,13 @@ impl Daemon {
             .context("flushing the store")?;
         stopped
     }
+}
+
+/// Where a folder's sync service runs: on its own endpoint (the node's
+/// first folder) or on the endpoint of another folder of the node.
+enum Bind<'a> {
+    Listen(Option<String>),
+    On(&'a Arc<SyncNet>),
 }
 
 /// The running node's control socket in its home.
@@ -315,6 +346,14 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Waits for `token`, forever when there is none.
+async fn cancelled(token: Option<&tokio_util::sync::CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

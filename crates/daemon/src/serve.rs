@@ -14,6 +14,7 @@ impl Daemon {
             "listening": self.net.bound_sockets().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "mcp_url": mcp,
             "peers": self.net.peer_report().await,
+            "folders": self.served_folders().await,
         })
     }
 
@@ -59,6 +60,24 @@ impl Daemon {
                 // holds the store, so it does them (see write_ops.rs).
                 Request::Write { op } => self.write(op).await,
                 Request::ReloadConfig => self.reload_config().await,
+                Request::OpenFolder { name } => {
+                    let opened = match sovryn_engine::folders::FolderName::parse(&name) {
+                        Ok(n) => self.open_folder(&n).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    match opened {
+                        Ok(path) => serde_json::json!({"ok": true, "path": path}),
+                        Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+                    }
+                }
+                Request::CloseFolder { name } => {
+                    match sovryn_engine::folders::FolderName::parse(&name) {
+                        Ok(n) => {
+                            serde_json::json!({"ok": true, "closed": self.close_folder(&n).await})
+                        }
+                        Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+                    }
+                }
                 Request::Unrecorded => match self.unrecorded().await {
                     Ok(paths) => serde_json::json!({"ok": true, "paths": paths}),
                     Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),

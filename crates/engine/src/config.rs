@@ -465,6 +465,43 @@ impl Config {
         Ok(out)
     }
 
+    /// Trusts `peer`, or updates it when its id is known: its rights
+    /// (read-only, paths) become what `peer` says, while a name and
+    /// addresses it does not give are kept, not dropped. Returns whether it
+    /// was known and the entry as it now stands.
+    pub fn upsert_peer(&mut self, peer: PeerConfig) -> (bool, PeerConfig) {
+        match self.peers.iter_mut().find(|p| p.id == peer.id) {
+            Some(p) => {
+                let mut merged = peer;
+                if merged.addresses.is_empty() {
+                    merged.addresses = p.addresses.clone();
+                }
+                if merged.name.is_none() {
+                    merged.name = p.name.clone();
+                }
+                *p = merged.clone();
+                (true, merged)
+            }
+            None => {
+                self.peers.push(peer.clone());
+                (false, peer)
+            }
+        }
+    }
+
+    /// Stops trusting the peer with this id or name; an error when there is none.
+    pub fn remove_peer(&mut self, who: &str) -> Result<usize> {
+        let before = self.peers.len();
+        self.peers
+            .retain(|p| p.id != who && p.name.as_deref() != Some(who));
+        if self.peers.len() == before {
+            return Err(Error::NotFound(format!(
+                "no peer '{who}' (see 'sovryn peers list')"
+            )));
+        }
+        Ok(before - self.peers.len())
+    }
+
     /// The value at a dotted key, as TOML.
     pub fn get(&self, key: &str) -> Result<String> {
         if !CONFIG_KEYS.contains(&key) {

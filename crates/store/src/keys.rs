@@ -22,6 +22,8 @@ const CONTEXT_GEAR_SEED: &str = "sovryn 2026-11 fastcdc gear seed";
 const CONTEXT_FOLDER_ID: &str = "sovryn 2026-11 folder id";
 const CONTEXT_MEMBERSHIP: &str = "sovryn 2026-11 membership proof";
 const WRAP_AAD: &[u8] = b"sovryn master key v1";
+const CONTEXT_FOLDER_SEAL: &str = "sovryn 2026-11 folder key seal";
+const SEAL_AAD: &[u8] = b"sovryn folder key sealed by the node key v1";
 
 /// The 32-byte secret every other key derives from.
 #[derive(Clone)]
@@ -132,6 +134,16 @@ pub enum KeyFile {
         /// One entry per secret that can open the key.
         wraps: Vec<WrappedKeySlot>,
     },
+    /// Another folder of a node: its key sealed by the node's key (the key
+    /// of its first folder), so one passphrase opens every folder.
+    Sealed {
+        /// The folder id of the sealed key.
+        folder_id: String,
+        /// XChaCha20 nonce, hex.
+        nonce: String,
+        /// The sealed key, hex.
+        ciphertext: String,
+    },
 }
 
 /// One way to open a wrapped master key.
@@ -205,6 +217,77 @@ impl KeyFile {
         })
     }
 
+    /// A folder's key sealed by the node's key.
+    pub fn sealed(folder: &MasterKey, node: &MasterKey) -> Result<Self> {
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ct = seal_cipher(node)
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &folder.0,
+                    aad: SEAL_AAD,
+                },
+            )
+            .map_err(|_| Error::BadKey("could not seal the key".into()))?;
+        Ok(KeyFile::Sealed {
+            folder_id: folder.derive().folder_id,
+            nonce: hex::encode(nonce),
+            ciphertext: hex::encode(ct),
+        })
+    }
+
+    /// The public id of the folder whose key this file holds (opens nothing
+    /// that needs a secret).
+    pub fn folder_id(&self) -> Result<String> {
+        match self {
+            KeyFile::Plain { master } => Ok(MasterKey::from_hex(master)?.derive().folder_id),
+            KeyFile::Wrapped { folder_id, .. } | KeyFile::Sealed { folder_id, .. } => {
+                Ok(folder_id.clone())
+            }
+        }
+    }
+
+    /// Whether the node's key opens this key file ([`KeyFile::unseal`]).
+    pub fn is_sealed(&self) -> bool {
+        matches!(self, KeyFile::Sealed { .. })
+    }
+
+    /// Opens a sealed folder key with the node's key.
+    pub fn unseal(&self, node: &MasterKey) -> Result<MasterKey> {
+        let KeyFile::Sealed {
+            folder_id,
+            nonce,
+            ciphertext,
+        } = self
+        else {
+            return Err(Error::BadKey("this key file is not sealed".into()));
+        };
+        let corrupt = || Error::BadKey("corrupt key file".into());
+        let nonce = hex::decode(nonce).map_err(|_| corrupt())?;
+        let ct = hex::decode(ciphertext).map_err(|_| corrupt())?;
+        if nonce.len() != 24 {
+            return Err(corrupt());
+        }
+        let pt = seal_cipher(node)
+            .decrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &ct,
+                    aad: SEAL_AAD,
+                },
+            )
+            .map_err(|_| Error::BadKey("the node's key does not open this folder's key".into()))?;
+        let arr: [u8; 32] = pt.try_into().map_err(|_| corrupt())?;
+        let key = MasterKey(arr);
+        if &key.derive().folder_id != folder_id {
+            return Err(Error::BadKey(
+                "key file does not match its folder id".into(),
+            ));
+        }
+        Ok(key)
+    }
+
     /// Whether opening the key needs a passphrase.
     pub fn needs_passphrase(&self) -> bool {
         matches!(self, KeyFile::Wrapped { .. })
@@ -214,6 +297,9 @@ impl KeyFile {
     pub fn open(&self, secret: Option<&str>) -> Result<MasterKey> {
         match self {
             KeyFile::Plain { master } => MasterKey::from_hex(master),
+            KeyFile::Sealed { .. } => Err(Error::BadKey(
+                "this folder's key is sealed by the node's key".into(),
+            )),
             KeyFile::Wrapped { folder_id, wraps } => {
                 let secret = secret.ok_or(Error::Locked)?;
                 for slot in wraps {
@@ -269,6 +355,11 @@ impl KeyFile {
         let text = serde_json::to_string_pretty(self).map_err(|e| Error::BadKey(e.to_string()))?;
         write_secret_file(path, text.as_bytes())
     }
+}
+
+fn seal_cipher(node: &MasterKey) -> XChaCha20Poly1305 {
+    let key = blake3::derive_key(CONTEXT_FOLDER_SEAL, &node.0);
+    XChaCha20Poly1305::new((&key).into())
 }
 
 /// Writes `bytes` to `path` with mode 0600, crash-safely.
@@ -337,6 +428,20 @@ mod tests {
             t_cost: 1,
             p_cost: 1,
         }
+    }
+
+    #[test]
+    fn sealed_key_opens_with_the_node_key_only() {
+        let node = MasterKey::generate();
+        let folder = MasterKey::generate();
+        let kf = KeyFile::sealed(&folder, &node).unwrap();
+        assert_eq!(kf.unseal(&node).unwrap().to_hex(), folder.to_hex());
+        assert!(kf.unseal(&MasterKey::generate()).is_err());
+        assert!(kf.open(None).is_err());
+        let text = serde_json::to_string(&kf).unwrap();
+        assert!(!text.contains(&folder.to_hex()));
+        let back: KeyFile = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.unseal(&node).unwrap().to_hex(), folder.to_hex());
     }
 
     #[test]

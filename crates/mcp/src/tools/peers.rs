@@ -77,18 +77,7 @@ impl SovrynServer {
             if key == me {
                 return Err("that is this node's own endpoint id".into());
             }
-            let updated = edit_peers(node, |peers| {
-                Ok(match peers.iter_mut().find(|p| p.id == peer.id) {
-                    Some(p) => {
-                        *p = peer.clone();
-                        true
-                    }
-                    None => {
-                        peers.push(peer.clone());
-                        false
-                    }
-                })
-            })?;
+            let (updated, peer) = edit_peers(node, |config| Ok(config.upsert_peer(peer)))?;
             Ok(AddPeerOut {
                 peer: peer.into(),
                 updated,
@@ -115,15 +104,17 @@ impl SovrynServer {
         self.granter(&ctx, "remove_peer")?;
         let which = a.endpoint_id_or_name.trim().to_owned();
         self.on_node(move |node| {
-            let removed = edit_peers(node, |peers| {
-                let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(peers)
-                    .into_iter()
-                    .partition(|p| p.id == which || p.name.as_deref() == Some(which.as_str()));
-                *peers = kept;
-                if gone.is_empty() {
-                    return Err(format!("no peer '{which}' (see get_peers)"));
-                }
-                Ok(gone.into_iter().map(|p| p.id).collect::<Vec<_>>())
+            let removed = edit_peers(node, |config| {
+                let gone: Vec<String> = config
+                    .peers
+                    .iter()
+                    .filter(|p| p.id == which || p.name.as_deref() == Some(which.as_str()))
+                    .map(|p| p.id.clone())
+                    .collect();
+                config
+                    .remove_peer(&which)
+                    .map_err(|_| format!("no peer '{which}' (see get_peers)"))?;
+                Ok(gone)
             })?;
             Ok(RemovePeerOut {
                 removed,
@@ -139,11 +130,11 @@ impl SovrynServer {
 /// daemon reloads it) and updates the node's copy.
 fn edit_peers<T>(
     node: &mut Node,
-    f: impl FnOnce(&mut Vec<PeerConfig>) -> Result<T, String>,
+    f: impl FnOnce(&mut Config) -> Result<T, String>,
 ) -> Result<T, String> {
     let mut refused = None;
     let (out, peers) = Config::update(&node.home, |config| {
-        match f(&mut config.peers) {
+        match f(config) {
             Ok(out) => Ok((out, config.peers.clone())),
             Err(e) => {
                 // Nothing is saved: the edit was refused.
