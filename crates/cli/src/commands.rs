@@ -16,6 +16,8 @@ use sovryn_daemon::write_ops::{self, WriteOp, WriteOutcome};
 
 struct Ctx {
     home: Home,
+    /// The folder's name (`default` for node-wide commands).
+    folder: String,
     passphrase_file: Option<PathBuf>,
     json: bool,
 }
@@ -125,19 +127,56 @@ fn folder_scoped(command: &Command) -> bool {
     )
 }
 
+/// Commands that, without `-F` and outside every folder, go to each folder
+/// of the node in turn (in text; `--json` prints one object, so one folder).
+fn each_folder(command: &Command) -> Option<fn() -> Command> {
+    use crate::node_cmd::NodeCommand;
+    match command {
+        Command::Status => Some(|| Command::Status),
+        Command::Node(NodeCommand::Pause) => Some(|| Command::Node(NodeCommand::Pause)),
+        Command::Node(NodeCommand::Resume) => Some(|| Command::Node(NodeCommand::Resume)),
+        _ => None,
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let node_home = Home::locate(cli.home.clone())?;
-    let home = if folder_scoped(&cli.command) {
-        sovryn_engine::folders::select(&node_home, cli.folder.as_deref(), &cwd()?)?.home
+    if let (None, false, Some(again)) = (&cli.folder, cli.json, each_folder(&cli.command)) {
+        let all = sovryn_engine::folders::list(&node_home)?;
+        let here = cwd()?;
+        if all.len() > 1 && sovryn_engine::folders::select(&node_home, None, &here).is_err() {
+            for (i, f) in all.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                println!("== folder {}", f.name);
+                run(Cli {
+                    home: cli.home.clone(),
+                    passphrase_file: cli.passphrase_file.clone(),
+                    folder: Some(f.name.to_string()),
+                    json: false,
+                    log: cli.log.clone(),
+                    command: again(),
+                })?;
+            }
+            return Ok(());
+        }
+    }
+    let folder = if folder_scoped(&cli.command) {
+        sovryn_engine::folders::select(&node_home, cli.folder.as_deref(), &cwd()?)?
     } else {
         if cli.folder.is_some() && !matches!(cli.command, Command::Folders { .. }) {
             bail!("-F/--folder does not apply here: this command works on the whole node");
         }
-        node_home
+        sovryn_engine::folders::Folder {
+            name: sovryn_engine::folders::FolderName::default_folder(),
+            home: node_home,
+        }
     };
     let ctx = Ctx {
-        home,
+        home: folder.home,
+        folder: folder.name.to_string(),
         passphrase_file: cli.passphrase_file.clone(),
         json: cli.json,
     };
@@ -695,6 +734,7 @@ fn status(ctx: &Ctx) -> Result<()> {
     if ctx.json {
         return output::json(&json!({
             "name": config.node_name, "node_id": node_id.to_string(), "home": ctx.home.dir,
+            "folder": ctx.folder,
             "storage_path": config.storage_path, "folder_id": folder_id,
             "files": stats.files, "dirs": stats.dirs, "sequence": stats.sequence,
             "pending_changes": pending_count, "pending_paths": pending,

@@ -152,7 +152,7 @@ fn list(node: &Home, json: bool) -> Result<()> {
             })
             .collect();
         let line = format!(
-            "{}  {}  {}  peers: {}{}",
+            "{:<12}  {}  {}  peers: {}{}",
             r["name"].as_str().unwrap_or("?"),
             &r["id"].as_str().unwrap_or("?")[..8.min(r["id"].as_str().unwrap_or("").len())],
             r["path"].as_str().unwrap_or("?"),

@@ -340,6 +340,67 @@ pub fn remove(node: &Home, name: &FolderName) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::{InitOptions, Node};
+
+    #[test]
+    fn folders_are_kept_apart_and_chosen_by_name_or_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Home {
+            dir: dir.path().join("home"),
+        };
+        let key = MasterKey::generate();
+        Node::init(
+            &node,
+            InitOptions {
+                storage_path: dir.path().join("default"),
+                folder_key: Some(key.to_hex()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let work = FolderName::parse("work").unwrap();
+        let made = create(&node, &work, &dir.path().join("work"), &key, None).unwrap();
+        // Its key opens with the node key only, and differs from the node's.
+        let wk = open_key(&made.folder.home, &key).unwrap();
+        assert_eq!(wk.derive().folder_id, made.folder_id);
+        assert_ne!(made.folder_id, key.derive().folder_id);
+        assert!(open_key(&made.folder.home, &MasterKey::generate()).is_err());
+        assert!(Node::open(made.folder.home.clone(), &wk, Access::ReadOnly).is_ok());
+        // Overlapping storage paths, a reused key, a second 'work' and the
+        // name 'default' are refused, and leave nothing behind.
+        let photos = FolderName::parse("photos").unwrap();
+        for (name, path, k) in [
+            (&photos, dir.path().join("work/inner"), None),
+            (&photos, dir.path().to_owned(), None),
+            (&photos, dir.path().join("p"), Some(wk.clone())),
+            (&photos, dir.path().join("home/x"), None),
+            (&work, dir.path().join("w2"), None),
+            (&FolderName::default_folder(), dir.path().join("d2"), None),
+        ] {
+            assert!(create(&node, name, &path, &key, k).is_err(), "{path:?}");
+        }
+        assert!(!folder_home(&node, &photos).dir.exists());
+        create(&node, &photos, &dir.path().join("photos"), &key, None).unwrap();
+        let names: Vec<String> = list(&node)
+            .unwrap()
+            .iter()
+            .map(|f| f.name.to_string())
+            .collect();
+        assert_eq!(names, ["default", "photos", "work"]);
+        // Chosen by name, by the directory holding the cwd, else an error naming them.
+        assert_eq!(select(&node, Some("work"), dir.path()).unwrap().name, work);
+        let deep = dir.path().join("photos/a/b");
+        fs::create_dir_all(&deep).unwrap();
+        assert_eq!(select(&node, None, &deep).unwrap().name, photos);
+        let err = select(&node, None, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("default, photos, work"), "{err}");
+        assert!(select(&node, Some("nope"), dir.path()).is_err());
+        // Removed: gone from the list, its history kept aside.
+        let kept = remove(&node, &photos).unwrap();
+        assert!(kept.join("index.db").exists());
+        assert_eq!(list(&node).unwrap().len(), 2);
+        assert!(remove(&node, &FolderName::default_folder()).is_err());
+    }
 
     #[test]
     fn folder_names_are_checked() {
