@@ -313,32 +313,24 @@ pub fn ask(view: &dyn View, q: Query) -> Result<Answer> {
 }
 
 fn list(view: &dyn View, rel: String) -> Result<Listing> {
-    let all = view.store().files_under(&rel)?;
-    let depth = if rel.is_empty() {
-        0
+    let store = view.store();
+    let this = if rel.is_empty() {
+        None
     } else {
-        rel.matches('/').count() + 1
+        store.file(&rel)?.filter(|r| !r.entry.deleted)
     };
-    let mut rows: Vec<&FileRecord> = all
-        .iter()
-        .filter(|r| !r.entry.deleted)
-        .filter(|r| {
-            if r.path == rel {
-                r.entry.kind != EntryKind::Dir
-            } else {
-                r.path.matches('/').count() == depth
-            }
-        })
-        .collect();
-    if rows.is_empty() && !rel.is_empty() && !all.iter().any(|r| r.path == rel && !r.entry.deleted)
-    {
+    let rows = match &this {
+        // A file lists as itself.
+        Some(r) if r.entry.kind != EntryKind::Dir => vec![r.clone()],
+        _ => store.children(&rel)?,
+    };
+    if rows.is_empty() && !rel.is_empty() && this.is_none() {
         return Err(Error::Engine(sovryn_engine::Error::NotFound(format!(
             "not tracked: {rel}"
         ))));
     }
-    rows.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Listing {
-        entries: rows.into_iter().map(entry_info).collect(),
+        entries: rows.iter().map(entry_info).collect(),
         path: rel,
     })
 }

@@ -396,6 +396,35 @@ mod tests {
     }
 
     #[test]
+    fn children_are_the_live_entries_directly_in_a_directory() {
+        let (_d, mut n) = node();
+        for p in [
+            "a.txt",
+            "d/b.txt",
+            "d/e/c.txt",
+            "d-x/f.txt",
+            "dz.txt",
+            "d/gone.txt",
+        ] {
+            n.write_file(p, b"x", None).unwrap();
+        }
+        n.delete_path("d/gone.txt", false, None).unwrap();
+        let names = |dir: &str| -> Vec<String> {
+            n.store
+                .children(dir)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.path)
+                .collect()
+        };
+        assert_eq!(names(""), ["a.txt", "d", "d-x", "dz.txt"]);
+        assert_eq!(names("d"), ["d/b.txt", "d/e"]);
+        assert_eq!(names("d/"), ["d/b.txt", "d/e"]);
+        assert_eq!(names("d/e"), ["d/e/c.txt"]);
+        assert!(names("a.txt").is_empty() && names("nope").is_empty());
+    }
+
+    #[test]
     fn an_unrecorded_disk_edit_becomes_a_version_before_the_write() {
         let (_d, mut n) = node();
         n.write_file("f", b"one", None).unwrap();

@@ -208,19 +208,11 @@ impl SovrynServer {
                     ));
                 }
             }
-            let depth = if rel.is_empty() {
-                0
-            } else {
-                rel.matches('/').count() + 1
-            };
             let all: Vec<FileRecord> = node
                 .store()
-                .files_under(&rel)
+                .children(&rel)
                 .map_err(|e| e.to_string())?
                 .into_iter()
-                .filter(|r| {
-                    !r.entry.deleted && r.path != rel && r.path.matches('/').count() == depth
-                })
                 .filter(|r| p.scope.visible(&r.path))
                 .collect();
             let total = all.len();

@@ -32,6 +32,29 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The live (not deleted) entries directly in directory `dir` (`""`:
+    /// the root), in path order. Only those rows are read and decoded, not
+    /// the whole subtree: a listing costs what it shows.
+    pub fn children(&self, dir: &str) -> Result<Vec<FileRecord>> {
+        let dir = dir.trim_end_matches('/');
+        let mut stmt = if dir.is_empty() {
+            self.db.prepare_cached(&format!(
+                "SELECT {FILE_COLS} FROM files WHERE deleted = 0 AND instr(path, '/') = 0 ORDER BY path"
+            ))?
+        } else {
+            self.db.prepare_cached(&format!(
+                "SELECT {FILE_COLS} FROM files WHERE path > ?1 || '/' AND path < ?1 || '0' AND deleted = 0 \
+                 AND instr(substr(path, length(?1) + 2), '/') = 0 ORDER BY path"
+            ))?
+        };
+        let rows = if dir.is_empty() {
+            stmt.query_map([], file_from_row)?
+        } else {
+            stmt.query_map([dir], file_from_row)?
+        };
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Live (not deleted) paths at or under `prefix` (`""`: all) with their
     /// kind and size, in path order. Reads only the indexed columns, not the
     /// entries: for listings and name searches over many paths.
