@@ -53,8 +53,17 @@ def summary(xs):
     }
 
 
-async def probe(session, rate, until):
-    """Reads at `rate` per second until `until()` holds; latencies in s."""
+def call_of(tool):
+    """The probing call: a 4 KiB read of one file, or a 4 KiB write (a new
+    version each time) of one of 20 files."""
+    if tool == "read":
+        return lambda i: ("read_file", {"path": "probe.txt"})
+    return lambda i: ("write_file", {"path": f"probe-writes/w{i % 20}.txt",
+                                     "content": f"{i:08}" + "w" * 4088})
+
+
+async def probe(session, rate, until, call):
+    """Calls at `rate` per second until `until()` holds; latencies in s."""
     period = 1.0 / rate
     lat = []
     slot = time.perf_counter()
@@ -62,9 +71,10 @@ async def probe(session, rate, until):
         now = time.perf_counter()
         if now < slot:
             await asyncio.sleep(slot - now)
-        r = await session.call_tool("read_file", {"path": "probe.txt"})
+        tool, tool_args = call(len(lat))
+        r = await session.call_tool(tool, tool_args)
         if getattr(r, "is_error", None) or getattr(r, "isError", None):
-            raise RuntimeError(f"read_file failed: {r.content}")
+            raise RuntimeError(f"{tool} failed: {r.content}")
         lat.append(time.perf_counter() - slot)
         slot += period
     return lat
@@ -72,7 +82,9 @@ async def probe(session, rate, until):
 
 async def run(args, pair, big_src, size):
     b = pair.nodes[1]
-    token = pair.sv(b, "mcp", "tokens", "create", "--name", "bench", "--capabilities", "read").strip()
+    caps = "read" if args.tool == "read" else "read,write"
+    token = pair.sv(b, "mcp", "tokens", "create", "--name", "bench", "--capabilities", caps).strip()
+    call = call_of(args.tool)
     url = f"http://127.0.0.1:{b['mcp']}/mcp"
     headers = {"Authorization": f"Bearer {token}"}
     async with create_mcp_http_client(headers=headers) as client:
@@ -80,7 +92,7 @@ async def run(args, pair, big_src, size):
             async with ClientSession(streams[0], streams[1]) as s:
                 await s.initialize()
                 idle_end = time.perf_counter() + args.idle_seconds
-                idle = await probe(s, args.rate, lambda: time.perf_counter() > idle_end)
+                idle = await probe(s, args.rate, lambda: time.perf_counter() > idle_end, call)
                 target = os.path.join(pair.b_folder, "big.bin")
 
                 def arrived():
@@ -91,7 +103,7 @@ async def run(args, pair, big_src, size):
 
                 t0 = time.perf_counter()
                 os.rename(big_src, os.path.join(pair.a_folder, "big.bin"))
-                loaded = await probe(s, args.rate, arrived)
+                loaded = await probe(s, args.rate, arrived, call)
                 secs = time.perf_counter() - t0
     return {"idle": summary(idle), "during_sync": summary(loaded), "sync_seconds": round(secs, 1)}
 
@@ -102,6 +114,8 @@ def main():
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--rate", type=float, default=50)
     ap.add_argument("--idle-seconds", type=float, default=10)
+    ap.add_argument("--tool", choices=["read", "write"], default="read",
+                    help="probe with 4 KiB reads (default) or 4 KiB writes")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="sovryn-mcpload-", dir=args.workdir)
@@ -123,7 +137,7 @@ def main():
                 break
             time.sleep(0.2)
         res = asyncio.run(run(args, pair, big_src, size))
-        res.update({"big_mib": args.big_mib, "rate_per_s": args.rate,
+        res.update({"tool": args.tool, "big_mib": args.big_mib, "rate_per_s": args.rate,
                     "date": time.strftime("%Y-%m-%d")})
         print(json.dumps(res, indent=2))
     finally:

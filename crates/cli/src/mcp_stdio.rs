@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -110,7 +110,7 @@ impl Session {
 /// Serves the stdio session with `node` in this process until the client
 /// closes it, handing over to a node that starts meanwhile.
 pub async fn serve(home: Home, node: Node) -> Result<()> {
-    let node = Arc::new(Mutex::new(node));
+    let node = Arc::new(sovryn_engine::Writer::new(node));
     let state =
         sovryn_mcp::McpState::with_channel(node.clone(), tokio::sync::broadcast::channel(1024).0)?;
     let handover = sovryn_daemon::local_socket::bind_private(&handover_socket(&home))?;

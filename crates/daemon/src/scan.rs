@@ -14,7 +14,7 @@ impl Daemon {
             .any(|p| p.rsplit('/').next() == Some(sovryn_engine::rules::IGNORE_FILE));
         let (seq, changed) = self
             .shared
-            .with_node(move |n| {
+            .with_node_bulk(move |n| {
                 // One scan for the whole set: one commit group (one pack sync,
                 // one transaction per 2000 files) instead of one per path.
                 let changed = match scan_roots(n, paths, &ScanOptions::default()) {

@@ -25,12 +25,14 @@ pub mod scan;
 pub mod sync;
 pub mod view;
 pub mod watch;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 
 pub use config::{Config, Home};
 pub use node::{InitOptions, Node};
 pub use view::{ReadPool, Reader, View};
+pub use writer::Writer;
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]

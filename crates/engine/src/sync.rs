@@ -34,6 +34,9 @@ use crate::paths;
 use crate::scan::ScanOptions;
 use crate::{Error, Result};
 
+mod stage;
+pub use stage::{Staged, STAGE_MIN_BYTES};
+
 /// What applying a batch of remote states did.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyReport {
@@ -123,6 +126,8 @@ struct Batch {
     paths: HashSet<String>,
     /// Files written to temp names, to be renamed into place at the flush.
     writes: Vec<PendingWrite>,
+    /// Large files written ahead, off the writer.
+    staged: Staged,
 }
 
 struct PendingWrite {
@@ -217,6 +222,17 @@ impl Node {
     /// replace a directory that still holds local files) is reported in
     /// [`ApplyReport::failed`] and the others go on.
     pub fn apply_remote(&mut self, records: &[(String, Entry)]) -> Result<ApplyReport> {
+        self.apply_remote_staged(records, Staged::default())
+    }
+
+    /// [`Node::apply_remote`] with large files already written out
+    /// ([`Staged::prepare`]): they are renamed into place instead of
+    /// written here.
+    pub fn apply_remote_staged(
+        &mut self,
+        records: &[(String, Entry)],
+        staged: Staged,
+    ) -> Result<ApplyReport> {
         self.rules.reload();
         let mut report = ApplyReport::default();
         let mut order: Vec<&(String, Entry)> = records.iter().collect();
@@ -230,6 +246,7 @@ impl Node {
             changes: Vec::new(),
             paths: HashSet::new(),
             writes: Vec::new(),
+            staged,
         };
         for (raw, remote) in order {
             let rel = match paths::normalize_rel(raw) {
@@ -358,6 +375,30 @@ impl Node {
         }
         let expect = fs::symlink_metadata(&target).ok().map(|m| stat_of(&m));
         let tmp = crate::fsutil::temp_beside(&target);
+        // Written ahead (and durable): only moved beside its target here. A
+        // move that fails (another file system under the root) falls back
+        // to writing it now.
+        if let Some(staged) = batch.staged.take(rel, &entry) {
+            let moved = fs::rename(&staged, &tmp)
+                .map_err(|e| Error::io(&tmp, e))
+                .and_then(|()| crate::fsutil::set_mode(&tmp, entry.mode));
+            match moved {
+                Ok(()) => {
+                    batch.writes.push(PendingWrite {
+                        tmp,
+                        target,
+                        change: batch.changes.len(),
+                        expect,
+                    });
+                    return self.sync_push_change(batch, report, rel, entry, None);
+                }
+                Err(e) => {
+                    tracing::debug!("{rel}: staged copy not used: {e}");
+                    let _ = fs::remove_file(&staged);
+                    let _ = fs::remove_file(&tmp);
+                }
+            }
+        }
         let written = (|| -> Result<()> {
             let f = fs::OpenOptions::new()
                 .write(true)

@@ -27,11 +27,11 @@ pub mod tokens;
 pub mod tools;
 mod work;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use error::WithContext;
 use rmcp::ServiceExt;
-use sovryn_engine::{Node, ReadPool};
+use sovryn_engine::{Node, ReadPool, Writer};
 
 pub use error::{Error, Result};
 pub use http::{serve_http, serve_http_with, HttpOptions};
@@ -45,8 +45,8 @@ const READERS: usize = 4;
 /// What the MCP server needs from a running node.
 #[derive(Clone)]
 pub struct McpState {
-    /// The opened node (read-write for the write tools).
-    pub node: Arc<Mutex<Node>>,
+    /// The folder's writer (for the write tools; interactive callers).
+    pub node: Arc<Writer>,
     /// Read-only handles: read tools never wait for the node's writes.
     pub reads: Arc<ReadPool>,
     /// Paths (relative) that changed; the server sends those it writes.
@@ -60,7 +60,7 @@ impl McpState {
     /// Wraps an opened node.
     pub fn new(node: Node) -> Result<Self> {
         Self::with_channel(
-            Arc::new(Mutex::new(node)),
+            Arc::new(Writer::new(node)),
             tokio::sync::broadcast::channel(1024).0,
         )
     }
@@ -68,7 +68,7 @@ impl McpState {
     /// Shares a node that is already in use (the daemon's) and its channel
     /// of changed paths (scans, peers and the server's own writes).
     pub fn with_channel(
-        node: Arc<Mutex<Node>>,
+        node: Arc<Writer>,
         changes: tokio::sync::broadcast::Sender<String>,
     ) -> Result<Self> {
         let (reads, index_reader) = {

@@ -241,7 +241,7 @@ impl SyncNet {
                 // chunks they need.
                 let (list, history, missing, history_missing) = self
                     .shared
-                    .with_node(move |n| {
+                    .with_node_bulk(move |n| {
                         let seen: Vec<(String, sovryn_store::VersionVector)> = current
                             .iter()
                             .map(|(p, e)| (p.clone(), e.vv.clone()))
@@ -358,9 +358,10 @@ impl SyncNet {
                 let ckey = ckey.clone();
                 // History messages (upto 0) do not move the peer's position.
                 let history_only = upto == 0;
+                let staged = self.stage_large_files(&list).await?;
                 let (seq, changed, upto, new_floor, failed) = self
                     .shared
-                    .with_node(move |n| {
+                    .with_node_bulk(move |n| {
                         let added = add_history(n, history)?;
                         if added > 0 {
                             tracing::debug!("added {added} older versions");
@@ -368,7 +369,7 @@ impl SyncNet {
                         let report = if list.is_empty() {
                             Default::default()
                         } else {
-                            n.apply_remote(&list)?
+                            n.apply_remote_staged(&list, staged)?
                         };
                         if history_only {
                             return Ok((n.store.sequence()?, report.changed, 0, floor, Vec::new()));
@@ -442,6 +443,31 @@ impl SyncNet {
 }
 
 impl SyncNet {
+    /// Writes the large files among `list` out from a read-only handle
+    /// (after making the fetched chunks readable to it), so the writer is
+    /// held only to rename them into place and commit.
+    async fn stage_large_files(
+        &self,
+        list: &[(String, sovryn_store::Entry)],
+    ) -> Result<sovryn_engine::sync::Staged, Error> {
+        let big: Vec<(String, sovryn_store::Entry)> = list
+            .iter()
+            .filter(|(_, e)| {
+                !e.deleted
+                    && e.kind == sovryn_store::EntryKind::File
+                    && e.size >= sovryn_engine::sync::STAGE_MIN_BYTES
+            })
+            .cloned()
+            .collect();
+        if big.is_empty() {
+            return Ok(Default::default());
+        }
+        self.shared.with_node_bulk(|n| Ok(n.store.flush()?)).await?;
+        self.shared
+            .with_view(move |v| sovryn_engine::sync::Staged::prepare(v, &big))
+            .await
+    }
+
     /// Asks every peer for its whole change log again (this node now keeps
     /// paths it skipped before: a rule was taken back). Positions are
     /// reset, then the sessions close and reconnect from zero; states this
@@ -450,7 +476,7 @@ impl SyncNet {
         let peers: Vec<EndpointId> = self.allow.all().into_iter().map(|(id, _)| id).collect();
         let ids = peers.clone();
         self.shared
-            .with_node(move |n| {
+            .with_node_bulk(move |n| {
                 for p in &ids {
                     n.store.set_meta(&meta_key(p), "0")?;
                     n.store.set_meta(&check_key(p), "")?;

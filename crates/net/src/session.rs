@@ -191,7 +191,7 @@ impl SyncNet {
         let ckey = check_key(&peer);
         let (my_seq, my_epoch, want_since, want_epoch, check) = self
             .shared
-            .with_node(move |n| {
+            .with_node_bulk(move |n| {
                 let want = n
                     .store
                     .meta(&key)?
@@ -297,7 +297,7 @@ impl SyncNet {
             // epoch, so every other peer starts over with it too.
             let rotate = their_want_epoch == my_epoch && (their_want > my_seq || lost);
             self.shared
-                .with_node(move |n| {
+                .with_node_bulk(move |n| {
                     if restarts {
                         n.store.set_meta(&key, "0")?;
                     }
@@ -466,7 +466,7 @@ impl SyncNet {
             let me2 = me.clone();
             let r = me
                 .shared
-                .with_node(move |n| {
+                .with_node_bulk(move |n| {
                     // The newest value when this runs, so a late task never
                     // writes an older one over a newer.
                     let upto = {

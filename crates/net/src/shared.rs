@@ -7,8 +7,8 @@ use sovryn_engine::{ReadPool, View};
 /// Read-only store handles for the change log and chunk reads.
 const READERS: usize = 3;
 
-/// The opened node, shared between the daemon's tasks.
-pub type SharedNode = Arc<Mutex<Node>>;
+/// The opened node, shared between the daemon's tasks: its one writer.
+pub type SharedNode = Arc<sovryn_engine::Writer>;
 
 /// The node plus the notifications its commits raise.
 #[derive(Clone)]
@@ -33,7 +33,7 @@ impl Shared {
         let readers = ReadPool::new(&node, READERS)?;
         let codec = node.store.codec().clone();
         Ok(Shared {
-            node: Arc::new(Mutex::new(node)),
+            node: Arc::new(sovryn_engine::Writer::new(node)),
             changes: broadcast::channel(4096).0,
             seq: watch::channel(seq).0,
             readers: Arc::new(readers),
@@ -67,16 +67,33 @@ impl Shared {
             .map_err(|e| Error::Internal(format!("store reader task: {e}")))
     }
 
-    /// Runs `f` with the node locked, on a blocking thread.
+    /// Runs `f` with the node locked, on a blocking thread, as an
+    /// interactive caller (a command, an agent): before waiting bulk work.
     pub async fn with_node<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Node) -> Result<R, Error> + Send + 'static,
     ) -> Result<R, Error> {
+        self.on_writer(false, f).await
+    }
+
+    /// Runs one batch of bulk work (a sync batch, a rescan) with the node
+    /// locked, on a blocking thread, after every interactive caller waiting.
+    pub async fn with_node_bulk<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Node) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        self.on_writer(true, f).await
+    }
+
+    async fn on_writer<R: Send + 'static>(
+        &self,
+        bulk: bool,
+        f: impl FnOnce(&mut Node) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
         let node = self.node.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = node
-                .lock()
-                .map_err(|_| Error::Internal("node lock poisoned".into()))?;
+            let held = if bulk { node.lock_bulk() } else { node.lock() };
+            let mut guard = held.map_err(|e| Error::Internal(e.to_string()))?;
             f(&mut guard)
         })
         .await

@@ -377,7 +377,7 @@ impl SyncNet {
         .await
         .context("sealing task panicked")??;
         self.shared
-            .with_node(move |n| {
+            .with_node_bulk(move |n| {
                 n.store.put_sealed(sealed)?;
                 Ok(())
             })

@@ -399,3 +399,57 @@ fn conflict_names() {
     assert!(is_conflict_copy("a/b.sync-conflict-19700101-000000-x.txt"));
     assert!(!is_conflict_copy("a/b.txt"));
 }
+
+#[test]
+fn a_staged_large_file_is_placed_and_a_stale_or_racing_one_is_not() {
+    let (mut a, mut b) = pair();
+    let big: Vec<u8> = (0..STAGE_MIN_BYTES as usize + 12_345)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    write(&a, "big.bin", &big);
+    write(&a, "small.txt", b"small");
+    scan(&mut a);
+    let list = records(&a, 0);
+    for id in b.node.missing_chunks(list.iter().map(|(_, e)| e)).unwrap() {
+        let data = a.node.store.read_chunk(&id).unwrap();
+        b.node.store.put_chunk(&id, &data).unwrap();
+    }
+    b.node.store.flush().unwrap();
+    // Written out from a read-only handle, then put in place by the apply.
+    let reader = b.node.reader().unwrap();
+    let staged = Staged::prepare(&reader, &list);
+    assert_eq!(staged.len(), 1, "only the large file is staged");
+    let report = b.node.apply_remote_staged(&list, staged).unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(read(&b, "big.bin").unwrap(), big);
+    assert_eq!(read(&b, "small.txt").unwrap(), b"small");
+    let temps = |t: &T| {
+        fs::read_dir(t.node.root())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(crate::fsutil::TEMP_PREFIX)
+            })
+            .count()
+    };
+    assert_eq!(temps(&b), 0, "no temp file is left behind");
+
+    // A staged copy of other content (the state moved on meanwhile) is not
+    // used: the apply writes the content it records.
+    let mut big2 = big.clone();
+    big2[0] ^= 1;
+    write(&a, "big.bin", &big2);
+    scan(&mut a);
+    let newer = records(&a, 2);
+    let stale = Staged::prepare(&reader, &list);
+    for id in b.node.missing_chunks(newer.iter().map(|(_, e)| e)).unwrap() {
+        let data = a.node.store.read_chunk(&id).unwrap();
+        b.node.store.put_chunk(&id, &data).unwrap();
+    }
+    let report = b.node.apply_remote_staged(&newer, stale).unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(read(&b, "big.bin").unwrap(), big2);
+    assert_eq!(temps(&b), 0);
+}

@@ -1,0 +1,187 @@
+//! A folder's one writer: the opened [`Node`] behind a lock that lets
+//! interactive callers (an agent's write, a command of the command line)
+//! go before bulk work (sync batches, the watcher's rescans). Reads never
+//! come here: they use read-only handles ([`crate::ReadPool`]).
+//!
+//! A sync session holds the node for one applied batch at a time and asks
+//! again for the next, so an interactive caller waits for at most the batch
+//! in progress. A rescan still holds it for the whole scan.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use crate::node::Node;
+
+/// The node of one folder, for one writer at a time.
+pub struct Writer {
+    node: Mutex<Node>,
+    turn: Mutex<Turn>,
+    released: Condvar,
+}
+
+#[derive(Default)]
+struct Turn {
+    held: bool,
+    interactive_waiting: usize,
+}
+
+/// A caller panicked while it held the node: its state is not trusted.
+#[derive(Debug, thiserror::Error)]
+#[error("the folder's writer failed earlier (a panic while it held the store)")]
+pub struct Poisoned;
+
+/// The node, held; the next caller gets it when this drops.
+pub struct WriterGuard<'a> {
+    node: Option<MutexGuard<'a, Node>>,
+    writer: &'a Writer,
+}
+
+impl Deref for WriterGuard<'_> {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        // Set from construction until drop.
+        self.node.as_deref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Node {
+        self.node.as_deref_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.node.take());
+        self.writer.release();
+    }
+}
+
+impl Writer {
+    /// Wraps an opened node.
+    pub fn new(node: Node) -> Self {
+        Writer {
+            node: Mutex::new(node),
+            turn: Mutex::new(Turn::default()),
+            released: Condvar::new(),
+        }
+    }
+
+    fn turn(&self) -> MutexGuard<'_, Turn> {
+        // `Turn` is two plain fields, consistent at every unlock.
+        self.turn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release(&self) {
+        self.turn().held = false;
+        self.released.notify_all();
+    }
+
+    fn take(&self) -> Result<WriterGuard<'_>, Poisoned> {
+        match self.node.lock() {
+            Ok(g) => Ok(WriterGuard {
+                node: Some(g),
+                writer: self,
+            }),
+            Err(_) => {
+                self.release();
+                Err(Poisoned)
+            }
+        }
+    }
+
+    /// The node for an interactive call: it goes before bulk work that is
+    /// waiting. Blocks; call it on a blocking thread.
+    pub fn lock(&self) -> Result<WriterGuard<'_>, Poisoned> {
+        let mut turn = self.turn();
+        turn.interactive_waiting += 1;
+        while turn.held {
+            turn = self.released.wait(turn).unwrap_or_else(|e| e.into_inner());
+        }
+        turn.interactive_waiting -= 1;
+        turn.held = true;
+        drop(turn);
+        self.take()
+    }
+
+    /// The node for one batch of bulk work: waits while it is held or an
+    /// interactive caller waits. Blocks; call it on a blocking thread.
+    pub fn lock_bulk(&self) -> Result<WriterGuard<'_>, Poisoned> {
+        let mut turn = self.turn();
+        while turn.held || turn.interactive_waiting > 0 {
+            turn = self.released.wait(turn).unwrap_or_else(|e| e.into_inner());
+        }
+        turn.held = true;
+        drop(turn);
+        self.take()
+    }
+
+    /// Interactive callers waiting now (for status and tests).
+    pub fn interactive_waiting(&self) -> usize {
+        self.turn().interactive_waiting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Home;
+    use crate::node::InitOptions;
+    use sovryn_store::{Access, MasterKey};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn interactive_callers_go_before_waiting_bulk_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home {
+            dir: dir.path().join("home"),
+        };
+        let key = MasterKey::generate();
+        Node::init(
+            &home,
+            InitOptions {
+                storage_path: dir.path().join("root"),
+                folder_key: Some(key.to_hex()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let w = Arc::new(Writer::new(
+            Node::open(home, &key, Access::ReadWrite).unwrap(),
+        ));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // A batch in progress holds the node.
+        let batch = w.lock_bulk().unwrap();
+        let mut threads = Vec::new();
+        for i in 0..3 {
+            let (w, order) = (w.clone(), order.clone());
+            threads.push(std::thread::spawn(move || {
+                let _n = w.lock_bulk().unwrap();
+                order.lock().unwrap().push(format!("bulk{i}"));
+                std::thread::sleep(Duration::from_millis(5));
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let (w2, order2) = (w.clone(), order.clone());
+        let interactive = std::thread::spawn(move || {
+            let t = Instant::now();
+            let _n = w2.lock().unwrap();
+            order2.lock().unwrap().push("interactive".to_string());
+            t.elapsed()
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while w.interactive_waiting() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(batch);
+        let waited = interactive.join().unwrap();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let order = order.lock().unwrap();
+        assert_eq!(order[0], "interactive", "{order:?}");
+        assert_eq!(order.len(), 4);
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+}
