@@ -152,6 +152,8 @@ impl SyncNet {
     ) -> Result<()> {
         struct Prepared {
             list: Vec<(String, Entry)>,
+            /// Large files of `list` written while their chunks arrived.
+            assembled: sovryn_engine::sync::Staged,
             /// Older versions of paths this node does not have, oldest first.
             history: Vec<(String, Entry)>,
             seq_of: HashMap<String, u64>,
@@ -292,13 +294,25 @@ impl SyncNet {
                         .sum::<u64>(),
                 );
                 self.incoming(&peer, conn.stable_id(), incoming.0, incoming.1, false);
+                let mut assembled = sovryn_engine::sync::Staged::default();
                 if !missing.is_empty() || !history_missing.is_empty() {
                     let n = missing.len() + history_missing.len();
                     let need: std::collections::HashSet<ChunkId> =
                         missing.iter().copied().collect();
                     let mut all = missing;
                     all.extend(history_missing);
-                    let lacking = self.fetch_chunks(conn, all).await?;
+                    // Large files are written while their chunks arrive.
+                    let root = self
+                        .shared
+                        .with_view(|v| sovryn_engine::View::root(v).to_path_buf())
+                        .await?;
+                    let assembly = Assembly::start(&root, &list, &all);
+                    let assembly = (!assembly.is_empty()).then_some(assembly);
+                    let (lacking, assembly) = self.fetch_chunks(conn, all, assembly).await?;
+                    if let Some(a) = assembly {
+                        self.shared.with_node_bulk(|n| Ok(n.store.flush()?)).await?;
+                        assembled = self.shared.with_view(move |v| a.finish(v)).await?;
+                    }
                     if let Some(id) = lacking.iter().find(|id| need.contains(id)) {
                         bail!("peer lacks chunk {id}");
                     }
@@ -309,6 +323,7 @@ impl SyncNet {
                 }
                 let prepared = Prepared {
                     list,
+                    assembled,
                     history,
                     seq_of,
                     upto,
@@ -343,6 +358,7 @@ impl SyncNet {
                 };
                 let Some(Prepared {
                     list,
+                    assembled,
                     history,
                     seq_of,
                     upto,
@@ -358,7 +374,7 @@ impl SyncNet {
                 let ckey = ckey.clone();
                 // History messages (upto 0) do not move the peer's position.
                 let history_only = upto == 0;
-                let staged = self.stage_large_files(&list).await?;
+                let staged = self.stage_large_files(&list, assembled).await?;
                 let (seq, changed, upto, new_floor, failed) = self
                     .shared
                     .with_node_bulk(move |n| {
@@ -443,29 +459,34 @@ impl SyncNet {
 }
 
 impl SyncNet {
-    /// Writes the large files among `list` out from a read-only handle
+    /// Writes the large files among `list` not assembled already out from a read-only handle
     /// (after making the fetched chunks readable to it), so the writer is
     /// held only to rename them into place and commit.
     async fn stage_large_files(
         &self,
         list: &[(String, sovryn_store::Entry)],
+        mut staged: sovryn_engine::sync::Staged,
     ) -> Result<sovryn_engine::sync::Staged, Error> {
         let big: Vec<(String, sovryn_store::Entry)> = list
             .iter()
-            .filter(|(_, e)| {
+            .filter(|(rel, e)| {
                 !e.deleted
                     && e.kind == sovryn_store::EntryKind::File
                     && e.size >= sovryn_engine::sync::STAGE_MIN_BYTES
+                    && !staged.contains(rel)
             })
             .cloned()
             .collect();
         if big.is_empty() {
-            return Ok(Default::default());
+            return Ok(staged);
         }
         self.shared.with_node_bulk(|n| Ok(n.store.flush()?)).await?;
-        self.shared
+        let more = self
+            .shared
             .with_view(move |v| sovryn_engine::sync::Staged::prepare(v, &big))
-            .await
+            .await?;
+        staged.extend(more);
+        Ok(staged)
     }
 
     /// Asks every peer for its whole change log again (this node now keeps

@@ -15,6 +15,7 @@
 //! [`shared`], [`wire`] (frames and the boundary checks of peer data).
 
 pub mod allowlist;
+mod assemble;
 mod bandwidth;
 pub mod endpoint;
 mod index;
@@ -44,6 +45,7 @@ use tokio::sync::{broadcast, watch};
 
 use allowlist::sent_to;
 pub use allowlist::{accepted_from, in_scope, peer_map, Allowlist, Gate};
+use assemble::Assembly;
 use bandwidth::{bucket, throttle, Bucket, Limits};
 pub use endpoint::Discovery;
 use session::{check_key, meta_key, msg_name, ControlSend};

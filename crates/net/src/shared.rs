@@ -67,6 +67,11 @@ impl Shared {
             .map_err(|e| Error::Internal(format!("store reader task: {e}")))
     }
 
+    /// Runs `f` with a read-only view now, on this (blocking) thread.
+    pub(crate) fn on_reader_now<R>(&self, f: impl FnOnce(&sovryn_engine::Reader) -> R) -> R {
+        f(&self.readers.get())
+    }
+
     /// Runs `f` with the node locked, on a blocking thread, as an
     /// interactive caller (a command, an agent): before waiting bulk work.
     pub async fn with_node<R: Send + 'static>(

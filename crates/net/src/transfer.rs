@@ -190,11 +190,14 @@ impl SyncNet {
     /// `origin`. Reading the streams never waits for the disk: received
     /// chunks queue for one storing task that checks them in parallel and
     /// appends them. Returns the ids `origin` lacks too.
+    /// Large files being assembled (`assembly`) get each chunk's plaintext
+    /// as it is checked, and come back with the chunks still to write.
     pub(crate) async fn fetch_chunks(
         self: &Arc<Self>,
         origin: &Connection,
         ids: Vec<ChunkId>,
-    ) -> Result<Vec<ChunkId>> {
+        assembly: Option<Assembly>,
+    ) -> Result<(Vec<ChunkId>, Option<Assembly>)> {
         let mut sources = vec![origin.clone()];
         sources.extend(self.other_connections(origin));
         let mut groups: std::collections::VecDeque<(Vec<ChunkId>, usize)> = ids
@@ -203,7 +206,7 @@ impl SyncNet {
             .map(|(i, g)| (g.to_vec(), i % sources.len()))
             .collect();
         let (tx, rx) = tokio::sync::mpsc::channel::<(EndpointId, Received)>(STORE_QUEUE);
-        let storer = tokio::spawn(self.clone().store_received(rx));
+        let storer = tokio::spawn(self.clone().store_received(rx, assembly));
         let mut in_flight = vec![0usize; sources.len()];
         let mut lacking = Vec::new();
         let mut running = tokio::task::JoinSet::new();
@@ -253,9 +256,9 @@ impl SyncNet {
         let stored = storer.await.context("chunk storing task panicked")?;
         // The storing task's failure (a full disk) is the cause of the
         // fetchers' "storing stopped": report it first.
-        stored.context("storing received chunks")?;
+        let assembly = stored.context("storing received chunks")?;
         result?;
-        Ok(lacking)
+        Ok((lacking, assembly))
     }
 
     /// One `GetChunks` stream: asks `conn` for `group` and queues each chunk
@@ -321,7 +324,8 @@ impl SyncNet {
     async fn store_received(
         self: Arc<Self>,
         mut rx: tokio::sync::mpsc::Receiver<(EndpointId, Received)>,
-    ) -> Result<()> {
+        mut assembly: Option<Assembly>,
+    ) -> Result<Option<Assembly>> {
         let mut buf: Vec<(EndpointId, Received)> = Vec::new();
         let mut bytes = 0usize;
         loop {
@@ -331,7 +335,7 @@ impl SyncNet {
                 match rx.try_recv() {
                     Ok(item) => Some(item),
                     Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                        self.put_chunks(std::mem::take(&mut buf)).await?;
+                        assembly = self.put_chunks(std::mem::take(&mut buf), assembly).await?;
                         bytes = 0;
                         continue;
                     }
@@ -343,11 +347,11 @@ impl SyncNet {
                     bytes += item.1.len();
                     buf.push(item);
                     if bytes >= PUT_BYTES {
-                        self.put_chunks(std::mem::take(&mut buf)).await?;
+                        assembly = self.put_chunks(std::mem::take(&mut buf), assembly).await?;
                         bytes = 0;
                     }
                 }
-                None => return self.put_chunks(buf).await,
+                None => return self.put_chunks(buf, assembly).await,
             }
         }
     }
@@ -355,24 +359,45 @@ impl SyncNet {
     /// Checks received chunks against their ids (opening sealed ones) and
     /// seals plaintext ones, in parallel and off the node's lock; then
     /// appends them under it and counts them for the peers they came from.
-    async fn put_chunks(&self, chunks: Vec<(EndpointId, Received)>) -> Result<()> {
+    async fn put_chunks(
+        &self,
+        chunks: Vec<(EndpointId, Received)>,
+        assembly: Option<Assembly>,
+    ) -> Result<Option<Assembly>> {
         if chunks.is_empty() {
-            return Ok(());
+            return Ok(assembly);
         }
         let mut per_peer: HashMap<EndpointId, u64> = HashMap::new();
         for (peer, _) in &chunks {
             *per_peer.entry(*peer).or_default() += 1;
         }
         let codec = self.shared.codec.clone();
-        let sealed = tokio::task::spawn_blocking(move || {
+        let shared = self.shared.clone();
+        let (sealed, assembly) = tokio::task::spawn_blocking(move || {
             use rayon::prelude::*;
-            chunks
+            let mut assembly = assembly;
+            let wants = |id: &ChunkId| assembly.as_ref().is_some_and(|a| a.wants(id));
+            let mut opened = chunks
                 .into_par_iter()
                 .map(|(_, c)| match c {
-                    // Opened under the folder key and hashed against its id.
-                    Received::Sealed(s) => codec.check_sealed(&s).map(|()| s),
+                    // Opened under the folder key and hashed against its id,
+                    // once: the plaintext a file being assembled needs is kept.
+                    Received::Sealed(s) => codec
+                        .open_sealed(&s)
+                        .map(|plain| (wants(&s.id).then_some(plain), s)),
                 })
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(a) = &mut assembly {
+                shared.on_reader_now(|view| {
+                    for (plain, s) in &mut opened {
+                        if let Some(p) = plain.take() {
+                            a.received(view, &s.id, p);
+                        }
+                    }
+                });
+            }
+            let sealed: Vec<_> = opened.into_iter().map(|(_, s)| s).collect();
+            Ok::<_, sovryn_store::Error>((sealed, assembly))
         })
         .await
         .context("sealing task panicked")??;
@@ -385,6 +410,6 @@ impl SyncNet {
         for (peer, n) in per_peer {
             self.update_status(&peer, |s| s.chunks_received += n);
         }
-        Ok(())
+        Ok(assembly)
     }
 }

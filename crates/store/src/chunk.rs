@@ -182,6 +182,11 @@ impl ChunkCodec {
     /// this folder's key and its plaintext must hash to its id. On success
     /// it can be stored as it is ([`crate::Store::put_sealed`]).
     pub fn check_sealed(&self, sealed: &SealedChunk) -> Result<()> {
+        self.open_sealed(sealed).map(drop)
+    }
+
+    /// [`ChunkCodec::check_sealed`], keeping the plaintext.
+    pub fn open_sealed(&self, sealed: &SealedChunk) -> Result<Vec<u8>> {
         if sealed.raw_len as usize > MAX_CHUNK as usize {
             return Err(Error::Corrupt(format!(
                 "received chunk {} claims {} bytes",
@@ -195,7 +200,7 @@ impl ChunkCodec {
                 sealed.id
             )));
         }
-        Ok(())
+        Ok(plain)
     }
 
     /// Decrypts, decompresses and checks a sealed chunk against its id.

@@ -59,7 +59,7 @@ impl Staged {
     }
 
     /// The staged file holding `entry`'s content for `rel`, taken out.
-    pub(crate) fn take(&mut self, rel: &str, entry: &Entry) -> Option<PathBuf> {
+    pub fn take(&mut self, rel: &str, entry: &Entry) -> Option<PathBuf> {
         match self.files.remove(rel) {
             Some((chunks, tmp)) if chunks == entry.chunks => Some(tmp),
             Some((_, tmp)) => {
@@ -67,6 +67,26 @@ impl Staged {
                 None
             }
             None => None,
+        }
+    }
+
+    /// Adds a file written elsewhere (assembled while its chunks arrived):
+    /// `tmp` holds, durably, the content `chunks` name.
+    pub fn insert(&mut self, rel: String, chunks: Vec<ChunkId>, tmp: PathBuf) {
+        if let Some((_, old)) = self.files.insert(rel, (chunks, tmp)) {
+            let _ = fs::remove_file(old);
+        }
+    }
+
+    /// Whether `rel` is staged.
+    pub fn contains(&self, rel: &str) -> bool {
+        self.files.contains_key(rel)
+    }
+
+    /// Takes over every file of `other`.
+    pub fn extend(&mut self, mut other: Staged) {
+        for (rel, (chunks, tmp)) in other.files.drain() {
+            self.insert(rel, chunks, tmp);
         }
     }
 

@@ -1,0 +1,339 @@
+//! Large files written while their chunks arrive: each received chunk is
+//! opened and checked once (by the storing task), and its plaintext goes
+//! both to the store (sealed, as received) and into the file's temp file at
+//! its place. Chunks this node already had are read from the store when the
+//! file's write reaches them. A file whose assembly cannot finish (a chunk
+//! missing, too much arriving out of order, a write error) is dropped and
+//! left to the apply, which writes it from the store; nothing is ever put
+//! under the real name here.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use sovryn_engine::sync::{Staged, STAGE_MIN_BYTES};
+use sovryn_engine::View;
+use sovryn_store::{ChunkId, Entry, EntryKind};
+
+/// Plaintext held for chunks that arrived before the ones ahead of them,
+/// per batch (at most): beyond it, the file is left to the apply.
+const MAX_PENDING_BYTES: usize = 256 << 20;
+
+struct FileAsm {
+    rel: String,
+    chunks: Vec<ChunkId>,
+    tmp: PathBuf,
+    file: Option<File>,
+    /// Index of the next chunk to write, and where it goes.
+    cursor: usize,
+    offset: u64,
+    /// Chunks that arrived ahead of the cursor, by index.
+    pending: HashMap<usize, std::sync::Arc<Vec<u8>>>,
+}
+
+/// The large files of one batch of remote states being assembled.
+pub(crate) struct Assembly {
+    files: Vec<FileAsm>,
+    /// Where each fetched chunk goes: (file, chunk index) pairs.
+    wanted: HashMap<ChunkId, Vec<(usize, usize)>>,
+    pending_bytes: usize,
+}
+
+impl Assembly {
+    /// Temp files (in the storage root) for the live files of at least
+    /// [`STAGE_MIN_BYTES`] among `list` that need some of `fetching`.
+    pub(crate) fn start(
+        root: &std::path::Path,
+        list: &[(String, Entry)],
+        fetching: &[ChunkId],
+    ) -> Self {
+        let fetching: std::collections::HashSet<&ChunkId> = fetching.iter().collect();
+        let mut out = Assembly {
+            files: Vec::new(),
+            wanted: HashMap::new(),
+            pending_bytes: 0,
+        };
+        for (rel, e) in list {
+            if e.deleted
+                || e.kind != EntryKind::File
+                || e.size < STAGE_MIN_BYTES
+                || !e.chunks.iter().any(|c| fetching.contains(c))
+            {
+                continue;
+            }
+            let tmp = root.join(format!(
+                "{}{:016x}",
+                sovryn_engine::fsutil::TEMP_PREFIX,
+                rand::random::<u64>()
+            ));
+            let file = match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!("{rel}: not assembled: {e}");
+                    continue;
+                }
+            };
+            let index = out.files.len();
+            for (i, c) in e.chunks.iter().enumerate() {
+                if fetching.contains(c) {
+                    out.wanted.entry(*c).or_default().push((index, i));
+                }
+            }
+            out.files.push(FileAsm {
+                rel: rel.clone(),
+                chunks: e.chunks.clone(),
+                tmp,
+                file: Some(file),
+                cursor: 0,
+                offset: 0,
+                pending: HashMap::new(),
+            });
+        }
+        out
+    }
+
+    /// Whether a file being assembled needs chunk `id`.
+    pub(crate) fn wants(&self, id: &ChunkId) -> bool {
+        self.wanted.contains_key(id)
+    }
+
+    /// Whether no file is being assembled.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Takes the checked plaintext of `id` and writes what it lets each
+    /// file write, reading chunks this node already had from `view`.
+    pub(crate) fn received(&mut self, view: &dyn View, id: &ChunkId, plain: Vec<u8>) {
+        let Some(places) = self.wanted.remove(id) else {
+            return;
+        };
+        let plain = std::sync::Arc::new(plain);
+        for (f, i) in places {
+            let Some(file) = self.files.get_mut(f) else {
+                continue;
+            };
+            if file.file.is_none() {
+                continue;
+            }
+            file.pending.insert(i, plain.clone());
+            self.pending_bytes += plain.len();
+            self.advance(view, f);
+        }
+        if self.pending_bytes > MAX_PENDING_BYTES {
+            // Too far out of order: give up the file holding the most.
+            if let Some(f) = (0..self.files.len()).max_by_key(|&f| self.files[f].pending.len()) {
+                tracing::debug!(
+                    "{}: chunks too far out of order; left to the apply",
+                    self.files[f].rel
+                );
+                self.abandon(f);
+            }
+        }
+    }
+
+    /// Writes file `f` from its cursor as far as the chunks allow.
+    fn advance(&mut self, view: &dyn View, f: usize) {
+        let wanted = &self.wanted;
+        let file = &mut self.files[f];
+        let mut freed = 0usize;
+        let ok = loop {
+            let Some(id) = file.chunks.get(file.cursor) else {
+                break true;
+            };
+            let data = match file.pending.remove(&file.cursor) {
+                Some(d) => {
+                    freed += d.len();
+                    d
+                }
+                // Still to arrive (at this or a later place of the file).
+                None if wanted
+                    .get(id)
+                    .is_some_and(|p| p.contains(&(f, file.cursor))) =>
+                {
+                    break true
+                }
+                // Had here before: from the store.
+                None => match view.store().read_chunk(id) {
+                    Ok(d) => std::sync::Arc::new(d),
+                    Err(e) => {
+                        tracing::debug!("{}: chunk {id} not readable here: {e}", file.rel);
+                        break false;
+                    }
+                },
+            };
+            let Some(out) = &file.file else { break false };
+            if let Err(e) = out.write_all_at(&data, file.offset) {
+                tracing::debug!("{}: writing its temp file: {e}", file.rel);
+                break false;
+            }
+            file.offset += data.len() as u64;
+            file.cursor += 1;
+        };
+        self.pending_bytes = self.pending_bytes.saturating_sub(freed);
+        if !ok {
+            self.abandon(f);
+        }
+    }
+
+    fn abandon(&mut self, f: usize) {
+        let file = &mut self.files[f];
+        let held: usize = file.pending.values().map(|d| d.len()).sum();
+        file.pending.clear();
+        self.pending_bytes = self.pending_bytes.saturating_sub(held);
+        if file.file.take().is_some() {
+            let _ = std::fs::remove_file(&file.tmp);
+        }
+    }
+
+    /// After the fetch: finishes each file from the store (its remaining
+    /// chunks were here before), makes it durable and hands the complete
+    /// ones over as [`Staged`] files.
+    pub(crate) fn finish(mut self, view: &dyn View) -> Staged {
+        self.wanted.clear();
+        let mut staged = Staged::default();
+        for f in 0..self.files.len() {
+            self.advance(view, f);
+            let file = &mut self.files[f];
+            let Some(out) = file.file.take() else {
+                continue;
+            };
+            if file.cursor == file.chunks.len() && out.sync_all().is_ok() {
+                staged.insert(file.rel.clone(), file.chunks.clone(), file.tmp.clone());
+            } else {
+                let _ = std::fs::remove_file(&file.tmp);
+            }
+        }
+        staged
+    }
+}
+
+impl Drop for Assembly {
+    fn drop(&mut self) {
+        for f in &mut self.files {
+            if f.file.take().is_some() {
+                let _ = std::fs::remove_file(&f.tmp);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sovryn_engine::scan::ScanOptions;
+    use sovryn_engine::{Home, InitOptions, Node};
+    use sovryn_store::{Access, MasterKey};
+
+    fn node(dir: &std::path::Path, name: &str, key: &MasterKey) -> Node {
+        let home = Home {
+            dir: dir.join(format!("{name}-home")),
+        };
+        Node::init(
+            &home,
+            InitOptions {
+                storage_path: dir.join(name),
+                folder_key: Some(key.to_hex()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        Node::open(home, key, Access::ReadWrite).unwrap()
+    }
+
+    fn temps(root: &std::path::Path) -> usize {
+        std::fs::read_dir(root)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(sovryn_engine::fsutil::TEMP_PREFIX)
+            })
+            .count()
+    }
+
+    /// `a` holds a large file; `b` had every other chunk of it already.
+    fn setup() -> (tempfile::TempDir, Node, Node, Entry, Vec<u8>, Vec<ChunkId>) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate();
+        let mut a = node(dir.path(), "a", &key);
+        let mut b = node(dir.path(), "b", &key);
+        let mut x: u64 = 7;
+        let content: Vec<u8> = (0..STAGE_MIN_BYTES as usize + 777_777)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(a.root().join("big.bin"), &content).unwrap();
+        a.scan(&[], &ScanOptions::default(), &mut |_| {}).unwrap();
+        let entry = a.store.file("big.bin").unwrap().unwrap().entry;
+        assert!(entry.chunks.len() > 20, "{}", entry.chunks.len());
+        let mut fetching = Vec::new();
+        for (i, id) in entry.chunks.iter().enumerate() {
+            if i % 2 == 0 {
+                b.store
+                    .put_chunk(id, &a.store.read_chunk(id).unwrap())
+                    .unwrap();
+            } else {
+                fetching.push(*id);
+            }
+        }
+        b.store.flush().unwrap();
+        (dir, a, b, entry, content, fetching)
+    }
+
+    #[test]
+    fn a_file_assembled_from_chunks_arriving_out_of_order_is_byte_identical() {
+        let (_d, a, b, entry, content, fetching) = setup();
+        let list = vec![("big.bin".to_string(), entry.clone())];
+        let mut asm = Assembly::start(b.root(), &list, &fetching);
+        assert!(!asm.is_empty());
+        let reader = b.reader().unwrap();
+        for id in fetching.iter().rev() {
+            assert!(asm.wants(id));
+            asm.received(&reader, id, a.store.read_chunk(id).unwrap());
+        }
+        let mut staged = asm.finish(&reader);
+        assert_eq!(staged.len(), 1);
+        let tmp = staged.take("big.bin", &entry).unwrap();
+        assert_eq!(std::fs::read(&tmp).unwrap(), content);
+        std::fs::remove_file(tmp).unwrap();
+        assert_eq!(temps(b.root()), 0);
+    }
+
+    #[test]
+    fn an_unfinished_assembly_leaves_nothing_behind() {
+        let (_d, a, b, entry, _content, fetching) = setup();
+        let list = vec![("big.bin".to_string(), entry)];
+        let reader = b.reader().unwrap();
+        // A chunk never arrives: the file is not handed over.
+        let mut asm = Assembly::start(b.root(), &list, &fetching);
+        for id in &fetching[1..] {
+            asm.received(&reader, id, a.store.read_chunk(id).unwrap());
+        }
+        assert!(asm.finish(&reader).is_empty());
+        assert_eq!(temps(b.root()), 0);
+        // A fetch that fails midway (a chunk failed its check) drops it.
+        let mut asm = Assembly::start(b.root(), &list, &fetching);
+        asm.received(
+            &reader,
+            &fetching[0],
+            a.store.read_chunk(&fetching[0]).unwrap(),
+        );
+        assert_eq!(temps(b.root()), 1);
+        drop(asm);
+        assert_eq!(temps(b.root()), 0);
+        assert!(!b.root().join("big.bin").exists());
+    }
+}
