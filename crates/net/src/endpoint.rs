@@ -138,7 +138,17 @@ impl SyncNet {
         };
         let gate = Gate::default();
         // The folders' ALPNs are offered as they are routed (`route`).
+        // MTU discovery up to the largest UDP payload: a loopback or LAN
+        // path that carries jumbo packets moves a file in far fewer packets
+        // (each one a system call and a decryption on both sides); on
+        // other paths discovery settles at their MTU.
+        let mut mtu = iroh::endpoint::MtuDiscoveryConfig::default();
+        mtu.upper_bound(u16::MAX);
+        let transport = iroh::endpoint::QuicTransportConfig::builder()
+            .mtu_discovery_config(Some(mtu))
+            .build();
         let endpoint = Endpoint::builder(presets::Minimal)
+            .transport_config(transport)
             .secret_key(secret)
             .alpns(Vec::new())
             .relay_mode(relay_mode)
