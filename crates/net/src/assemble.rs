@@ -17,8 +17,13 @@ use sovryn_engine::View;
 use sovryn_store::{ChunkId, Entry, EntryKind};
 
 /// Plaintext held for chunks that arrived before the ones ahead of them,
-/// per batch (at most): beyond it, the file is left to the apply.
-const MAX_PENDING_BYTES: usize = 256 << 20;
+/// per batch (at most): beyond it, the file is left to the apply. The
+/// fetch has at most 4 streams of 128 chunks in flight per peer.
+const MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// Files assembled at once (each holds an open file): a batch announcing
+/// more large files leaves the rest to the apply.
+const MAX_FILES: usize = 16;
 
 struct FileAsm {
     rel: String,
@@ -55,6 +60,9 @@ impl Assembly {
             pending_bytes: 0,
         };
         for (rel, e) in list {
+            if out.files.len() >= MAX_FILES {
+                break;
+            }
             if e.deleted
                 || e.kind != EntryKind::File
                 || e.size < STAGE_MIN_BYTES
