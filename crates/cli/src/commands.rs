@@ -854,8 +854,20 @@ fn config(ctx: &Ctx, action: ConfigAction) -> Result<()> {
             crate::node_cmd::set_paused(&ctx.home, on, ctx.json)?;
         }
         ConfigAction::Set { key, value } => {
+            let node_home = if ctx.folder == sovryn_engine::folders::DEFAULT {
+                ctx.home.clone()
+            } else {
+                sovryn_engine::folders::node_of(&ctx.home)?
+            };
+            let folder = sovryn_engine::folders::FolderName::parse(&ctx.folder)?;
             config = sovryn_engine::Config::update(&ctx.home, |c| {
                 c.set(&key, &value)?;
+                // Folders never nest, whichever of them moves.
+                sovryn_engine::folders::check_apart_from_folders(
+                    &node_home,
+                    Some(&folder),
+                    &c.storage_path,
+                )?;
                 Ok(c.clone())
             })?;
             sovryn_daemon::notify_config_changed(&ctx.home);

@@ -231,12 +231,15 @@ fn add(
 
 fn remove(node: &Home, json: bool, name: &str) -> Result<()> {
     let name = FolderName::parse(name)?;
-    if let Ok(Some(a)) = control::request(
+    // A running node must have stopped serving it before its home moves.
+    let answer = control::request(
         node,
         &Request::CloseFolder {
             name: name.to_string(),
         },
-    ) {
+    )
+    .context("asking the running node to stop serving the folder; nothing was changed")?;
+    if let Some(a) = answer {
         if a["ok"] != true {
             bail!(
                 "the running node could not stop serving it: {}",

@@ -74,7 +74,7 @@ pub fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 /// `p` with symlinks resolved, as far as it exists (the rest appended).
-fn canonical_prefix(p: &Path) -> PathBuf {
+pub(crate) fn canonical_prefix(p: &Path) -> PathBuf {
     let mut existing = p.to_owned();
     let mut rest = Vec::new();
     loop {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use sovryn_store::{Access, KeyFile, MasterKey, Store};
 
-use crate::config::{absolute, check_apart, Config, Home};
+use crate::config::{absolute, canonical_prefix, check_apart, Config, Home};
 use crate::node::tighten_home;
 use crate::{Error, Result};
 
@@ -219,20 +219,20 @@ pub fn create(
         )));
     }
     let storage = absolute(storage)?;
+    if storage
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(Error::Usage(format!(
+            "give the storage path without '..': {}",
+            storage.display()
+        )));
+    }
     check_apart(&node.dir, &storage)?;
+    check_apart_from_folders(node, None, &storage)?;
     let key = folder_key.unwrap_or_else(MasterKey::generate);
     let folder_id = key.derive().folder_id;
     for f in list(node)? {
-        let cfg = Config::load(&f.home)?;
-        let (a, b) = (canonical(&cfg.storage_path), canonical(&storage));
-        if a.starts_with(&b) || b.starts_with(&a) {
-            return Err(Error::Usage(format!(
-                "{} and folder '{}' ({}) must not contain each other",
-                storage.display(),
-                f.name,
-                cfg.storage_path.display()
-            )));
-        }
         if let Ok(k) = open_key(&f.home, node_key) {
             if k.derive().folder_id == folder_id {
                 return Err(Error::Usage(format!(
@@ -244,6 +244,9 @@ pub fn create(
     }
     fs::create_dir_all(&storage).map_err(|e| Error::io(&storage, e))?;
     let storage = fs::canonicalize(&storage).map_err(|e| Error::io(&storage, e))?;
+    // Again on the real path: a symlink or `..` may have led elsewhere.
+    check_apart(&node.dir, &storage)?;
+    check_apart_from_folders(node, None, &storage)?;
     let parent = node.dir.join(FOLDERS_DIR);
     fs::DirBuilder::new()
         .recursive(true)
@@ -270,8 +273,32 @@ pub fn create(
     })
 }
 
-fn canonical(p: &Path) -> PathBuf {
-    fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())
+/// Refuses a storage path that holds or lies inside the storage path of
+/// another folder of the node (`except`: the folder it is for): the outer
+/// folder would record the inner one's files and send them, under its
+/// key, to its own peers. Symlinks are resolved as far as the paths exist.
+pub fn check_apart_from_folders(
+    node: &Home,
+    except: Option<&FolderName>,
+    storage: &Path,
+) -> Result<()> {
+    let s = canonical_prefix(storage);
+    for f in list(node)? {
+        if Some(&f.name) == except {
+            continue;
+        }
+        let cfg = Config::load(&f.home)?;
+        let other = canonical_prefix(&cfg.storage_path);
+        if other.starts_with(&s) || s.starts_with(&other) {
+            return Err(Error::Usage(format!(
+                "{} and folder '{}' ({}) must not contain each other",
+                storage.display(),
+                f.name,
+                cfg.storage_path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Writes a new folder's files into its (empty, private) home; the config
@@ -369,7 +396,10 @@ mod tests {
         // Overlapping storage paths, a reused key, a second 'work' and the
         // name 'default' are refused, and leave nothing behind.
         let photos = FolderName::parse("photos").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("default"), dir.path().join("link")).unwrap();
         for (name, path, k) in [
+            (&photos, dir.path().join("link/inner"), None),
+            (&photos, dir.path().join("x/../default/y"), None),
             (&photos, dir.path().join("work/inner"), None),
             (&photos, dir.path().to_owned(), None),
             (&photos, dir.path().join("p"), Some(wk.clone())),
@@ -380,6 +410,7 @@ mod tests {
             assert!(create(&node, name, &path, &key, k).is_err(), "{path:?}");
         }
         assert!(!folder_home(&node, &photos).dir.exists());
+        assert!(!dir.path().join("default/inner").exists());
         create(&node, &photos, &dir.path().join("photos"), &key, None).unwrap();
         let names: Vec<String> = list(&node)
             .unwrap()

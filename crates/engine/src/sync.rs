@@ -384,13 +384,7 @@ impl Node {
                 .and_then(|()| crate::fsutil::set_mode(&tmp, entry.mode));
             match moved {
                 Ok(()) => {
-                    batch.writes.push(PendingWrite {
-                        tmp,
-                        target,
-                        change: batch.changes.len(),
-                        expect,
-                    });
-                    return self.sync_push_change(batch, report, rel, entry, None);
+                    return self.sync_push_write(batch, report, rel, entry, tmp, target, expect)
                 }
                 Err(e) => {
                     tracing::debug!("{rel}: staged copy not used: {e}");
@@ -417,13 +411,35 @@ impl Node {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
+        self.sync_push_write(batch, report, rel, entry, tmp, target, expect)
+    }
+
+    /// Records a file written to `tmp`, to be renamed onto `target` at the
+    /// flush. The change goes in first: a write is never pending without
+    /// the change it belongs to (a failure here removes the temp file).
+    #[allow(clippy::too_many_arguments)]
+    fn sync_push_write(
+        &mut self,
+        batch: &mut Batch,
+        report: &mut ApplyReport,
+        rel: &str,
+        entry: Entry,
+        tmp: PathBuf,
+        target: PathBuf,
+        expect: Option<DiskStat>,
+    ) -> Result<()> {
+        let change = batch.changes.len();
+        if let Err(e) = self.sync_push_change(batch, report, rel, entry, None) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         batch.writes.push(PendingWrite {
             tmp,
             target,
-            change: batch.changes.len(),
+            change,
             expect,
         });
-        self.sync_push_change(batch, report, rel, entry, None)
+        Ok(())
     }
 
     fn sync_push_change(

@@ -12,6 +12,9 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use crate::node::Node;
 
+/// How long bulk work lets interactive callers go first.
+pub const BULK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The node of one folder, for one writer at a time.
 pub struct Writer {
     node: Mutex<Node>,
@@ -105,15 +108,32 @@ impl Writer {
     }
 
     /// The node for one batch of bulk work: waits while it is held or an
-    /// interactive caller waits. Blocks; call it on a blocking thread.
+    /// interactive caller waits, but after [`BULK_PATIENCE`] only while it
+    /// is held, so a steady stream of interactive calls cannot stop sync.
+    /// Blocks; call it on a blocking thread.
     pub fn lock_bulk(&self) -> Result<WriterGuard<'_>, Poisoned> {
+        let since = std::time::Instant::now();
         let mut turn = self.turn();
-        while turn.held || turn.interactive_waiting > 0 {
-            turn = self.released.wait(turn).unwrap_or_else(|e| e.into_inner());
+        loop {
+            let yielding = turn.interactive_waiting > 0 && since.elapsed() < BULK_PATIENCE;
+            if !turn.held && !yielding {
+                break;
+            }
+            turn = self
+                .released
+                .wait_timeout(turn, BULK_PATIENCE)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         turn.held = true;
         drop(turn);
         self.take()
+    }
+
+    /// Whether a caller panicked while it held the node (a check that
+    /// never waits, for readiness probes).
+    pub fn is_poisoned(&self) -> bool {
+        self.node.is_poisoned()
     }
 
     /// Interactive callers waiting now (for status and tests).

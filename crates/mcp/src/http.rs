@@ -659,7 +659,7 @@ async fn readyz(State(st): State<Arc<Auth>>) -> Response {
     let node = st.shared.state.node.clone();
     let node_ok = tokio::time::timeout(
         Duration::from_secs(2),
-        tokio::task::spawn_blocking(move || node.lock().is_ok()),
+        tokio::task::spawn_blocking(move || !node.is_poisoned()),
     )
     .await;
     let node_ok = matches!(node_ok, Ok(Ok(true)));

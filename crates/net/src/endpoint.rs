@@ -239,6 +239,7 @@ impl SyncNet {
             short_id,
             limits: RwLock::new(Limits::default()),
             discovery: on.discovery,
+            dialer: Mutex::new(None),
         });
         net.route(&net);
         Ok(net)
@@ -342,6 +343,15 @@ impl SyncNet {
     /// folder's service. Runs until the endpoint closes.
     pub async fn run(self: Arc<Self>) {
         let dialer = tokio::spawn(self.clone().dial_loop());
+        // Dropping this future (the folder stops) stops the dialing too.
+        struct AbortOnDrop(tokio::task::AbortHandle);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let _dialing = AbortOnDrop(dialer.abort_handle());
+        *self.dialer.lock().unwrap_or_else(|e| e.into_inner()) = Some(dialer.abort_handle());
         if !self.owner {
             let _ = dialer.await;
             return;
@@ -363,10 +373,15 @@ impl SyncNet {
 
     /// Closes this folder's connections; the owner closes the endpoint.
     pub async fn shutdown(&self) {
+        if let Some(d) = self.dialer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            d.abort();
+        }
         if self.owner {
             self.endpoint.close().await;
             return;
         }
+        // Nobody is admitted or dialed for this folder any more.
+        self.allow.replace(Default::default());
         self.gate.remove(&self.alpn);
         let alpns = match self.routes.write() {
             Ok(mut r) => {

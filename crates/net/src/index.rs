@@ -255,6 +255,15 @@ impl SyncNet {
                         let mut old = Vec::new();
                         if !read_only {
                             for (path, entry) in current {
+                                // What this node's rules leave out is
+                                // neither fetched nor written out (the
+                                // apply would skip it anyway).
+                                if !n
+                                    .rules
+                                    .keeps(&path, entry.kind == sovryn_store::EntryKind::Dir)
+                                {
+                                    continue;
+                                }
                                 let useful = match n.store.file(&path)? {
                                     None => true,
                                     Some(l) => match entry.vv.compare(&l.entry.vv) {

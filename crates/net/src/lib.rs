@@ -119,6 +119,8 @@ pub struct SyncNet {
     limits: RwLock<Limits>,
     /// How peers are found (fixed at bind).
     discovery: Discovery,
+    /// The dialing task while [`SyncNet::run`] runs (stopped at shutdown).
+    dialer: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl std::fmt::Debug for SyncNet {
