@@ -87,7 +87,8 @@ pub fn master_key(home: &Home, passphrase_file: Option<&Path>) -> Result<MasterK
     if kf.is_sealed() {
         // Another folder of the node: the node's key opens it.
         let node = sovryn_engine::folders::node_of(home)?;
-        return Ok(kf.unseal(&master_key(&node, passphrase_file)?)?);
+        let node_key = master_key(&node, passphrase_file)?;
+        return Ok(sovryn_engine::folders::open_key(home, &node_key)?);
     }
     if !kf.needs_passphrase() {
         return Ok(kf.open(None)?);

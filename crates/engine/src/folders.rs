@@ -1,7 +1,8 @@
 //! A node's folders. The first, `default`, lives in the node's home; every
 //! other one in `HOME/folders/NAME/`, a home of its own (config, index,
 //! packs, control socket and MCP tokens) whose key is sealed by the node's
-//! key (the default folder's) and which shares the node's identity. One
+//! key (the default folder's) together with the node's identity, which it
+//! shares. One
 //! passphrase opens every folder; each folder has its own random key, so
 //! peers of one folder can read nothing of another.
 
@@ -322,17 +323,20 @@ fn fill(
     config.validate()?;
     let identity = fs::read(node.identity()).map_err(|e| Error::io(&node.identity(), e))?;
     sovryn_store::keys::write_secret_file(&home.identity(), &identity)?;
-    KeyFile::sealed(key, node_key)?.save(&home.keyfile())?;
+    let secret = crate::identity::load(&home.identity())?.to_bytes();
+    KeyFile::sealed(key, node_key, &secret)?.save(&home.keyfile())?;
     drop(Store::open(&home.dir, key, Access::ReadWrite)?);
     config.save(home)?;
     tighten_home(home)
 }
 
-/// Opens the key of a folder's home: sealed keys with `node_key`.
+/// Opens the key of a folder's home: a sealed key with `node_key` and the
+/// node's identity.
 pub fn open_key(home: &Home, node_key: &MasterKey) -> Result<MasterKey> {
     let kf = KeyFile::load(&home.keyfile())?;
     if kf.is_sealed() {
-        return Ok(kf.unseal(node_key)?);
+        let secret = crate::identity::load(&home.identity())?.to_bytes();
+        return Ok(kf.unseal(node_key, &secret)?);
     }
     Ok(node_key.clone())
 }

@@ -217,11 +217,13 @@ impl KeyFile {
         })
     }
 
-    /// A folder's key sealed by the node's key.
-    pub fn sealed(folder: &MasterKey, node: &MasterKey) -> Result<Self> {
+    /// A folder's key sealed by the node's key together with the node's
+    /// identity secret (`node_secret`): the node's key is also the default
+    /// folder's, which its peers hold; the identity never leaves the node.
+    pub fn sealed(folder: &MasterKey, node: &MasterKey, node_secret: &[u8; 32]) -> Result<Self> {
         let mut nonce = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ct = seal_cipher(node)
+        let ct = seal_cipher(node, node_secret)
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
@@ -253,8 +255,8 @@ impl KeyFile {
         matches!(self, KeyFile::Sealed { .. })
     }
 
-    /// Opens a sealed folder key with the node's key.
-    pub fn unseal(&self, node: &MasterKey) -> Result<MasterKey> {
+    /// Opens a sealed folder key with the node's key and identity secret.
+    pub fn unseal(&self, node: &MasterKey, node_secret: &[u8; 32]) -> Result<MasterKey> {
         let KeyFile::Sealed {
             folder_id,
             nonce,
@@ -269,7 +271,7 @@ impl KeyFile {
         if nonce.len() != 24 {
             return Err(corrupt());
         }
-        let pt = seal_cipher(node)
+        let pt = seal_cipher(node, node_secret)
             .decrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
@@ -277,7 +279,9 @@ impl KeyFile {
                     aad: SEAL_AAD,
                 },
             )
-            .map_err(|_| Error::BadKey("the node's key does not open this folder's key".into()))?;
+            .map_err(|_| {
+                Error::BadKey("the node's key and identity do not open this folder's key".into())
+            })?;
         let arr: [u8; 32] = pt.try_into().map_err(|_| corrupt())?;
         let key = MasterKey(arr);
         if &key.derive().folder_id != folder_id {
@@ -357,8 +361,11 @@ impl KeyFile {
     }
 }
 
-fn seal_cipher(node: &MasterKey) -> XChaCha20Poly1305 {
-    let key = blake3::derive_key(CONTEXT_FOLDER_SEAL, &node.0);
+fn seal_cipher(node: &MasterKey, node_secret: &[u8; 32]) -> XChaCha20Poly1305 {
+    let mut material = [0u8; 64];
+    material[..32].copy_from_slice(&node.0);
+    material[32..].copy_from_slice(node_secret);
+    let key = blake3::derive_key(CONTEXT_FOLDER_SEAL, &material);
     XChaCha20Poly1305::new((&key).into())
 }
 
@@ -434,14 +441,18 @@ mod tests {
     fn sealed_key_opens_with_the_node_key_only() {
         let node = MasterKey::generate();
         let folder = MasterKey::generate();
-        let kf = KeyFile::sealed(&folder, &node).unwrap();
-        assert_eq!(kf.unseal(&node).unwrap().to_hex(), folder.to_hex());
-        assert!(kf.unseal(&MasterKey::generate()).is_err());
+        let me = [7u8; 32];
+        let kf = KeyFile::sealed(&folder, &node, &me).unwrap();
+        assert_eq!(kf.unseal(&node, &me).unwrap().to_hex(), folder.to_hex());
+        // The node's key alone (what the default folder's peers hold) or
+        // the identity alone opens nothing.
+        assert!(kf.unseal(&node, &[8u8; 32]).is_err());
+        assert!(kf.unseal(&MasterKey::generate(), &me).is_err());
         assert!(kf.open(None).is_err());
         let text = serde_json::to_string(&kf).unwrap();
         assert!(!text.contains(&folder.to_hex()));
         let back: KeyFile = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.unseal(&node).unwrap().to_hex(), folder.to_hex());
+        assert_eq!(back.unseal(&node, &me).unwrap().to_hex(), folder.to_hex());
     }
 
     #[test]
