@@ -17,6 +17,12 @@ use crate::Error;
 pub(crate) struct FolderRuns {
     node_key: Option<MasterKey>,
     running: BTreeMap<FolderName, Running>,
+    /// Folders being opened (their first scan can take a while; the lock
+    /// is not held meanwhile).
+    starting: std::collections::BTreeSet<FolderName>,
+    /// Set once the node stops: a folder that finishes opening after it
+    /// is stopped at once.
+    closing: bool,
 }
 
 struct Running {
@@ -70,11 +76,39 @@ impl Daemon {
                 "folders are opened by the node's first folder (its control socket is in the node's home)".into(),
             ));
         }
+        let key = {
+            let mut runs = self.folders.lock().await;
+            if let Some(r) = runs.running.get(name).filter(|r| !r.done.is_finished()) {
+                return Ok(r.root.clone());
+            }
+            if runs.closing || !runs.starting.insert(name.clone()) {
+                return Err(Error::Failed(format!(
+                    "folder {name} is being opened or the node is stopping"
+                )));
+            }
+            runs.node_key.clone()
+        };
+        let opened = self.start_folder(name, key).await;
         let mut runs = self.folders.lock().await;
-        if let Some(r) = runs.running.get(name).filter(|r| !r.done.is_finished()) {
-            return Ok(r.root.clone());
+        runs.starting.remove(name);
+        let (root, run) = opened?;
+        if runs.closing {
+            run.stop.cancel();
+            let _ = run.done.await;
+            return Err(Error::Failed("the node is stopping".into()));
         }
-        let key = runs.node_key.clone().ok_or_else(|| {
+        tracing::info!("serving folder {name} ({})", root.display());
+        runs.running.insert(name.clone(), run);
+        Ok(root)
+    }
+
+    /// Opens folder `name` and starts its daemon on this one's endpoint.
+    async fn start_folder(
+        &self,
+        name: &FolderName,
+        key: Option<MasterKey>,
+    ) -> Result<(PathBuf, Running)> {
+        let key = key.ok_or_else(|| {
             Error::Failed("this node was started without its key; restart it".into())
         })?;
         let folder = folders::find(&self.home, name.as_str())?;
@@ -97,16 +131,7 @@ impl Daemon {
                 tracing::warn!("folder {label} stopped: {e:#}");
             }
         });
-        tracing::info!("serving folder {name} ({})", root.display());
-        runs.running.insert(
-            name.clone(),
-            Running {
-                root: root.clone(),
-                stop,
-                done,
-            },
-        );
-        Ok(root)
+        Ok((root.clone(), Running { root, stop, done }))
     }
 
     /// Stops serving folder `name`; whether it was served.
@@ -124,7 +149,11 @@ impl Daemon {
 
     /// Stops every other folder and waits for each to flush.
     pub(crate) async fn stop_folders(&self) {
-        let runs = std::mem::take(&mut self.folders.lock().await.running);
+        let runs = {
+            let mut all = self.folders.lock().await;
+            all.closing = true;
+            std::mem::take(&mut all.running)
+        };
         for r in runs.values() {
             r.stop.cancel();
         }

@@ -320,7 +320,7 @@ impl SyncNet {
                     let (lacking, assembly) = self.fetch_chunks(conn, all, assembly).await?;
                     if let Some(a) = assembly {
                         self.shared.with_node_bulk(|n| Ok(n.store.flush()?)).await?;
-                        assembled = self.shared.with_view(move |v| a.finish(v)).await?;
+                        assembled = self.shared.with_own_reader(move |v| a.finish(v)).await?;
                     }
                     if let Some(id) = lacking.iter().find(|id| need.contains(id)) {
                         bail!("peer lacks chunk {id}");
@@ -492,7 +492,7 @@ impl SyncNet {
         self.shared.with_node_bulk(|n| Ok(n.store.flush()?)).await?;
         let more = self
             .shared
-            .with_view(move |v| sovryn_engine::sync::Staged::prepare(v, &big))
+            .with_own_reader(move |v| sovryn_engine::sync::Staged::prepare(v, &big))
             .await?;
         staged.extend(more);
         Ok(staged)

@@ -67,6 +67,19 @@ impl Shared {
             .map_err(|e| Error::Internal(format!("store reader task: {e}")))
     }
 
+    /// Runs `f` with a read-only handle of its own, on a blocking thread:
+    /// for long work (writing out a large file) that must not hold one of
+    /// the shared handles that serve peers.
+    pub(crate) async fn with_own_reader<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&sovryn_engine::Reader) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        let reader = self.with_node_bulk(|n| Ok(n.reader()?)).await?;
+        tokio::task::spawn_blocking(move || f(&reader))
+            .await
+            .map_err(|e| Error::Internal(format!("store reader task: {e}")))
+    }
+
     /// Runs `f` with a read-only view now, on this (blocking) thread.
     pub(crate) fn on_reader_now<R>(&self, f: impl FnOnce(&sovryn_engine::Reader) -> R) -> R {
         f(&self.readers.get())
