@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Daemon memory with many files indexed (brief target: < 150 MB RSS at 100,000).
+"""Daemon memory, index size and an unchanged rescan with many files indexed
+(brief target: < 150 MB RSS at 100,000; issue 11: at 1,000,000 files RSS
+< 500 MB, index < 1 KB per file, unchanged rescan < 15 s).
 
     python3 bench/memory.py --sovryn target/release/sovryn [--files 100000]
 
@@ -62,10 +64,21 @@ def main():
                 break
         time.sleep(5)  # the startup scan and watcher registration settle
         r = rss_kib(p.pid)
+        # A rescan of the unchanged tree, done by the running node.
+        t0 = time.time()
+        sv("scan")
+        rescan = time.time() - t0
+        r2 = rss_kib(p.pid)
         p.terminate()
         p.wait(15)
+        index = sum(os.path.getsize(os.path.join(home, n)) for n in os.listdir(home)
+                    if n.startswith("index.db"))
         print(f"files indexed: {args.files:,} (sovryn add: {added:.1f} s)")
-        print(f"daemon RSS: {r['VmRSS'] / 1024:.1f} MiB, peak {r['VmHWM'] / 1024:.1f} MiB")
+        print(f"daemon RSS: {r['VmRSS'] / 1024:.1f} MiB, peak {r['VmHWM'] / 1024:.1f} MiB;"
+              f" after a rescan {r2['VmRSS'] / 1024:.1f} MiB, peak {r2['VmHWM'] / 1024:.1f} MiB")
+        print(f"unchanged rescan through the node: {rescan:.2f} s")
+        print(f"index: {index / 2**20:.1f} MiB = {index / args.files:.0f} bytes per file"
+              " (index.db and its WAL; full-text words included)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -13,12 +13,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc keeps freed chunk buffers for reuse where glibc's allocator
-/// unmaps and maps them again: the daemon's ingest of 1 GiB spent 0.9 CPU
-/// seconds more in the kernel than `sovryn add` did.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Sovereign peer-to-peer encrypted file sync with an MCP server.
 #[derive(Parser, Debug)]
 #[command(name = "sovryn", version, about)]
