@@ -192,19 +192,9 @@ fn up(
             daemon.net.set_peers(&[]);
             tracing::info!("sync is paused ('sovryn resume' to sync again)");
         }
-        let others = daemon.open_folders(key).await;
         let mut out = std::io::stdout().lock();
         writeln!(out, "node {name} ({})", daemon.net.id())?;
         writeln!(out, "folder {}", root.display())?;
-        for (folder, opened) in others {
-            match opened {
-                Ok(path) => writeln!(out, "folder {folder}: {}", path.display())?,
-                Err(e) => {
-                    tracing::warn!("folder {folder} not served: {e}");
-                    eprintln!("warning: folder {folder} not served: {e}");
-                }
-            }
-        }
         for a in daemon.net.bound_sockets() {
             writeln!(out, "listening on {a}")?;
         }
@@ -219,10 +209,27 @@ fn up(
                 .as_ref()
                 .map_or("none".to_string(), |u| u.to_string())
         )?;
-        writeln!(out, "ready")?;
         out.flush()?;
         drop(out);
-        daemon.run().await?;
+        // The other folders open once this one runs (it accepts their
+        // connections too); "ready" follows them.
+        let ready = |others: Vec<(String, sovryn_daemon::Result<std::path::PathBuf>)>| {
+            let mut out = std::io::stdout().lock();
+            for (folder, opened) in others {
+                match opened {
+                    Ok(path) => {
+                        let _ = writeln!(out, "folder {folder}: {}", path.display());
+                    }
+                    Err(e) => {
+                        tracing::warn!("folder {folder} not served: {e}");
+                        eprintln!("warning: folder {folder} not served: {e}");
+                    }
+                }
+            }
+            let _ = writeln!(out, "ready");
+            let _ = out.flush();
+        };
+        daemon.run_with_folders(key, ready).await?;
         anyhow::Ok(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(2));

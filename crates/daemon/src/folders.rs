@@ -127,7 +127,7 @@ impl Daemon {
             .ok_or_else(|| Error::Failed("an attached folder without its stop".into()))?;
         let label = name.to_string();
         let done = tokio::spawn(async move {
-            if let Err(e) = daemon.serve().await {
+            if let Err(e) = daemon.serve(None).await {
                 tracing::warn!("folder {label} stopped: {e:#}");
             }
         });

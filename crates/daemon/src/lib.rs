@@ -189,10 +189,28 @@ impl Daemon {
     /// Runs until SIGINT or SIGTERM: sync sessions, the watcher, the
     /// periodic rescan and reloading peers from `config.toml`.
     pub async fn run(self) -> Result<()> {
-        Ok(self.serve().await?)
+        Ok(self.serve(None).await?)
     }
 
-    async fn serve(mut self) -> anyhow::Result<()> {
+    /// Like [`Daemon::run`], and once its tasks run (sync accepting
+    /// connections, the control socket answering), opens the node's other
+    /// folders with `node_key` and calls `ready` with what each gave: a
+    /// folder's first scan never holds up the others.
+    pub async fn run_with_folders(
+        self,
+        node_key: sovryn_store::MasterKey,
+        ready: impl FnOnce(Vec<(String, Result<PathBuf>)>) + Send + 'static,
+    ) -> Result<()> {
+        let then: AfterStart = Box::new(move |this: Arc<Daemon>| {
+            Box::pin(async move {
+                let opened = this.open_folders(node_key).await;
+                ready(opened);
+            })
+        });
+        Ok(self.serve(Some(then)).await?)
+    }
+
+    async fn serve(mut self, after_start: Option<AfterStart>) -> anyhow::Result<()> {
         let (_, mut rx) = mpsc::channel(1);
         std::mem::swap(&mut rx, &mut self.watched);
         let this = Arc::new(self);
@@ -295,6 +313,9 @@ impl Daemon {
                 }
             });
         }
+        if let Some(then) = after_start {
+            tokio::spawn(then(this.clone()));
+        }
         let attached = this.attached.clone();
         let stopped = tasks
             .run_until(async {
@@ -322,6 +343,12 @@ impl Daemon {
         stopped
     }
 }
+
+/// Work started once a daemon's tasks run.
+type AfterStart = Box<
+    dyn FnOnce(Arc<Daemon>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
 
 /// Where a folder's sync service runs: on its own endpoint (the node's
 /// first folder) or on the endpoint of another folder of the node.
