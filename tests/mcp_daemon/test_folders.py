@@ -114,6 +114,10 @@ def test_two_folders_shared_with_different_peers(tmp_path: Path):
         # Each folder's status shows its own peer, connected.
         st = json.loads(a.run("-F", "photos", "--json", "status").stdout)
         assert [p["id"] for p in st["peers"]] == [c.id], st
+        # Outside every folder, one object with each folder's status.
+        every = json.loads(try_run(a, "--json", "status", cwd=tmp_path).stdout)
+        assert [f["folder"] for f in every["folders"]] == ["default", "photos", "work"], every
+        assert [p["id"] for p in every["folders"][2]["peers"]] == [b.id], every
 
         # Nothing crossed between folders, in either direction.
         time.sleep(1.0)

@@ -163,6 +163,24 @@ pub fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
     }
+    // `status --json` outside every folder of a node with several: one
+    // object holding each folder's status.
+    if let (None, true, Command::Status) = (&cli.folder, cli.json, &cli.command) {
+        let all = sovryn_engine::folders::list(&node_home)?;
+        if all.len() > 1 && sovryn_engine::folders::select(&node_home, None, &cwd()?).is_err() {
+            let mut statuses = Vec::new();
+            for f in all {
+                let ctx = Ctx {
+                    home: f.home,
+                    folder: f.name.to_string(),
+                    passphrase_file: cli.passphrase_file.clone(),
+                    json: true,
+                };
+                status_into(&ctx, Some(&mut statuses))?;
+            }
+            return output::json(&json!({ "folders": statuses }));
+        }
+    }
     let folder = if folder_scoped(&cli.command) {
         sovryn_engine::folders::select(&node_home, cli.folder.as_deref(), &cwd()?)?
     } else {
@@ -679,6 +697,12 @@ fn search(ctx: &Ctx, query: &str, path: Option<&str>, limit: usize) -> Result<()
 }
 
 fn status(ctx: &Ctx) -> Result<()> {
+    status_into(ctx, None)
+}
+
+/// The status of `ctx`'s folder: printed, or with `--json` printed as one
+/// object, or added to `collect` (the status of every folder at once).
+fn status_into(ctx: &Ctx, collect: Option<&mut Vec<serde_json::Value>>) -> Result<()> {
     let config = sovryn_engine::Config::load(&ctx.home)?;
     let node_id = sovryn_engine::identity::load(&ctx.home.identity())?.public();
     // A running node answers everything (without the key here); else this
@@ -732,7 +756,7 @@ fn status(ctx: &Ctx) -> Result<()> {
         .and_then(|l| l["peers"].as_array().cloned())
         .unwrap_or_default();
     if ctx.json {
-        return output::json(&json!({
+        let v = json!({
             "name": config.node_name, "node_id": node_id.to_string(), "home": ctx.home.dir,
             "folder": ctx.folder,
             "storage_path": config.storage_path, "folder_id": folder_id,
@@ -741,7 +765,14 @@ fn status(ctx: &Ctx) -> Result<()> {
             "running": live.is_some(), "paused": paused, "peers": peers,
             "configured_peers": config.peers.len(),
             "conflicts": conflicts.len(),
-        }));
+        });
+        return match collect {
+            Some(all) => {
+                all.push(v);
+                Ok(())
+            }
+            None => output::json(&v),
+        };
     }
     println!("node        {} ({node_id})", config.node_name);
     println!("home        {}", ctx.home.dir.display());
