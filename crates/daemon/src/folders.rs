@@ -23,6 +23,8 @@ pub(crate) struct FolderRuns {
     /// Set once the node stops: a folder that finishes opening after it
     /// is stopped at once.
     closing: bool,
+    /// Folders closed while they were opening: stopped once open.
+    cancelled: std::collections::BTreeSet<FolderName>,
 }
 
 struct Running {
@@ -91,7 +93,15 @@ impl Daemon {
         let opened = self.start_folder(name, key).await;
         let mut runs = self.folders.lock().await;
         runs.starting.remove(name);
+        let cancelled = runs.cancelled.remove(name);
         let (root, run) = opened?;
+        if cancelled {
+            run.stop.cancel();
+            let _ = run.done.await;
+            return Err(Error::Failed(format!(
+                "folder {name} was closed while it opened"
+            )));
+        }
         if runs.closing {
             run.stop.cancel();
             let _ = run.done.await;
@@ -136,7 +146,15 @@ impl Daemon {
 
     /// Stops serving folder `name`; whether it was served.
     pub(crate) async fn close_folder(&self, name: &FolderName) -> bool {
-        let run = self.folders.lock().await.running.remove(name);
+        let run = {
+            let mut runs = self.folders.lock().await;
+            if runs.starting.contains(name) {
+                // Stopped as soon as it is open.
+                runs.cancelled.insert(name.clone());
+                return true;
+            }
+            runs.running.remove(name)
+        };
         match run {
             Some(r) => {
                 r.stop.cancel();
