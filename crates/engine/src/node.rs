@@ -18,6 +18,10 @@ use crate::rules::Rules;
 use crate::view::View;
 use crate::{Error, Result};
 
+/// Files at least this large are ingested with reading and chunking on a
+/// thread of their own ([`Store::ingest_large`]).
+const LARGE_INGEST_BYTES: u64 = 8 * 1024 * 1024;
+
 /// What `init` needs.
 #[derive(Debug, Clone, Default)]
 pub struct InitOptions {
@@ -413,9 +417,13 @@ impl Node {
             } else {
                 0
             };
-            let ing = self
-                .store
-                .ingest(std::io::BufReader::with_capacity(1 << 20, f), limit)?;
+            let reader = std::io::BufReader::with_capacity(1 << 20, f);
+            // Large files are chunked on a thread of their own, ahead of sealing.
+            let ing = if stat.size >= LARGE_INGEST_BYTES {
+                self.store.ingest_large(reader, limit)?
+            } else {
+                self.store.ingest(reader, limit)?
+            };
             (EntryKind::File, ing.chunks, ing.size, None, ing.text)
         };
         Ok(Some((

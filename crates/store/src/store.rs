@@ -531,6 +531,65 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::ingest`] for large inputs: reading and chunking run on a
+    /// thread of their own, a few batches ahead of naming, sealing and
+    /// appending, so both cores stay busy.
+    pub fn ingest_large<R: Read + Send>(&mut self, reader: R, text_limit: u64) -> Result<Ingested> {
+        self.writable()?;
+        let codec = self.codec.clone();
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<Vec<u8>>>>(2);
+            scope.spawn(move || {
+                let mut batch = Vec::with_capacity(BATCH_CHUNKS);
+                for chunk in codec.chunker(reader) {
+                    match chunk {
+                        Ok(c) => batch.push(c.data),
+                        Err(e) => {
+                            let _ = tx.send(Err(match e {
+                                fastcdc::v2020::Error::IoError(io) => io,
+                                other => std::io::Error::other(other.to_string()),
+                            }));
+                            return;
+                        }
+                    }
+                    if batch.len() >= BATCH_CHUNKS
+                        && tx.send(Ok(std::mem::take(&mut batch))).is_err()
+                    {
+                        // The ingest stopped (an error while storing).
+                        return;
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.send(Ok(batch));
+                }
+            });
+            let mut out = Ingested::default();
+            let mut text: Option<Vec<u8>> = (text_limit > 0).then(Vec::new);
+            for batch in rx {
+                let mut batch = batch.map_err(Error::Read)?;
+                for data in &batch {
+                    out.size += data.len() as u64;
+                    if let Some(t) = &mut text {
+                        if out.size <= text_limit {
+                            t.extend_from_slice(data);
+                        } else {
+                            text = None;
+                        }
+                    }
+                }
+                self.store_batch(&mut batch, &mut out)?;
+            }
+            out.text = text.and_then(|t| {
+                if t.contains(&0) {
+                    None
+                } else {
+                    String::from_utf8(t).ok()
+                }
+            });
+            Ok(out)
+        })
+    }
+
     /// Chunks, names, seals and appends everything `reader` yields. The
     /// chunks become durable and indexed at the next [`Store::flush`] or
     /// [`Store::commit`]. Keeps the text when it is UTF-8 and at most `text_limit` bytes.
@@ -834,6 +893,54 @@ impl Drop for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_ingest_names_the_same_chunks_and_reports_read_errors() {
+        let key = MasterKey::generate();
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = Store::open(da.path(), &key, Access::ReadWrite).unwrap();
+        let mut b = Store::open(db.path(), &key, Access::ReadWrite).unwrap();
+        let mut x: u64 = 99;
+        let data: Vec<u8> = (0..10_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let one = a.ingest(std::io::Cursor::new(&data), 0).unwrap();
+        let two = b.ingest_large(std::io::Cursor::new(&data), 0).unwrap();
+        assert_eq!((one.size, &one.chunks), (two.size, &two.chunks));
+        assert!(two.chunks.len() > BATCH_CHUNKS, "{}", two.chunks.len());
+        b.flush().unwrap();
+        let mut back = Vec::new();
+        for id in &two.chunks {
+            back.extend(b.read_chunk(id).unwrap());
+        }
+        assert_eq!(back, data);
+        let text = b
+            .ingest_large(std::io::Cursor::new(b"some words"), 100)
+            .unwrap();
+        assert_eq!(text.text.as_deref(), Some("some words"));
+
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("disk gone"));
+                }
+                let n = buf.len().min(self.0);
+                buf[..n].fill(7);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        assert!(matches!(
+            b.ingest_large(Failing(5_000_000), 0),
+            Err(Error::Read(_))
+        ));
+    }
 
     #[test]
     fn reader_sees_committed_chunks_and_sealed_copies_store_as_is() {
