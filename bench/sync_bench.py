@@ -178,11 +178,13 @@ def run_tool(name, make_pair, args, results):
     try:
         r = {}
         # 10,000 x 1 KiB
+        settle(args)
         exp = write_files(pair.a_folder, "small", 10_000, 1024, 1)
         t0 = time.time()
         r["small"] = wait_converged(pair, exp, args.timeout) - t0
         check_same(pair, list(exp)[::500])
         # 1,000 x 100 KiB
+        settle(args)
         exp = write_files(pair.a_folder, "medium", 1_000, 100 * 1024, 2)
         t0 = time.time()
         r["medium"] = wait_converged(pair, exp, args.timeout) - t0
@@ -198,6 +200,7 @@ def run_tool(name, make_pair, args, results):
             # writing the benchmark's own input.
             f.flush()
             os.fsync(f.fileno())
+        settle(args)
         t0 = time.time()
         os.rename(staging, os.path.join(pair.a_folder, "big.bin"))
         r["big"] = wait_converged(pair, {"big.bin": size}, args.timeout) - t0
@@ -213,6 +216,7 @@ def run_tool(name, make_pair, args, results):
             shutil.copyfileobj(fi, fo, 1 << 20)
             fo.flush()
             os.fsync(fo.fileno())
+        settle(args)
         w0 = pair.wire_bytes()
         t0 = time.time()
         os.rename(tmp, src)
@@ -243,6 +247,17 @@ def run_tool(name, make_pair, args, results):
             shutil.rmtree(base, ignore_errors=True)
 
 
+def settle(args):
+    """Before a clock starts: the disk in step and, with --drop-caches
+    (root), the page cache emptied, so no workload pays for reclaiming the
+    cache the one before it filled (a second GiB written took 1.7x as long
+    as the first on this machine)."""
+    os.sync()
+    if args.drop_caches:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sovryn", default="target/release/sovryn")
@@ -253,6 +268,8 @@ def main():
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="empty the page cache before each workload (needs root)")
     args = ap.parse_args()
     results = {}
     if args.only in (None, "syncthing"):
