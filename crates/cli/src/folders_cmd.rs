@@ -154,7 +154,7 @@ fn list(node: &Home, json: bool) -> Result<()> {
         let line = format!(
             "{:<12}  {}  {}  peers: {}{}",
             r["name"].as_str().unwrap_or("?"),
-            &r["id"].as_str().unwrap_or("?")[..8.min(r["id"].as_str().unwrap_or("").len())],
+            r["id"].as_str().map_or("?", |id| id.get(..8).unwrap_or(id)),
             r["path"].as_str().unwrap_or("?"),
             if peers.is_empty() {
                 "none".to_string()
@@ -283,27 +283,13 @@ fn share(
     if id == sovryn_engine::identity::load(&node.identity())?.public() {
         bail!("that is this node's own id");
     }
-    for a in &addresses {
-        sovryn_engine::config::check_peer_address(a)?;
-    }
-    let mut clean_paths = Vec::new();
-    for p in &paths {
-        clean_paths.push(sovryn_engine::paths::normalize_rel(p)?);
-    }
-    let peer = PeerConfig {
-        id: id.to_string(),
-        addresses: if addresses.is_empty() {
-            known
-                .as_ref()
-                .map(|p| p.addresses.clone())
-                .unwrap_or_default()
-        } else {
-            addresses
-        },
-        name: known.and_then(|p| p.name),
-        read_only,
-        paths: clean_paths,
+    // Addresses given here win; else those the other folder knows.
+    let addresses = match (&known, addresses.is_empty()) {
+        (Some(k), true) => k.addresses.clone(),
+        _ => addresses,
     };
+    let known_name = known.and_then(|p| p.name);
+    let peer = PeerConfig::checked(&id, addresses, known_name, read_only, &paths)?;
     let (updated, peer) = Config::update(&folder.home, |c| Ok(c.upsert_peer(peer)))?;
     sovryn_daemon::notify_config_changed(&folder.home);
     if json {

@@ -330,20 +330,7 @@ fn peers(home: &Home, json: bool, action: PeersAction) -> Result<()> {
             if key == me {
                 bail!("that is this node's own id");
             }
-            for a in &addresses {
-                sovryn_engine::config::check_peer_address(a)?;
-            }
-            let mut clean_paths = Vec::new();
-            for p in &paths {
-                clean_paths.push(sovryn_engine::paths::normalize_rel(p)?);
-            }
-            let peer = PeerConfig {
-                id: key.to_string(),
-                addresses,
-                name,
-                read_only,
-                paths: clean_paths,
-            };
+            let peer = PeerConfig::checked(&key, addresses, name, read_only, &paths)?;
             let (updated, peer) = Config::update(home, |config| Ok(config.upsert_peer(peer)))?;
             sovryn_daemon::notify_config_changed(home);
             if json {

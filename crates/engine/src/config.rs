@@ -321,6 +321,34 @@ pub struct PeerConfig {
     pub paths: Vec<String>,
 }
 
+impl PeerConfig {
+    /// A peer entry from what a user or an agent typed: addresses checked,
+    /// path prefixes normalised (confined to the folder), an empty name
+    /// taken for none.
+    pub fn checked(
+        id: &crate::identity::PublicKey,
+        addresses: Vec<String>,
+        name: Option<String>,
+        read_only: bool,
+        paths: &[String],
+    ) -> Result<Self> {
+        for a in &addresses {
+            check_peer_address(a)?;
+        }
+        let paths = paths
+            .iter()
+            .map(|p| crate::paths::normalize_rel(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PeerConfig {
+            id: id.to_string(),
+            addresses,
+            name: name.filter(|n| !n.trim().is_empty()),
+            read_only,
+            paths,
+        })
+    }
+}
+
 fn default_listen() -> String {
     "0.0.0.0:7777".into()
 }

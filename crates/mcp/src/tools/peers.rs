@@ -42,22 +42,14 @@ impl SovrynServer {
         let key: PublicKey = id
             .parse()
             .map_err(|e| format!("'{id}' is not an endpoint id (64 hex digits): {e}"))?;
-        for addr in &a.addresses {
-            sovryn_engine::config::check_peer_address(addr).map_err(|e| e.to_string())?;
-        }
-        let paths = a
-            .paths
-            .unwrap_or_default()
-            .iter()
-            .map(|p| paths::normalize_rel(p).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let peer = PeerConfig {
-            id: key.to_string(),
-            addresses: a.addresses,
-            name: a.name.filter(|n| !n.trim().is_empty()),
-            read_only: a.read_only.unwrap_or(false),
-            paths,
-        };
+        let peer = PeerConfig::checked(
+            &key,
+            a.addresses,
+            a.name,
+            a.read_only.unwrap_or(false),
+            &a.paths.unwrap_or_default(),
+        )
+        .map_err(|e| e.to_string())?;
         // A peer gets read (and, unless read-only, write) over its paths: the
         // caller must hold all of that itself.
         let granted: Vec<Capability> = if peer.read_only {
