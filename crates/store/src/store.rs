@@ -178,6 +178,39 @@ fn kind_of_name(name: &str) -> EntryKind {
 
 const FILE_COLS: &str = "path, seq, label, entry, chunks, disk";
 
+/// `reader`'s chunks in batches of [`BATCH_CHUNKS`] (the last may be
+/// shorter); a read error ends them.
+fn batches<'a, R: Read + 'a>(
+    codec: &'a ChunkCodec,
+    reader: R,
+) -> impl Iterator<Item = std::io::Result<Vec<Vec<u8>>>> + 'a {
+    let mut chunks = codec.chunker(reader);
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let mut batch = Vec::with_capacity(BATCH_CHUNKS);
+        while batch.len() < BATCH_CHUNKS {
+            match chunks.next() {
+                Some(Ok(c)) => batch.push(c.data),
+                Some(Err(e)) => {
+                    done = true;
+                    return Some(Err(match e {
+                        fastcdc::v2020::Error::IoError(io) => io,
+                        other => std::io::Error::other(other.to_string()),
+                    }));
+                }
+                None => {
+                    done = true;
+                    break;
+                }
+            }
+        }
+        (!batch.is_empty()).then_some(Ok(batch))
+    })
+}
+
 fn file_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
     let json: String = row.get(3)?;
     let blob: Vec<u8> = row.get(4)?;
@@ -538,55 +571,17 @@ impl Store {
         self.writable()?;
         let codec = self.codec.clone();
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<Vec<u8>>>>(2);
+            let (tx, rx) = std::sync::mpsc::sync_channel(2);
             scope.spawn(move || {
-                let mut batch = Vec::with_capacity(BATCH_CHUNKS);
-                for chunk in codec.chunker(reader) {
-                    match chunk {
-                        Ok(c) => batch.push(c.data),
-                        Err(e) => {
-                            let _ = tx.send(Err(match e {
-                                fastcdc::v2020::Error::IoError(io) => io,
-                                other => std::io::Error::other(other.to_string()),
-                            }));
-                            return;
-                        }
-                    }
-                    if batch.len() >= BATCH_CHUNKS
-                        && tx.send(Ok(std::mem::take(&mut batch))).is_err()
-                    {
-                        // The ingest stopped (an error while storing).
+                for batch in batches(&codec, reader) {
+                    let failed = batch.is_err();
+                    // A closed channel: the ingest stopped (an error while storing).
+                    if tx.send(batch).is_err() || failed {
                         return;
                     }
                 }
-                if !batch.is_empty() {
-                    let _ = tx.send(Ok(batch));
-                }
             });
-            let mut out = Ingested::default();
-            let mut text: Option<Vec<u8>> = (text_limit > 0).then(Vec::new);
-            for batch in rx {
-                let mut batch = batch.map_err(Error::Read)?;
-                for data in &batch {
-                    out.size += data.len() as u64;
-                    if let Some(t) = &mut text {
-                        if out.size <= text_limit {
-                            t.extend_from_slice(data);
-                        } else {
-                            text = None;
-                        }
-                    }
-                }
-                self.store_batch(&mut batch, &mut out)?;
-            }
-            out.text = text.and_then(|t| {
-                if t.contains(&0) {
-                    None
-                } else {
-                    String::from_utf8(t).ok()
-                }
-            });
-            Ok(out)
+            self.store_batches(rx, text_limit)
         })
     }
 
@@ -595,28 +590,31 @@ impl Store {
     /// [`Store::commit`]. Keeps the text when it is UTF-8 and at most `text_limit` bytes.
     pub fn ingest<R: Read>(&mut self, reader: R, text_limit: u64) -> Result<Ingested> {
         self.writable()?;
+        let codec = self.codec.clone();
+        self.store_batches(batches(&codec, reader), text_limit)
+    }
+
+    /// Names, seals and appends each batch of chunks, in order, keeping
+    /// the text when it is UTF-8 and at most `text_limit` bytes.
+    fn store_batches(
+        &mut self,
+        batches: impl IntoIterator<Item = std::io::Result<Vec<Vec<u8>>>>,
+        text_limit: u64,
+    ) -> Result<Ingested> {
         let mut out = Ingested::default();
         let mut text: Option<Vec<u8>> = (text_limit > 0).then(Vec::new);
-        let mut batch = Vec::with_capacity(BATCH_CHUNKS);
-        for chunk in self.codec.clone().chunker(reader) {
-            let chunk = chunk.map_err(|e| match e {
-                fastcdc::v2020::Error::IoError(io) => Error::Read(io),
-                other => Error::Read(std::io::Error::other(other.to_string())),
-            })?;
-            out.size += chunk.data.len() as u64;
-            if let Some(t) = &mut text {
-                if out.size <= text_limit {
-                    t.extend_from_slice(&chunk.data);
-                } else {
-                    text = None;
+        for batch in batches {
+            let mut batch = batch.map_err(Error::Read)?;
+            for data in &batch {
+                out.size += data.len() as u64;
+                if let Some(t) = &mut text {
+                    if out.size <= text_limit {
+                        t.extend_from_slice(data);
+                    } else {
+                        text = None;
+                    }
                 }
             }
-            batch.push(chunk.data);
-            if batch.len() >= BATCH_CHUNKS {
-                self.store_batch(&mut batch, &mut out)?;
-            }
-        }
-        if !batch.is_empty() {
             self.store_batch(&mut batch, &mut out)?;
         }
         out.text = text.and_then(|t| {
