@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use sovryn_engine::folders::Folder;
 use sovryn_engine::scan::{ScanOptions, ScanProgress};
 use sovryn_engine::{Home, InitOptions, Node, View};
 use sovryn_store::{Access, EntryKind};
@@ -127,59 +128,59 @@ fn folder_scoped(command: &Command) -> bool {
     )
 }
 
-/// Commands that, without `-F` and outside every folder, go to each folder
-/// of the node in turn (in text; `--json` prints one object, so one folder).
-fn each_folder(command: &Command) -> Option<fn() -> Command> {
+/// What a command does in each folder in turn, when it is one that may
+/// (status, pause, resume), given no `-F`, outside every folder of a node
+/// that has several.
+enum EachFolder {
+    Status,
+    Pause(bool),
+}
+
+fn each_folder(cli: &Cli, node_home: &Home) -> Result<Option<(EachFolder, Vec<Folder>)>> {
     use crate::node_cmd::NodeCommand;
-    match command {
-        Command::Status => Some(|| Command::Status),
-        Command::Node(NodeCommand::Pause) => Some(|| Command::Node(NodeCommand::Pause)),
-        Command::Node(NodeCommand::Resume) => Some(|| Command::Node(NodeCommand::Resume)),
-        _ => None,
+    let what = match (&cli.folder, &cli.command) {
+        (Some(_), _) => return Ok(None),
+        (None, Command::Status) => EachFolder::Status,
+        // One JSON object per command: pausing every folder is asked per folder.
+        (None, Command::Node(NodeCommand::Pause)) if !cli.json => EachFolder::Pause(true),
+        (None, Command::Node(NodeCommand::Resume)) if !cli.json => EachFolder::Pause(false),
+        _ => return Ok(None),
+    };
+    let all = sovryn_engine::folders::list(node_home)?;
+    if all.len() > 1 && sovryn_engine::folders::select(node_home, None, &cwd()?).is_err() {
+        return Ok(Some((what, all)));
     }
+    Ok(None)
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let node_home = Home::locate(cli.home.clone())?;
-    if let (None, false, Some(again)) = (&cli.folder, cli.json, each_folder(&cli.command)) {
-        let all = sovryn_engine::folders::list(&node_home)?;
-        let here = cwd()?;
-        if all.len() > 1 && sovryn_engine::folders::select(&node_home, None, &here).is_err() {
-            for (i, f) in all.iter().enumerate() {
+    if let Some((what, all)) = each_folder(&cli, &node_home)? {
+        let mut statuses = Vec::new();
+        for (i, f) in all.into_iter().enumerate() {
+            let ctx = Ctx {
+                home: f.home,
+                folder: f.name.to_string(),
+                passphrase_file: cli.passphrase_file.clone(),
+                json: cli.json,
+            };
+            if !cli.json {
                 if i > 0 {
                     println!();
                 }
                 println!("== folder {}", f.name);
-                run(Cli {
-                    home: cli.home.clone(),
-                    passphrase_file: cli.passphrase_file.clone(),
-                    folder: Some(f.name.to_string()),
-                    json: false,
-                    log: cli.log.clone(),
-                    command: again(),
-                })?;
             }
-            return Ok(());
+            match what {
+                // With --json, one object holding each folder's status.
+                EachFolder::Status => status_into(&ctx, cli.json.then_some(&mut statuses))?,
+                EachFolder::Pause(on) => crate::node_cmd::set_paused(&ctx.home, on, false)?,
+            }
         }
-    }
-    // `status --json` outside every folder of a node with several: one
-    // object holding each folder's status.
-    if let (None, true, Command::Status) = (&cli.folder, cli.json, &cli.command) {
-        let all = sovryn_engine::folders::list(&node_home)?;
-        if all.len() > 1 && sovryn_engine::folders::select(&node_home, None, &cwd()?).is_err() {
-            let mut statuses = Vec::new();
-            for f in all {
-                let ctx = Ctx {
-                    home: f.home,
-                    folder: f.name.to_string(),
-                    passphrase_file: cli.passphrase_file.clone(),
-                    json: true,
-                };
-                status_into(&ctx, Some(&mut statuses))?;
-            }
+        if cli.json {
             return output::json(&json!({ "folders": statuses }));
         }
+        return Ok(());
     }
     let folder = if folder_scoped(&cli.command) {
         sovryn_engine::folders::select(&node_home, cli.folder.as_deref(), &cwd()?)?
@@ -187,7 +188,7 @@ pub fn run(cli: Cli) -> Result<()> {
         if cli.folder.is_some() && !matches!(cli.command, Command::Folders { .. }) {
             bail!("-F/--folder does not apply here: this command works on the whole node");
         }
-        sovryn_engine::folders::Folder {
+        Folder {
             name: sovryn_engine::folders::FolderName::default_folder(),
             home: node_home,
         }
