@@ -339,13 +339,13 @@ impl Node {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Home;
     use crate::node::InitOptions;
     use sovryn_store::{Access, MasterKey};
 
-    fn node() -> (tempfile::TempDir, Node) {
+    pub(crate) fn node() -> (tempfile::TempDir, Node) {
         let dir = tempfile::tempdir().unwrap();
         let home = Home {
             dir: dir.path().join("home"),

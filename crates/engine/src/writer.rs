@@ -145,31 +145,13 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Home;
-    use crate::node::InitOptions;
-    use sovryn_store::{Access, MasterKey};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     #[test]
     fn interactive_callers_go_before_waiting_bulk_work() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home {
-            dir: dir.path().join("home"),
-        };
-        let key = MasterKey::generate();
-        Node::init(
-            &home,
-            InitOptions {
-                storage_path: dir.path().join("root"),
-                folder_key: Some(key.to_hex()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let w = Arc::new(Writer::new(
-            Node::open(home, &key, Access::ReadWrite).unwrap(),
-        ));
+        let (_dir, node) = crate::ops::tests::node();
+        let w = Arc::new(Writer::new(node));
         let order = Arc::new(Mutex::new(Vec::new()));
         // A batch in progress holds the node.
         let batch = w.lock_bulk().unwrap();
