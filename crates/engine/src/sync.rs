@@ -35,7 +35,7 @@ use crate::scan::ScanOptions;
 use crate::{Error, Result};
 
 mod stage;
-pub use stage::{Staged, STAGE_MIN_BYTES};
+pub use stage::{written_ahead, Staged, STAGE_MIN_BYTES};
 
 /// What applying a batch of remote states did.
 #[derive(Debug, Clone, Default)]

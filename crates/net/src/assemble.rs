@@ -12,9 +12,9 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
-use sovryn_engine::sync::{Staged, STAGE_MIN_BYTES};
+use sovryn_engine::sync::{written_ahead, Staged};
 use sovryn_engine::View;
-use sovryn_store::{ChunkId, Entry, EntryKind};
+use sovryn_store::{ChunkId, Entry};
 
 /// Plaintext held for chunks that arrived before the ones ahead of them,
 /// per batch (at most): beyond it, the file is left to the apply. The
@@ -46,8 +46,8 @@ pub(crate) struct Assembly {
 }
 
 impl Assembly {
-    /// Temp files (in the storage root) for the live files of at least
-    /// [`STAGE_MIN_BYTES`] among `list` that need some of `fetching`.
+    /// Temp files (in the storage root) for the files of `list` written
+    /// ahead ([`written_ahead`]) that need some of `fetching`.
     pub(crate) fn start(
         root: &std::path::Path,
         list: &[(String, Entry)],
@@ -63,11 +63,7 @@ impl Assembly {
             if out.files.len() >= MAX_FILES {
                 break;
             }
-            if e.deleted
-                || e.kind != EntryKind::File
-                || e.size < STAGE_MIN_BYTES
-                || !e.chunks.iter().any(|c| fetching.contains(c))
-            {
+            if !written_ahead(e) || !e.chunks.iter().any(|c| fetching.contains(c)) {
                 continue;
             }
             let tmp = root.join(format!(
@@ -275,7 +271,7 @@ mod tests {
         let mut a = node(dir.path(), "a", &key);
         let mut b = node(dir.path(), "b", &key);
         let mut x: u64 = 7;
-        let content: Vec<u8> = (0..STAGE_MIN_BYTES as usize + 777_777)
+        let content: Vec<u8> = (0..sovryn_engine::sync::STAGE_MIN_BYTES as usize + 777_777)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;

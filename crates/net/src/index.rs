@@ -311,12 +311,18 @@ impl SyncNet {
                     let mut all = missing;
                     all.extend(history_missing);
                     // Large files are written while their chunks arrive.
-                    let root = self
-                        .shared
-                        .with_view(|v| sovryn_engine::View::root(v).to_path_buf())
-                        .await?;
-                    let assembly = Assembly::start(&root, &list, &all);
-                    let assembly = (!assembly.is_empty()).then_some(assembly);
+                    let assembly = if list
+                        .iter()
+                        .any(|(_, e)| sovryn_engine::sync::written_ahead(e))
+                    {
+                        let root = self
+                            .shared
+                            .with_view(|v| sovryn_engine::View::root(v).to_path_buf())
+                            .await?;
+                        Some(Assembly::start(&root, &list, &all)).filter(|a| !a.is_empty())
+                    } else {
+                        None
+                    };
                     let (lacking, assembly) = self.fetch_chunks(conn, all, assembly).await?;
                     if let Some(a) = assembly {
                         self.shared.with_node_bulk(|n| Ok(n.store.flush()?)).await?;
@@ -478,12 +484,7 @@ impl SyncNet {
     ) -> Result<sovryn_engine::sync::Staged, Error> {
         let big: Vec<(String, sovryn_store::Entry)> = list
             .iter()
-            .filter(|(rel, e)| {
-                !e.deleted
-                    && e.kind == sovryn_store::EntryKind::File
-                    && e.size >= sovryn_engine::sync::STAGE_MIN_BYTES
-                    && !staged.contains(rel)
-            })
+            .filter(|(rel, e)| sovryn_engine::sync::written_ahead(e) && !staged.contains(rel))
             .cloned()
             .collect();
         if big.is_empty() {

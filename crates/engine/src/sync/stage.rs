@@ -19,6 +19,12 @@ use crate::view::View;
 /// the batch's one `syncfs` is cheaper than one fsync each.
 pub const STAGE_MIN_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Whether `entry` is a live file large enough to be written out off the
+/// writer (assembled as it arrives, or staged) rather than in the apply.
+pub fn written_ahead(entry: &Entry) -> bool {
+    !entry.deleted && entry.kind == EntryKind::File && entry.size >= STAGE_MIN_BYTES
+}
+
 /// Remote files written ahead to temp files in the storage root (durable,
 /// mode 0600). Those not taken by the apply are removed on drop; after a
 /// crash the startup sweep of temp files removes them.
@@ -35,7 +41,7 @@ impl Staged {
     pub fn prepare(view: &dyn View, records: &[(String, Entry)]) -> Staged {
         let mut out = Staged::default();
         for (rel, entry) in records {
-            if entry.deleted || entry.kind != EntryKind::File || entry.size < STAGE_MIN_BYTES {
+            if !written_ahead(entry) {
                 continue;
             }
             let tmp = view
