@@ -229,7 +229,7 @@ fn up(
             let _ = writeln!(out, "ready");
             let _ = out.flush();
         };
-        daemon.run_with_folders(key, ready).await?;
+        daemon.run(key, ready).await?;
         anyhow::Ok(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(2));

@@ -35,7 +35,7 @@ use mcp::{start_mcp, McpServer};
 use scan::remove_stale_temp_files;
 use sovryn_engine::scan::ScanOptions;
 use sovryn_engine::{Config, Home, Node};
-use sovryn_net::{Shared, SharedNode, SyncNet};
+use sovryn_net::{Shared, SyncNet};
 use supervisor::Supervisor;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
@@ -79,19 +79,7 @@ pub struct Daemon {
     _config_watcher: sovryn_engine::watch::Watcher,
 }
 
-// `node` and `changes` are the handles the MCP server takes (`McpState`).
-#[allow(dead_code)]
 impl Daemon {
-    /// The opened node (lock it only on blocking threads).
-    pub fn node(&self) -> SharedNode {
-        self.shared.node.clone()
-    }
-
-    /// Relative paths whose records change, as they change.
-    pub fn changes(&self) -> broadcast::Sender<String> {
-        self.shared.changes.clone()
-    }
-
     /// Opens the sync endpoint for an opened node and scans it once.
     pub async fn start(node: Node, listen: Option<String>) -> Result<Self> {
         Ok(Self::open(node, Bind::Listen(listen)).await?)
@@ -186,17 +174,13 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Runs until SIGINT or SIGTERM: sync sessions, the watcher, the
-    /// periodic rescan and reloading peers from `config.toml`.
-    pub async fn run(self) -> Result<()> {
-        Ok(self.serve(None).await?)
-    }
-
-    /// Like [`Daemon::run`], and once its tasks run (sync accepting
-    /// connections, the control socket answering), opens the node's other
-    /// folders with `node_key` and calls `ready` with what each gave: a
-    /// folder's first scan never holds up the others.
-    pub async fn run_with_folders(
+    /// Runs until SIGINT, SIGTERM or a stop request: sync sessions, the
+    /// watcher, the periodic rescan, config events and the control socket.
+    /// Once those run (sync accepting connections, the control socket
+    /// answering), opens the node's other folders with `node_key` and calls
+    /// `ready` with what each gave: a folder's first scan never holds up
+    /// the others.
+    pub async fn run(
         self,
         node_key: sovryn_store::MasterKey,
         ready: impl FnOnce(Vec<(String, Result<PathBuf>)>) + Send + 'static,
