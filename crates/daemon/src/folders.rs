@@ -48,7 +48,7 @@ impl Daemon {
     /// Opens and serves every other folder of the node with `node_key` (the
     /// key of its first folder, this one). A folder that cannot open is
     /// reported and left out: the others still sync.
-    pub async fn open_folders(&self, node_key: MasterKey) -> Vec<(String, Result<PathBuf>)> {
+    pub(crate) async fn open_folders(&self, node_key: MasterKey) -> Vec<(String, Result<PathBuf>)> {
         self.folders.lock().await.node_key = Some(node_key);
         let list = match folders::list(&self.home) {
             Ok(l) => l,
