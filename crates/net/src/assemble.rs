@@ -104,8 +104,14 @@ impl Assembly {
     }
 
     /// Whether a file being assembled needs chunk `id`.
+    #[cfg(test)]
     pub(crate) fn wants(&self, id: &ChunkId) -> bool {
         self.wanted.contains_key(id)
+    }
+
+    /// The chunks the files being assembled wait for.
+    pub(crate) fn wanted_ids(&self) -> std::collections::HashSet<ChunkId> {
+        self.wanted.keys().copied().collect()
     }
 
     /// Whether no file is being assembled.

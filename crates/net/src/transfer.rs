@@ -318,98 +318,178 @@ impl SyncNet {
         throttle(limit.clone(), n).await;
     }
 
-    /// Drains the queue of received chunks: whatever has arrived (up to
-    /// [`PUT_BYTES`]) is checked and stored in one go, while the streams go
-    /// on filling the queue.
+    /// Drains the queue of received chunks in two overlapping stages:
+    /// whatever has arrived (up to [`PUT_BYTES`]) is checked on every core
+    /// while the batch before it is written and stored, and the streams go
+    /// on filling the queue meanwhile.
     async fn store_received(
         self: Arc<Self>,
         mut rx: tokio::sync::mpsc::Receiver<(EndpointId, Received)>,
-        mut assembly: Option<Assembly>,
-    ) -> Result<Option<Assembly>> {
-        let mut buf: Vec<(EndpointId, Received)> = Vec::new();
-        let mut bytes = 0usize;
-        loop {
-            let next = if buf.is_empty() {
-                rx.recv().await
-            } else {
-                match rx.try_recv() {
-                    Ok(item) => Some(item),
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                        assembly = self.put_chunks(std::mem::take(&mut buf), assembly).await?;
-                        bytes = 0;
-                        continue;
-                    }
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
-                }
-            };
-            match next {
-                Some(item) => {
-                    bytes += item.1.len();
-                    buf.push(item);
-                    if bytes >= PUT_BYTES {
-                        assembly = self.put_chunks(std::mem::take(&mut buf), assembly).await?;
-                        bytes = 0;
-                    }
-                }
-                None => return self.put_chunks(buf, assembly).await,
-            }
-        }
-    }
-
-    /// Checks received chunks against their ids (opening sealed ones) and
-    /// seals plaintext ones, in parallel and off the node's lock; then
-    /// appends them under it and counts them for the peers they came from.
-    async fn put_chunks(
-        &self,
-        chunks: Vec<(EndpointId, Received)>,
         assembly: Option<Assembly>,
     ) -> Result<Option<Assembly>> {
-        if chunks.is_empty() {
-            return Ok(assembly);
-        }
-        let mut per_peer: HashMap<EndpointId, u64> = HashMap::new();
-        for (peer, _) in &chunks {
-            *per_peer.entry(*peer).or_default() += 1;
-        }
-        let codec = self.shared.codec.clone();
-        let shared = self.shared.clone();
-        let (sealed, assembly) = tokio::task::spawn_blocking(move || {
-            use rayon::prelude::*;
-            let mut assembly = assembly;
-            let wants = |id: &ChunkId| assembly.as_ref().is_some_and(|a| a.wants(id));
-            let mut opened = chunks
-                .into_par_iter()
-                .map(|(_, c)| match c {
-                    // Opened under the folder key and hashed against its id,
-                    // once: the plaintext a file being assembled needs is kept.
-                    Received::Sealed(s) => codec
-                        .open_sealed(&s)
-                        .map(|plain| (wants(&s.id).then_some(plain), s)),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if let Some(a) = &mut assembly {
-                shared.on_reader_now(|view| {
-                    for (plain, s) in &mut opened {
-                        if let Some(p) = plain.take() {
-                            a.received(view, &s.id, p);
+        let assembled = Arc::new(
+            assembly
+                .as_ref()
+                .map(Assembly::wanted_ids)
+                .unwrap_or_default(),
+        );
+        let (checked_tx, checked_rx) = tokio::sync::mpsc::channel::<Checked>(1);
+        let committer = tokio::spawn(self.clone().commit_checked(checked_rx, assembly));
+        let started = Instant::now();
+        let mut waited = Duration::ZERO;
+        let mut checking_time = Duration::ZERO;
+        let checking: Result<()> = async {
+            let mut buf: Vec<(EndpointId, Received)> = Vec::new();
+            let mut bytes = 0usize;
+            let mut open = true;
+            while open {
+                let next = if buf.is_empty() {
+                    let t = Instant::now();
+                    let n = rx.recv().await;
+                    waited += t.elapsed();
+                    n
+                } else {
+                    match rx.try_recv() {
+                        Ok(item) => Some(item),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                            open = false;
+                            None
                         }
                     }
-                });
+                };
+                match next {
+                    Some(item) => {
+                        bytes += item.1.len();
+                        buf.push(item);
+                        if bytes < PUT_BYTES {
+                            continue;
+                        }
+                    }
+                    None if buf.is_empty() => break,
+                    None => {}
+                }
+                let t = Instant::now();
+                let checked =
+                    check_batch(&self.shared.codec, std::mem::take(&mut buf), &assembled).await?;
+                checking_time += t.elapsed();
+                bytes = 0;
+                if checked_tx.send(checked).await.is_err() {
+                    // The committer stopped: its error says why.
+                    break;
+                }
             }
-            let sealed: Vec<_> = opened.into_iter().map(|(_, s)| s).collect();
-            Ok::<_, sovryn_store::Error>((sealed, assembly))
-        })
-        .await
-        .context("sealing task panicked")??;
-        self.shared
-            .with_node_bulk(move |n| {
-                n.store.put_sealed(sealed)?;
-                Ok(())
-            })
-            .await?;
-        for (peer, n) in per_peer {
-            self.update_status(&peer, |s| s.chunks_received += n);
+            Ok(())
         }
+        .await;
+        drop(checked_tx);
+        let (assembly, written, stored) =
+            committer.await.context("chunk storing task panicked")??;
+        checking?;
+        tracing::debug!(
+            "storing received chunks: {:.2} s, of which {:.2} s waiting for the network; \
+             checking {:.2} s, then writing {:.2} s and storing {:.2} s",
+            started.elapsed().as_secs_f64(),
+            waited.as_secs_f64(),
+            checking_time.as_secs_f64(),
+            written.as_secs_f64(),
+            stored.as_secs_f64(),
+        );
         Ok(assembly)
     }
+
+    /// The second stage of [`Self::store_received`]: writes each checked
+    /// batch's plaintext into the files being assembled, then appends its
+    /// sealed chunks under the writer and counts them for their peers.
+    async fn commit_checked(
+        self: Arc<Self>,
+        mut batches: tokio::sync::mpsc::Receiver<Checked>,
+        mut assembly: Option<Assembly>,
+    ) -> Result<(Option<Assembly>, Duration, Duration)> {
+        let (mut written, mut stored) = (Duration::ZERO, Duration::ZERO);
+        while let Some(Checked { chunks, per_peer }) = batches.recv().await {
+            let shared = self.shared.clone();
+            let t = Instant::now();
+            let (sealed, back) = tokio::task::spawn_blocking(move || {
+                let mut assembly = assembly;
+                let mut sealed = Vec::with_capacity(chunks.len());
+                match &mut assembly {
+                    Some(a) => shared.on_reader_now(|view| {
+                        for (plain, s) in chunks {
+                            if let Some(p) = plain {
+                                a.received(view, &s.id, p);
+                            }
+                            sealed.push(s);
+                        }
+                    }),
+                    None => sealed.extend(chunks.into_iter().map(|(_, s)| s)),
+                }
+                (sealed, assembly)
+            })
+            .await
+            .context("assembling task panicked")?;
+            assembly = back;
+            written += t.elapsed();
+            let t = Instant::now();
+            self.shared
+                .with_node_bulk(move |n| {
+                    n.store.put_sealed(sealed)?;
+                    Ok(())
+                })
+                .await?;
+            stored += t.elapsed();
+            for (peer, n) in per_peer {
+                self.update_status(&peer, |s| s.chunks_received += n);
+            }
+        }
+        Ok((assembly, written, stored))
+    }
+}
+
+/// A batch of received chunks, each opened under the folder key and hashed
+/// against its id, kept sealed as received; with its plaintext when a file
+/// being assembled needs it.
+struct Checked {
+    chunks: Vec<(Option<Vec<u8>>, SealedChunk)>,
+    per_peer: HashMap<EndpointId, u64>,
+}
+
+/// Checks `chunks`, split over the machine's cores on blocking threads
+/// (not rayon's pool, whose idle spinning takes the CPU the streams and
+/// the committer need).
+async fn check_batch(
+    codec: &ChunkCodec,
+    chunks: Vec<(EndpointId, Received)>,
+    assembled: &Arc<std::collections::HashSet<ChunkId>>,
+) -> Result<Checked> {
+    let mut per_peer: HashMap<EndpointId, u64> = HashMap::new();
+    for (peer, _) in &chunks {
+        *per_peer.entry(*peer).or_default() += 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_part = chunks.len().div_ceil(cores).max(4);
+    let mut parts = Vec::new();
+    let mut rest = chunks.into_iter().map(|(_, c)| c).peekable();
+    while rest.peek().is_some() {
+        let part: Vec<Received> = rest.by_ref().take(per_part).collect();
+        let codec = codec.clone();
+        let assembled = assembled.clone();
+        parts.push(tokio::task::spawn_blocking(move || {
+            part.into_iter()
+                .map(|c| match c {
+                    Received::Sealed(s) => codec
+                        .open_sealed(&s)
+                        .map(|plain| (assembled.contains(&s.id).then_some(plain), s)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        }));
+    }
+    let mut out = Vec::new();
+    for part in parts {
+        out.extend(part.await.context("checking task panicked")??);
+    }
+    Ok(Checked {
+        chunks: out,
+        per_peer,
+    })
 }
