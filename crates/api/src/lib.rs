@@ -19,7 +19,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sovryn_engine::conflicts::ConflictCopy;
 use sovryn_engine::View;
-use sovryn_store::{EntryKind, FileRecord, SearchHit, Stats, VerifyReport, VersionRecord};
+use sovryn_store::{Child, EntryKind, SearchHit, Stats, VerifyReport, VersionRecord};
 
 /// Errors of a call.
 #[derive(Debug, thiserror::Error)]
@@ -227,16 +227,16 @@ pub fn rfc3339(ns: i64) -> String {
         .unwrap_or_default()
 }
 
-fn entry_info(r: &FileRecord) -> EntryInfo {
+fn entry_info(r: &Child) -> EntryInfo {
     EntryInfo {
         path: r.path.clone(),
-        kind: r.entry.kind,
-        size: r.entry.size,
-        mode: format!("{:04o}", r.entry.mode & 0o7777),
+        kind: r.kind,
+        size: r.size,
+        mode: format!("{:04o}", r.mode & 0o7777),
         version: format!("v{}", r.label),
-        modified: rfc3339(r.entry.mtime_ns),
-        author: r.entry.author.clone(),
-        target: r.entry.target.clone(),
+        modified: rfc3339(r.mtime_ns),
+        author: r.author.clone(),
+        target: r.target.clone(),
     }
 }
 
@@ -312,7 +312,9 @@ pub fn ask(view: &dyn View, q: Query) -> Result<Answer> {
     })
 }
 
-fn list(view: &dyn View, rel: String) -> Result<Listing> {
+/// [`Query::List`]: the entries of directory `rel` (a file lists as
+/// itself), also what MCP's `list_directory` pages through.
+pub fn list(view: &dyn View, rel: String) -> Result<Listing> {
     let store = view.store();
     let this = if rel.is_empty() {
         None
@@ -321,7 +323,7 @@ fn list(view: &dyn View, rel: String) -> Result<Listing> {
     };
     let rows = match &this {
         // A file lists as itself.
-        Some(r) if r.entry.kind != EntryKind::Dir => vec![r.clone()],
+        Some(r) if r.entry.kind != EntryKind::Dir => vec![Child::from(r)],
         _ => store.children(&rel)?,
     };
     if rows.is_empty() && !rel.is_empty() && this.is_none() {

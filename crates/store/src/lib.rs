@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 pub use chunk::{ChunkCodec, ChunkId, SealedChunk};
 pub use keys::{KeyFile, MasterKey};
 pub use model::{
-    short_ids, version_id, Change, DiskStat, Entry, EntryKind, FileRecord, SearchHit, Stats,
+    short_ids, version_id, Change, Child, DiskStat, Entry, EntryKind, FileRecord, SearchHit, Stats,
     VersionRecord,
 };
 pub use retention::RetentionPolicy;

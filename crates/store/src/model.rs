@@ -92,6 +92,44 @@ pub struct FileRecord {
     pub disk: Option<DiskStat>,
 }
 
+/// A directory entry as listings show it, read from the index's columns
+/// and four fields of the stored entry rather than from whole decoded
+/// records: a listing of 1,000 entries costs what it shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    /// Path relative to the storage root, `/`-separated.
+    pub path: String,
+    /// File, directory or symlink.
+    pub kind: EntryKind,
+    /// Bytes (files).
+    pub size: u64,
+    /// Number of the newest version (`v{label}`).
+    pub label: u64,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// The node that made the current version.
+    pub author: String,
+    /// A symlink's target.
+    pub target: Option<String>,
+}
+
+impl From<&FileRecord> for Child {
+    fn from(r: &FileRecord) -> Self {
+        Child {
+            path: r.path.clone(),
+            kind: r.entry.kind,
+            size: r.entry.size,
+            label: r.label,
+            mode: r.entry.mode,
+            mtime_ns: r.entry.mtime_ns,
+            author: r.entry.author.clone(),
+            target: r.entry.target.clone(),
+        }
+    }
+}
+
 /// The on-disk identity of a file at a scan: if it is unchanged, so is the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskStat {

@@ -181,13 +181,14 @@ impl SovrynServer {
 
     #[tool(
         description = "List a directory's entries with kind, size, version and modification time, sorted by name, in pages (`limit`, then `cursor` = `next_cursor`). Omit `path` for the root.",
-        annotations(read_only_hint = true, open_world_hint = false)
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = list_out_schema()
     )]
     async fn list_directory(
         &self,
         Parameters(a): Parameters<ListArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<Json<ListOut>, String> {
+    ) -> Result<Listing, String> {
         let p = self.caller(&ctx, Capability::Read)?;
         let rel = scoped_dir(&p, &a.path)?;
         let limit = a.limit.unwrap_or(200).clamp(1, 1000) as usize;
@@ -208,25 +209,24 @@ impl SovrynServer {
                     ));
                 }
             }
-            let all: Vec<FileRecord> = node
-                .store()
-                .children(&rel)
+            let all: Vec<sovryn_api::EntryInfo> = sovryn_api::list(node, rel.clone())
                 .map_err(|e| e.to_string())?
+                .entries
                 .into_iter()
-                .filter(|r| p.scope.visible(&r.path))
+                .filter(|e| p.scope.visible(&e.path))
                 .collect();
             let total = all.len();
             let entries: Vec<ListEntry> = all
                 .into_iter()
                 .skip(start)
                 .take(limit)
-                .map(|r| ListEntry {
-                    name: r.path.rsplit('/').next().unwrap_or_default().to_owned(),
-                    kind: kind_name(r.entry.kind).into(),
-                    size: r.entry.size,
-                    version: label(r.label),
-                    modified: rfc3339(r.entry.mtime_ns),
-                    path: r.path,
+                .map(|e| ListEntry {
+                    name: e.path.rsplit('/').next().unwrap_or_default().to_owned(),
+                    kind: kind_name(e.kind).into(),
+                    size: e.size,
+                    version: e.version,
+                    modified: e.modified,
+                    path: e.path,
                 })
                 .collect();
             let next = start + entries.len();
@@ -238,7 +238,7 @@ impl SovrynServer {
             })
         })
         .await
-        .map(Json)
+        .map(Listing)
     }
 
     #[tool(

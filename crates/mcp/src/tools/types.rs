@@ -245,6 +245,66 @@ pub struct ListOut {
     pub next_cursor: Option<String>,
 }
 
+/// `list_directory`'s answer. Its structured content is the [`ListOut`];
+/// its text, what a model reads, is one line per entry
+/// (`kind, size, version, modified, name`, tab-separated) rather than the
+/// same JSON again, a fifth of the bytes for a large directory.
+pub struct Listing(pub ListOut);
+
+impl rmcp::handler::server::tool::IntoCallToolResult for Listing {
+    fn into_call_tool_result(self) -> Result<CallToolResponse, McpError> {
+        let out = self.0;
+        let mut text = format!(
+            "{}: {} entries",
+            if out.path.is_empty() { "/" } else { &out.path },
+            out.total
+        );
+        if let Some(next) = &out.next_cursor {
+            text.push_str(&format!(" (more: cursor {next})"));
+        }
+        for e in &out.entries {
+            text.push_str(&format!(
+                "\n{}\t{}\t{}\t{}\t{}",
+                e.kind, e.size, e.version, e.modified, e.name
+            ));
+        }
+        let value = serde_json::to_value(out)
+            .map_err(|e| McpError::internal_error(format!("listing: {e}"), None))?;
+        let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+        result.structured_content = Some(value);
+        Ok(result.into())
+    }
+}
+
+/// The output schema of `list_directory`: [`ListOut`]'s, with each entry
+/// declared as an object holding the six fields rather than field by field.
+/// Clients check every result against the schema; the Python SDK took
+/// 25 ms to check 1,000 entries field by field, ten times the whole call,
+/// and 4 ms this way.
+pub fn list_out_schema() -> Arc<JsonObject> {
+    static SCHEMA: std::sync::OnceLock<Arc<JsonObject>> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut schema = rmcp::handler::server::tool::schema_for_type::<ListOut>();
+            let fields = ["name", "path", "kind", "size", "version", "modified"];
+            let entry = serde_json::json!({
+                "type": "object",
+                "description": "An entry: `name`, `path` (from the root), `kind` (`file`, \
+                    `directory` or `symlink`), `size` (bytes), `version` (`v3`), \
+                    `modified` (RFC 3339).",
+                "required": fields,
+            });
+            if let Some(serde_json::Value::Object(props)) = Arc::make_mut(&mut schema).get_mut("properties") {
+                if let Some(serde_json::Value::Object(entries)) = props.get_mut("entries") {
+                    entries.insert("items".into(), entry);
+                }
+            }
+            Arc::make_mut(&mut schema).remove("$defs");
+            schema
+        })
+        .clone()
+}
+
 /// Arguments of `directory_tree`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct TreeArgs {

@@ -1,6 +1,7 @@
 //! Read queries of the index: current records, the change log, history and search.
 
 use super::*;
+use crate::Child;
 
 impl Store {
     /// The current state of `path`.
@@ -35,22 +36,38 @@ impl Store {
     /// The live (not deleted) entries directly in directory `dir` (`""`:
     /// the root), in path order. Only those rows are read and decoded, not
     /// the whole subtree: a listing costs what it shows.
-    pub fn children(&self, dir: &str) -> Result<Vec<FileRecord>> {
+    pub fn children(&self, dir: &str) -> Result<Vec<Child>> {
+        const COLS: &str = "path, kind, size, label, json_extract(entry, '$.mode'), \
+            json_extract(entry, '$.mtime_ns'), json_extract(entry, '$.author'), \
+            json_extract(entry, '$.target')";
         let dir = dir.trim_end_matches('/');
         let mut stmt = if dir.is_empty() {
             self.db.prepare_cached(&format!(
-                "SELECT {FILE_COLS} FROM files WHERE deleted = 0 AND instr(path, '/') = 0 ORDER BY path"
+                "SELECT {COLS} FROM files WHERE deleted = 0 AND instr(path, '/') = 0 ORDER BY path"
             ))?
         } else {
             self.db.prepare_cached(&format!(
-                "SELECT {FILE_COLS} FROM files WHERE path > ?1 || '/' AND path < ?1 || '0' AND deleted = 0 \
+                "SELECT {COLS} FROM files WHERE path > ?1 || '/' AND path < ?1 || '0' AND deleted = 0 \
                  AND instr(substr(path, length(?1) + 2), '/') = 0 ORDER BY path"
             ))?
         };
+        let row = |r: &rusqlite::Row<'_>| {
+            let kind: String = r.get(1)?;
+            Ok(Child {
+                path: r.get(0)?,
+                kind: kind_of_name(&kind),
+                size: r.get::<_, i64>(2)? as u64,
+                label: r.get::<_, i64>(3)? as u64,
+                mode: r.get::<_, Option<i64>>(4)?.unwrap_or(0) as u32,
+                mtime_ns: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                author: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                target: r.get(7)?,
+            })
+        };
         let rows = if dir.is_empty() {
-            stmt.query_map([], file_from_row)?
+            stmt.query_map([], row)?
         } else {
-            stmt.query_map([dir], file_from_row)?
+            stmt.query_map([dir], row)?
         };
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
