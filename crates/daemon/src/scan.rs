@@ -28,6 +28,7 @@ impl Daemon {
             })
             .await?;
         tracing::debug!("scan recorded {} changes, sequence {seq}", changed.len());
+        return_freed_memory();
         self.shared.publish(seq, changed);
         if new_ignore_rules {
             // What a taken-back line skipped so far comes from the peers.
@@ -44,13 +45,7 @@ impl Daemon {
         use std::collections::HashMap;
         let recorded: HashMap<String, Option<sovryn_store::DiskStat>> = self
             .shared
-            .with_reader(|s| {
-                Ok(s.files_under("")?
-                    .into_iter()
-                    .filter(|r| !r.entry.deleted)
-                    .map(|r| (r.path, r.disk))
-                    .collect())
-            })
+            .with_reader(|s| Ok(s.live_disk_stats()?))
             .await?;
         let root = self.root.clone();
         let out = tokio::task::spawn_blocking(move || changed_paths(&root, recorded))
@@ -112,6 +107,17 @@ fn scan_roots(
             Ok(changed)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Hands the heap's free pages back to the system. A scan of a large
+/// folder allocates and frees hundreds of MB at once, and glibc keeps what
+/// was freed: a node with 1,000,000 files indexed stayed at its peak.
+pub(crate) fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas, under their locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

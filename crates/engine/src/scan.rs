@@ -130,8 +130,14 @@ impl Node {
         }
         // Tombstones for recorded paths that are gone from disk.
         for prefix in &roots {
-            for rec in self.store.files_under(prefix)? {
-                if rec.entry.deleted || seen.contains(&rec.path) || rec.disk.is_none() {
+            let unseen = self
+                .store
+                .live_paths_where(prefix, &mut |path, _| !seen.contains(path))?;
+            for path in unseen {
+                let Some(rec) = self.store.file(&path)? else {
+                    continue;
+                };
+                if rec.entry.deleted || rec.disk.is_none() {
                     continue;
                 }
                 let abs = self.root().join(&rec.path);

@@ -294,7 +294,9 @@ pub fn list_out_schema() -> Arc<JsonObject> {
                     `modified` (RFC 3339).",
                 "required": fields,
             });
-            if let Some(serde_json::Value::Object(props)) = Arc::make_mut(&mut schema).get_mut("properties") {
+            if let Some(serde_json::Value::Object(props)) =
+                Arc::make_mut(&mut schema).get_mut("properties")
+            {
                 if let Some(serde_json::Value::Object(entries)) = props.get_mut("entries") {
                     entries.insert("items".into(), entry);
                 }

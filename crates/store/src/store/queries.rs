@@ -76,6 +76,52 @@ impl Store {
     /// kind and size, in path order. Reads only the indexed columns, not the
     /// entries: for listings and name searches over many paths.
     pub fn live_paths_under(&self, prefix: &str) -> Result<Vec<(String, EntryKind, u64)>> {
+        let mut out = Vec::new();
+        self.each_live_path(prefix, &mut |path, kind, size| {
+            out.push((path.to_owned(), kind, size));
+        })?;
+        Ok(out)
+    }
+
+    /// Every live path with what its file on disk looked like when last
+    /// matched (`None`: a remote state not yet written), read from two
+    /// columns without decoding the entries: what a periodic rescan
+    /// compares the disk against.
+    pub fn live_disk_stats(&self) -> Result<std::collections::HashMap<String, Option<DiskStat>>> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT path, disk FROM files WHERE deleted = 0")?;
+        let mut rows = stmt.query([])?;
+        let mut out = std::collections::HashMap::new();
+        while let Some(r) = rows.next()? {
+            let disk: Option<String> = r.get(1)?;
+            out.insert(r.get(0)?, disk.and_then(|d| serde_json::from_str(&d).ok()));
+        }
+        Ok(out)
+    }
+
+    /// The live paths at or under `prefix` for which `pick` holds, in path
+    /// order, without holding the others in memory: a rescan's search for
+    /// paths gone from disk over a million files keeps only the few it finds.
+    pub fn live_paths_where(
+        &self,
+        prefix: &str,
+        pick: &mut dyn FnMut(&str, EntryKind) -> bool,
+    ) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        self.each_live_path(prefix, &mut |path, kind, _| {
+            if pick(path, kind) {
+                out.push(path.to_owned());
+            }
+        })?;
+        Ok(out)
+    }
+
+    fn each_live_path(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(&str, EntryKind, u64),
+    ) -> Result<()> {
         let prefix = prefix.trim_end_matches('/');
         let mut stmt = if prefix.is_empty() {
             self.db.prepare_cached(
@@ -86,16 +132,17 @@ impl Store {
                 "SELECT path, kind, size FROM files WHERE path >= ?1 AND path < ?1 || '0' AND (path = ?1 OR path > ?1 || '/') AND deleted = 0 ORDER BY path",
             )?
         };
-        let row = |r: &rusqlite::Row<'_>| {
-            let kind: String = r.get(1)?;
-            Ok((r.get(0)?, kind_of_name(&kind), r.get::<_, i64>(2)? as u64))
-        };
-        let rows = if prefix.is_empty() {
-            stmt.query_map([], row)?
+        let mut rows = if prefix.is_empty() {
+            stmt.query([])?
         } else {
-            stmt.query_map([prefix], row)?
+            stmt.query([prefix])?
         };
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        while let Some(r) = rows.next()? {
+            let path = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+            let kind = kind_of_name(r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?);
+            each(path, kind, r.get::<_, i64>(2)? as u64);
+        }
+        Ok(())
     }
 
     /// The change log without the entries: `(seq, path, kind, deleted, size)`
