@@ -25,6 +25,7 @@ pub mod scan;
 pub mod sync;
 pub mod view;
 pub mod watch;
+pub mod write_group;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +70,10 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] sovryn_store::Error),
+    /// A write was made but the commit it shared with others failed (the
+    /// cause is reported to the first write of the group).
+    #[error("recording the write failed: {0}")]
+    SharedCommit(String),
 }
 
 impl Error {

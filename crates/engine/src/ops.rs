@@ -13,22 +13,23 @@ use sovryn_store::{Change, Entry, EntryKind, FileRecord};
 use crate::node::Node;
 use crate::paths;
 use crate::scan::ScanOptions;
+use crate::write_group::FileWrite;
 use crate::{Error, Result};
 
 /// Mode of files created by an agent.
-const NEW_FILE_MODE: u32 = 0o644;
+pub(crate) const NEW_FILE_MODE: u32 = 0o644;
 /// Mode of directories created by an agent.
 const NEW_DIR_MODE: u32 = 0o755;
 
-fn parent_of(rel: &str) -> &str {
+pub(crate) fn parent_of(rel: &str) -> &str {
     rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
 }
 
-fn live(rec: &Option<FileRecord>) -> Option<&FileRecord> {
+pub(crate) fn live(rec: &Option<FileRecord>) -> Option<&FileRecord> {
     rec.as_ref().filter(|r| !r.entry.deleted)
 }
 
-fn bare(kind: EntryKind, mode: u32) -> Entry {
+pub(crate) fn bare(kind: EntryKind, mode: u32) -> Entry {
     Entry {
         kind,
         deleted: false,
@@ -46,7 +47,7 @@ fn bare(kind: EntryKind, mode: u32) -> Entry {
 }
 
 impl Node {
-    fn checked_rel(&self, raw: &str) -> Result<String> {
+    pub(crate) fn checked_rel(&self, raw: &str) -> Result<String> {
         let rel = paths::normalize_rel(raw)?;
         if rel.is_empty() {
             return Err(Error::BadPath(
@@ -73,7 +74,7 @@ impl Node {
 
     /// Changes that create (on disk, now) every missing directory of `dir`
     /// and `dir` itself. Fails if one of them is a file.
-    fn ensure_dirs(&mut self, dir: &str, actor: Option<&str>) -> Result<Vec<Change>> {
+    pub(crate) fn ensure_dirs(&mut self, dir: &str, actor: Option<&str>) -> Result<Vec<Change>> {
         let mut out = Vec::new();
         if dir.is_empty() {
             return Ok(out);
@@ -133,63 +134,10 @@ impl Node {
         bytes: &[u8],
         actor: Option<&str>,
     ) -> Result<FileRecord> {
-        let rel = self.checked_rel(rel)?;
-        if !self.rules.keeps(&rel, false) {
-            return Err(Error::Usage(format!(
-                "{rel} is ignored or excluded on this node"
-            )));
-        }
-        let path = paths::confined(self.root(), &rel)?;
-        if let Ok(m) = fs::symlink_metadata(&path) {
-            if m.is_dir() {
-                return Err(Error::Usage(format!("{rel} is a directory")));
-            }
-            if m.file_type().is_symlink() {
-                return Err(Error::Usage(format!(
-                    "{rel} is a symbolic link; links are never written through"
-                )));
-            }
-        }
-        self.capture(&rel)?;
-        let mut changes = self.ensure_dirs(parent_of(&rel), actor)?;
-        let prev = self.store.file(&rel)?;
-        let limit = if self.config.search.enabled {
-            self.config.search.max_text_bytes
-        } else {
-            0
-        };
-        let ing = self.store.ingest(std::io::Cursor::new(bytes), limit)?;
-        let mode = live(&prev)
-            .filter(|p| p.entry.kind == EntryKind::File)
-            .map(|p| p.entry.mode & 0o777)
-            .unwrap_or(NEW_FILE_MODE);
-        let mut base = bare(EntryKind::File, mode);
-        base.size = ing.size;
-        base.chunks = ing.chunks;
-        if let Some(p) = live(&prev) {
-            // `capture` made the record match the disk, so equal content
-            // with the file present means there is nothing to write.
-            let on_disk = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
-            if p.entry.same_content(&base) && on_disk && changes.is_empty() {
-                self.store.flush()?;
-                return Ok(p.clone());
-            }
-        }
-        let mut entry = self.local_entry(prev.as_ref().map(|p| &p.entry), base, actor);
-        let disk = self.materialize(&rel, &entry)?;
-        if let Some(s) = &disk {
-            entry.mtime_ns = s.mtime_ns;
-        }
-        changes.push(Change {
-            path: rel.clone(),
-            entry,
-            disk,
-            text: ing.text,
-        });
-        let recs = self.store.commit(&changes)?;
-        recs.into_iter()
-            .rfind(|r| r.path == rel)
-            .ok_or_else(|| Error::NotFound(format!("writing {rel} recorded nothing")))
+        let mut out = self.write_files(&[FileWrite { rel, bytes, actor }]);
+        out.pop()
+            .unwrap_or_else(|| Err(Error::NotFound(format!("writing {rel} recorded nothing"))))
+            .map(|w| w.record)
     }
 
     /// Creates the directory `rel` and any missing parents. Returns the records

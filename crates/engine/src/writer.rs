@@ -20,6 +20,8 @@ pub struct Writer {
     node: Mutex<Node>,
     turn: Mutex<Turn>,
     released: Condvar,
+    /// Files waiting for whoever holds the writer next ([`Writer::write_file`]).
+    queued: Mutex<Vec<QueuedWrite>>,
 }
 
 #[derive(Default)]
@@ -67,6 +69,7 @@ impl Writer {
             node: Mutex::new(node),
             turn: Mutex::new(Turn::default()),
             released: Condvar::new(),
+            queued: Mutex::new(Vec::new()),
         }
     }
 
@@ -130,6 +133,71 @@ impl Writer {
         self.take()
     }
 
+    /// Writes a file as an interactive caller, sharing the commit with
+    /// every other write queued meanwhile (group commit): the caller that
+    /// gets the writer writes all the queued files and commits them once
+    /// ([`Node::write_files`]); the others find their result waiting. Under
+    /// concurrent agents, one pack sync and one transaction serve them all.
+    pub fn write_file(
+        &self,
+        rel: &str,
+        bytes: Vec<u8>,
+        actor: Option<String>,
+    ) -> crate::Result<crate::write_group::Written> {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        self.queued_writes().push(QueuedWrite {
+            rel: rel.to_owned(),
+            bytes,
+            actor,
+            done,
+        });
+        loop {
+            if let Ok(r) = result.try_recv() {
+                return r;
+            }
+            // Wait for the writer as an interactive caller, or for the
+            // holder to have written this file with its own.
+            {
+                let mut turn = self.turn();
+                turn.interactive_waiting += 1;
+                while turn.held {
+                    turn = self.released.wait(turn).unwrap_or_else(|e| e.into_inner());
+                    if let Ok(r) = result.try_recv() {
+                        turn.interactive_waiting -= 1;
+                        return r;
+                    }
+                }
+                turn.interactive_waiting -= 1;
+                turn.held = true;
+            }
+            let mut node = self
+                .take()
+                .map_err(|e| crate::Error::SharedCommit(e.to_string()))?;
+            let group = std::mem::take(&mut *self.queued_writes());
+            if group.is_empty() {
+                continue;
+            }
+            let writes: Vec<crate::write_group::FileWrite<'_>> = group
+                .iter()
+                .map(|q| crate::write_group::FileWrite {
+                    rel: &q.rel,
+                    bytes: &q.bytes,
+                    actor: q.actor.as_deref(),
+                })
+                .collect();
+            let results = node.write_files(&writes);
+            for (q, r) in group.iter().zip(results) {
+                // The waiter may have gone (a cancelled call): its file
+                // is written all the same.
+                let _ = q.done.send(r);
+            }
+        }
+    }
+
+    fn queued_writes(&self) -> MutexGuard<'_, Vec<QueuedWrite>> {
+        self.queued.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether a caller panicked while it held the node (a check that
     /// never waits, for readiness probes).
     pub fn is_poisoned(&self) -> bool {
@@ -142,11 +210,53 @@ impl Writer {
     }
 }
 
+/// A file waiting in [`Writer::write_file`]'s queue, with where its result goes.
+struct QueuedWrite {
+    rel: String,
+    bytes: Vec<u8>,
+    actor: Option<String>,
+    done: std::sync::mpsc::SyncSender<crate::Result<crate::write_group::Written>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn writes_queued_meanwhile_are_written_by_whoever_gets_the_writer() {
+        let (_dir, node) = crate::ops::tests::node();
+        let root = node.root().to_owned();
+        let w = Arc::new(Writer::new(node));
+        let held = w.lock().unwrap();
+        let threads: Vec<_> = (0..3)
+            .map(|i| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    w.write_file(&format!("n{i}.txt"), format!("note {i}").into_bytes(), None)
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while w.queued_writes().len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(w.queued_writes().len(), 3);
+        drop(held);
+        for t in threads {
+            let written = t.join().unwrap().unwrap();
+            assert!(written.created);
+            assert_eq!(written.record.label, 1);
+        }
+        for i in 0..3 {
+            assert_eq!(
+                std::fs::read_to_string(root.join(format!("n{i}.txt"))).unwrap(),
+                format!("note {i}")
+            );
+        }
+        assert!(w.queued_writes().is_empty());
+    }
 
     #[test]
     fn interactive_callers_go_before_waiting_bulk_work() {

@@ -164,7 +164,7 @@ fn fixture(o: &Opts) -> Res<Fixture> {
             "--name",
             "bench",
             "--capabilities",
-            "read",
+            "read,write",
         ],
     )?
     .trim()
@@ -247,14 +247,19 @@ fn target(url: &str, token: &str) -> Res<Target> {
     })
 }
 
+/// A client's request body for its n-th call.
+type Body = Arc<dyn Fn(u64) -> Bytes + Send + Sync>;
+
 /// One client: its own connection, requests back to back until `until`.
-async fn client(t: Arc<Target>, tool: String, body: Bytes, until: Instant) -> Res<Vec<u32>> {
+async fn client(t: Arc<Target>, tool: String, body: Body, until: Instant) -> Res<Vec<u32>> {
     let stream = tokio::net::TcpStream::connect(&t.addr).await?;
     stream.set_nodelay(true)?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut lat = Vec::with_capacity(1 << 16);
+    let mut n = 0u64;
     while Instant::now() < until {
+        n += 1;
         let req = Request::post(&t.path)
             .header("host", &t.authority)
             .header("authorization", format!("Bearer {}", t.token))
@@ -263,7 +268,7 @@ async fn client(t: Arc<Target>, tool: String, body: Bytes, until: Instant) -> Re
             .header("mcp-protocol-version", "2026-07-28")
             .header("mcp-method", "tools/call")
             .header("mcp-name", &tool)
-            .body(Full::new(body.clone()))?;
+            .body(Full::new(body(n)))?;
         let started = Instant::now();
         send.ready().await?;
         let resp = send.send_request(req).await?;
@@ -303,11 +308,35 @@ async fn scenario(
     clients: usize,
     seconds: f64,
 ) -> Res<Row> {
-    let body = call_body(tool, args);
+    // `{client}` in a path argument: each client's own file; `{n}` in the
+    // content: the call's number (each write a new version).
+    let bodies: Vec<Body> = (0..clients)
+        .map(|i| {
+            let mut a = args.clone();
+            if let Some(p) = a.get("path").and_then(|p| p.as_str()) {
+                a["path"] = serde_json::Value::String(p.replace("{client}", &i.to_string()));
+            }
+            let fixed = call_body(tool, a.clone());
+            let tool = tool.to_owned();
+            let body: Body =
+                Arc::new(
+                    move |n: u64| match a.get("content").and_then(|c| c.as_str()) {
+                        Some(c) if c.contains("{n}") => {
+                            let mut a = a.clone();
+                            a["content"] =
+                                serde_json::Value::String(c.replace("{n}", &format!("{n:06}")));
+                            call_body(&tool, a)
+                        }
+                        _ => fixed.clone(),
+                    },
+                );
+            body
+        })
+        .collect();
     // Warm-up: one call per client connection, not measured.
     let warm = Instant::now() + Duration::from_millis(300);
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..clients {
+    for body in &bodies {
         set.spawn(client(t.clone(), tool.to_owned(), body.clone(), warm));
     }
     while let Some(r) = set.join_next().await {
@@ -316,7 +345,7 @@ async fn scenario(
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(seconds);
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..clients {
+    for body in &bodies {
         set.spawn(client(t.clone(), tool.to_owned(), body.clone(), until));
     }
     let mut all = Vec::new();
@@ -373,6 +402,11 @@ fn main() -> Res<()> {
             format!("search_files name glob, {} files", o.files),
             "search_files",
             serde_json::json!({"name": "f0042*.txt"}),
+        ));
+        scenarios.push((
+            "write_file 4 KiB, a file per client".into(),
+            "write_file",
+            serde_json::json!({"path": "bench/w-{client}.txt", "content": format!("{{n}}{}", "w".repeat(4090))}),
         ));
     }
     let mut rows = Vec::new();

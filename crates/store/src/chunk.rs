@@ -44,6 +44,28 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+thread_local! {
+    /// One zstd decompression context per thread, for the same reason.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `data` decompressed into at most `capacity` bytes.
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut slot) => {
+            if slot.is_none() {
+                *slot = Some(zstd::bulk::Decompressor::new()?);
+            }
+            match slot.as_mut() {
+                Some(d) => d.decompress(data, capacity),
+                None => zstd::bulk::decompress(data, capacity),
+            }
+        }
+        Err(_) => zstd::bulk::decompress(data, capacity),
+    })
+}
+
 /// `data` compressed at zstd level 1 (None if zstd fails).
 fn compress(data: &[u8]) -> Option<Vec<u8>> {
     COMPRESSOR.with(|cell| {
@@ -235,7 +257,7 @@ impl ChunkCodec {
             .map_err(|_| Error::Corrupt(format!("chunk {id} fails authentication")))?;
         let data = match plain.split_first() {
             Some((&FLAG_RAW, rest)) => rest.to_vec(),
-            Some((&FLAG_ZSTD, rest)) => zstd::bulk::decompress(rest, raw_len as usize)
+            Some((&FLAG_ZSTD, rest)) => decompress(rest, raw_len as usize)
                 .map_err(|e| Error::Corrupt(format!("chunk {id} does not decompress: {e}")))?,
             _ => {
                 return Err(Error::Corrupt(format!(

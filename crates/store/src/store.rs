@@ -659,6 +659,12 @@ impl Store {
     }
 
     /// Syncs the packs; on failure forgets what was not durable.
+    /// Makes the chunks appended so far durable (one sync of the open
+    /// pack) without indexing them: a commit or flush indexes them.
+    pub fn sync_chunks(&mut self) -> Result<()> {
+        self.sync_packs()
+    }
+
     fn sync_packs(&mut self) -> Result<()> {
         let r = self.packs.sync();
         if r.is_err() {

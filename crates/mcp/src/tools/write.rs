@@ -33,26 +33,22 @@ impl SovrynServer {
             ));
         }
         let actor = p.actor();
+        let writer = self.shared.state.node.clone();
         let r = rel.clone();
-        let out = self
-            .on_node(move |node| {
-                let existed = node
-                    .store
-                    .file(&r)
-                    .map_err(|e| e.to_string())?
-                    .is_some_and(|f| !f.entry.deleted);
-                let rec = node
-                    .write_file(&r, &bytes, Some(&actor))
-                    .map_err(|e| e.to_string())?;
-                Ok(WriteOut {
-                    path: rec.path,
-                    version: label(rec.label),
-                    size: rec.entry.size,
-                    content_hash: rec.entry.content_hash(),
-                    created: !existed,
-                })
-            })
-            .await?;
+        // Through the writer's queue: agents writing at once share a commit.
+        let written =
+            tokio::task::spawn_blocking(move || writer.write_file(&r, bytes, Some(actor)))
+                .await
+                .map_err(|e| format!("internal error: {e}"))?
+                .map_err(|e| e.to_string())?;
+        let rec = written.record;
+        let out = WriteOut {
+            path: rec.path,
+            version: label(rec.label),
+            size: rec.entry.size,
+            content_hash: rec.entry.content_hash(),
+            created: written.created,
+        };
         self.changed([rel]);
         Ok(Json(out))
     }
