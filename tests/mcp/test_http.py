@@ -292,3 +292,34 @@ def test_malformed_and_huge_requests_fail_cleanly(server, node):
 
     assert session(server.url, tok, body)
     assert (node.folder / "docs" / "a.md").read_text() == "public words\n"
+
+
+def test_agents_writing_and_editing_at_once_lose_nothing(server, node):
+    """Concurrent writes share group commits; concurrent edits of one file
+    each apply to the version before them (none is lost)."""
+    from mcp import Client
+
+    tok = node.token("busy-agents", "read,write")
+
+    async def main():
+        client = create_mcp_http_client(headers={"Authorization": f"Bearer {tok}"})
+        async with client:
+            async with Client(streamable_http_client(server.url, http_client=client)) as c:
+                first = "".join(f"[m{i}]\n" for i in range(6))
+                r = await c.call_tool("write_file", {"path": "docs/shared.md", "content": first})
+                assert not r.is_error, r.content
+                writes = [c.call_tool("write_file", {"path": f"docs/w{i}.md", "content": f"note {i}\n"}) for i in range(8)]
+                edits = [c.call_tool("edit_file", {"path": "docs/shared.md",
+                                                   "edits": [{"old_text": f"[m{i}]", "new_text": f"done {i}"}]})
+                         for i in range(6)]
+                results = await asyncio.gather(*writes, *edits)
+                assert all(not r.is_error for r in results), [r.content for r in results if r.is_error]
+                return [r.structured_content.get("version") for r in results[8:]]
+
+    versions = asyncio.run(asyncio.wait_for(main(), timeout=60))
+    assert sorted(versions) == [f"v{n}" for n in range(2, 8)], versions
+    for i in range(8):
+        assert (node.folder / "docs" / f"w{i}.md").read_text() == f"note {i}\n"
+    assert (node.folder / "docs" / "shared.md").read_text() == "".join(f"done {i}\n" for i in range(6))
+    hist = json.loads(node.run("--json", "versions", "docs/shared.md").stdout)
+    assert len(hist["versions"]) == 7, hist

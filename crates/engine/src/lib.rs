@@ -70,6 +70,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] sovryn_store::Error),
+    /// A write made from a version that is no longer the current one.
+    #[error("changed since it was read: {0}")]
+    Stale(String),
     /// A write was made but the commit it shared with others failed (the
     /// cause is reported to the first write of the group).
     #[error("recording the write failed: {0}")]

@@ -134,7 +134,12 @@ impl Node {
         bytes: &[u8],
         actor: Option<&str>,
     ) -> Result<FileRecord> {
-        let mut out = self.write_files(&[FileWrite { rel, bytes, actor }]);
+        let mut out = self.write_files(&[FileWrite {
+            rel,
+            bytes,
+            actor,
+            expect: None,
+        }]);
         out.pop()
             .unwrap_or_else(|| Err(Error::NotFound(format!("writing {rel} recorded nothing"))))
             .map(|w| w.record)

@@ -39,7 +39,7 @@ impl Node {
             if group.touches(&rel) {
                 self.commit_group(&mut group, &mut results);
             }
-            match self.prepare_write(&rel, w.bytes, w.actor) {
+            match self.prepare_write(&rel, w.bytes, w.actor, w.expect) {
                 Ok(Prepared::Unchanged(rec)) => {
                     results[i] = Some(Ok(Written {
                         record: *rec,
@@ -202,7 +202,13 @@ impl Node {
     }
 
     /// Writes the file and works out what its commit records.
-    fn prepare_write(&mut self, rel: &str, bytes: &[u8], actor: Option<&str>) -> Result<Prepared> {
+    fn prepare_write(
+        &mut self,
+        rel: &str,
+        bytes: &[u8],
+        actor: Option<&str>,
+        expect: Option<u64>,
+    ) -> Result<Prepared> {
         let rel = rel.to_owned();
         if !self.rules.keeps(&rel, false) {
             return Err(Error::Usage(format!(
@@ -223,6 +229,15 @@ impl Node {
         self.capture(&rel)?;
         let mut changes = self.ensure_dirs(parent_of(&rel), actor)?;
         let prev = self.store.file(&rel)?;
+        if let Some(want) = expect {
+            let now = live(&prev).map(|p| p.label);
+            if now != Some(want) {
+                return Err(Error::Stale(match now {
+                    Some(v) => format!("{rel} is now v{v}, not v{want}"),
+                    None => format!("{rel} is gone"),
+                }));
+            }
+        }
         let limit = if self.config.search.enabled {
             self.config.search.max_text_bytes
         } else {
@@ -270,6 +285,11 @@ pub struct FileWrite<'a> {
     pub bytes: &'a [u8],
     /// Who writes it (an agent's token name), for the version.
     pub actor: Option<&'a str>,
+    /// The version the content was made from (an edit of `v3`): if the
+    /// file's current version is another one when the write is made (a
+    /// write in between, or an edit on disk recorded first), the write is
+    /// refused with [`Error::Stale`] and nothing is lost.
+    pub expect: Option<u64>,
 }
 
 /// A file written by [`Node::write_files`].
@@ -379,6 +399,7 @@ mod tests {
             rel,
             bytes,
             actor: Some("agent"),
+            expect: None,
         };
         let out = n.write_files(&[
             w("a/x.txt", b"one"),
@@ -416,5 +437,29 @@ mod tests {
         assert_eq!(n.store.versions("a/x.txt").unwrap().len(), 2);
         assert!(!n.root().join("../out.txt").exists());
         n.store.verify(&mut |_, _| {}).unwrap();
+    }
+
+    #[test]
+    fn a_write_made_from_an_older_version_is_refused_and_loses_nothing() {
+        let (_d, mut n) = node();
+        let v1 = n.write_file("e.md", b"first", None).unwrap();
+        n.write_file("e.md", b"second", None).unwrap();
+        let edit = |expect| FileWrite {
+            rel: "e.md",
+            bytes: b"first, edited",
+            actor: Some("agent"),
+            expect: Some(expect),
+        };
+        let out = n.write_files(&[edit(v1.label)]).pop().unwrap();
+        assert!(matches!(out, Err(Error::Stale(_))), "{out:?}");
+        assert_eq!(fs::read(n.root().join("e.md")).unwrap(), b"second");
+        // An edit on disk not yet recorded is recorded first, and refuses it too.
+        fs::write(n.root().join("e.md"), b"third, by hand").unwrap();
+        let out = n.write_files(&[edit(2)]).pop().unwrap();
+        assert!(matches!(out, Err(Error::Stale(_))), "{out:?}");
+        assert_eq!(n.store.versions("e.md").unwrap().len(), 3);
+        let ok = n.write_files(&[edit(3)]).pop().unwrap().unwrap();
+        assert_eq!(ok.record.label, 4);
+        assert_eq!(fs::read(n.root().join("e.md")).unwrap(), b"first, edited");
     }
 }

@@ -143,12 +143,14 @@ impl Writer {
         rel: &str,
         bytes: Vec<u8>,
         actor: Option<String>,
+        expect: Option<u64>,
     ) -> crate::Result<crate::write_group::Written> {
         let (done, result) = std::sync::mpsc::sync_channel(1);
         self.queued_writes().push(QueuedWrite {
             rel: rel.to_owned(),
             bytes,
             actor,
+            expect,
             done,
         });
         loop {
@@ -183,6 +185,7 @@ impl Writer {
                     rel: &q.rel,
                     bytes: &q.bytes,
                     actor: q.actor.as_deref(),
+                    expect: q.expect,
                 })
                 .collect();
             let results = node.write_files(&writes);
@@ -215,6 +218,7 @@ struct QueuedWrite {
     rel: String,
     bytes: Vec<u8>,
     actor: Option<String>,
+    expect: Option<u64>,
     done: std::sync::mpsc::SyncSender<crate::Result<crate::write_group::Written>>,
 }
 
@@ -234,7 +238,12 @@ mod tests {
             .map(|i| {
                 let w = w.clone();
                 std::thread::spawn(move || {
-                    w.write_file(&format!("n{i}.txt"), format!("note {i}").into_bytes(), None)
+                    w.write_file(
+                        &format!("n{i}.txt"),
+                        format!("note {i}").into_bytes(),
+                        None,
+                        None,
+                    )
                 })
             })
             .collect();

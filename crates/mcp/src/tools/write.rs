@@ -37,7 +37,7 @@ impl SovrynServer {
         let r = rel.clone();
         // Through the writer's queue: agents writing at once share a commit.
         let written =
-            tokio::task::spawn_blocking(move || writer.write_file(&r, bytes, Some(actor)))
+            tokio::task::spawn_blocking(move || writer.write_file(&r, bytes, Some(actor), None))
                 .await
                 .map_err(|e| format!("internal error: {e}"))?
                 .map_err(|e| e.to_string())?;
@@ -73,42 +73,84 @@ impl SovrynServer {
             return Err("no edits given".into());
         }
         let actor = p.actor();
-        let r = rel.clone();
-        let out = self
-            .on_node(move |node| {
-                confine(node, &r)?;
-                node.capture(&r).map_err(|e| e.to_string())?;
-                let rec = live(node, &r)?;
-                let bytes = load_text_or_bytes(node, &r, &rec.entry)?;
-                if !is_text(&bytes) {
-                    return Err(format!("{r} is not a UTF-8 text file; use write_file"));
-                }
-                let old = String::from_utf8(bytes).map_err(|e| e.to_string())?;
-                let mut new = old.clone();
-                for (i, e) in a.edits.iter().enumerate() {
-                    if e.old_text.is_empty() {
-                        return Err(format!("edit {}: old_text is empty", i + 1));
-                    }
-                    match new.matches(&e.old_text).count() {
-                        0 => return Err(format!("edit {}: old_text was not found in {r} (after the edits before it); read the file and copy the text exactly", i + 1)),
-                        1 => new = new.replacen(&e.old_text, &e.new_text, 1),
-                        n => return Err(format!("edit {}: old_text occurs {n} times in {r}; include more surrounding text so it occurs once", i + 1)),
-                    }
-                }
-                let diff = similar::TextDiff::from_lines(&old, &new)
-                    .unified_diff()
-                    .context_radius(3)
-                    .header(&format!("{r}@v{}", rec.label), &format!("{r}@edited"))
-                    .to_string();
-                let version = if a.dry_run || new == old {
-                    None
-                } else {
-                    let rec = node.write_file(&r, new.as_bytes(), Some(&actor)).map_err(|e| e.to_string())?;
-                    Some(label(rec.label))
+        if a.dry_run {
+            let (r, edits) = (rel.clone(), a.edits);
+            let plan = self
+                .on_node(move |node| {
+                    node.capture(&r).map_err(|e| e.to_string())?;
+                    edit_plan(node, &r, &edits)
+                })
+                .await?;
+            return Ok(Json(EditOut {
+                path: rel,
+                diff: plan.diff,
+                dry_run: true,
+                version: None,
+            }));
+        }
+        // Made from a read-only view, written through the writer's queue
+        // (a group commit) on condition that the file is still the version
+        // read: a write in between, or an edit on disk recorded first,
+        // makes it read again.
+        let edits = Arc::new(a.edits);
+        let mut attempt = 0;
+        let out = loop {
+            attempt += 1;
+            if attempt > EDIT_ATTEMPTS {
+                // Still racing other writers: under the writer, where nothing
+                // comes in between.
+                let (r, e) = (rel.clone(), edits.clone());
+                break self
+                    .on_node(move |node| {
+                        node.capture(&r).map_err(|e| e.to_string())?;
+                        let plan = edit_plan(node, &r, &e)?;
+                        let version = if plan.new == plan.old {
+                            None
+                        } else {
+                            let rec = node
+                                .write_file(&r, plan.new.as_bytes(), Some(&actor))
+                                .map_err(|e| e.to_string())?;
+                            Some(label(rec.label))
+                        };
+                        Ok(EditOut {
+                            path: r,
+                            diff: plan.diff,
+                            dry_run: false,
+                            version,
+                        })
+                    })
+                    .await?;
+            }
+            let (r, e) = (rel.clone(), edits.clone());
+            let plan = self.on_reader(move |view| edit_plan(view, &r, &e)).await?;
+            if plan.new == plan.old {
+                break EditOut {
+                    path: rel.clone(),
+                    diff: plan.diff,
+                    dry_run: false,
+                    version: None,
                 };
-                Ok(EditOut { path: r, diff, dry_run: a.dry_run, version })
+            }
+            let writer = self.shared.state.node.clone();
+            let (r, actor2) = (rel.clone(), actor.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                writer.write_file(&r, plan.new.into_bytes(), Some(actor2), Some(plan.label))
             })
-            .await?;
+            .await
+            .map_err(|e| format!("internal error: {e}"))?;
+            match written {
+                Ok(w) => {
+                    break EditOut {
+                        path: rel.clone(),
+                        diff: plan.diff,
+                        dry_run: false,
+                        version: Some(label(w.record.label)),
+                    }
+                }
+                Err(sovryn_engine::Error::Stale(_)) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        };
         if out.version.is_some() {
             self.changed([rel]);
         }
@@ -445,4 +487,50 @@ fn rescan_leaves(node: &Node, rel: &str) -> Result<Vec<String>, String> {
     leaves.extend(top);
     leaves.sort();
     Ok(leaves)
+}
+
+/// Times `edit_file` tries to apply its edits from a read-only view before
+/// doing it under the writer (when other writers keep changing the file).
+const EDIT_ATTEMPTS: u32 = 3;
+
+/// An edit worked out against a file's current version.
+struct EditPlan {
+    label: u64,
+    old: String,
+    new: String,
+    diff: String,
+}
+
+/// Applies `edits` in order to the current text of `r`: each `old_text`
+/// must occur exactly once in the text the edits before it left.
+fn edit_plan(view: &dyn View, r: &str, edits: &[Edit]) -> Result<EditPlan, String> {
+    confine(view, r)?;
+    let rec = live(view, r)?;
+    let bytes = load_text_or_bytes(view, r, &rec.entry)?;
+    if !is_text(&bytes) {
+        return Err(format!("{r} is not a UTF-8 text file; use write_file"));
+    }
+    let old = String::from_utf8(bytes).map_err(|e| e.to_string())?;
+    let mut new = old.clone();
+    for (i, e) in edits.iter().enumerate() {
+        if e.old_text.is_empty() {
+            return Err(format!("edit {}: old_text is empty", i + 1));
+        }
+        match new.matches(&e.old_text).count() {
+            0 => return Err(format!("edit {}: old_text was not found in {r} (after the edits before it); read the file and copy the text exactly", i + 1)),
+            1 => new = new.replacen(&e.old_text, &e.new_text, 1),
+            n => return Err(format!("edit {}: old_text occurs {n} times in {r}; include more surrounding text so it occurs once", i + 1)),
+        }
+    }
+    let diff = similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("{r}@v{}", rec.label), &format!("{r}@edited"))
+        .to_string();
+    Ok(EditPlan {
+        label: rec.label,
+        old,
+        new,
+        diff,
+    })
 }
