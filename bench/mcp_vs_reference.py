@@ -18,7 +18,8 @@ answer the same calls in turn:
   `search_files` with `pattern`, for `needle-7777.txt` among 11,000 files.
 
 Prints median and p90 per call and the ratio (reference median / Sovryn
-median: above 1 means Sovryn is faster). The reference server comes from
+median: above 1 means Sovryn is faster), after a `ping` through the same
+client and pipe: what no server can go below. The reference server comes from
 npm (`@modelcontextprotocol/server-filesystem`, pinned) into
 ~/.cache/sovryn-bench.
 """
@@ -88,6 +89,14 @@ async def run_server(params, calls, runs):
     async with stdio_client(params) as (r, w):
         async with ClientSession(r, w) as s:
             await s.initialize()
+            # The floor: a ping through the same client and pipe, no tool.
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                await s.send_ping()
+                times.append(time.perf_counter() - t0)
+            times.sort()
+            out["ping (the client's floor)"] = (statistics.median(times), times[int(len(times) * 0.9) - 1])
             for name, (tool, args, check, n) in calls.items():
                 out[name] = await timed(s, tool, args, n or runs, check)
     return out
