@@ -1,35 +1,62 @@
-//! Large files written while their chunks arrive: each received chunk is
-//! opened and checked once (by the storing task), and its plaintext goes
-//! both to the store (sealed, as received) and into the file's temp file at
-//! its place. Chunks this node already had are read from the store when the
+//! Files written while their chunks arrive: each received chunk is opened
+//! and checked once (by the storing task), and its plaintext goes both to
+//! the store (sealed, as received) and into the file's temp file at its
+//! place. Chunks this node already had are read from the store when the
 //! file's write reaches them. A file whose assembly cannot finish (a chunk
 //! missing, too much arriving out of order, a write error) is dropped and
 //! left to the apply, which writes it from the store; nothing is ever put
 //! under the real name here.
+//!
+//! Large files ([`written_ahead`]) are synced here, off the writer. Smaller
+//! ones (from [`ASSEMBLE_MIN_BYTES`]) get a temp file only once their first
+//! chunk can be written, close it when complete, and are made durable by
+//! the apply's flush (one `syncfs` for a batch of many), like the files it
+//! writes itself.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sovryn_engine::sync::{written_ahead, Staged};
 use sovryn_engine::View;
-use sovryn_store::{ChunkId, Entry};
+use sovryn_store::{ChunkId, Entry, EntryKind};
 
 /// Plaintext held for chunks that arrived before the ones ahead of them,
 /// per batch (at most): beyond it, the file is left to the apply. The
 /// fetch has at most 4 streams of 128 chunks in flight per peer.
 const MAX_PENDING_BYTES: usize = 64 << 20;
 
-/// Files assembled at once (each holds an open file): a batch announcing
-/// more large files leaves the rest to the apply.
-const MAX_FILES: usize = 16;
+/// Large files assembled at once (each holds an open file from the start):
+/// a batch announcing more leaves the rest to the staging after the fetch.
+const MAX_LARGE_FILES: usize = 16;
+
+/// Files smaller than this are left to the apply: for a file of a few KiB
+/// the extra temp file and rename cost more than writing it in the apply
+/// (10,000 files of 1 KiB took 0.15 s longer assembled).
+const ASSEMBLE_MIN_BYTES: u64 = 64 << 10;
+
+/// Smaller files with a temp file open at once (between their first chunk
+/// and their last): beyond it, a file is left to the apply.
+const MAX_OPEN_SMALL: usize = 64;
+
+enum Output {
+    /// No chunk written yet (smaller files open their temp file lazily).
+    NotStarted,
+    Open(File),
+    /// Every chunk written, the file closed (smaller files).
+    Complete,
+    /// Given up (its temp file removed) or handed over.
+    Gone,
+}
 
 struct FileAsm {
     rel: String,
     chunks: Vec<ChunkId>,
     tmp: PathBuf,
-    file: Option<File>,
+    /// Synced here (large) or by the apply's flush.
+    large: bool,
+    out: Output,
     /// Index of the next chunk to write, and where it goes.
     cursor: usize,
     offset: u64,
@@ -37,33 +64,46 @@ struct FileAsm {
     pending: HashMap<usize, std::sync::Arc<Vec<u8>>>,
 }
 
-/// The large files of one batch of remote states being assembled.
+/// The files of one batch of remote states being assembled.
 pub(crate) struct Assembly {
     files: Vec<FileAsm>,
     /// Where each fetched chunk goes: (file, chunk index) pairs.
     wanted: HashMap<ChunkId, Vec<(usize, usize)>>,
     pending_bytes: usize,
+    open_small: usize,
+}
+
+fn create_temp(tmp: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)
 }
 
 impl Assembly {
-    /// Temp files (in the storage root) for the files of `list` written
-    /// ahead ([`written_ahead`]) that need some of `fetching`.
-    pub(crate) fn start(
-        root: &std::path::Path,
-        list: &[(String, Entry)],
-        fetching: &[ChunkId],
-    ) -> Self {
+    /// Temp files (in the storage root) for the live files of `list` that
+    /// need some of `fetching`.
+    pub(crate) fn start(root: &Path, list: &[(String, Entry)], fetching: &[ChunkId]) -> Self {
         let fetching: std::collections::HashSet<&ChunkId> = fetching.iter().collect();
         let mut out = Assembly {
             files: Vec::new(),
             wanted: HashMap::new(),
             pending_bytes: 0,
+            open_small: 0,
         };
+        let mut large = 0;
         for (rel, e) in list {
-            if out.files.len() >= MAX_FILES {
-                break;
+            if e.deleted
+                || e.kind != EntryKind::File
+                || e.size < ASSEMBLE_MIN_BYTES
+                || !e.chunks.iter().any(|c| fetching.contains(c))
+            {
+                continue;
             }
-            if !written_ahead(e) || !e.chunks.iter().any(|c| fetching.contains(c)) {
+            let is_large = written_ahead(e);
+            if is_large && large >= MAX_LARGE_FILES {
                 continue;
             }
             let tmp = root.join(format!(
@@ -71,18 +111,19 @@ impl Assembly {
                 sovryn_engine::fsutil::TEMP_PREFIX,
                 rand::random::<u64>()
             ));
-            let file = match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)
-            {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::debug!("{rel}: not assembled: {e}");
-                    continue;
+            let output = if is_large {
+                match create_temp(&tmp) {
+                    Ok(f) => {
+                        large += 1;
+                        Output::Open(f)
+                    }
+                    Err(e) => {
+                        tracing::debug!("{rel}: not assembled: {e}");
+                        continue;
+                    }
                 }
+            } else {
+                Output::NotStarted
             };
             let index = out.files.len();
             for (i, c) in e.chunks.iter().enumerate() {
@@ -94,7 +135,8 @@ impl Assembly {
                 rel: rel.clone(),
                 chunks: e.chunks.clone(),
                 tmp,
-                file: Some(file),
+                large: is_large,
+                out: output,
                 cursor: 0,
                 offset: 0,
                 pending: HashMap::new(),
@@ -130,7 +172,7 @@ impl Assembly {
             let Some(file) = self.files.get_mut(f) else {
                 continue;
             };
-            if file.file.is_none() {
+            if !matches!(file.out, Output::NotStarted | Output::Open(_)) {
                 continue;
             }
             file.pending.insert(i, plain.clone());
@@ -154,6 +196,7 @@ impl Assembly {
         let wanted = &self.wanted;
         let file = &mut self.files[f];
         let mut freed = 0usize;
+        let mut opened = false;
         let ok = loop {
             let Some(id) = file.chunks.get(file.cursor) else {
                 break true;
@@ -179,7 +222,24 @@ impl Assembly {
                     }
                 },
             };
-            let Some(out) = &file.file else { break false };
+            if matches!(file.out, Output::NotStarted) {
+                if self.open_small >= MAX_OPEN_SMALL {
+                    break false;
+                }
+                match create_temp(&file.tmp) {
+                    Ok(out) => {
+                        file.out = Output::Open(out);
+                        opened = true;
+                    }
+                    Err(e) => {
+                        tracing::debug!("{}: not assembled: {e}", file.rel);
+                        break false;
+                    }
+                }
+            }
+            let Output::Open(out) = &file.out else {
+                break false;
+            };
             if let Err(e) = out.write_all_at(&data, file.offset) {
                 tracing::debug!("{}: writing its temp file: {e}", file.rel);
                 break false;
@@ -187,6 +247,18 @@ impl Assembly {
             file.offset += data.len() as u64;
             file.cursor += 1;
         };
+        if opened {
+            self.open_small += 1;
+        }
+        // A smaller file closes its temp file once complete.
+        if ok
+            && !file.large
+            && file.cursor == file.chunks.len()
+            && matches!(file.out, Output::Open(_))
+        {
+            file.out = Output::Complete;
+            self.open_small = self.open_small.saturating_sub(1);
+        }
         self.pending_bytes = self.pending_bytes.saturating_sub(freed);
         if !ok {
             self.abandon(f);
@@ -198,24 +270,31 @@ impl Assembly {
         let held: usize = file.pending.values().map(|d| d.len()).sum();
         file.pending.clear();
         self.pending_bytes = self.pending_bytes.saturating_sub(held);
-        if file.file.take().is_some() {
+        let had = std::mem::replace(&mut file.out, Output::Gone);
+        if matches!(had, Output::Open(_)) && !file.large {
+            self.open_small = self.open_small.saturating_sub(1);
+        }
+        if matches!(had, Output::Open(_) | Output::Complete) {
             let _ = std::fs::remove_file(&file.tmp);
         }
     }
 
     /// After the fetch: finishes each file from the store (its remaining
-    /// chunks were here before), makes it durable and hands the complete
-    /// ones over as [`Staged`] files.
+    /// chunks were here before), syncs the large ones and hands the
+    /// complete ones over as [`Staged`] files.
     pub(crate) fn finish(mut self, view: &dyn View) -> Staged {
         self.wanted.clear();
         let mut staged = Staged::default();
         for f in 0..self.files.len() {
             self.advance(view, f);
             let file = &mut self.files[f];
-            let Some(out) = file.file.take() else {
-                continue;
+            let complete = file.cursor == file.chunks.len();
+            let handed = match std::mem::replace(&mut file.out, Output::Gone) {
+                Output::Open(out) => complete && (!file.large || out.sync_all().is_ok()),
+                Output::Complete => complete,
+                Output::NotStarted | Output::Gone => continue,
             };
-            if file.cursor == file.chunks.len() && out.sync_all().is_ok() {
+            if handed {
                 staged.insert(file.rel.clone(), file.chunks.clone(), file.tmp.clone());
             } else {
                 let _ = std::fs::remove_file(&file.tmp);
@@ -228,7 +307,10 @@ impl Assembly {
 impl Drop for Assembly {
     fn drop(&mut self) {
         for f in &mut self.files {
-            if f.file.take().is_some() {
+            if matches!(
+                std::mem::replace(&mut f.out, Output::Gone),
+                Output::Open(_) | Output::Complete
+            ) {
                 let _ = std::fs::remove_file(&f.tmp);
             }
         }
@@ -345,5 +427,38 @@ mod tests {
         drop(asm);
         assert_eq!(temps(b.root()), 0);
         assert!(!b.root().join("big.bin").exists());
+    }
+
+    #[test]
+    fn a_smaller_file_gets_its_temp_file_with_its_first_chunk_and_is_handed_over_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate();
+        let mut a = node(dir.path(), "a", &key);
+        let b = node(dir.path(), "b", &key);
+        let content: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(a.root().join("mid.bin"), &content).unwrap();
+        a.scan(&[], &ScanOptions::default(), &mut |_| {}).unwrap();
+        let entry = a.store.file("mid.bin").unwrap().unwrap().entry;
+        assert!(entry.chunks.len() >= 2, "{}", entry.chunks.len());
+        let list = vec![("mid.bin".to_string(), entry.clone())];
+        let mut asm = Assembly::start(b.root(), &list, &entry.chunks);
+        assert!(!asm.is_empty());
+        assert_eq!(
+            temps(b.root()),
+            0,
+            "no temp file before a chunk can be written"
+        );
+        let reader = b.reader().unwrap();
+        for id in entry.chunks.iter().rev() {
+            asm.received(&reader, id, a.store.read_chunk(id).unwrap());
+        }
+        assert_eq!(temps(b.root()), 1);
+        let mut staged = asm.finish(&reader);
+        let tmp = staged.take("mid.bin", &entry).unwrap();
+        assert_eq!(std::fs::read(&tmp).unwrap(), content);
+        std::fs::remove_file(tmp).unwrap();
+        assert_eq!(temps(b.root()), 0);
     }
 }

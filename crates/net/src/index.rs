@@ -310,19 +310,13 @@ impl SyncNet {
                         missing.iter().copied().collect();
                     let mut all = missing;
                     all.extend(history_missing);
-                    // Large files are written while their chunks arrive.
-                    let assembly = if list
-                        .iter()
-                        .any(|(_, e)| sovryn_engine::sync::written_ahead(e))
-                    {
-                        let root = self
-                            .shared
-                            .with_view(|v| sovryn_engine::View::root(v).to_path_buf())
-                            .await?;
-                        Some(Assembly::start(&root, &list, &all)).filter(|a| !a.is_empty())
-                    } else {
-                        None
-                    };
+                    // Files are written while their chunks arrive.
+                    let root = self
+                        .shared
+                        .with_view(|v| sovryn_engine::View::root(v).to_path_buf())
+                        .await?;
+                    let assembly =
+                        Some(Assembly::start(&root, &list, &all)).filter(|a| !a.is_empty());
                     let (lacking, assembly) = self.fetch_chunks(conn, all, assembly).await?;
                     if let Some(a) = assembly {
                         self.shared.with_node_bulk(|n| Ok(n.store.flush()?)).await?;
