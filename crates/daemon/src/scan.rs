@@ -12,6 +12,17 @@ impl Daemon {
         let new_ignore_rules = paths
             .iter()
             .any(|p| p.rsplit('/').next() == Some(sovryn_engine::rules::IGNORE_FILE));
+        // Files that still look as recorded (most often what this node just
+        // wrote itself: a peer's files applied, an agent's write) are left
+        // out with a read-only handle, so the writer is not taken to find
+        // nothing: between two sync batches it belongs to the next apply.
+        let paths = self
+            .shared
+            .with_view(move |v| still_as_recorded_dropped(v, paths))
+            .await?;
+        if paths.is_empty() {
+            return Ok(());
+        }
         let (seq, changed) = self
             .shared
             .with_node_bulk(move |n| {
@@ -108,6 +119,32 @@ fn scan_roots(
         }
         Err(e) => Err(e),
     }
+}
+
+/// `paths` without the regular files whose stat is the one recorded when
+/// they were last written or scanned (a racy stat is never equal, so such a
+/// file is scanned). Directories, new and ignored paths stay.
+fn still_as_recorded_dropped(view: &dyn sovryn_engine::View, paths: Vec<String>) -> Vec<String> {
+    let (root, store) = (view.root(), view.store());
+    paths
+        .into_iter()
+        .filter(|p| {
+            if p.is_empty() || p.rsplit('/').next() == Some(sovryn_engine::rules::IGNORE_FILE) {
+                return true;
+            }
+            let Ok(m) = std::fs::symlink_metadata(root.join(p)) else {
+                return true;
+            };
+            if !m.is_file() {
+                return true;
+            }
+            let now = sovryn_engine::fsutil::stat_of(&m);
+            !matches!(
+                store.file(p),
+                Ok(Some(r)) if !r.entry.deleted && r.disk == Some(now)
+            )
+        })
+        .collect()
 }
 
 /// Hands the heap's free pages back to the system. A scan of a large
