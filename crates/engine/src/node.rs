@@ -313,26 +313,7 @@ impl Node {
                 fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
             }
             EntryKind::File => {
-                let tmp = temp_beside(&target);
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(|e| Error::io(&tmp, e))?;
-                let written = (|| -> Result<()> {
-                    let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
-                    self.store.write_content(entry, &mut w)?;
-                    w.flush().map_err(|e| Error::io(&tmp, e))?;
-                    drop(w);
-                    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-                    set_mode(&tmp, entry.mode)?;
-                    Ok(())
-                })();
-                if let Err(e) = written {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(e);
-                }
+                let tmp = self.write_temp(&target, entry, true)?;
                 if existing.as_ref().is_some_and(|m| m.is_dir()) {
                     fs::remove_dir(&target).map_err(|e| Error::io(&target, e))?;
                 }
@@ -344,6 +325,36 @@ impl Node {
             disk_stat(&target)?,
             sovryn_store::now_ns(),
         )))
+    }
+
+    /// Writes `entry`'s content with its mode to a new temp file beside
+    /// `target` (synced when `sync`) and returns its path; on failure
+    /// nothing is left behind.
+    pub(crate) fn write_temp(&self, target: &Path, entry: &Entry, sync: bool) -> Result<PathBuf> {
+        let tmp = temp_beside(target);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        let written = (|| -> Result<()> {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+            self.store.write_content(entry, &mut w)?;
+            w.flush().map_err(|e| Error::io(&tmp, e))?;
+            drop(w);
+            if sync {
+                f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            }
+            set_mode(&tmp, entry.mode)
+        })();
+        match written {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
     }
 
     /// Brings back version `label` of `rel` as a new version (history is never rewritten).

@@ -5,8 +5,6 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sovryn_store::{Change, EntryKind, FileRecord};
@@ -175,30 +173,10 @@ impl Node {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
-        let tmp = fsutil::temp_beside(target);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, e))?;
-        let written = (|| -> Result<()> {
-            let mut w = std::io::BufWriter::with_capacity(64 << 10, &mut f);
-            self.store.write_content(entry, &mut w)?;
-            w.flush().map_err(|e| Error::io(&tmp, e))?;
-            drop(w);
-            fsutil::set_mode(&tmp, entry.mode)
-        })();
-        match written {
-            Ok(()) => Ok(StagedFile {
-                tmp,
-                target: target.to_owned(),
-            }),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        Ok(StagedFile {
+            tmp: self.write_temp(target, entry, false)?,
+            target: target.to_owned(),
+        })
     }
 
     /// Writes the file and works out what its commit records.
