@@ -54,6 +54,13 @@ pub fn stat_of(m: &fs::Metadata) -> DiskStat {
 /// How close to "now" an mtime must be for its stat to be untrustworthy.
 pub const RACY_WINDOW_NS: i64 = 1_000_000_000;
 
+/// `fsync(2)` on a file or directory (a directory: the names renamed into it).
+pub fn sync_file(path: &Path) -> Result<()> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
 /// Marks `stat` racy when its mtime is within [`RACY_WINDOW_NS`] of `now_ns`.
 pub fn mark_racy(mut stat: DiskStat, now_ns: i64) -> DiskStat {
     stat.racy = stat.mtime_ns > now_ns - RACY_WINDOW_NS;

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use sovryn_store::{Change, ChunkId, DiskStat, Entry, EntryKind, FileRecord};
 
 use crate::decide::{decide, Decision, Me, NameSlot};
-use crate::fsutil::stat_of;
+use crate::fsutil::{stat_of, sync_file};
 use crate::node::Node;
 use crate::paths;
 use crate::scan::ScanOptions;
@@ -174,13 +174,6 @@ fn remove_temp(root: &Path, tmp: &Path) {
 
 /// Up to this many files written by one batch are fsynced one by one.
 const FSYNC_EACH_MAX: usize = 8;
-
-/// `fsync(2)` on a file or directory.
-fn sync_file(path: &Path) -> Result<()> {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(path, e))
-}
 
 /// `syncfs(2)` on the file system holding `dir`: one flush for a whole batch
 /// instead of one fsync per file.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use sovryn_store::{Change, EntryKind, FileRecord};
 
-use crate::fsutil::{self, disk_stat};
+use crate::fsutil::{self, disk_stat, sync_file};
 use crate::node::Node;
 use crate::ops::{bare, live, parent_of, NEW_FILE_MODE};
 use crate::paths;
@@ -109,7 +109,7 @@ impl Node {
         dirs.sort();
         dirs.dedup();
         let dirs_synced: Vec<(PathBuf, Result<()>)> = {
-            let synced = on_threads(&dirs, |d| sync_dir(d));
+            let synced = on_threads(&dirs, |d| sync_file(d));
             dirs.into_iter().zip(synced).collect()
         };
         let mut changes = Vec::new();
@@ -329,18 +329,6 @@ impl WriteGroup {
                 .match_indices('/')
                 .any(|(i, _)| self.paths.contains(&rel[..i]))
     }
-}
-
-/// Syncs a file's data and metadata.
-fn sync_file(path: &Path) -> Result<()> {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(path, e))
-}
-
-/// Syncs a directory (the names renamed into it).
-fn sync_dir(path: &Path) -> Result<()> {
-    sync_file(path)
 }
 
 /// Runs `f` on each item, on up to [`SYNC_THREADS`] threads at once (the

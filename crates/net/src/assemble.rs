@@ -358,15 +358,8 @@ mod tests {
         let key = MasterKey::generate();
         let mut a = node(dir.path(), "a", &key);
         let mut b = node(dir.path(), "b", &key);
-        let mut x: u64 = 7;
-        let content: Vec<u8> = (0..sovryn_engine::sync::STAGE_MIN_BYTES as usize + 777_777)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut content = vec![0u8; sovryn_engine::sync::STAGE_MIN_BYTES as usize + 777_777];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut content);
         std::fs::write(a.root().join("big.bin"), &content).unwrap();
         a.scan(&[], &ScanOptions::default(), &mut |_| {}).unwrap();
         let entry = a.store.file("big.bin").unwrap().unwrap().entry;
@@ -435,9 +428,8 @@ mod tests {
         let key = MasterKey::generate();
         let mut a = node(dir.path(), "a", &key);
         let b = node(dir.path(), "b", &key);
-        let content: Vec<u8> = (0..300_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let mut content = vec![0u8; 300_000];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut content);
         std::fs::write(a.root().join("mid.bin"), &content).unwrap();
         a.scan(&[], &ScanOptions::default(), &mut |_| {}).unwrap();
         let entry = a.store.file("mid.bin").unwrap().unwrap().entry;

@@ -904,15 +904,8 @@ mod tests {
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut a = Store::open(da.path(), &key, Access::ReadWrite).unwrap();
         let mut b = Store::open(db.path(), &key, Access::ReadWrite).unwrap();
-        let mut x: u64 = 99;
-        let data: Vec<u8> = (0..10_000_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut data = vec![0u8; 10_000_000];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
         let one = a.ingest(std::io::Cursor::new(&data), 0).unwrap();
         let two = b.ingest_large(std::io::Cursor::new(&data), 0).unwrap();
         assert_eq!((one.size, &one.chunks), (two.size, &two.chunks));
