@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from sovryn_support import listing
 
 try:
     from mcp.shared._httpx_utils import create_mcp_http_client
@@ -158,7 +159,7 @@ def test_path_scoped_token_sees_nothing_outside(server, node):
         r = await s.call_tool("read_file", {"path": "docs/a.md"})
         out["read_inside"] = r.structured_content["content"]
         r = await s.call_tool("list_directory", {})
-        out["root"] = [e["name"] for e in r.structured_content["entries"]]
+        out["root"] = [e["name"] for e in listing(r)["entries"]]
         r = await s.call_tool("search_files", {"query": "words"})
         out["search"] = [m["path"] for m in r.structured_content["matches"]]
         r = await s.call_tool("search_files", {"name": "*"})

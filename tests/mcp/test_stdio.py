@@ -5,6 +5,7 @@ import base64
 
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from sovryn_support import listing
 
 EXPECTED_TOOLS = {
     "read_file", "read_multiple_files", "write_file", "edit_file", "create_directory",
@@ -44,7 +45,10 @@ def test_tools_are_listed_with_honest_annotations(node):
         assert EXPECTED_TOOLS <= set(tools)
         for name in ["read_file", "search_files", "list_directory", "diff_versions"]:
             assert tools[name].annotations.read_only_hint is True
+        for name in ["read_file", "search_files", "diff_versions"]:
             assert tools[name].output_schema is not None
+        # Listings are text (one line per entry), like the reference server's.
+        assert tools["list_directory"].output_schema is None
         for name in ["write_file", "edit_file", "delete_file", "restore_version"]:
             assert tools[name].annotations.read_only_hint is False
             assert tools[name].annotations.destructive_hint is True
@@ -104,12 +108,12 @@ def test_write_read_edit_search_list_move_delete(node):
 
         await ok(s, "create_directory", {"path": "empty/inner"})
         assert (node.folder / "empty" / "inner").is_dir()
-        ls = await ok(s, "list_directory", {"path": ""})
+        ls = listing(await s.call_tool("list_directory", {"path": ""}))
         names = [e["name"] for e in ls["entries"]]
         assert names == sorted(names) and {"docs", "bin", "empty", "existing.md"} <= set(names)
-        page = await ok(s, "list_directory", {"limit": 2})
+        page = listing(await s.call_tool("list_directory", {"limit": 2}))
         assert len(page["entries"]) == 2 and page["next_cursor"] == "2"
-        page2 = await ok(s, "list_directory", {"limit": 2, "cursor": page["next_cursor"]})
+        page2 = listing(await s.call_tool("list_directory", {"limit": 2, "cursor": page["next_cursor"]}))
         assert page2["entries"][0]["name"] == names[2]
         tree = await ok(s, "directory_tree", {"path": "docs"})
         assert tree["entries"] == [{"name": "plan.md", "kind": "file", "size": 17}]
@@ -267,3 +271,36 @@ def test_protocol_2026_07_28_tools_and_listen(node):
                 assert str(ev.uri) == uri
 
     asyncio.run(asyncio.wait_for(main(), timeout=60))
+
+
+def test_a_listing_follows_every_change(node):
+    """Listings are cached while the index is unchanged: each kind of change
+    shows in the next listing, and a listing is of its own directory."""
+    async def body(s):
+        async def names(path=""):
+            return {e["name"]: e for e in listing(await s.call_tool("list_directory", {"path": path}))["entries"]}
+
+        before = await names()
+        assert "fresh.md" not in before
+        assert not (await s.call_tool("write_file", {"path": "fresh.md", "content": "one"})).is_error
+        now = await names()
+        assert now["fresh.md"]["size"] == 3 and now["fresh.md"]["version"] == "v1"
+        assert not (await s.call_tool("write_file", {"path": "fresh.md", "content": "three"})).is_error
+        assert (await names())["fresh.md"]["size"] == 5 and (await names())["fresh.md"]["version"] == "v2"
+        assert not (await s.call_tool("create_directory", {"path": "sub"})).is_error
+        assert await names("sub") == {}
+        (node.folder / "sub" / "from-disk.txt").write_text("made outside")
+        assert not (await s.call_tool("force_sync_path", {"path": "sub"})).is_error
+        assert set(await names("sub")) == {"from-disk.txt"}
+        assert "from-disk.txt" not in await names()
+        assert not (await s.call_tool("move_file", {"source": "fresh.md", "destination": "sub/moved.md"})).is_error
+        assert "fresh.md" not in await names()
+        assert set(await names("sub")) == {"from-disk.txt", "moved.md"}
+        assert not (await s.call_tool("delete_file", {"path": "sub/from-disk.txt"})).is_error
+        assert set(await names("sub")) == {"moved.md"}
+        res = await s.call_tool("list_directory", {"path": "sub/moved.md"})
+        assert res.is_error and "not a directory" in res.content[0].text
+        res = await s.call_tool("list_directory", {"path": "nowhere"})
+        assert res.is_error and "no such file" in res.content[0].text
+
+    run(node, body)

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sovryn_support import free_port
+from sovryn_support import free_port, listing
 from test_daemon import Node, mcp_session
 
 
@@ -132,14 +132,12 @@ def test_two_folders_shared_with_different_peers(tmp_path: Path):
         assert mcp_status(photos_url, work_token) == 401
         assert mcp_status(work_url, photos_token) == 401
 
-        async def listing(s):
-            res = await s.call_tool("list_directory", {"path": ""})
-            assert not res.is_error, res.content
-            return json.dumps(res.structured_content)
+        async def root_listing(s):
+            return json.dumps(listing(await s.call_tool("list_directory", {"path": ""})))
 
-        seen = mcp_session(work_url, work_token, listing)
+        seen = mcp_session(work_url, work_token, root_listing)
         assert "notes.md" in seen and "cat.jpg" not in seen and "from-gamma" not in seen, seen
-        seen = mcp_session(photos_url, photos_token, listing)
+        seen = mcp_session(photos_url, photos_token, root_listing)
         assert "cat.jpg" in seen and "notes.md" not in seen, seen
 
         # A folder added while the node runs is served at once; removed, it stops.

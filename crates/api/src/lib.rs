@@ -15,6 +15,8 @@
 
 #![deny(missing_docs)]
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sovryn_engine::conflicts::ConflictCopy;
@@ -313,28 +315,103 @@ pub fn ask(view: &dyn View, q: Query) -> Result<Answer> {
 }
 
 /// [`Query::List`]: the entries of directory `rel` (a file lists as
-/// itself), also what MCP's `list_directory` pages through.
+/// itself), as the CLI and the HTTP API show them.
 pub fn list(view: &dyn View, rel: String) -> Result<Listing> {
+    Ok(Listing {
+        entries: children(view, &rel)?.iter().map(entry_info).collect(),
+        path: rel,
+    })
+}
+
+/// The index rows of a listing, what [`list`] and MCP's `list_directory`
+/// both show: the live entries directly in directory `rel`, by name; a
+/// file lists as itself; a path the index does not know is an error.
+pub fn children(view: &dyn View, rel: &str) -> Result<Vec<Child>> {
     let store = view.store();
     let this = if rel.is_empty() {
         None
     } else {
-        store.file(&rel)?.filter(|r| !r.entry.deleted)
+        store.file(rel)?.filter(|r| !r.entry.deleted)
     };
     let rows = match &this {
-        // A file lists as itself.
         Some(r) if r.entry.kind != EntryKind::Dir => vec![Child::from(r)],
-        _ => store.children(&rel)?,
+        _ => store.children(rel)?,
     };
     if rows.is_empty() && !rel.is_empty() && this.is_none() {
         return Err(Error::Engine(sovryn_engine::Error::NotFound(format!(
             "not tracked: {rel}"
         ))));
     }
-    Ok(Listing {
-        entries: rows.iter().map(entry_info).collect(),
-        path: rel,
-    })
+    Ok(rows)
+}
+
+/// Listings kept between calls while the index is unchanged, in the shape
+/// a caller shows them (`T`, made once from the rows): MCP agents list the
+/// same directories again and again, and reading and formatting 1,000 rows
+/// took 0.43 ms of a call whose floor is 0.2 ms. Each listing is keyed by
+/// the change log's newest sequence, which every change of the index
+/// raises, so a listing is never served after anything changed (whichever
+/// process or peer changed it).
+pub struct ListingCache<T> {
+    dirs: std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<T>)>>,
+}
+
+impl<T> Default for ListingCache<T> {
+    fn default() -> Self {
+        ListingCache {
+            dirs: Default::default(),
+        }
+    }
+}
+
+/// Directories a [`ListingCache`] keeps before starting over.
+const CACHED_DIRS: usize = 64;
+
+impl<T> ListingCache<T> {
+    /// [`children`] of `rel` as `shape` makes them, from the cache when the
+    /// index has not changed since they were made.
+    pub fn get(
+        &self,
+        view: &dyn View,
+        rel: &str,
+        shape: impl FnOnce(Vec<Child>) -> T,
+    ) -> Result<Arc<T>> {
+        // The sequence first: rows read after it are at least as new, so a
+        // listing is never kept under a sequence older than what it shows.
+        let seq = view.store().sequence()?;
+        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, listing)) = dirs.get(rel) {
+            if *at == seq {
+                return Ok(listing.clone());
+            }
+        }
+        drop(dirs);
+        let listing = Arc::new(shape(children(view, rel)?));
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if dirs.len() >= CACHED_DIRS {
+            dirs.clear();
+        }
+        dirs.insert(rel.to_owned(), (seq, listing.clone()));
+        Ok(listing)
+    }
+}
+
+/// Appends a time as RFC 3339 to the second (`2026-11-30T21:18:33Z`), for
+/// listings of many entries, where the general formatter cost more than the
+/// query.
+pub fn push_rfc3339_secs(out: &mut String, ns: i64) {
+    use std::fmt::Write as _;
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(ns.div_euclid(1_000_000_000)) else {
+        return;
+    };
+    let (year, month, day) = t.to_calendar_date();
+    let (h, m, s) = t.to_hms();
+    // Writing into a String cannot fail.
+    let _ = write!(
+        out,
+        "{year:04}-{:02}-{day:02}T{h:02}:{m:02}:{s:02}Z",
+        u8::from(month)
+    );
 }
 
 fn diff(view: &dyn View, rel: &str, from: &str, to: Option<&str>) -> Result<String> {

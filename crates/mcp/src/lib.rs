@@ -54,6 +54,8 @@ pub struct McpState {
     /// Live paths, kept current from the change log (shared by every server
     /// and session built from this state).
     pub(crate) index: Arc<index::PathIndex>,
+    /// Directory listings, kept while the index is unchanged.
+    pub(crate) listings: Arc<sovryn_api::ListingCache<Vec<tools::ListedEntry>>>,
 }
 
 impl McpState {
@@ -89,6 +91,7 @@ impl McpState {
         }
         Ok(McpState {
             index,
+            listings: Default::default(),
             node,
             reads: Arc::new(reads),
             changes,

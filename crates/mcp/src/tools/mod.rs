@@ -22,7 +22,7 @@ use sovryn_engine::conflicts::{ConflictCopy, Keep};
 use sovryn_engine::identity::PublicKey;
 use sovryn_engine::scan::ScanOptions;
 use sovryn_engine::{paths, Config, Node, Reader, View};
-use sovryn_store::{Entry, EntryKind, FileRecord};
+use sovryn_store::{Child, Entry, EntryKind, FileRecord};
 
 use crate::audit::AuditLine;
 use crate::tokens::{Capability, Principal};

@@ -180,9 +180,8 @@ impl SovrynServer {
     }
 
     #[tool(
-        description = "List a directory's entries with kind, size, version and modification time, sorted by name, in pages (`limit`, then `cursor` = `next_cursor`). Omit `path` for the root.",
-        annotations(read_only_hint = true, open_world_hint = false),
-        output_schema = list_out_schema()
+        description = "List a directory's entries, sorted by name, in pages: a header line (`DIR: N entries`, and `(more: cursor C)` when a page follows; pass C as `cursor`), a column line, then one tab-separated line per entry: kind (`file`, `directory` or `symlink`), size in bytes, version, modification time (RFC 3339), name. `limit`: entries per page (default 200, at most 1000). Omit `path` for the root.",
+        annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn list_directory(
         &self,
@@ -198,47 +197,43 @@ impl SovrynServer {
                 .map_err(|_| format!("bad cursor '{c}'; pass next_cursor as given"))?,
             None => 0,
         };
+        let listings = self.shared.state.listings.clone();
         self.on_reader(move |node| {
             confine(node, &rel)?;
-            if !rel.is_empty() {
-                let rec = live(node, &rel)?;
-                if rec.entry.kind != EntryKind::Dir {
+            let rows = listings
+                .get(node, &rel, |rows| {
+                    rows.into_iter().map(ListedEntry::from).collect()
+                })
+                .map_err(|e| match e {
+                    sovryn_api::Error::Engine(sovryn_engine::Error::NotFound(_)) => not_found(&rel),
+                    e => e.to_string(),
+                })?;
+            // A file lists as itself; this tool lists directories only.
+            if let [only] = &rows[..] {
+                if only.path == rel && only.kind != EntryKind::Dir {
                     return Err(format!(
                         "{rel} is a {}, not a directory; use get_file_metadata or read_file",
-                        kind_name(rec.entry.kind)
+                        kind_name(only.kind)
                     ));
                 }
             }
-            let all: Vec<sovryn_api::EntryInfo> = sovryn_api::list(node, rel.clone())
-                .map_err(|e| e.to_string())?
-                .entries
-                .into_iter()
-                .filter(|e| p.scope.visible(&e.path))
-                .collect();
+            let all: Vec<&ListedEntry> = rows.iter().filter(|e| p.scope.visible(&e.path)).collect();
             let total = all.len();
-            let entries: Vec<ListEntry> = all
-                .into_iter()
-                .skip(start)
-                .take(limit)
-                .map(|e| ListEntry {
-                    name: e.path.rsplit('/').next().unwrap_or_default().to_owned(),
-                    kind: kind_name(e.kind).into(),
-                    size: e.size,
-                    version: e.version,
-                    modified: e.modified,
-                    path: e.path,
-                })
-                .collect();
-            let next = start + entries.len();
-            Ok(ListOut {
+            let page = all.iter().skip(start).take(limit);
+            let shown = page.len();
+            let mut lines = String::with_capacity(page.clone().map(|e| e.line.len()).sum());
+            page.for_each(|e| lines.push_str(&e.line));
+            let mut listing = Listing {
                 path: rel,
-                entries,
                 total,
-                next_cursor: (next < total).then(|| next.to_string()),
-            })
+                next_cursor: None,
+                lines,
+            };
+            let next = start + shown;
+            listing.next_cursor = (next < total).then(|| next.to_string());
+            Ok(listing)
         })
         .await
-        .map(Listing)
     }
 
     #[tool(

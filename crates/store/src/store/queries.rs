@@ -37,17 +37,21 @@ impl Store {
     /// the root), in path order. Only those rows are read and decoded, not
     /// the whole subtree: a listing costs what it shows.
     pub fn children(&self, dir: &str) -> Result<Vec<Child>> {
-        const COLS: &str = "path, kind, size, label, json_extract(entry, '$.mode'), \
-            json_extract(entry, '$.mtime_ns'), json_extract(entry, '$.author'), \
-            json_extract(entry, '$.target')";
+        let cols = if self.listing_columns {
+            "path, kind, size, label, mode, mtime_ns, author, target"
+        } else {
+            "path, kind, size, label, json_extract(entry, '$.mode'), \
+             json_extract(entry, '$.mtime_ns'), json_extract(entry, '$.author'), \
+             json_extract(entry, '$.target')"
+        };
         let dir = dir.trim_end_matches('/');
         let mut stmt = if dir.is_empty() {
             self.db.prepare_cached(&format!(
-                "SELECT {COLS} FROM files WHERE deleted = 0 AND instr(path, '/') = 0 ORDER BY path"
+                "SELECT {cols} FROM files WHERE deleted = 0 AND instr(path, '/') = 0 ORDER BY path"
             ))?
         } else {
             self.db.prepare_cached(&format!(
-                "SELECT {COLS} FROM files WHERE path > ?1 || '/' AND path < ?1 || '0' AND deleted = 0 \
+                "SELECT {cols} FROM files WHERE path > ?1 || '/' AND path < ?1 || '0' AND deleted = 0 \
                  AND instr(substr(path, length(?1) + 2), '/') = 0 ORDER BY path"
             ))?
         };
