@@ -11,15 +11,18 @@ index is part of its setup), then both servers start and, one session each,
 answer the same calls in turn:
 
 * read 4 KiB: Sovryn `read_file`, the reference `read_text_file`;
-* list 1,000: `list_directory` of the 1,000-entry directory (all of it);
-* write 4 KiB: `write_file` of a new file (durable on both: Sovryn also
-  records it as a version);
+* list 1,000: `list_directory` of the 1,000-entry directory (all of it;
+  both answer in text, one line per entry);
+* write 4 KiB: `write_file` of a new file (Sovryn's is synced to disk and
+  recorded as a version; the reference's is a plain `writeFile`);
 * find by name: Sovryn `search_files` with `name`, the reference
   `search_files` with `pattern`, for `needle-7777.txt` among 11,000 files.
 
 Prints median and p90 per call and the ratio (reference median / Sovryn
 median: above 1 means Sovryn is faster), after a `ping` through the same
-client and pipe: what no server can go below. The reference server comes from
+client and pipe: what no server can go below. Before each server starts,
+dirty pages are written back (`sync`), so neither inherits the other's
+writeback. The reference server comes from
 npm (`@modelcontextprotocol/server-filesystem`, pinned) into
 ~/.cache/sovryn-bench.
 """
@@ -150,6 +153,7 @@ def main():
                     "find by name": ("search_files", {"path": str(root), "pattern": "**/needle-7777.txt"},
                                      lambda r: "needle-7777" in text_of(r) or None, 20),
                 }
+            os.sync()
             results[who] = asyncio.run(run_server(params, calls, args.runs))
         print(f"MCP over stdio, same client, {time.strftime('%Y-%m-%d')}, medians of {args.runs} calls "
               f"(find: 20); {REFERENCE}@{REFERENCE_VERSION}")

@@ -3,12 +3,11 @@
 
 use std::io::Read;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use fastcdc::v2020::{Normalization, StreamCDC};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::aead::{self, NONCE_LEN, TAG_LEN};
 use crate::keys::DerivedKeys;
 use crate::{Error, Result};
 
@@ -21,9 +20,8 @@ pub const MAX_CHUNK: u32 = 256 * 1024;
 
 const FLAG_RAW: u8 = 0;
 const FLAG_ZSTD: u8 = 1;
-const NONCE_LEN: usize = 24;
 /// Bytes a sealed chunk adds to its (compressed) payload: nonce, flag, tag.
-pub const SEAL_OVERHEAD: usize = NONCE_LEN + 1 + 16;
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + 1 + TAG_LEN;
 
 /// Whether compressing `data` is worth a try: a 4 KiB sample from its middle
 /// must shrink by at least 1/32. Saves compressing incompressible chunks whole.
@@ -160,9 +158,9 @@ impl ChunkCodec {
         )
     }
 
-    fn cipher(&self, id: &ChunkId) -> XChaCha20Poly1305 {
-        let key = blake3::keyed_hash(&self.keys.chunk_seal, &id.0);
-        XChaCha20Poly1305::new(key.as_bytes().into())
+    /// The key sealing chunk `id`.
+    fn chunk_key(&self, id: &ChunkId) -> [u8; 32] {
+        *blake3::keyed_hash(&self.keys.chunk_seal, &id.0).as_bytes()
     }
 
     /// Compresses (when that saves at least 1/32) and encrypts a chunk whose id is known.
@@ -176,24 +174,20 @@ impl ChunkCodec {
             Some(c) => (FLAG_ZSTD, c.as_slice()),
             None => (FLAG_RAW, data),
         };
-        let mut plain = Vec::with_capacity(payload.len() + 1);
-        plain.push(flag);
-        plain.extend_from_slice(payload);
+        // nonce | flag, payload (encrypted in place) | tag: one buffer, one copy.
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let ct = self
-            .cipher(&id)
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &plain,
-                    aad: &id.0,
-                },
-            )
-            .map_err(|_| Error::Corrupt("encryption failed".into()))?;
-        let mut sealed = Vec::with_capacity(NONCE_LEN + ct.len());
+        let mut sealed = Vec::with_capacity(SEAL_OVERHEAD + payload.len());
         sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(&ct);
+        sealed.push(flag);
+        sealed.extend_from_slice(payload);
+        let tag = aead::seal_in_place(
+            &self.chunk_key(&id),
+            &nonce,
+            &id.0,
+            &mut sealed[NONCE_LEN..],
+        );
+        sealed.extend_from_slice(&tag);
         let raw_len =
             u32::try_from(data.len()).map_err(|_| Error::Corrupt("chunk too large".into()))?;
         Ok(SealedChunk {
@@ -245,19 +239,20 @@ impl ChunkCodec {
             return Err(Error::Corrupt(format!("chunk {id} is truncated")));
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        let plain = self
-            .cipher(id)
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: &id.0,
-                },
-            )
-            .map_err(|_| Error::Corrupt(format!("chunk {id} fails authentication")))?;
-        let data = match plain.split_first() {
-            Some((&FLAG_RAW, rest)) => rest.to_vec(),
-            Some((&FLAG_ZSTD, rest)) => decompress(rest, raw_len as usize)
+        let mut nonce_bytes = [0u8; NONCE_LEN];
+        nonce_bytes.copy_from_slice(nonce);
+        let mut buf = ct.to_vec();
+        let plain_len = aead::open_in_place(&self.chunk_key(id), &nonce_bytes, &id.0, &mut buf)
+            .ok_or_else(|| Error::Corrupt(format!("chunk {id} fails authentication")))?
+            .len();
+        buf.truncate(plain_len);
+        let data = match buf.first() {
+            Some(&FLAG_RAW) => {
+                // Drop the flag in place rather than copy the rest out.
+                buf.remove(0);
+                buf
+            }
+            Some(&FLAG_ZSTD) => decompress(&buf[1..], raw_len as usize)
                 .map_err(|e| Error::Corrupt(format!("chunk {id} does not decompress: {e}")))?,
             _ => {
                 return Err(Error::Corrupt(format!(

@@ -9,11 +9,10 @@ use std::io::Write;
 use std::path::Path;
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::aead;
 use crate::{Error, Result};
 
 const CONTEXT_CHUNK_ID: &str = "sovryn 2026-11 chunk id";
@@ -171,16 +170,7 @@ fn wrap(master: &MasterKey, label: &str, secret: &str, kdf: KdfParams) -> Result
     rand::rngs::OsRng.fill_bytes(&mut salt);
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let key = kek(secret, &salt, kdf)?;
-    let cipher = XChaCha20Poly1305::new((&key).into());
-    let ct = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: &master.0,
-                aad: WRAP_AAD,
-            },
-        )
-        .map_err(|_| Error::BadKey("could not wrap the key".into()))?;
+    let ct = aead::seal(&key, &nonce, WRAP_AAD, &master.0);
     Ok(WrappedKeySlot(WrappedKey {
         label: label.into(),
         salt: hex::encode(salt),
@@ -223,15 +213,7 @@ impl KeyFile {
     pub fn sealed(folder: &MasterKey, node: &MasterKey, node_secret: &[u8; 32]) -> Result<Self> {
         let mut nonce = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ct = seal_cipher(node, node_secret)
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &folder.0,
-                    aad: SEAL_AAD,
-                },
-            )
-            .map_err(|_| Error::BadKey("could not seal the key".into()))?;
+        let ct = aead::seal(&seal_key(node, node_secret), &nonce, SEAL_AAD, &folder.0);
         Ok(KeyFile::Sealed {
             folder_id: folder.derive().folder_id,
             nonce: hex::encode(nonce),
@@ -266,20 +248,13 @@ impl KeyFile {
             return Err(Error::BadKey("this key file is not sealed".into()));
         };
         let corrupt = || Error::BadKey("corrupt key file".into());
-        let nonce = hex::decode(nonce).map_err(|_| corrupt())?;
+        let nonce: [u8; 24] = hex::decode(nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(corrupt)?;
         let ct = hex::decode(ciphertext).map_err(|_| corrupt())?;
-        if nonce.len() != 24 {
-            return Err(corrupt());
-        }
-        let pt = seal_cipher(node, node_secret)
-            .decrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &ct,
-                    aad: SEAL_AAD,
-                },
-            )
-            .map_err(|_| {
+        let pt =
+            aead::open(&seal_key(node, node_secret), &nonce, SEAL_AAD, &ct).ok_or_else(|| {
                 Error::BadKey("the node's key and identity do not open this folder's key".into())
             })?;
         let arr: [u8; 32] = pt.try_into().map_err(|_| corrupt())?;
@@ -319,18 +294,11 @@ impl KeyFile {
                         .map_err(|_| Error::BadKey("corrupt key file".into()))?;
                     let ct = hex::decode(&w.ciphertext)
                         .map_err(|_| Error::BadKey("corrupt key file".into()))?;
-                    if nonce.len() != 24 {
-                        return Err(Error::BadKey("corrupt key file".into()));
-                    }
+                    let nonce: [u8; 24] = nonce
+                        .try_into()
+                        .map_err(|_| Error::BadKey("corrupt key file".into()))?;
                     let key = kek(&candidate, &salt, w.kdf)?;
-                    let cipher = XChaCha20Poly1305::new((&key).into());
-                    if let Ok(pt) = cipher.decrypt(
-                        XNonce::from_slice(&nonce),
-                        Payload {
-                            msg: &ct,
-                            aad: WRAP_AAD,
-                        },
-                    ) {
+                    if let Some(pt) = aead::open(&key, &nonce, WRAP_AAD, &ct) {
                         let arr: [u8; 32] = pt
                             .try_into()
                             .map_err(|_| Error::BadKey("corrupt key file".into()))?;
@@ -361,12 +329,11 @@ impl KeyFile {
     }
 }
 
-fn seal_cipher(node: &MasterKey, node_secret: &[u8; 32]) -> XChaCha20Poly1305 {
+fn seal_key(node: &MasterKey, node_secret: &[u8; 32]) -> [u8; 32] {
     let mut material = [0u8; 64];
     material[..32].copy_from_slice(&node.0);
     material[32..].copy_from_slice(node_secret);
-    let key = blake3::derive_key(CONTEXT_FOLDER_SEAL, &material);
-    XChaCha20Poly1305::new((&key).into())
+    blake3::derive_key(CONTEXT_FOLDER_SEAL, &material)
 }
 
 /// Writes `bytes` to `path` with mode 0600, crash-safely.

@@ -13,6 +13,7 @@
 //! Invariant: an index row never points at bytes that are not durable. Chunk
 //! bytes are appended and synced before the transaction naming them commits.
 
+mod aead;
 pub mod chunk;
 pub mod keys;
 pub mod model;
