@@ -377,7 +377,8 @@ impl<T> ListingCache<T> {
         shape: impl FnOnce(Vec<Child>) -> T,
     ) -> Result<Arc<T>> {
         // The sequence first: rows read after it are at least as new, so a
-        // listing is never kept under a sequence older than what it shows.
+        // listing is never kept under a sequence newer than what it shows
+        // (at worst it is kept under an older one, and made again).
         let seq = view.store().sequence()?;
         let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, listing)) = dirs.get(rel) {
