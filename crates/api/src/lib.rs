@@ -452,3 +452,36 @@ fn diff(view: &dyn View, rel: &str, from: &str, to: Option<&str>) -> Result<Stri
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_times_are_rfc_3339_to_the_second_and_agree_with_the_full_form() {
+        for ns in [
+            0i64,
+            1_796_073_513_623_132_069,
+            -1,
+            -86_400_000_000_001,
+            951_782_400_000_000_000,
+        ] {
+            let mut short = String::new();
+            push_rfc3339_secs(&mut short, ns);
+            let whole = rfc3339(ns.div_euclid(1_000_000_000) * 1_000_000_000);
+            assert_eq!(short, whole, "{ns}");
+        }
+        let mut s = String::from("x");
+        push_rfc3339_secs(&mut s, 1_796_073_513_623_132_069);
+        assert_eq!(s, "x2026-11-30T21:18:33Z");
+        let mut leap = String::new();
+        push_rfc3339_secs(&mut leap, 951_782_400_000_000_000);
+        assert_eq!(leap, "2000-02-29T00:00:00Z");
+        // The ends of what an i64 of nanoseconds holds, without a panic.
+        for ns in [i64::MAX, i64::MIN] {
+            let mut t = String::new();
+            push_rfc3339_secs(&mut t, ns);
+            assert_eq!(t.len(), 20, "{t}");
+        }
+    }
+}
