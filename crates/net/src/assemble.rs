@@ -60,6 +60,8 @@ struct FileAsm {
     /// Index of the next chunk to write, and where it goes.
     cursor: usize,
     offset: u64,
+    /// Where this file's writeback was last started (large files).
+    kicked: u64,
     /// Chunks that arrived ahead of the cursor, by index.
     pending: HashMap<usize, std::sync::Arc<Vec<u8>>>,
 }
@@ -139,6 +141,7 @@ impl Assembly {
                 out: output,
                 cursor: 0,
                 offset: 0,
+                kicked: 0,
                 pending: HashMap::new(),
             });
         }
@@ -246,6 +249,10 @@ impl Assembly {
             }
             file.offset += data.len() as u64;
             file.cursor += 1;
+            if file.large && file.offset - file.kicked >= sovryn_store::pack::WRITEBACK_STEP {
+                sovryn_store::pack::start_writeback(out, file.kicked, file.offset - file.kicked);
+                file.kicked = file.offset;
+            }
         };
         if opened {
             self.open_small += 1;
