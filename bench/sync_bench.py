@@ -5,9 +5,14 @@
 
 Each workload gets fresh directories (ext4 without a journal creates files far
 slower for minutes after mass deletes); everything is deleted only at the end.
-Times run from the moment the data is in place on A until B's tree holds every
-file under its real name with the right size (both tools write to temp names
-and rename, so a present name is a complete file); contents are then checked.
+Each workload's data is written and synced outside A's folder first, then
+moved in with one rename (a directory of small files, or the large file) at
+the moment the clock starts, when Syncthing is also asked to rescan (its
+watcher would wait a second); Sovryn learns of it from its watcher. So both
+learn of the data at the same moment, and neither sees it half-written.
+Times run from that moment until B's tree holds every file under its real
+name with the right size (both tools write to temp names and rename, so a
+present name is a complete file); contents are then checked.
 Wire bytes: each tool's own connection counters (Syncthing's REST
 connection totals; Sovryn's per-peer QUIC byte counts from
 `sovryn peers list --json`), in and out, on node A.
@@ -85,6 +90,9 @@ class SovrynPair:
             total += st.get("bytes_sent", 0) + st.get("bytes_received", 0)
         return total
 
+    def started(self):
+        """Nothing to ask: the watcher sees the rename."""
+
     def stop(self):
         for p in self.procs:
             p.terminate()
@@ -102,6 +110,9 @@ class SyncthingPair:
 
     def wire_bytes(self):
         return self.a.wire_bytes()
+
+    def started(self):
+        self.a.rescan()
 
     def stop(self):
         self.a.stop()
@@ -159,17 +170,28 @@ def check_same(pair, rels):
             raise AssertionError(f"{r} differs between A and B")
 
 
-def write_files(folder, sub, count, size, seed):
+def write_files(staging, sub, count, size, seed):
+    """Writes `count` files of `size` bytes under `staging/sub`, outside the
+    folder, to be moved in whole (see `move_in`)."""
     rnd = random.Random(seed)
     expected = {}
     for i in range(count):
         rel = os.path.join(sub, f"d{i % 100:02d}", f"f{i:05d}.bin")
-        p = os.path.join(folder, rel)
+        p = os.path.join(staging, rel)
         os.makedirs(os.path.dirname(p), exist_ok=True)
         with open(p, "wb") as f:
             f.write(rnd.randbytes(size))
         expected[rel] = size
     return expected
+
+
+def move_in(pair, src, rel):
+    """Starts a workload: moves `src` to `rel` in A's folder with one
+    rename and tells both tools at once. Returns the start time."""
+    t0 = time.time()
+    os.rename(src, os.path.join(pair.a_folder, rel))
+    pair.started()
+    return t0
 
 
 def run_tool(name, make_pair, args, results):
@@ -178,15 +200,16 @@ def run_tool(name, make_pair, args, results):
     try:
         r = {}
         # 10,000 x 1 KiB
+        staging = os.path.join(base, "staging")
+        exp = write_files(staging, "small", 10_000, 1024, 1)
         settle(args)
-        exp = write_files(pair.a_folder, "small", 10_000, 1024, 1)
-        t0 = time.time()
+        t0 = move_in(pair, os.path.join(staging, "small"), "small")
         r["small"] = wait_converged(pair, exp, args.timeout) - t0
         check_same(pair, list(exp)[::500])
         # 1,000 x 100 KiB
+        exp = write_files(staging, "medium", 1_000, 100 * 1024, 2)
         settle(args)
-        exp = write_files(pair.a_folder, "medium", 1_000, 100 * 1024, 2)
-        t0 = time.time()
+        t0 = move_in(pair, os.path.join(staging, "medium"), "medium")
         r["medium"] = wait_converged(pair, exp, args.timeout) - t0
         check_same(pair, list(exp)[::100])
         # One large file, written elsewhere and moved in so it appears whole.
@@ -201,8 +224,7 @@ def run_tool(name, make_pair, args, results):
             f.flush()
             os.fsync(f.fileno())
         settle(args)
-        t0 = time.time()
-        os.rename(staging, os.path.join(pair.a_folder, "big.bin"))
+        t0 = move_in(pair, staging, "big.bin")
         r["big"] = wait_converged(pair, {"big.bin": size}, args.timeout) - t0
         r["big_mibs"] = args.big_mib / r["big"]
         check_same(pair, ["big.bin"])
@@ -218,8 +240,7 @@ def run_tool(name, make_pair, args, results):
             os.fsync(fo.fileno())
         settle(args)
         w0 = pair.wire_bytes()
-        t0 = time.time()
-        os.rename(tmp, src)
+        t0 = move_in(pair, tmp, "big.bin")
         r["insert"] = wait_converged(pair, {"big.bin": size + 1}, args.timeout) - t0
         check_same(pair, ["big.bin"])
         time.sleep(0.5)
