@@ -23,8 +23,8 @@ pub const WRITEBACK_STEP: u64 = 8 << 20;
 /// Starts writing `len` bytes of `f` from `offset` to disk, without
 /// waiting. Large writes kicked this way in steps of [`WRITEBACK_STEP`]
 /// reach the disk as they are made rather than in one burst at the sync,
-/// and a burst is what an agent's small `fsync` (one ext4 journal commit)
-/// would otherwise wait behind. Advice only: a failure changes nothing.
+/// and a burst is what an agent's small `fsync` would otherwise wait
+/// behind in the disk's queue. Advice only: a failure changes nothing.
 pub fn start_writeback(f: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
