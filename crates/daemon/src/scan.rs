@@ -23,12 +23,22 @@ impl Daemon {
         if paths.is_empty() {
             return Ok(());
         }
+        let shared = self.shared.clone();
         let (seq, changed) = self
             .shared
             .with_node_bulk(move |n| {
                 // One scan for the whole set: one commit group (one pack sync,
-                // one transaction per 2000 files) instead of one per path.
-                let changed = match scan_roots(n, paths, &ScanOptions::default()) {
+                // one transaction per 2000 files or 64 MiB) instead of one per
+                // path. Peers hear of each group as it is committed, so they
+                // fetch it while the rest is read.
+                let mut told = 0;
+                let mut tell = |committed: u64| {
+                    if committed > told {
+                        told = committed;
+                        shared.publish(committed, Vec::new());
+                    }
+                };
+                let changed = match scan_roots(n, paths, &ScanOptions::default(), &mut tell) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!("scanning: {e}");
@@ -80,7 +90,7 @@ impl Daemon {
                     dry_run: true,
                     ..Default::default()
                 };
-                Ok(scan_roots(n, candidates, &opts)?)
+                Ok(scan_roots(n, candidates, &opts, &mut |_| {})?)
             })
             .await;
         // A file changing under the dry run: what differs by its stat is
@@ -95,21 +105,25 @@ impl Daemon {
 /// Scans `paths` (reduced by [`roots`], kept by the rules) as one group and
 /// returns what changed; when something vanished or became ignored in
 /// between, path by path, skipping those.
+/// `committed` hears the sequence of each group as it is committed.
 fn scan_roots(
     n: &mut Node,
     paths: Vec<String>,
     opts: &ScanOptions,
+    committed: &mut dyn FnMut(u64),
 ) -> Result<Vec<String>, sovryn_engine::Error> {
     let wanted = scannable(n, roots(paths))?;
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    match n.scan(&wanted, opts, &mut |_| {}) {
+    match n.scan(&wanted, opts, &mut |p| committed(p.committed)) {
         Ok(r) => Ok(r.changed),
         Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {
             let mut changed = Vec::new();
             for p in wanted {
-                match n.scan(std::slice::from_ref(&p), opts, &mut |_| {}) {
+                match n.scan(std::slice::from_ref(&p), opts, &mut |p| {
+                    committed(p.committed)
+                }) {
                     Ok(r) => changed.extend(r.changed),
                     Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {}
                     Err(e) => tracing::warn!("scanning {p:?}: {e}"),

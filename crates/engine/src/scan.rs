@@ -17,7 +17,7 @@ use crate::node::Node;
 use crate::{Error, Result};
 
 const GROUP_FILES: usize = 2000;
-const GROUP_BYTES: u64 = 64 * 1024 * 1024;
+const GROUP_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Options of a scan.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +39,10 @@ pub struct ScanProgress {
     pub bytes_hashed: u64,
     /// Path being read.
     pub current: String,
+    /// The change-log sequence of the last group this scan committed (0:
+    /// none yet). Those records are complete and durable: peers may be
+    /// told of them while the scan goes on.
+    pub committed: u64,
 }
 
 /// What a scan found.
@@ -67,6 +71,8 @@ struct Pending<'a> {
     changes: Vec<Change>,
     bytes: u64,
     report: &'a mut ScanReport,
+    /// The sequence of the last group committed.
+    committed: u64,
 }
 
 impl Node {
@@ -90,6 +96,7 @@ impl Node {
             changes: Vec::new(),
             bytes: 0,
             report: &mut report,
+            committed: 0,
         };
         for prefix in &roots {
             let abs = crate::paths::confined(self.root(), prefix)?;
@@ -266,6 +273,7 @@ impl Node {
                 return Ok(());
             }
         }
+        prog.committed = pending.committed;
         if !meta.is_dir() && !meta.file_type().is_symlink() {
             prog.current = rel.to_owned();
             prog.bytes_hashed += stat.size;
@@ -389,6 +397,9 @@ impl Node {
             return Ok(());
         }
         let records = self.store.commit(&pending.changes)?;
+        if let Some(last) = records.last() {
+            pending.committed = pending.committed.max(last.seq);
+        }
         for c in &pending.changes {
             if c.entry.deleted && pending.report.changed.len() < 1000 {
                 pending.report.changed.push(c.path.clone());
@@ -410,4 +421,40 @@ pub fn unchanged_on_disk(path: &Path, stat: &DiskStat) -> bool {
     fs::symlink_metadata(path)
         .map(|m| stat_of(&m) == *stat)
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::tests::node;
+
+    /// Each committed group is reported while the scan goes on, so the
+    /// daemon can announce it to peers before the last file is read.
+    #[test]
+    fn groups_are_reported_as_committed_before_the_scan_ends() {
+        let (_dir, mut n) = node();
+        let files = (GROUP_BYTES / (4 << 20)) as usize + 3;
+        for i in 0..files {
+            let mut data = vec![0u8; 4 << 20];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
+            fs::write(n.root().join(format!("f{i:02}.bin")), data).unwrap();
+        }
+        let mut seen: Vec<u64> = Vec::new();
+        let report = n
+            .scan(&[], &ScanOptions::default(), &mut |p| {
+                seen.push(p.committed)
+            })
+            .unwrap();
+        assert_eq!(report.changed.len(), files);
+        let last = n.store.sequence().unwrap();
+        let mid = seen.iter().copied().filter(|&c| c > 0).min();
+        assert!(
+            mid.is_some_and(|c| c < last),
+            "a group committed mid-scan was reported: {seen:?}, last {last}"
+        );
+        // Each reported sequence is a committed, complete record.
+        for c in seen.into_iter().filter(|&c| c > 0) {
+            assert!(n.store.changes_since(c - 1, 1).unwrap().len() == 1);
+        }
+    }
 }
