@@ -28,16 +28,11 @@ impl Daemon {
             .shared
             .with_node_bulk(move |n| {
                 // One scan for the whole set: one commit group (one pack sync,
-                // one transaction per 2000 files or 64 MiB) instead of one per
+                // one transaction per 2000 files or 16 MiB) instead of one per
                 // path. Peers hear of each group as it is committed, so they
-                // fetch it while the rest is read.
-                let mut told = 0;
-                let mut tell = |committed: u64| {
-                    if committed > told {
-                        told = committed;
-                        shared.publish(committed, Vec::new());
-                    }
-                };
+                // fetch it while the rest is read (`publish` passes on only
+                // a sequence newer than the last).
+                let mut tell = |committed: u64| shared.publish(committed, Vec::new());
                 let changed = match scan_roots(n, paths, &ScanOptions::default(), &mut tell) {
                     Ok(c) => c,
                     Err(e) => {

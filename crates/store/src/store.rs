@@ -20,6 +20,7 @@ use crate::pack::{Location, Packs};
 use crate::retention::RetentionPolicy;
 use crate::vv::VersionVector;
 use crate::{Error, Result};
+use schema::{add_listing_columns, has_listing_columns, put_meta, LISTING_UPTO, SCHEMA};
 
 /// Flush pending chunks to the index once this many new bytes are buffered,
 /// so a crash in a long ingest loses at most this much work.
@@ -29,26 +30,6 @@ const FLUSH_BYTES: u64 = 256 * 1024 * 1024;
 const RECEIVED_FLUSH_BYTES: u64 = 32 * 1024 * 1024;
 /// Chunks hashed and sealed in parallel per batch.
 const BATCH_CHUNKS: usize = 32;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS chunks(
-    id BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL,
-    len INTEGER NOT NULL, raw_len INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS files(
-    id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, seq INTEGER NOT NULL,
-    label INTEGER NOT NULL, kind TEXT NOT NULL, deleted INTEGER NOT NULL, size INTEGER NOT NULL,
-    entry TEXT NOT NULL, chunks BLOB NOT NULL, disk TEXT,
-    mode INTEGER NOT NULL DEFAULT 0, mtime_ns INTEGER NOT NULL DEFAULT 0,
-    author TEXT NOT NULL DEFAULT '', target TEXT);
-CREATE UNIQUE INDEX IF NOT EXISTS files_seq ON files(seq);
-CREATE TABLE IF NOT EXISTS versions(
-    id INTEGER PRIMARY KEY, path TEXT NOT NULL, label INTEGER NOT NULL,
-    size INTEGER NOT NULL, entry TEXT NOT NULL, chunks BLOB NOT NULL, UNIQUE(path, label));
-CREATE TABLE IF NOT EXISTS peer_seen(
-    peer TEXT NOT NULL, path TEXT NOT NULL, vv TEXT NOT NULL, PRIMARY KEY(peer, path)) WITHOUT ROWID;
-CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(path UNINDEXED, body, tokenize = 'unicode61');
-";
 
 /// Whether a store is opened for writing (which takes the home's lock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,61 +94,6 @@ pub struct Store {
     /// `author`, `target`); an index made before them and opened read-only
     /// is listed from its entries' JSON instead.
     listing_columns: bool,
-}
-
-fn has_listing_columns(db: &Connection) -> Result<bool> {
-    Ok(db.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('files') WHERE name = 'mtime_ns'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )? > 0)
-}
-
-/// The `meta` key holding the change-log sequence up to which the listing
-/// columns are known to match the entries. Commits keep it current; rows
-/// written after it (by a release that predates the columns, run on this
-/// index in between) are filled in again when the index is next opened
-/// for writing.
-const LISTING_UPTO: &str = "listing_columns_upto";
-
-/// Gives an index made before the listing columns those columns, and fills
-/// them from the entries of every row past [`LISTING_UPTO`], in one
-/// transaction. A listing then reads plain columns: extracting them from
-/// the JSON took 0.87 ms per 1,000 entries.
-fn add_listing_columns(db: &mut Connection) -> Result<()> {
-    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    if !has_listing_columns(&tx)? {
-        tx.execute_batch(
-            "ALTER TABLE files ADD COLUMN mode INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE files ADD COLUMN mtime_ns INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE files ADD COLUMN author TEXT NOT NULL DEFAULT '';
-             ALTER TABLE files ADD COLUMN target TEXT;",
-        )?;
-    }
-    let upto: i64 = tx
-        .query_row(
-            "SELECT value FROM meta WHERE key = ?1",
-            [LISTING_UPTO],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1);
-    tx.execute(
-        "UPDATE files SET mode = COALESCE(json_extract(entry, '$.mode'), 0),
-             mtime_ns = COALESCE(json_extract(entry, '$.mtime_ns'), 0),
-             author = COALESCE(json_extract(entry, '$.author'), ''),
-             target = json_extract(entry, '$.target')
-         WHERE seq > ?1",
-        [upto],
-    )?;
-    tx.execute(
-        "INSERT INTO meta(key, value) VALUES (?1, (SELECT COALESCE(MAX(seq), 0) FROM files))
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [LISTING_UPTO],
-    )?;
-    tx.commit()?;
-    Ok(())
 }
 
 fn lock_exclusive(path: &Path) -> Result<File> {
@@ -315,6 +241,7 @@ pub(crate) fn under(path: &str, prefix: &str) -> bool {
 
 mod maintenance;
 mod queries;
+mod schema;
 
 impl Store {
     /// Opens (creating on first use) the store in `home` under `master`.
@@ -453,8 +380,7 @@ impl Store {
 
     /// Sets a metadata value.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.db.execute("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2", [key, value])?;
-        Ok(())
+        put_meta(&self.db, key, value)
     }
 
     fn location(&self, id: &ChunkId) -> Result<Option<(Location, u32)>> {
@@ -834,11 +760,7 @@ impl Store {
         }
         // The rows just written carry their listing columns.
         if !changes.is_empty() {
-            tx.execute(
-                "INSERT INTO meta(key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![LISTING_UPTO, seq.to_string()],
-            )?;
+            put_meta(&tx, LISTING_UPTO, &seq.to_string())?;
         }
         tx.commit()?;
         self.pending.clear();
@@ -974,159 +896,4 @@ impl Drop for Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn large_ingest_names_the_same_chunks_and_reports_read_errors() {
-        let key = MasterKey::generate();
-        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut a = Store::open(da.path(), &key, Access::ReadWrite).unwrap();
-        let mut b = Store::open(db.path(), &key, Access::ReadWrite).unwrap();
-        let mut data = vec![0u8; 10_000_000];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
-        let one = a.ingest(std::io::Cursor::new(&data), 0).unwrap();
-        let two = b.ingest_large(std::io::Cursor::new(&data), 0).unwrap();
-        assert_eq!((one.size, &one.chunks), (two.size, &two.chunks));
-        assert!(two.chunks.len() > BATCH_CHUNKS, "{}", two.chunks.len());
-        b.flush().unwrap();
-        let mut back = Vec::new();
-        for id in &two.chunks {
-            back.extend(b.read_chunk(id).unwrap());
-        }
-        assert_eq!(back, data);
-        let text = b
-            .ingest_large(std::io::Cursor::new(b"some words"), 100)
-            .unwrap();
-        assert_eq!(text.text.as_deref(), Some("some words"));
-
-        struct Failing(usize);
-        impl Read for Failing {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                if self.0 == 0 {
-                    return Err(std::io::Error::other("disk gone"));
-                }
-                let n = buf.len().min(self.0);
-                buf[..n].fill(7);
-                self.0 -= n;
-                Ok(n)
-            }
-        }
-        assert!(matches!(
-            b.ingest_large(Failing(5_000_000), 0),
-            Err(Error::Read(_))
-        ));
-    }
-
-    #[test]
-    fn an_index_made_before_the_listing_columns_lists_the_same_and_gains_them() {
-        let key = MasterKey::generate();
-        let home = tempfile::tempdir().unwrap();
-        let entry = |kind, mode, target: Option<&str>| Entry {
-            kind,
-            deleted: false,
-            size: 3,
-            mode,
-            mtime_ns: 1_796_000_000_123_456_789,
-            target: target.map(str::to_owned),
-            vv: VersionVector::default(),
-            author: "laptop".into(),
-            actor: None,
-            time_ns: 1,
-            message: None,
-            chunks: Vec::new(),
-        };
-        let change = |path: &str, entry| Change {
-            path: path.into(),
-            entry,
-            disk: None,
-            text: None,
-        };
-        {
-            let mut s = Store::open(home.path(), &key, Access::ReadWrite).unwrap();
-            s.commit(&[
-                change("d", entry(EntryKind::Dir, 0o755, None)),
-                change("d/a.txt", entry(EntryKind::File, 0o600, None)),
-                change("d/link", entry(EntryKind::Symlink, 0o777, Some("a.txt"))),
-                change("d/sub/deep.txt", entry(EntryKind::File, 0o644, None)),
-            ])
-            .unwrap();
-        }
-        let listed = |s: &Store| -> Vec<(String, u32, i64, String, Option<String>)> {
-            s.children("d")
-                .unwrap()
-                .into_iter()
-                .map(|c| (c.path, c.mode, c.mtime_ns, c.author, c.target))
-                .collect()
-        };
-        let want = listed(&Store::open(home.path(), &key, Access::ReadOnly).unwrap());
-        assert_eq!(want.len(), 2, "{want:?}");
-        assert_eq!(
-            want[1],
-            (
-                "d/link".into(),
-                0o777,
-                1_796_000_000_123_456_789,
-                "laptop".into(),
-                Some("a.txt".into())
-            )
-        );
-        // A release before the columns wrote to the index in between: its
-        // row's columns keep their defaults.
-        let db = Connection::open(home.path().join("index.db")).unwrap();
-        db.execute(
-            "UPDATE files SET seq = (SELECT MAX(seq) + 1 FROM files), mode = 0, mtime_ns = 0, \
-             author = '', target = NULL WHERE path = 'd/link'",
-            [],
-        )
-        .unwrap();
-        drop(db);
-        let reopened = Store::open(home.path(), &key, Access::ReadWrite).unwrap();
-        assert_eq!(listed(&reopened), want);
-        drop(reopened);
-        // The index as the code before the columns left it.
-        let db = Connection::open(home.path().join("index.db")).unwrap();
-        for col in ["mode", "mtime_ns", "author", "target"] {
-            db.execute_batch(&format!("ALTER TABLE files DROP COLUMN {col}"))
-                .unwrap();
-        }
-        db.execute("DELETE FROM meta WHERE key = ?1", [LISTING_UPTO])
-            .unwrap();
-        drop(db);
-        let old = Store::open(home.path(), &key, Access::ReadOnly).unwrap();
-        assert!(!old.listing_columns);
-        assert_eq!(listed(&old), want);
-        let upgraded = Store::open(home.path(), &key, Access::ReadWrite).unwrap();
-        assert!(upgraded.listing_columns);
-        assert_eq!(listed(&upgraded), want);
-        assert_eq!(listed(&upgraded.reader().unwrap()), want);
-    }
-
-    #[test]
-    fn reader_sees_committed_chunks_and_sealed_copies_store_as_is() {
-        let key = MasterKey::generate();
-        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut a = Store::open(da.path(), &key, Access::ReadWrite).unwrap();
-        let mut b = Store::open(db.path(), &key, Access::ReadWrite).unwrap();
-        let data = vec![7u8; 100_000];
-        let id = a.codec().id_of(&data);
-        assert!(a.put_chunk(&id, &data).unwrap());
-        let mut reader = a.reader().unwrap();
-        // Appended, not yet flushed: the reader does not see it yet.
-        assert!(!reader.has_chunk(&id).unwrap());
-        a.flush().unwrap();
-        assert_eq!(reader.read_chunk(&id).unwrap(), data);
-        assert!(
-            reader.put_chunk(&id, &data).is_err(),
-            "a reader never writes"
-        );
-        // The sealed bytes move to another store of the mesh unchanged.
-        let sealed = reader.read_sealed(&id).unwrap();
-        b.codec().check_sealed(&sealed).unwrap();
-        assert_eq!(b.put_sealed(vec![sealed]).unwrap(), 1);
-        b.flush().unwrap();
-        assert_eq!(b.read_chunk(&id).unwrap(), data);
-        let again = reader.read_sealed(&id).unwrap();
-        assert_eq!(b.put_sealed(vec![again]).unwrap(), 0);
-    }
-}
+mod tests;

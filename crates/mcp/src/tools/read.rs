@@ -219,19 +219,15 @@ impl SovrynServer {
             }
             let all: Vec<&ListedEntry> = rows.iter().filter(|e| p.scope.visible(&e.path)).collect();
             let total = all.len();
-            let page = all.iter().skip(start).take(limit);
-            let shown = page.len();
-            let mut lines = String::with_capacity(page.clone().map(|e| e.line.len()).sum());
-            page.for_each(|e| lines.push_str(&e.line));
-            let mut listing = Listing {
+            let page = all.get(start..).unwrap_or_default();
+            let page = &page[..page.len().min(limit)];
+            let next = start + page.len();
+            Ok(Listing {
                 path: rel,
                 total,
-                next_cursor: None,
-                lines,
-            };
-            let next = start + shown;
-            listing.next_cursor = (next < total).then(|| next.to_string());
-            Ok(listing)
+                next_cursor: (next < total).then(|| next.to_string()),
+                lines: page.iter().map(|e| e.line.as_str()).collect(),
+            })
         })
         .await
     }
