@@ -313,7 +313,11 @@ impl Node {
                 fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
             }
             EntryKind::File => {
-                let tmp = self.write_temp(&target, entry, true)?;
+                let tmp = self.write_temp(&target, entry.mode, true, |f| {
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                    self.store.write_content(entry, &mut w)?;
+                    w.flush().map_err(|e| Error::io(&target, e))
+                })?;
                 if existing.as_ref().is_some_and(|m| m.is_dir()) {
                     fs::remove_dir(&target).map_err(|e| Error::io(&target, e))?;
                 }
@@ -327,10 +331,16 @@ impl Node {
         )))
     }
 
-    /// Writes `entry`'s content with its mode to a new temp file beside
-    /// `target` (synced when `sync`) and returns its path; on failure
-    /// nothing is left behind.
-    pub(crate) fn write_temp(&self, target: &Path, entry: &Entry, sync: bool) -> Result<PathBuf> {
+    /// Writes a file's content (`fill` writes it) with `mode` to a new temp
+    /// file beside `target` (synced when `sync`) and returns its path; on
+    /// failure nothing is left behind.
+    pub(crate) fn write_temp(
+        &self,
+        target: &Path,
+        mode: u32,
+        sync: bool,
+        fill: impl FnOnce(&mut fs::File) -> Result<()>,
+    ) -> Result<PathBuf> {
         let tmp = temp_beside(target);
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -339,14 +349,11 @@ impl Node {
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
         let written = (|| -> Result<()> {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
-            self.store.write_content(entry, &mut w)?;
-            w.flush().map_err(|e| Error::io(&tmp, e))?;
-            drop(w);
+            fill(&mut f)?;
             if sync {
                 f.sync_all().map_err(|e| Error::io(&tmp, e))?;
             }
-            set_mode(&tmp, entry.mode)
+            set_mode(&tmp, mode)
         })();
         match written {
             Ok(()) => Ok(tmp),

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sovryn_store::{Change, EntryKind, FileRecord};
@@ -167,14 +168,18 @@ impl Node {
         }
     }
 
-    /// Writes `entry`'s content to a temp file beside `target`, with its
-    /// mode, not yet synced: [`Self::commit_group`] syncs and places it.
-    fn stage_file(&self, target: &Path, entry: &sovryn_store::Entry) -> Result<StagedFile> {
+    /// Writes `bytes` (the content just ingested) to a temp file beside
+    /// `target` with `mode`, not yet synced: [`Self::commit_group`] syncs
+    /// and places it. The bytes are at hand: reading the new chunks back
+    /// from the store would decrypt what was just sealed.
+    fn stage_file(&self, target: &Path, bytes: &[u8], mode: u32) -> Result<StagedFile> {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
         Ok(StagedFile {
-            tmp: self.write_temp(target, entry, false)?,
+            tmp: self.write_temp(target, mode, false, |f| {
+                f.write_all(bytes).map_err(|e| Error::io(target, e))
+            })?,
             target: target.to_owned(),
         })
     }
@@ -239,7 +244,7 @@ impl Node {
             }
         }
         let entry = self.local_entry(prev.as_ref().map(|p| &p.entry), base, actor);
-        let staged = self.stage_file(&path, &entry)?;
+        let staged = self.stage_file(&path, bytes, entry.mode)?;
         changes.push(Change {
             path: rel.clone(),
             entry,
