@@ -24,7 +24,7 @@ use sovryn_store::{ChunkId, Entry, EntryKind};
 
 /// Plaintext held for chunks that arrived before the ones ahead of them,
 /// per batch (at most): beyond it, the file is left to the apply. The
-/// fetch has at most 4 streams of 128 chunks in flight per peer.
+/// fetch has at most 32 streams of 16 chunks in flight per peer.
 const MAX_PENDING_BYTES: usize = 64 << 20;
 
 /// Large files assembled at once (each holds an open file from the start):

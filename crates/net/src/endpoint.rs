@@ -138,17 +138,18 @@ impl SyncNet {
         };
         let gate = Gate::default();
         // The folders' ALPNs are offered as they are routed (`route`).
-        // MTU discovery up to the largest payload the peer accepts. iroh
-        // 1.4 builds its QUIC endpoint with noq's default maximum UDP
-        // payload (1,472 bytes) and does not let it be raised, so even on
-        // loopback packets stay at 1,472 bytes (seen with strace: GSO sends
-        // of 10 such segments), which caps one connection at about
-        // 200-270 MiB/s on this machine; were the cap lifted, a path that
-        // carries jumbo packets would need far fewer of them.
+        // MTU discovery up to the largest payload the peer accepts (iroh
+        // 1.4 keeps noq's 1,472-byte maximum UDP payload; GSO batches them).
+        // Flow control: the chunk fetch keeps 32 streams of 1.25 MB window
+        // in flight, which the default 10 MB send window would cap; the
+        // connection's receive window bounds what a peer can make this node
+        // buffer across all its streams (unbounded by default).
         let mut mtu = iroh::endpoint::MtuDiscoveryConfig::default();
         mtu.upper_bound(u16::MAX);
         let transport = iroh::endpoint::QuicTransportConfig::builder()
             .mtu_discovery_config(Some(mtu))
+            .receive_window(iroh::endpoint::VarInt::from_u32(64 << 20))
+            .send_window(64 << 20)
             .build();
         let endpoint = Endpoint::builder(presets::Minimal)
             .transport_config(transport)
@@ -243,6 +244,7 @@ impl SyncNet {
             limits: RwLock::new(Limits::default()),
             discovery: on.discovery,
             dialer: Mutex::new(None),
+            receiving: Mutex::new(HashMap::new()),
         });
         net.route(&net);
         Ok(net)

@@ -164,6 +164,20 @@ impl SyncNet {
             /// Files and bytes of `list` counted as incoming in the status.
             incoming: (u64, u64),
         }
+        let gate = {
+            let mut map = self.receiving.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(peer)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+                .clone()
+        };
+        // Held by this session and by its chunk storing task, which may
+        // outlive it by the chunks already queued.
+        let permit = Arc::new(
+            tokio::time::timeout(Duration::from_secs(30), gate.acquire_owned())
+                .await
+                .context("the previous session with this peer is still storing chunks")?
+                .context("receiving gate closed")?,
+        );
         let peer_s = peer.to_string();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
         let fetcher = async move {
@@ -317,7 +331,9 @@ impl SyncNet {
                         .await?;
                     let assembly =
                         Some(Assembly::start(&root, &list, &all)).filter(|a| !a.is_empty());
-                    let (lacking, assembly) = self.fetch_chunks(conn, all, assembly).await?;
+                    let (lacking, assembly) = self
+                        .fetch_chunks(conn, all, assembly, permit.clone())
+                        .await?;
                     if let Some(a) = assembly {
                         self.shared.with_node_bulk(|n| Ok(n.store.flush()?)).await?;
                         assembled = self.shared.with_own_reader(move |v| a.finish(v)).await?;

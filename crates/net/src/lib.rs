@@ -121,6 +121,10 @@ pub struct SyncNet {
     discovery: Discovery,
     /// The dialing task while [`SyncNet::run`] runs (stopped at shutdown).
     dialer: Mutex<Option<tokio::task::AbortHandle>>,
+    /// One permit per peer: a session receives the peer's index only once
+    /// the one before it (a duplicate connection closed mid-fetch) has
+    /// stored what it had received, so no chunk is fetched twice.
+    receiving: Mutex<HashMap<EndpointId, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl std::fmt::Debug for SyncNet {

@@ -27,7 +27,7 @@ use schema::{add_listing_columns, has_listing_columns, put_meta, LISTING_UPTO, S
 const FLUSH_BYTES: u64 = 256 * 1024 * 1024;
 /// The same for chunks received from peers: a sync killed mid-way fetches
 /// again at most this much.
-const RECEIVED_FLUSH_BYTES: u64 = 32 * 1024 * 1024;
+const RECEIVED_FLUSH_BYTES: u64 = 128 * 1024 * 1024;
 /// Chunks hashed and sealed in parallel per batch.
 const BATCH_CHUNKS: usize = 32;
 
