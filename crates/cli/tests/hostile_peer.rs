@@ -140,6 +140,7 @@ async fn join(
             epoch: 7,
             want_epoch,
             check: None,
+            coming: false,
         },
     )
     .await
@@ -267,6 +268,7 @@ async fn a_peer_without_the_folder_key_gets_nothing() {
         epoch: 1,
         want_epoch: 0,
         check: None,
+        coming: false,
     };
     let index = Msg::Index {
         records: vec![WireRecord::new("secret.txt".into(), 1, del.clone(), false)],
@@ -442,6 +444,26 @@ async fn a_scoped_member_gets_and_changes_only_its_scope() {
 
     // Forged records (a path that escapes, a size its chunks cannot hold)
     // are refused; they wedge nothing: a good record behind them lands.
+    // So are forged notices of chunks to fetch ahead: an escaping path,
+    // ids and lengths that do not pair up, a path outside the scope.
+    for (path, lens) in [
+        ("docs/sub/../../../escape.sh", vec![script.len() as u32]),
+        ("docs/sub/ahead.bin", vec![1, 2]),
+        ("private/ahead.bin", vec![script.len() as u32]),
+    ] {
+        let Msg::Coming { chunks, .. } =
+            wire::Coming::msg("x", 0, &[(script_id, script.len() as u32)])
+        else {
+            unreachable!()
+        };
+        let forged = Msg::Coming {
+            path: path.into(),
+            first: 0,
+            chunks,
+            lens,
+        };
+        wire::write_msg(&mut send, &forged).await.unwrap();
+    }
     let file = entry(EntryKind::File, script.len() as u64, 0o644, vec![script_id]);
     let mut too_big = file.clone();
     too_big.size = 1 << 30;
@@ -465,6 +487,13 @@ async fn a_scoped_member_gets_and_changes_only_its_scope() {
     assert!(!n.dir.path().join("escape.sh").exists());
     assert!(!n.path("escape.sh").exists());
     assert!(!n.path("docs/sub/big.bin").exists());
+    assert!(!n.path("private/ahead.bin").exists());
+    let leftover: Vec<_> = std::fs::read_dir(n.path(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".sovryn-tmp-"))
+        .collect();
+    assert!(leftover.is_empty(), "{leftover:?}");
     let peers = n.json(&["peers", "list"]);
     assert!(
         peers.to_string().contains("refused 2 malformed record"),

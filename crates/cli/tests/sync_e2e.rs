@@ -302,6 +302,66 @@ fn killed_receiver_resumes_without_torn_files() {
 }
 
 #[test]
+fn a_large_file_is_written_ahead_while_the_sender_reads_it() {
+    let (mut a, mut b) = pair();
+    a.up();
+    b.up();
+    let deadline = Instant::now() + CONVERGE;
+    while !(a.log().contains("session with") && b.log().contains("session with")) {
+        assert!(Instant::now() < deadline, "no session: {}", b.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Both nodes dial at start; the duplicate connection is closed within
+    // a second, and files written ahead belong to the session that ends.
+    // Wait until the sessions are quiet for 1.5 s.
+    let mut seen = (a.log().len(), b.log().len());
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            Instant::now() < deadline,
+            "sessions never settled: {}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let now = (a.log().len(), b.log().len());
+        if now != seen {
+            seen = now;
+            quiet = Instant::now();
+        }
+    }
+    // Made outside the folder and moved in whole: the running node reads
+    // it and announces each durable 32 MiB step, which B fetches and
+    // writes before the record exists.
+    let mut big = vec![0u8; 100 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for b in big.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+    }
+    let staged = a.root.parent().unwrap().join("big.staged");
+    std::fs::write(&staged, &big).unwrap();
+    std::fs::rename(&staged, a.root.join("big.bin")).unwrap();
+    converge(&a, &b, "large file", |t| t.contains_key("big.bin"));
+    assert!(std::fs::read(b.root.join("big.bin")).unwrap() == big);
+    assert!(
+        b.log().contains("written ahead"),
+        "B never took over a file written ahead:\n{}",
+        b.log()
+    );
+    // Nothing left behind in the storage root.
+    let temps: Vec<_> = std::fs::read_dir(&b.root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".sovryn-tmp-"))
+        .collect();
+    assert!(temps.is_empty(), "temp files left: {temps:?}");
+    a.down();
+    b.down();
+}
+
+#[test]
 fn read_only_peer_changes_are_not_applied() {
     let mut a = Peer::new("alpha", None);
     let mut b = Peer::new("beta", Some(&a.folder_key()));

@@ -33,7 +33,7 @@ use std::time::Duration;
 use anyhow::Context;
 use mcp::{start_mcp, McpServer};
 use scan::remove_stale_temp_files;
-use sovryn_engine::scan::ScanOptions;
+use sovryn_engine::scan::{ScanOptions, ScanProgress};
 use sovryn_engine::{Config, Home, Node};
 use sovryn_net::{Shared, SyncNet};
 use supervisor::Supervisor;

@@ -32,8 +32,17 @@ impl Daemon {
                 // path. Peers hear of each group as it is committed, so they
                 // fetch it while the rest is read (`publish` passes on only
                 // a sequence newer than the last).
-                let mut tell = |committed: u64| shared.publish(committed, Vec::new());
-                let changed = match scan_roots(n, paths, &ScanOptions::default(), &mut tell) {
+                // Large files are made durable in steps while read, and
+                // each step is passed on, so peers fetch them meanwhile.
+                let mut tell = |p: &ScanProgress| match &p.durable {
+                    Some((first, chunks)) => shared.announce_durable(&p.current, *first, chunks),
+                    None => shared.publish(p.committed, Vec::new()),
+                };
+                let opts = ScanOptions {
+                    announce_large: true,
+                    ..Default::default()
+                };
+                let changed = match scan_roots(n, paths, &opts, &mut tell) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!("scanning: {e}");
@@ -85,7 +94,12 @@ impl Daemon {
                     dry_run: true,
                     ..Default::default()
                 };
-                Ok(scan_roots(n, candidates, &opts, &mut |_| {})?)
+                Ok(scan_roots(
+                    n,
+                    candidates,
+                    &opts,
+                    &mut |_: &ScanProgress| {},
+                )?)
             })
             .await;
         // A file changing under the dry run: what differs by its stat is
@@ -100,25 +114,24 @@ impl Daemon {
 /// Scans `paths` (reduced by [`roots`], kept by the rules) as one group and
 /// returns what changed; when something vanished or became ignored in
 /// between, path by path, skipping those.
-/// `committed` hears the sequence of each group as it is committed.
+/// `progress` hears the scan's progress (the sequence of each group as it
+/// is committed, the durable chunks of large files).
 fn scan_roots(
     n: &mut Node,
     paths: Vec<String>,
     opts: &ScanOptions,
-    committed: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(&ScanProgress),
 ) -> Result<Vec<String>, sovryn_engine::Error> {
     let wanted = scannable(n, roots(paths))?;
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    match n.scan(&wanted, opts, &mut |p| committed(p.committed)) {
+    match n.scan(&wanted, opts, progress) {
         Ok(r) => Ok(r.changed),
         Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {
             let mut changed = Vec::new();
             for p in wanted {
-                match n.scan(std::slice::from_ref(&p), opts, &mut |p| {
-                    committed(p.committed)
-                }) {
+                match n.scan(std::slice::from_ref(&p), opts, progress) {
                     Ok(r) => changed.extend(r.changed),
                     Err(sovryn_engine::Error::NotFound(_) | sovryn_engine::Error::Usage(_)) => {}
                     Err(e) => tracing::warn!("scanning {p:?}: {e}"),

@@ -28,6 +28,10 @@ pub struct ScanOptions {
     pub actor: Option<String>,
     /// A note stored with every version this scan records.
     pub message: Option<String>,
+    /// Make large files durable in steps while they are read, and report
+    /// each step in [`ScanProgress::durable`] (a node whose peers fetch
+    /// them meanwhile).
+    pub announce_large: bool,
 }
 
 /// Progress of a running scan.
@@ -43,6 +47,11 @@ pub struct ScanProgress {
     /// none yet). Those records are complete and durable: peers may be
     /// told of them while the scan goes on.
     pub committed: u64,
+    /// With [`ScanOptions::announce_large`], set while a large file is
+    /// read: chunks of `current` now durable and indexed (the index of the
+    /// first in the file, then each id with its plaintext length). Not a
+    /// record yet: the file may still change under the scan.
+    pub durable: Option<(usize, Vec<(sovryn_store::ChunkId, u32)>)>,
 }
 
 /// What a scan found.
@@ -319,7 +328,17 @@ impl Node {
             }
             return Ok(());
         }
-        let Some((base, text)) = self.disk_entry(rel)? else {
+        let entry = if opts.announce_large {
+            let mut tell = |first: usize, chunks: &[(sovryn_store::ChunkId, u32)]| {
+                prog.durable = Some((first, chunks.to_vec()));
+                progress(prog);
+                prog.durable = None;
+            };
+            self.disk_entry_announcing(rel, Some(&mut tell))?
+        } else {
+            self.disk_entry(rel)?
+        };
+        let Some((base, text)) = entry else {
             return Ok(());
         };
         // Never record a torn read: if the file moved under us, leave it to the next scan.

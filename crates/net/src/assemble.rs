@@ -75,7 +75,7 @@ pub(crate) struct Assembly {
     open_small: usize,
 }
 
-fn create_temp(tmp: &Path) -> std::io::Result<File> {
+pub(crate) fn create_temp(tmp: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -86,8 +86,14 @@ fn create_temp(tmp: &Path) -> std::io::Result<File> {
 
 impl Assembly {
     /// Temp files (in the storage root) for the live files of `list` that
-    /// need some of `fetching`.
-    pub(crate) fn start(root: &Path, list: &[(String, Entry)], fetching: &[ChunkId]) -> Self {
+    /// need some of `fetching`, and for those written ahead (`adopted`),
+    /// which go on from where they are.
+    pub(crate) fn start(
+        root: &Path,
+        list: &[(String, Entry)],
+        fetching: &[ChunkId],
+        mut adopted: HashMap<String, crate::ahead::Adopted>,
+    ) -> Self {
         let fetching: std::collections::HashSet<&ChunkId> = fetching.iter().collect();
         let mut out = Assembly {
             files: Vec::new(),
@@ -97,6 +103,19 @@ impl Assembly {
         };
         let mut large = 0;
         for (rel, e) in list {
+            if let Some(a) = adopted.remove(rel) {
+                out.push_file(
+                    rel,
+                    e,
+                    &fetching,
+                    a.tmp,
+                    Output::Open(a.out),
+                    true,
+                    a.cursor,
+                    a.offset,
+                );
+                continue;
+            }
             if e.deleted
                 || e.kind != EntryKind::File
                 || e.size < ASSEMBLE_MIN_BYTES
@@ -127,25 +146,45 @@ impl Assembly {
             } else {
                 Output::NotStarted
             };
-            let index = out.files.len();
-            for (i, c) in e.chunks.iter().enumerate() {
-                if fetching.contains(c) {
-                    out.wanted.entry(*c).or_default().push((index, i));
-                }
-            }
-            out.files.push(FileAsm {
-                rel: rel.clone(),
-                chunks: e.chunks.clone(),
-                tmp,
-                large: is_large,
-                out: output,
-                cursor: 0,
-                offset: 0,
-                kicked: 0,
-                pending: HashMap::new(),
-            });
+            out.push_file(rel, e, &fetching, tmp, output, is_large, 0, 0);
+        }
+        for a in adopted.into_values() {
+            let _ = std::fs::remove_file(&a.tmp);
         }
         out
+    }
+
+    /// Adds a file whose chunks from `cursor` on (at `offset`) are to be
+    /// written, waiting for those among `fetching`.
+    #[allow(clippy::too_many_arguments)]
+    fn push_file(
+        &mut self,
+        rel: &str,
+        e: &Entry,
+        fetching: &std::collections::HashSet<&ChunkId>,
+        tmp: PathBuf,
+        out: Output,
+        large: bool,
+        cursor: usize,
+        offset: u64,
+    ) {
+        let index = self.files.len();
+        for (i, c) in e.chunks.iter().enumerate().skip(cursor) {
+            if fetching.contains(c) {
+                self.wanted.entry(*c).or_default().push((index, i));
+            }
+        }
+        self.files.push(FileAsm {
+            rel: rel.to_owned(),
+            chunks: e.chunks.clone(),
+            tmp,
+            large,
+            out,
+            cursor,
+            offset,
+            kicked: offset,
+            pending: HashMap::new(),
+        });
     }
 
     /// Whether a file being assembled needs chunk `id`.
@@ -389,7 +428,7 @@ mod tests {
     fn a_file_assembled_from_chunks_arriving_out_of_order_is_byte_identical() {
         let (_d, a, b, entry, content, fetching) = setup();
         let list = vec![("big.bin".to_string(), entry.clone())];
-        let mut asm = Assembly::start(b.root(), &list, &fetching);
+        let mut asm = Assembly::start(b.root(), &list, &fetching, HashMap::new());
         assert!(!asm.is_empty());
         let reader = b.reader().unwrap();
         for id in fetching.iter().rev() {
@@ -410,14 +449,14 @@ mod tests {
         let list = vec![("big.bin".to_string(), entry)];
         let reader = b.reader().unwrap();
         // A chunk never arrives: the file is not handed over.
-        let mut asm = Assembly::start(b.root(), &list, &fetching);
+        let mut asm = Assembly::start(b.root(), &list, &fetching, HashMap::new());
         for id in &fetching[1..] {
             asm.received(&reader, id, a.store.read_chunk(id).unwrap());
         }
         assert!(asm.finish(&reader).is_empty());
         assert_eq!(temps(b.root()), 0);
         // A fetch that fails midway (a chunk failed its check) drops it.
-        let mut asm = Assembly::start(b.root(), &list, &fetching);
+        let mut asm = Assembly::start(b.root(), &list, &fetching, HashMap::new());
         asm.received(
             &reader,
             &fetching[0],
@@ -442,7 +481,7 @@ mod tests {
         let entry = a.store.file("mid.bin").unwrap().unwrap().entry;
         assert!(entry.chunks.len() >= 2, "{}", entry.chunks.len());
         let list = vec![("mid.bin".to_string(), entry.clone())];
-        let mut asm = Assembly::start(b.root(), &list, &entry.chunks);
+        let mut asm = Assembly::start(b.root(), &list, &entry.chunks, HashMap::new());
         assert!(!asm.is_empty());
         assert_eq!(
             temps(b.root()),

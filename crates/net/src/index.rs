@@ -36,6 +36,7 @@ impl SyncNet {
         peer: EndpointId,
         send: ControlSend,
         from: u64,
+        mut hears_coming: bool,
     ) -> Result<()> {
         if from == 0 {
             self.send_history(&peer, &send).await?;
@@ -43,6 +44,7 @@ impl SyncNet {
         let peer_s = peer.to_string();
         let mut sent = from;
         let mut rx = self.shared.seq.subscribe();
+        let mut durable = self.shared.durable.subscribe();
         loop {
             rx.borrow_and_update();
             let after = sent;
@@ -62,8 +64,16 @@ impl SyncNet {
                 })
                 .await?;
             if batch.is_empty() {
-                if rx.changed().await.is_err() {
-                    return Ok(());
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() {
+                        return Ok(());
+                    },
+                    notice = durable.recv(), if hears_coming => match notice {
+                        Ok(d) => self.send_coming(&peer, &send, &d).await?,
+                        // Missed notices only mean less fetched ahead.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => hears_coming = false,
+                    },
                 }
                 continue;
             }
@@ -92,6 +102,26 @@ impl SyncNet {
                 }
             }
         }
+    }
+
+    /// Passes on chunks of a file still being scanned to a peer that may
+    /// have its record (one without a path scope: a scoped peer is served
+    /// only chunks of versions in its scope, which these are not yet).
+    async fn send_coming(
+        &self,
+        peer: &EndpointId,
+        send: &ControlSend,
+        d: &crate::shared::DurableChunks,
+    ) -> Result<()> {
+        let cfg = self.rights(peer)?;
+        if !cfg.paths.is_empty() || !sent_to(&cfg, &d.path) {
+            return Ok(());
+        }
+        for (i, part) in d.chunks.chunks(wire::MAX_COMING).enumerate() {
+            let msg = wire::Coming::msg(&d.path, d.first + i * wire::MAX_COMING, part);
+            wire::write_msg(&mut *send.lock().await, &msg).await?;
+        }
+        Ok(())
     }
 
     /// Sends every older version this node keeps (within the peer's scope)
@@ -181,6 +211,7 @@ impl SyncNet {
         let peer_s = peer.to_string();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
         let fetcher = async move {
+            let mut ahead: Option<crate::ahead::Ahead> = None;
             loop {
                 let msg = match wire::read_msg(&mut recv).await? {
                     Some(m) => m,
@@ -196,8 +227,23 @@ impl SyncNet {
                         self.acknowledged(&peer, upto);
                         continue;
                     }
+                    Msg::Coming {
+                        path,
+                        first,
+                        chunks,
+                        lens,
+                    } => {
+                        match wire::Coming::parse(&path, first, &chunks, lens) {
+                            Ok(c) => {
+                                self.fetch_ahead(&peer, conn, &mut ahead, c, &permit)
+                                    .await?
+                            }
+                            Err(e) => tracing::debug!("{}: {e}", peer.fmt_short()),
+                        }
+                        continue;
+                    }
                     Msg::Error { message } => bail!("peer: {message}"),
-                    other => bail!("unexpected message {other:?}"),
+                    other => bail!("unexpected {} message", msg_name(&other)),
                 };
                 let cfg = self.rights(&peer)?;
                 let mut seq_of: HashMap<String, u64> = HashMap::new();
@@ -318,7 +364,14 @@ impl SyncNet {
                 );
                 self.incoming(&peer, conn.stable_id(), incoming.0, incoming.1, false);
                 let mut assembled = sovryn_engine::sync::Staged::default();
-                if !missing.is_empty() || !history_missing.is_empty() {
+                let adopted = match ahead.as_mut() {
+                    Some(a) => a.adopt(&list).await?,
+                    None => HashMap::new(),
+                };
+                for (rel, a) in &adopted {
+                    tracing::info!("{rel}: {} MiB written ahead taken over", a.offset >> 20);
+                }
+                if !missing.is_empty() || !history_missing.is_empty() || !adopted.is_empty() {
                     let n = missing.len() + history_missing.len();
                     let need: std::collections::HashSet<ChunkId> =
                         missing.iter().copied().collect();
@@ -329,8 +382,8 @@ impl SyncNet {
                         .shared
                         .with_view(|v| sovryn_engine::View::root(v).to_path_buf())
                         .await?;
-                    let assembly =
-                        Some(Assembly::start(&root, &list, &all)).filter(|a| !a.is_empty());
+                    let assembly = Some(Assembly::start(&root, &list, &all, adopted))
+                        .filter(|a| !a.is_empty());
                     let (lacking, assembly) = self
                         .fetch_chunks(conn, all, assembly, permit.clone())
                         .await?;

@@ -14,6 +14,7 @@
 //! exchange), `transfer` (chunks), [`allowlist`], `bandwidth`, [`status`],
 //! [`shared`], [`wire`] (frames and the boundary checks of peer data).
 
+mod ahead;
 pub mod allowlist;
 mod assemble;
 mod bandwidth;

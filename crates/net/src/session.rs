@@ -55,6 +55,7 @@ pub(crate) fn msg_name(m: &Msg) -> &'static str {
         Msg::GetChunks { .. } => "get_chunks",
         Msg::Probe { .. } => "probe",
         Msg::NoChunk { .. } => "no_chunk",
+        Msg::Coming { .. } => "coming",
     }
 }
 
@@ -226,36 +227,45 @@ impl SyncNet {
                 epoch: my_epoch,
                 want_epoch,
                 check,
+                coming: true,
             },
         )
         .await?;
         let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::read_msg(&mut recv))
             .await
             .context("no Hello from the peer")??;
-        let (their_name, their_seq, their_want, their_epoch, their_want_epoch, their_check) =
-            match hello {
-                Some(Msg::Hello {
-                    folder_id,
-                    name,
-                    seq,
-                    want_since,
-                    epoch,
-                    want_epoch,
-                    check,
-                    ..
-                }) => {
-                    // Both proved the folder key, so the ids agree; a mismatch
-                    // is a bug or a forgery.
-                    anyhow::ensure!(
-                        folder_id == self.folder_id,
-                        "folder id mismatch after proof"
-                    );
-                    (name, seq, want_since, epoch, want_epoch, check)
-                }
-                Some(Msg::Error { message }) => bail!("peer refused: {message}"),
-                Some(other) => bail!("expected Hello, got {}", msg_name(&other)),
-                None => bail!("peer closed the stream before Hello"),
-            };
+        let (
+            their_name,
+            their_seq,
+            their_want,
+            their_epoch,
+            their_want_epoch,
+            their_check,
+            hears_coming,
+        ) = match hello {
+            Some(Msg::Hello {
+                folder_id,
+                name,
+                seq,
+                want_since,
+                epoch,
+                want_epoch,
+                check,
+                coming,
+                ..
+            }) => {
+                // Both proved the folder key, so the ids agree; a mismatch
+                // is a bug or a forgery.
+                anyhow::ensure!(
+                    folder_id == self.folder_id,
+                    "folder id mismatch after proof"
+                );
+                (name, seq, want_since, epoch, want_epoch, check, coming)
+            }
+            Some(Msg::Error { message }) => bail!("peer refused: {message}"),
+            Some(other) => bail!("expected Hello, got {}", msg_name(&other)),
+            None => bail!("peer closed the stream before Hello"),
+        };
         // Where each side's change log resumes. Both sides decide the same
         // from the same two Hellos: another epoch, or a log that went back
         // below what the other side applied (a store restored from an old
@@ -349,7 +359,7 @@ impl SyncNet {
         let sender = {
             let me = self.clone();
             let send = send.clone();
-            async move { me.send_index(peer, send, their_want).await }
+            async move { me.send_index(peer, send, their_want, hears_coming).await }
         };
         let server = {
             let me = self.clone();

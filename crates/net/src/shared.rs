@@ -24,6 +24,17 @@ pub struct Shared {
     readers: Arc<ReadPool>,
     /// The folder's codec, to check and seal received chunks off the lock.
     pub(crate) codec: ChunkCodec,
+    /// Chunks of large files being scanned, durable already: sessions
+    /// pass them on to peers that fetch ahead ([`wire::Msg::Coming`]).
+    pub(crate) durable: broadcast::Sender<Arc<DurableChunks>>,
+}
+
+/// Chunks of `path`, a file still being read, now durable and servable.
+#[derive(Debug)]
+pub(crate) struct DurableChunks {
+    pub(crate) path: String,
+    pub(crate) first: usize,
+    pub(crate) chunks: Vec<(sovryn_store::ChunkId, u32)>,
 }
 
 impl Shared {
@@ -38,6 +49,7 @@ impl Shared {
             seq: watch::channel(seq).0,
             readers: Arc::new(readers),
             codec,
+            durable: broadcast::channel(64).0,
         })
     }
 
@@ -116,6 +128,21 @@ impl Shared {
         })
         .await
         .map_err(|e| Error::Internal(format!("node task: {e}")))?
+    }
+
+    /// Tells the sync sessions that `chunks` of `path` (from its chunk
+    /// `first` on), a file a scan is still reading, are durable here.
+    pub fn announce_durable(
+        &self,
+        path: &str,
+        first: usize,
+        chunks: &[(sovryn_store::ChunkId, u32)],
+    ) {
+        let _ = self.durable.send(Arc::new(DurableChunks {
+            path: path.to_owned(),
+            first,
+            chunks: chunks.to_vec(),
+        }));
     }
 
     /// Announces committed changes: the new sequence to sync sessions and

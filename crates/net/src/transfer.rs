@@ -28,6 +28,25 @@ const STORE_QUEUE: usize = 256;
 /// Chunks read from the store per blocking call when serving.
 const SERVE_GROUP: usize = 16;
 
+/// Where checked plaintext goes while chunks are fetched: files being
+/// written as their chunks arrive.
+pub(crate) trait PlainSink: Send + 'static {
+    /// The chunks whose plaintext it wants.
+    fn wanted_ids(&self) -> std::collections::HashSet<ChunkId>;
+    /// Takes the checked plaintext of `id` (chunks this node already had
+    /// are read from `view`).
+    fn received(&mut self, view: &dyn sovryn_engine::View, id: &ChunkId, plain: Vec<u8>);
+}
+
+impl PlainSink for Assembly {
+    fn wanted_ids(&self) -> std::collections::HashSet<ChunkId> {
+        Assembly::wanted_ids(self)
+    }
+    fn received(&mut self, view: &dyn sovryn_engine::View, id: &ChunkId, plain: Vec<u8>) {
+        Assembly::received(self, view, id, plain)
+    }
+}
+
 /// A chunk as it came off the wire, not yet checked.
 enum Received {
     Sealed(SealedChunk),
@@ -203,13 +222,13 @@ impl SyncNet {
     /// as it is checked, and come back with the chunks still to write.
     /// `receiving` is the session's permit to receive from the peer, held
     /// until the last chunk received is stored, even if the session ends.
-    pub(crate) async fn fetch_chunks(
+    pub(crate) async fn fetch_chunks<S: PlainSink>(
         self: &Arc<Self>,
         origin: &Connection,
         ids: Vec<ChunkId>,
-        assembly: Option<Assembly>,
+        assembly: Option<S>,
         receiving: Arc<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Result<(Vec<ChunkId>, Option<Assembly>)> {
+    ) -> Result<(Vec<ChunkId>, Option<S>)> {
         let mut sources = vec![origin.clone()];
         sources.extend(self.other_connections(origin));
         let mut groups: std::collections::VecDeque<(Vec<ChunkId>, usize, usize)> = ids
@@ -353,15 +372,15 @@ impl SyncNet {
     /// whatever has arrived (up to [`PUT_BYTES`]) is checked on every core
     /// while the batch before it is written and stored, and the streams go
     /// on filling the queue meanwhile.
-    async fn store_received(
+    async fn store_received<S: PlainSink>(
         self: Arc<Self>,
         mut rx: tokio::sync::mpsc::Receiver<(EndpointId, Received)>,
-        assembly: Option<Assembly>,
-    ) -> Result<Option<Assembly>> {
+        assembly: Option<S>,
+    ) -> Result<Option<S>> {
         let assembled = Arc::new(
             assembly
                 .as_ref()
-                .map(Assembly::wanted_ids)
+                .map(PlainSink::wanted_ids)
                 .unwrap_or_default(),
         );
         let (checked_tx, checked_rx) = tokio::sync::mpsc::channel::<Checked>(1);
@@ -432,11 +451,11 @@ impl SyncNet {
     /// The second stage of [`Self::store_received`]: writes each checked
     /// batch's plaintext into the files being assembled, then appends its
     /// sealed chunks under the writer and counts them for their peers.
-    async fn commit_checked(
+    async fn commit_checked<S: PlainSink>(
         self: Arc<Self>,
         mut batches: tokio::sync::mpsc::Receiver<Checked>,
-        mut assembly: Option<Assembly>,
-    ) -> Result<(Option<Assembly>, Duration, Duration)> {
+        mut assembly: Option<S>,
+    ) -> Result<(Option<S>, Duration, Duration)> {
         let (mut written, mut stored) = (Duration::ZERO, Duration::ZERO);
         while let Some(Checked { chunks, per_peer }) = batches.recv().await {
             // The plaintext file and the sealed pack are independent writes:

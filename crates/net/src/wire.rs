@@ -249,6 +249,9 @@ pub enum Msg {
         /// before that sequence, was restored from an old copy.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         check: Option<LogCheck>,
+        /// The sender understands `Coming` messages (absent: an older node).
+        #[serde(default)]
+        coming: bool,
     },
     /// Changed records, oldest first; `upto` is the sender's sequence they bring the receiver to.
     Index {
@@ -284,6 +287,96 @@ pub enum Msg {
         /// The chunk id.
         id: ChunkId,
     },
+    /// On the control stream, to a peer whose `Hello` set `coming`: chunks
+    /// of a large file the sender is still reading, durable and servable
+    /// there, so the receiver can fetch and write them before the record.
+    /// Not a state: nothing is applied until the record arrives.
+    Coming {
+        /// The file's path.
+        path: String,
+        /// Index of the first of these chunks in the file.
+        first: u64,
+        /// Their ids, raw and concatenated, base64 (standard, no padding).
+        chunks: String,
+        /// Each one's plaintext length.
+        lens: Vec<u32>,
+    },
+}
+
+/// Most chunks one `Coming` message names (32 MiB in 16 KiB chunks, the
+/// smallest a large file has).
+pub const MAX_COMING: usize = 2048;
+
+/// A checked [`Msg::Coming`]: which chunks, at which offsets of `path`.
+#[derive(Debug, Clone)]
+pub struct Coming {
+    /// The file's path.
+    pub path: RelPath,
+    /// Index in the file of the first chunk.
+    pub first: usize,
+    /// Each chunk with its plaintext length, in file order.
+    pub chunks: Vec<(ChunkId, u32)>,
+}
+
+impl Coming {
+    /// The message announcing `chunks` of `path` from chunk `first` on.
+    pub fn msg(path: &str, first: usize, chunks: &[(ChunkId, u32)]) -> Msg {
+        use base64::Engine as _;
+        let mut raw = Vec::with_capacity(chunks.len() * 32);
+        for (id, _) in chunks {
+            raw.extend_from_slice(&id.0);
+        }
+        Msg::Coming {
+            path: path.to_owned(),
+            first: first as u64,
+            chunks: base64::engine::general_purpose::STANDARD_NO_PAD.encode(raw),
+            lens: chunks.iter().map(|(_, l)| *l).collect(),
+        }
+    }
+
+    /// Checks a `Coming` message's fields: a normalised path, one length
+    /// per id, at most [`MAX_COMING`] chunks, each 1 byte to 256 KiB.
+    pub fn parse(path: &str, first: u64, chunks: &str, lens: Vec<u32>) -> Result<Self, BadRecord> {
+        use base64::Engine as _;
+        let bad = |why: String| BadRecord {
+            path: path.chars().take(256).collect(),
+            why,
+        };
+        let rel = RelPath::parse(path).map_err(|e| bad(e.to_string()))?;
+        let raw = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(chunks.as_bytes())
+            .map_err(|e| bad(e.to_string()))?;
+        if raw.len() % 32 != 0 || raw.len() / 32 != lens.len() {
+            return Err(bad("ids and lengths do not pair up".into()));
+        }
+        if lens.len() > MAX_COMING {
+            return Err(bad(format!("{} chunks in one message", lens.len())));
+        }
+        if lens
+            .iter()
+            .any(|&l| l == 0 || u64::from(l) > MAX_CHUNK_PLAIN)
+        {
+            return Err(bad("a chunk length out of range".into()));
+        }
+        let first = usize::try_from(first)
+            .ok()
+            .filter(|f| *f <= 1 << 32)
+            .ok_or_else(|| bad("first chunk out of range".into()))?;
+        let chunks = raw
+            .chunks_exact(32)
+            .zip(lens)
+            .map(|(c, l)| {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(c);
+                (ChunkId(id), l)
+            })
+            .collect();
+        Ok(Coming {
+            path: rel,
+            first,
+            chunks,
+        })
+    }
 }
 
 /// A frame read from a stream.
@@ -490,6 +583,41 @@ mod record_tests {
     }
 
     const NOW: i64 = 1_800_000_000_000_000_000;
+
+    #[test]
+    fn a_coming_notice_round_trips_and_bad_ones_are_refused() {
+        let chunks = vec![(ChunkId([1; 32]), 65536u32), (ChunkId([2; 32]), 17)];
+        let Msg::Coming {
+            path,
+            first,
+            chunks: ids,
+            lens,
+        } = Coming::msg("dir/big.bin", 4, &chunks)
+        else {
+            panic!("not a Coming message");
+        };
+        let c = Coming::parse(&path, first, &ids, lens.clone()).unwrap();
+        assert_eq!(
+            (c.path.as_str(), c.first, c.chunks),
+            ("dir/big.bin", 4, chunks)
+        );
+        // Paths outside the folder, lengths that do not pair up or are out
+        // of range, too many chunks, an absurd first index.
+        assert!(Coming::parse("../x", 0, &ids, lens.clone()).is_err());
+        assert!(Coming::parse("/etc/x", 0, &ids, lens.clone()).is_err());
+        assert!(Coming::parse("a", 0, &ids, vec![1]).is_err());
+        assert!(Coming::parse("a", 0, &ids, vec![0, 1]).is_err());
+        assert!(Coming::parse("a", 0, &ids, vec![1, 256 * 1024 + 1]).is_err());
+        assert!(Coming::parse("a", u64::MAX, &ids, lens).is_err());
+        let many = vec![(ChunkId([3; 32]), 1u32); MAX_COMING + 1];
+        let Msg::Coming {
+            chunks: ids, lens, ..
+        } = Coming::msg("a", 0, &many)
+        else {
+            panic!("not a Coming message");
+        };
+        assert!(Coming::parse("a", 0, &ids, lens).is_err());
+    }
 
     #[test]
     fn chunk_lists_travel_as_compact_base64() {

@@ -31,7 +31,7 @@ pub use model::{
     VersionRecord,
 };
 pub use retention::RetentionPolicy;
-pub use store::{Access, GcReport, Ingested, Store, VerifyReport};
+pub use store::{Access, DurableChunks, GcReport, Ingested, Store, VerifyReport, ANNOUNCE_BYTES};
 pub use vv::{Causality, VersionVector};
 
 /// Errors of the store.

@@ -28,6 +28,12 @@ const FLUSH_BYTES: u64 = 256 * 1024 * 1024;
 /// The same for chunks received from peers: a sync killed mid-way fetches
 /// again at most this much.
 const RECEIVED_FLUSH_BYTES: u64 = 128 * 1024 * 1024;
+/// A large file being ingested for peers that listen is made durable in
+/// steps of this many bytes, each announced ([`Store::ingest_large_announcing`]).
+pub const ANNOUNCE_BYTES: u64 = 32 * 1024 * 1024;
+/// Hears which chunks of a file being ingested are durable: the index of
+/// the first, then each id with its plaintext length, in file order.
+pub type DurableChunks<'a> = dyn FnMut(usize, &[(ChunkId, u32)]) + 'a;
 /// Chunks hashed and sealed in parallel per batch.
 const BATCH_CHUNKS: usize = 32;
 
@@ -559,6 +565,21 @@ impl Store {
     /// thread of their own, a few batches ahead of naming, sealing and
     /// appending, so both cores stay busy.
     pub fn ingest_large<R: Read + Send>(&mut self, reader: R, text_limit: u64) -> Result<Ingested> {
+        self.ingest_large_announcing(reader, text_limit, None)
+    }
+
+    /// [`Store::ingest_large`] that makes the chunks durable and indexed
+    /// every [`ANNOUNCE_BYTES`] of input and then tells `durable` which
+    /// chunks of the file those were (index of the first, then each id
+    /// with its plaintext length, in file order): peers can fetch them
+    /// while the rest is read. The file's record still comes only at the
+    /// commit.
+    pub fn ingest_large_announcing<R: Read + Send>(
+        &mut self,
+        reader: R,
+        text_limit: u64,
+        durable: Option<&mut DurableChunks<'_>>,
+    ) -> Result<Ingested> {
         self.writable()?;
         let codec = self.codec.clone();
         std::thread::scope(|scope| {
@@ -572,7 +593,7 @@ impl Store {
                     }
                 }
             });
-            self.store_batches(rx, text_limit)
+            self.store_batches(rx, text_limit, durable)
         })
     }
 
@@ -582,7 +603,7 @@ impl Store {
     pub fn ingest<R: Read>(&mut self, reader: R, text_limit: u64) -> Result<Ingested> {
         self.writable()?;
         let codec = self.codec.clone();
-        self.store_batches(batches(&codec, reader), text_limit)
+        self.store_batches(batches(&codec, reader), text_limit, None)
     }
 
     /// Names, seals and appends each batch of chunks, in order, keeping
@@ -591,13 +612,22 @@ impl Store {
         &mut self,
         batches: impl IntoIterator<Item = std::io::Result<Vec<Vec<u8>>>>,
         text_limit: u64,
+        mut durable: Option<&mut DurableChunks<'_>>,
     ) -> Result<Ingested> {
         let mut out = Ingested::default();
         let mut text: Option<Vec<u8>> = (text_limit > 0).then(Vec::new);
+        // What is still to be announced: from chunk `told`, these lengths.
+        let mut told = 0usize;
+        let mut lens: Vec<u32> = Vec::new();
+        let mut unannounced = 0u64;
         for batch in batches {
             let mut batch = batch.map_err(Error::Read)?;
             for data in &batch {
                 out.size += data.len() as u64;
+                if durable.is_some() {
+                    lens.push(data.len() as u32);
+                    unannounced += data.len() as u64;
+                }
                 if let Some(t) = &mut text {
                     if out.size <= text_limit {
                         t.extend_from_slice(data);
@@ -607,6 +637,17 @@ impl Store {
                 }
             }
             self.store_batch(&mut batch, &mut out)?;
+            if let Some(tell) = durable.as_deref_mut() {
+                if unannounced >= ANNOUNCE_BYTES {
+                    self.flush()?;
+                    let ids = &out.chunks[told..];
+                    let chunks: Vec<(ChunkId, u32)> =
+                        ids.iter().copied().zip(lens.drain(..)).collect();
+                    tell(told, &chunks);
+                    told = out.chunks.len();
+                    unannounced = 0;
+                }
+            }
         }
         out.text = text.and_then(|t| {
             if t.contains(&0) {
