@@ -23,6 +23,10 @@ use crate::wire::Coming;
 /// beyond them is not acted on (its record is fetched as usual).
 const MAX_AHEAD_FILES: usize = 4;
 
+/// Chunks one file written ahead may name (32 bytes each in memory): past
+/// them (a 64 GiB file), the rest waits for the record like any file.
+const MAX_AHEAD_CHUNKS: usize = 1 << 20;
+
 /// Steps fetched at once: the next one starts while the last is still
 /// arriving, so the fetch does not drain between steps. (Two nodes pinned
 /// to one core each, 1 GiB: 5.55-5.67 s without writing ahead, 4.56-4.60 s
@@ -99,7 +103,7 @@ impl Ahead {
             );
         }
         let file = self.files.get_mut(&rel)?;
-        if c.first != file.chunks.len() {
+        if c.first != file.chunks.len() || file.chunks.len() + c.chunks.len() > MAX_AHEAD_CHUNKS {
             self.give_up(&rel);
             return None;
         }
