@@ -618,6 +618,8 @@ impl Store {
         let mut text: Option<Vec<u8>> = (text_limit > 0).then(Vec::new);
         // What is still to be announced: from chunk `told`, these lengths.
         let mut told = 0usize;
+        let mut announced = 0usize;
+        let mut new_at_step = 0u64;
         let mut lens: Vec<u32> = Vec::new();
         let mut unannounced = 0u64;
         for batch in batches {
@@ -639,12 +641,23 @@ impl Store {
             self.store_batch(&mut batch, &mut out)?;
             if let Some(tell) = durable.as_deref_mut() {
                 if unannounced >= ANNOUNCE_BYTES {
-                    self.flush()?;
-                    let ids = &out.chunks[told..];
-                    let chunks: Vec<(ChunkId, u32)> =
-                        ids.iter().copied().zip(lens.drain(..)).collect();
-                    tell(told, &chunks);
+                    // A step of mostly chunks this store had (a large file
+                    // edited in place) is not announced: peers most likely
+                    // have them too, and the ids would only cost the wire.
+                    // Announced steps must follow each other, so the ones
+                    // after it are not announced either.
+                    let fresh = out.new_bytes - new_at_step;
+                    if fresh * 2 >= unannounced && told == announced {
+                        self.flush()?;
+                        let ids = &out.chunks[told..];
+                        let chunks: Vec<(ChunkId, u32)> =
+                            ids.iter().copied().zip(lens.drain(..)).collect();
+                        tell(told, &chunks);
+                        announced = out.chunks.len();
+                    }
+                    lens.clear();
                     told = out.chunks.len();
+                    new_at_step = out.new_bytes;
                     unannounced = 0;
                 }
             }

@@ -154,3 +154,50 @@ fn reader_sees_committed_chunks_and_sealed_copies_store_as_is() {
     let again = reader.read_sealed(&id).unwrap();
     assert_eq!(b.put_sealed(vec![again]).unwrap(), 0);
 }
+
+#[test]
+fn a_large_ingest_announces_its_durable_steps_and_not_a_re_read() {
+    let key = MasterKey::generate();
+    let da = tempfile::tempdir().unwrap();
+    let mut a = Store::open(da.path(), &key, Access::ReadWrite).unwrap();
+    let mut data = vec![0u8; 100 << 20];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
+    let mut steps: Vec<(usize, Vec<(ChunkId, u32)>)> = Vec::new();
+    let mut seen_durable = true;
+    let reader = a.reader().unwrap();
+    let one = {
+        let mut tell = |first: usize, chunks: &[(ChunkId, u32)]| {
+            // Announced chunks are indexed: a second handle sees them.
+            seen_durable &= chunks
+                .iter()
+                .all(|(id, _)| reader.has_chunk(id).unwrap_or(false));
+            steps.push((first, chunks.to_vec()));
+        };
+        a.ingest_large_announcing(std::io::Cursor::new(&data), 0, Some(&mut tell))
+            .unwrap()
+    };
+    assert!(seen_durable, "a chunk was announced before it was durable");
+    assert_eq!(steps.len(), 3, "100 MiB in steps of 32 MiB");
+    let mut next = 0;
+    let mut offset = 0u64;
+    for (first, chunks) in &steps {
+        assert_eq!(*first, next, "steps follow each other");
+        for (i, (id, len)) in chunks.iter().enumerate() {
+            assert_eq!(*id, one.chunks[first + i]);
+            assert_eq!(
+                a.read_chunk(id).unwrap(),
+                data[offset as usize..][..*len as usize]
+            );
+            offset += u64::from(*len);
+        }
+        next += chunks.len();
+    }
+    // The same file with one byte inserted: its chunks are all here but
+    // the two around the insert, so nothing is announced.
+    data.insert(50 << 20, b'!');
+    let mut again = 0;
+    let mut tell = |_: usize, _: &[(ChunkId, u32)]| again += 1;
+    a.ingest_large_announcing(std::io::Cursor::new(&data), 0, Some(&mut tell))
+        .unwrap();
+    assert_eq!(again, 0);
+}
