@@ -354,20 +354,12 @@ mod tests {
     }
 
     fn record(ids: &[u8]) -> (String, Entry) {
-        let e = Entry {
-            kind: EntryKind::File,
-            deleted: false,
-            size: 0,
-            mode: 0o644,
-            mtime_ns: 0,
-            target: None,
-            vv: Default::default(),
-            author: String::new(),
-            actor: None,
-            time_ns: 0,
-            message: None,
-            chunks: ids.iter().map(|b| id(*b)).collect(),
-        };
+        let chunks: Vec<ChunkId> = ids.iter().map(|b| id(*b)).collect();
+        let e = serde_json::from_value(serde_json::json!({
+            "kind": EntryKind::File, "size": 0, "mode": 0o644, "mtime_ns": 0,
+            "vv": {}, "author": "", "time_ns": 0, "chunks": chunks,
+        }))
+        .unwrap();
         ("big.bin".to_owned(), e)
     }
 
