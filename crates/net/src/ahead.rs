@@ -128,7 +128,7 @@ impl Ahead {
     /// Waits for the steps being fetched until at most `running` remain;
     /// a step that did not write every chunk with its announced length
     /// gives its file up. Only a failing connection is an error.
-    async fn settle(&mut self, running: usize) -> Result<()> {
+    pub(crate) async fn settle(&mut self, running: usize) -> Result<()> {
         while self.steps.len() > running {
             let Some(done) = self.steps.join_next().await else {
                 break;

@@ -245,6 +245,11 @@ impl SyncNet {
                     Msg::Error { message } => bail!("peer: {message}"),
                     other => bail!("unexpected {} message", msg_name(&other)),
                 };
+                // Chunks still being fetched ahead are stored before this
+                // message's missing chunks are worked out: none twice.
+                if let Some(a) = ahead.as_mut() {
+                    a.settle(0).await?;
+                }
                 let cfg = self.rights(&peer)?;
                 let mut seq_of: HashMap<String, u64> = HashMap::new();
                 let mut current: Vec<(String, Entry)> = Vec::new();
