@@ -39,7 +39,7 @@ impl Daemon {
                     None => shared.publish(p.committed, Vec::new()),
                 };
                 let opts = ScanOptions {
-                    announce_large: true,
+                    announce_large: shared.fetches_ahead(),
                     ..Default::default()
                 };
                 let changed = match scan_roots(n, paths, &opts, &mut tell) {

@@ -142,13 +142,19 @@ impl Ahead {
     }
 
     /// The files written ahead whose chunks are the first of their record
-    /// in `list`, handed over once every step is written; files of
-    /// `list`'s other paths are given up.
+    /// in `list`, handed over once every step is written; files of the
+    /// other paths the message `named` (states not taken here) are given up.
     pub(crate) async fn adopt(
         &mut self,
         list: &[(String, Entry)],
+        named: &[String],
     ) -> Result<HashMap<String, Adopted>> {
         self.settle(0).await?;
+        for rel in named {
+            if !list.iter().any(|(r, _)| r == rel) {
+                self.give_up(rel);
+            }
+        }
         let mut out = HashMap::new();
         for (rel, e) in list {
             let Some(f) = self.files.remove(rel) else {
@@ -287,6 +293,17 @@ impl SyncNet {
         if cfg.read_only || !allowlist::accepted_from(&cfg, c.path.as_str()) {
             return Ok(());
         }
+        // Nor what this node's own rules leave out (checked once a file).
+        if c.first == 0 {
+            let rel = c.path.as_str().to_owned();
+            let kept = self
+                .shared
+                .with_node_bulk(move |n| Ok(n.rules.keeps(&rel, false)))
+                .await?;
+            if !kept {
+                return Ok(());
+            }
+        }
         if ahead.is_none() {
             let root = self
                 .shared
@@ -376,7 +393,7 @@ mod tests {
         // Written out of order within a step: each goes to its offset.
         let s2: &[(u8, &[u8])] = &[(3, b"hi"), (1, b"abc")];
         assert!(write(&mut ahead, step(2, s2), &[(1, b"abc"), (3, b"hi")]));
-        let mut adopted = ahead.adopt(&[record(&[1, 2, 3, 1, 4])]).await.unwrap();
+        let mut adopted = ahead.adopt(&[record(&[1, 2, 3, 1, 4])], &[]).await.unwrap();
         let a = adopted.remove("big.bin").expect("taken over");
         assert_eq!((a.cursor, a.offset), (4, 12));
         assert_eq!(std::fs::read(&a.tmp).unwrap(), b"abcdefghiabc");
@@ -390,7 +407,11 @@ mod tests {
         let s1: &[(u8, &[u8])] = &[(1, b"abc")];
         // A record with other chunks (the file changed while read).
         assert!(write(&mut ahead, step(0, s1), s1));
-        assert!(ahead.adopt(&[record(&[9, 1])]).await.unwrap().is_empty());
+        assert!(ahead
+            .adopt(&[record(&[9, 1])], &[])
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(temps(dir.path()), 0);
         // A step that skips ahead gives the file up at once.
         assert!(write(&mut ahead, step(0, s1), s1));
@@ -398,7 +419,15 @@ mod tests {
         assert_eq!(temps(dir.path()), 0);
         // A chunk of another length than announced.
         assert!(write(&mut ahead, step(0, s1), &[(1, b"abcd")]));
-        assert!(ahead.adopt(&[record(&[1])]).await.unwrap().is_empty());
+        assert!(ahead.adopt(&[record(&[1])], &[]).await.unwrap().is_empty());
+        // A state the message named but this node did not take.
+        assert!(write(&mut ahead, step(0, s1), s1));
+        assert!(ahead
+            .adopt(&[], &["big.bin".to_owned()])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(temps(dir.path()), 0);
         assert_eq!(temps(dir.path()), 0);
         // Whatever is left when the session ends is removed.
         assert!(write(&mut ahead, step(0, s1), s1));

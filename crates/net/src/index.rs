@@ -30,13 +30,23 @@ fn add_history(n: &mut Node, history: Vec<(String, Entry)>) -> Result<usize, Err
     Ok(added)
 }
 
+/// The next notice of durable chunks, or never without a subscription.
+async fn next_notice(
+    rx: &mut Option<broadcast::Receiver<Arc<crate::shared::DurableChunks>>>,
+) -> Result<Arc<crate::shared::DurableChunks>, broadcast::error::RecvError> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl SyncNet {
     pub(crate) async fn send_index(
         &self,
         peer: EndpointId,
         send: ControlSend,
         from: u64,
-        mut hears_coming: bool,
+        hears_coming: bool,
     ) -> Result<()> {
         if from == 0 {
             self.send_history(&peer, &send).await?;
@@ -44,8 +54,13 @@ impl SyncNet {
         let peer_s = peer.to_string();
         let mut sent = from;
         let mut rx = self.shared.seq.subscribe();
-        let mut durable = self.shared.durable.subscribe();
+        let mut durable = hears_coming.then(|| self.shared.durable.subscribe());
         loop {
+            // Notices go out before the records read after them: a notice
+            // is published before its file's record is committed.
+            while let Some(Ok(d)) = durable.as_mut().map(|d| d.try_recv()) {
+                self.send_coming(&peer, &send, &d).await?;
+            }
             rx.borrow_and_update();
             let after = sent;
             let p = peer_s.clone();
@@ -65,14 +80,15 @@ impl SyncNet {
                 .await?;
             if batch.is_empty() {
                 tokio::select! {
-                    changed = rx.changed() => if changed.is_err() {
-                        return Ok(());
-                    },
-                    notice = durable.recv(), if hears_coming => match notice {
+                    biased;
+                    notice = next_notice(&mut durable) => match notice {
                         Ok(d) => self.send_coming(&peer, &send, &d).await?,
                         // Missed notices only mean less fetched ahead.
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => hears_coming = false,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => durable = None,
+                    },
+                    changed = rx.changed() => if changed.is_err() {
+                        return Ok(());
                     },
                 }
                 continue;
@@ -301,6 +317,7 @@ impl SyncNet {
                         s.last_error = Some(format!("refused {refused} malformed record(s)"))
                     });
                 }
+                let named: Vec<String> = current.iter().map(|(p, _)| p.clone()).collect();
                 let read_only = cfg.read_only;
                 let who = peer_s.clone();
                 // Remember what the peer has; keep only states that may win
@@ -370,7 +387,7 @@ impl SyncNet {
                 self.incoming(&peer, conn.stable_id(), incoming.0, incoming.1, false);
                 let mut assembled = sovryn_engine::sync::Staged::default();
                 let adopted = match ahead.as_mut() {
-                    Some(a) => a.adopt(&list).await?,
+                    Some(a) => a.adopt(&list, &named).await?,
                     None => HashMap::new(),
                 };
                 for (rel, a) in &adopted {

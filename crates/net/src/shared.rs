@@ -130,6 +130,13 @@ impl Shared {
         .map_err(|e| Error::Internal(format!("node task: {e}")))?
     }
 
+    /// Whether a session passes notices of durable chunks on (a peer that
+    /// fetches ahead is connected): only then are large files made
+    /// durable in steps while scanned.
+    pub fn fetches_ahead(&self) -> bool {
+        self.durable.receiver_count() > 0
+    }
+
     /// Tells the sync sessions that `chunks` of `path` (from its chunk
     /// `first` on), a file a scan is still reading, are durable here.
     pub fn announce_durable(

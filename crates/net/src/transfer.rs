@@ -16,7 +16,7 @@ const FETCH_STREAMS: usize = 32;
 /// No request starts more than this many requests past the oldest one
 /// still running, so a slow stream cannot make the rest run far ahead
 /// of a file's write (48 x 16 x 64 KiB = 48 MiB, within the assembly's
-/// limit of what it holds out of order).
+/// limit of what it holds out of order for chunks of the usual size).
 const MAX_SPREAD: usize = 48;
 
 /// Received chunk bytes checked and stored together (at most).
@@ -259,7 +259,11 @@ impl SyncNet {
                         .keys()
                         .next()
                         .is_none_or(|&oldest| at < oldest + MAX_SPREAD);
-                    if in_flight[src] < FETCH_STREAMS && near {
+                    // Later groups are further on (retries come first).
+                    if !near {
+                        break;
+                    }
+                    if in_flight[src] < FETCH_STREAMS {
                         let Some((group, src, at)) = groups.remove(i) else {
                             break;
                         };
@@ -272,6 +276,8 @@ impl SyncNet {
                             let r = me.fetch_group(&conn, group.clone(), &tx).await;
                             (src, group, at, r)
                         });
+                    } else if sources.len() == 1 {
+                        break;
                     } else {
                         i += 1;
                     }
