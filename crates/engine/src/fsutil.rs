@@ -12,10 +12,18 @@ use crate::{Error, Result};
 /// Prefix of temp files; the scanner never records them.
 pub const TEMP_PREFIX: &str = ".sovryn-tmp-";
 
+fn temp_name() -> String {
+    format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>())
+}
+
 /// A fresh temp path beside `target`.
 pub fn temp_beside(target: &Path) -> PathBuf {
-    let name = format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>());
-    target.with_file_name(name)
+    target.with_file_name(temp_name())
+}
+
+/// A fresh temp path in `dir`.
+pub fn temp_in(dir: &Path) -> PathBuf {
+    dir.join(temp_name())
 }
 
 /// Writes `bytes` to `path` atomically with `mode`.

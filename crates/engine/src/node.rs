@@ -406,13 +406,9 @@ impl Node {
     }
 
     /// The state of `rel` as it is on disk right now (not recorded).
-    pub fn disk_entry(&mut self, rel: &str) -> Result<Option<(Entry, Option<String>)>> {
-        self.disk_entry_announcing(rel, None)
-    }
-
-    /// [`Node::disk_entry`] telling `durable` of a large file's chunks as
-    /// they become durable ([`Store::ingest_large_announcing`]).
-    pub fn disk_entry_announcing(
+    /// `durable` hears of a large file's chunks as they become durable
+    /// ([`Store::ingest_large`]).
+    pub fn disk_entry(
         &mut self,
         rel: &str,
         durable: Option<&mut sovryn_store::DurableChunks<'_>>,
@@ -448,7 +444,7 @@ impl Node {
             let reader = std::io::BufReader::with_capacity(1 << 20, f);
             // Large files are chunked on a thread of their own, ahead of sealing.
             let ing = if stat.size >= LARGE_INGEST_BYTES {
-                self.store.ingest_large_announcing(reader, limit, durable)?
+                self.store.ingest_large(reader, limit, durable)?
             } else {
                 self.store.ingest(reader, limit)?
             };

@@ -328,17 +328,14 @@ impl Node {
             }
             return Ok(());
         }
-        let entry = if opts.announce_large {
-            let mut tell = |first: usize, chunks: &[(sovryn_store::ChunkId, u32)]| {
-                prog.durable = Some((first, chunks.to_vec()));
-                progress(prog);
-                prog.durable = None;
-            };
-            self.disk_entry_announcing(rel, Some(&mut tell))?
-        } else {
-            self.disk_entry(rel)?
+        let mut tell = |first: usize, chunks: &[(sovryn_store::ChunkId, u32)]| {
+            prog.durable = Some((first, chunks.to_vec()));
+            progress(prog);
+            prog.durable = None;
         };
-        let Some((base, text)) = entry else {
+        let durable: Option<&mut sovryn_store::DurableChunks<'_>> =
+            opts.announce_large.then_some(&mut tell);
+        let Some((base, text)) = self.disk_entry(rel, durable)? else {
             return Ok(());
         };
         // Never record a torn read: if the file moved under us, leave it to the next scan.

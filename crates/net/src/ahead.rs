@@ -80,11 +80,7 @@ impl Ahead {
             if self.files.len() >= MAX_AHEAD_FILES {
                 return None;
             }
-            let tmp = self.root.join(format!(
-                "{}{:016x}",
-                sovryn_engine::fsutil::TEMP_PREFIX,
-                rand::random::<u64>()
-            ));
+            let tmp = sovryn_engine::fsutil::temp_in(&self.root);
             let out = match create_temp(&tmp) {
                 Ok(f) => f,
                 Err(e) => {
@@ -108,6 +104,7 @@ impl Ahead {
             return None;
         }
         let out = file.out.clone();
+        let writeback = sovryn_store::pack::Writeback::from(file.end);
         let mut places: HashMap<ChunkId, Vec<(u64, u32)>> = HashMap::new();
         for (id, len) in c.chunks {
             places.entry(id).or_default().push((file.end, len));
@@ -119,8 +116,7 @@ impl Ahead {
             out,
             places,
             ok: true,
-            kicked: 0,
-            unkicked: 0,
+            writeback,
             reach: 0,
         })
     }
@@ -207,25 +203,19 @@ pub(crate) struct AheadWrite {
     /// Where each chunk still to write goes (offset, announced length).
     places: HashMap<ChunkId, Vec<(u64, u32)>>,
     ok: bool,
-    /// Writeback started up to `kicked`; `unkicked` bytes written since;
-    /// `reach` the furthest byte written.
-    kicked: u64,
-    unkicked: u64,
+    /// The file's writeback, up to `reach`, the furthest byte written.
+    writeback: sovryn_store::pack::Writeback,
     reach: u64,
 }
 
 impl AheadWrite {
     /// Writes the chunks this node already has, read from `view`.
     pub(crate) fn write_had(&mut self, view: &dyn View) {
-        let had: Vec<ChunkId> = self
-            .places
-            .keys()
-            .filter(|id| view.store().has_chunk(id).unwrap_or(false))
-            .copied()
-            .collect();
-        for id in had {
+        let ids: Vec<ChunkId> = self.places.keys().copied().collect();
+        for id in ids {
             match view.store().read_chunk(&id) {
                 Ok(plain) => self.put(&id, &plain),
+                Err(sovryn_store::Error::MissingChunk(_)) => {}
                 Err(e) => {
                     tracing::debug!("{}: chunk {id} not readable here: {e}", self.rel);
                     self.ok = false;
@@ -257,13 +247,8 @@ impl AheadWrite {
                 return;
             }
             self.reach = self.reach.max(offset + u64::from(len));
-            self.unkicked += u64::from(len);
         }
-        if self.unkicked >= sovryn_store::pack::WRITEBACK_STEP && self.reach > self.kicked {
-            sovryn_store::pack::start_writeback(&self.out, self.kicked, self.reach - self.kicked);
-            self.kicked = self.reach;
-            self.unkicked = 0;
-        }
+        self.writeback.wrote(&self.out, self.reach);
     }
 }
 
@@ -427,7 +412,6 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
-        assert_eq!(temps(dir.path()), 0);
         assert_eq!(temps(dir.path()), 0);
         // Whatever is left when the session ends is removed.
         assert!(write(&mut ahead, step(0, s1), s1));

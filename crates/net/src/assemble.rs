@@ -60,8 +60,8 @@ struct FileAsm {
     /// Index of the next chunk to write, and where it goes.
     cursor: usize,
     offset: u64,
-    /// Where this file's writeback was last started (large files).
-    kicked: u64,
+    /// This file's writeback (large files).
+    writeback: sovryn_store::pack::Writeback,
     /// Chunks that arrived ahead of the cursor, by index.
     pending: HashMap<usize, std::sync::Arc<Vec<u8>>>,
 }
@@ -127,11 +127,7 @@ impl Assembly {
             if is_large && large >= MAX_LARGE_FILES {
                 continue;
             }
-            let tmp = root.join(format!(
-                "{}{:016x}",
-                sovryn_engine::fsutil::TEMP_PREFIX,
-                rand::random::<u64>()
-            ));
+            let tmp = sovryn_engine::fsutil::temp_in(root);
             let output = if is_large {
                 match create_temp(&tmp) {
                     Ok(f) => {
@@ -182,7 +178,7 @@ impl Assembly {
             out,
             cursor,
             offset,
-            kicked: offset,
+            writeback: sovryn_store::pack::Writeback::from(offset),
             pending: HashMap::new(),
         });
     }
@@ -288,9 +284,8 @@ impl Assembly {
             }
             file.offset += data.len() as u64;
             file.cursor += 1;
-            if file.large && file.offset - file.kicked >= sovryn_store::pack::WRITEBACK_STEP {
-                sovryn_store::pack::start_writeback(out, file.kicked, file.offset - file.kicked);
-                file.kicked = file.offset;
+            if file.large {
+                file.writeback.wrote(out, file.offset);
             }
         };
         if opened {

@@ -35,6 +35,28 @@ pub fn start_writeback(f: &File, offset: u64, len: u64) {
         libc::sync_file_range(f.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
+/// Where a file's writeback was last started: [`Writeback::wrote`] starts
+/// it again once the furthest byte written is [`WRITEBACK_STEP`] past it.
+#[derive(Debug, Clone, Copy)]
+pub struct Writeback {
+    kicked: u64,
+}
+
+impl Writeback {
+    /// Nothing started yet; writing begins at `offset`.
+    pub fn from(offset: u64) -> Self {
+        Writeback { kicked: offset }
+    }
+
+    /// Notes that `f` now holds bytes up to `end`.
+    pub fn wrote(&mut self, f: &File, end: u64) {
+        if end >= self.kicked + WRITEBACK_STEP {
+            start_writeback(f, self.kicked, end - self.kicked);
+            self.kicked = end;
+        }
+    }
+}
+
 /// A pack is closed and a new one started past this size.
 pub const PACK_TARGET_SIZE: u64 = 512 * 1024 * 1024;
 
@@ -58,8 +80,8 @@ pub struct Packs {
     /// pack, so no offset is ever computed from a file with a torn tail.
     broken: bool,
     readers: Mutex<HashMap<u32, Arc<File>>>,
-    /// Where the open pack's writeback was last started.
-    kicked: u64,
+    /// The open pack's writeback.
+    writeback: Writeback,
 }
 
 impl Packs {
@@ -76,7 +98,7 @@ impl Packs {
             dirty: false,
             broken: false,
             readers: Mutex::new(HashMap::new()),
-            kicked: 0,
+            writeback: Writeback::from(0),
         })
     }
 
@@ -126,7 +148,7 @@ impl Packs {
             crate::fsync_parent(&path)?;
         }
         self.writer = Some((n, f, len));
-        self.kicked = len;
+        self.writeback = Writeback::from(len);
         Ok(())
     }
 
@@ -168,10 +190,7 @@ impl Packs {
             return Err(Error::io(&self.dir, e));
         }
         *len += sealed.len() as u64;
-        if *len - self.kicked >= WRITEBACK_STEP {
-            start_writeback(f, self.kicked, *len - self.kicked);
-            self.kicked = *len;
-        }
+        self.writeback.wrote(f, *len);
         self.dirty = true;
         let len = u32::try_from(sealed.len())
             .map_err(|_| Error::Corrupt("sealed chunk too large".into()))?;

@@ -29,7 +29,7 @@ const FLUSH_BYTES: u64 = 256 * 1024 * 1024;
 /// again at most this much.
 const RECEIVED_FLUSH_BYTES: u64 = 128 * 1024 * 1024;
 /// A large file being ingested for peers that listen is made durable in
-/// steps of this many bytes, each announced ([`Store::ingest_large_announcing`]).
+/// steps of this many bytes, each announced ([`Store::ingest_large`]).
 pub const ANNOUNCE_BYTES: u64 = 32 * 1024 * 1024;
 /// Hears which chunks of a file being ingested are durable: the index of
 /// the first, then each id with its plaintext length, in file order.
@@ -564,17 +564,13 @@ impl Store {
     /// [`Store::ingest`] for large inputs: reading and chunking run on a
     /// thread of their own, a few batches ahead of naming, sealing and
     /// appending, so both cores stay busy.
-    pub fn ingest_large<R: Read + Send>(&mut self, reader: R, text_limit: u64) -> Result<Ingested> {
-        self.ingest_large_announcing(reader, text_limit, None)
-    }
-
-    /// [`Store::ingest_large`] that makes the chunks durable and indexed
-    /// every [`ANNOUNCE_BYTES`] of input and then tells `durable` which
-    /// chunks of the file those were (index of the first, then each id
-    /// with its plaintext length, in file order): peers can fetch them
-    /// while the rest is read. The file's record still comes only at the
-    /// commit.
-    pub fn ingest_large_announcing<R: Read + Send>(
+    ///
+    /// With `durable`, the chunks are also made durable and indexed every
+    /// [`ANNOUNCE_BYTES`] of input, and `durable` hears which chunks of
+    /// the file those were (index of the first, then each id with its
+    /// plaintext length, in file order): peers can fetch them while the
+    /// rest is read. The file's record still comes only at the commit.
+    pub fn ingest_large<R: Read + Send>(
         &mut self,
         reader: R,
         text_limit: u64,
@@ -618,7 +614,9 @@ impl Store {
         let mut text: Option<Vec<u8>> = (text_limit > 0).then(Vec::new);
         // What is still to be announced: from chunk `told`, these lengths.
         let mut told = 0usize;
-        let mut announced = 0usize;
+        // A step left unannounced ends the announcing: steps must follow
+        // each other.
+        let mut stopped = false;
         let mut new_at_step = 0u64;
         let mut lens: Vec<u32> = Vec::new();
         let mut unannounced = 0u64;
@@ -644,16 +642,13 @@ impl Store {
                     // A step of mostly chunks this store had (a large file
                     // edited in place) is not announced: peers most likely
                     // have them too, and the ids would only cost the wire.
-                    // Announced steps must follow each other, so the ones
-                    // after it are not announced either.
-                    let fresh = out.new_bytes - new_at_step;
-                    if fresh * 2 >= unannounced && told == announced {
+                    stopped |= (out.new_bytes - new_at_step) * 2 < unannounced;
+                    if !stopped {
                         self.flush()?;
                         let ids = &out.chunks[told..];
                         let chunks: Vec<(ChunkId, u32)> =
                             ids.iter().copied().zip(lens.drain(..)).collect();
                         tell(told, &chunks);
-                        announced = out.chunks.len();
                     }
                     lens.clear();
                     told = out.chunks.len();

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use sovryn_store::{ChunkId, Entry, EntryKind};
 
-use crate::fsutil::TEMP_PREFIX;
 use crate::view::View;
 
 /// Files smaller than this are written under the writer as before: there
@@ -44,9 +43,7 @@ impl Staged {
             if !written_ahead(entry) {
                 continue;
             }
-            let tmp = view
-                .root()
-                .join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>()));
+            let tmp = crate::fsutil::temp_in(view.root());
             match write_staged(view, entry, &tmp) {
                 Ok(()) => {
                     if let Some((_, old)) =

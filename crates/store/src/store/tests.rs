@@ -2,16 +2,24 @@
 
 use super::*;
 
+/// Two writable stores under one key (two nodes of a folder).
+fn two_stores() -> ([tempfile::TempDir; 2], Store, Store) {
+    let key = MasterKey::generate();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = Store::open(dirs[0].path(), &key, Access::ReadWrite).unwrap();
+    let b = Store::open(dirs[1].path(), &key, Access::ReadWrite).unwrap();
+    (dirs, a, b)
+}
+
 #[test]
 fn large_ingest_names_the_same_chunks_and_reports_read_errors() {
-    let key = MasterKey::generate();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = Store::open(da.path(), &key, Access::ReadWrite).unwrap();
-    let mut b = Store::open(db.path(), &key, Access::ReadWrite).unwrap();
+    let (_dirs, mut a, mut b) = two_stores();
     let mut data = vec![0u8; 10_000_000];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
     let one = a.ingest(std::io::Cursor::new(&data), 0).unwrap();
-    let two = b.ingest_large(std::io::Cursor::new(&data), 0).unwrap();
+    let two = b
+        .ingest_large(std::io::Cursor::new(&data), 0, None)
+        .unwrap();
     assert_eq!((one.size, &one.chunks), (two.size, &two.chunks));
     assert!(two.chunks.len() > BATCH_CHUNKS, "{}", two.chunks.len());
     b.flush().unwrap();
@@ -21,7 +29,7 @@ fn large_ingest_names_the_same_chunks_and_reports_read_errors() {
     }
     assert_eq!(back, data);
     let text = b
-        .ingest_large(std::io::Cursor::new(b"some words"), 100)
+        .ingest_large(std::io::Cursor::new(b"some words"), 100, None)
         .unwrap();
     assert_eq!(text.text.as_deref(), Some("some words"));
 
@@ -38,7 +46,7 @@ fn large_ingest_names_the_same_chunks_and_reports_read_errors() {
         }
     }
     assert!(matches!(
-        b.ingest_large(Failing(5_000_000), 0),
+        b.ingest_large(Failing(5_000_000), 0, None),
         Err(Error::Read(_))
     ));
 }
@@ -129,10 +137,7 @@ fn an_index_made_before_the_listing_columns_lists_the_same_and_gains_them() {
 
 #[test]
 fn reader_sees_committed_chunks_and_sealed_copies_store_as_is() {
-    let key = MasterKey::generate();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = Store::open(da.path(), &key, Access::ReadWrite).unwrap();
-    let mut b = Store::open(db.path(), &key, Access::ReadWrite).unwrap();
+    let (_dirs, mut a, mut b) = two_stores();
     let data = vec![7u8; 100_000];
     let id = a.codec().id_of(&data);
     assert!(a.put_chunk(&id, &data).unwrap());
@@ -173,7 +178,7 @@ fn a_large_ingest_announces_its_durable_steps_and_not_a_re_read() {
                 .all(|(id, _)| reader.has_chunk(id).unwrap_or(false));
             steps.push((first, chunks.to_vec()));
         };
-        a.ingest_large_announcing(std::io::Cursor::new(&data), 0, Some(&mut tell))
+        a.ingest_large(std::io::Cursor::new(&data), 0, Some(&mut tell))
             .unwrap()
     };
     assert!(seen_durable, "a chunk was announced before it was durable");
@@ -197,7 +202,7 @@ fn a_large_ingest_announces_its_durable_steps_and_not_a_re_read() {
     data.insert(50 << 20, b'!');
     let mut again = 0;
     let mut tell = |_: usize, _: &[(ChunkId, u32)]| again += 1;
-    a.ingest_large_announcing(std::io::Cursor::new(&data), 0, Some(&mut tell))
+    a.ingest_large(std::io::Cursor::new(&data), 0, Some(&mut tell))
         .unwrap();
     assert_eq!(again, 0);
 }
