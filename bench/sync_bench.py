@@ -264,8 +264,9 @@ def run_tool(name, make_pair, args, results):
         results[name] = r
     finally:
         pair.stop()
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
+        # Deleted after every tool ran: a tool running after another's
+        # mass delete would pay for it in every file it creates.
+        args.made.append(base)
 
 
 def settle(args):
@@ -292,11 +293,17 @@ def main():
     ap.add_argument("--drop-caches", action="store_true",
                     help="empty the page cache before each workload (needs root)")
     args = ap.parse_args()
+    args.made = []
     results = {}
-    if args.only in (None, "syncthing"):
-        run_tool("syncthing", SyncthingPair, args, results)
-    if args.only in (None, "sovryn"):
-        run_tool("sovryn", lambda base: SovrynPair(args.sovryn, base), args, results)
+    try:
+        if args.only in (None, "syncthing"):
+            run_tool("syncthing", SyncthingPair, args, results)
+        if args.only in (None, "sovryn"):
+            run_tool("sovryn", lambda base: SovrynPair(args.sovryn, base), args, results)
+    finally:
+        if not args.keep:
+            for base in args.made:
+                shutil.rmtree(base, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=2))
         return

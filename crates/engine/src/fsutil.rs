@@ -82,3 +82,8 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777))
         .map_err(|e| Error::io(path, e))
 }
+
+/// [`set_mode`] on an open file.
+pub fn set_file_mode(f: &fs::File, mode: u32) -> std::io::Result<()> {
+    f.set_permissions(fs::Permissions::from_mode(mode & 0o777))
+}

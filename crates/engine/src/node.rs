@@ -20,7 +20,7 @@ use crate::{Error, Result};
 
 /// Files at least this large are ingested with reading and chunking on a
 /// thread of their own ([`Store::ingest_large`]).
-const LARGE_INGEST_BYTES: u64 = 8 * 1024 * 1024;
+pub(crate) const LARGE_INGEST_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What `init` needs.
 #[derive(Debug, Clone, Default)]
@@ -405,13 +405,24 @@ impl Node {
         })
     }
 
+    /// The most bytes of a file kept as text for search (0: none).
+    pub(crate) fn text_limit(&self) -> u64 {
+        if self.config.search.enabled {
+            self.config.search.max_text_bytes
+        } else {
+            0
+        }
+    }
+
     /// The state of `rel` as it is on disk right now (not recorded).
     /// `durable` hears of a large file's chunks as they become durable
-    /// ([`Store::ingest_large`]).
-    pub fn disk_entry(
+    /// ([`Store::ingest_large`]); `read_ahead` is its content read by a
+    /// worker, used when the file's stat is still the one it was read under.
+    pub(crate) fn disk_entry(
         &mut self,
         rel: &str,
         durable: Option<&mut sovryn_store::DurableChunks<'_>>,
+        read_ahead: Option<crate::scan::ReadFile>,
     ) -> Result<Option<(Entry, Option<String>)>> {
         let path = paths::confined(self.root(), rel)?;
         let meta = match fs::symlink_metadata(&path) {
@@ -434,13 +445,12 @@ impl Node {
             )
         } else if meta.is_dir() {
             (EntryKind::Dir, Vec::new(), 0, None, None)
+        } else if let Some(read) = read_ahead.filter(|r| r.stat == stat) {
+            let ing = self.store.ingest_prepared(read.content)?;
+            (EntryKind::File, ing.chunks, ing.size, None, ing.text)
         } else {
             let f = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-            let limit = if self.config.search.enabled {
-                self.config.search.max_text_bytes
-            } else {
-                0
-            };
+            let limit = self.text_limit();
             let reader = std::io::BufReader::with_capacity(1 << 20, f);
             // Large files are chunked on a thread of their own, ahead of sealing.
             let ing = if stat.size >= LARGE_INGEST_BYTES {

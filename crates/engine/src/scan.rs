@@ -16,6 +16,10 @@ use crate::fsutil::stat_of;
 use crate::node::Node;
 use crate::{Error, Result};
 
+mod read_ahead;
+use read_ahead::ReadAhead;
+pub(crate) use read_ahead::ReadFile;
+
 const GROUP_FILES: usize = 2000;
 const GROUP_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -121,7 +125,15 @@ impl Node {
                         let parts: Vec<&str> = prefix.split('/').collect();
                         for depth in 1..parts.len() {
                             let dir = parts[..depth].join("/");
-                            self.visit(&dir, opts, &mut pending, &mut prog, &mut seen, progress)?;
+                            self.visit(
+                                &dir,
+                                opts,
+                                &mut pending,
+                                &mut prog,
+                                &mut seen,
+                                progress,
+                                None,
+                            )?;
                         }
                     }
                     self.walk(
@@ -132,6 +144,7 @@ impl Node {
                         &mut prog,
                         &mut seen,
                         progress,
+                        None,
                     )?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -199,9 +212,10 @@ impl Node {
         prog: &mut ScanProgress,
         seen: &mut HashSet<String>,
         progress: &mut dyn FnMut(&ScanProgress),
+        ahead: Option<&mut ReadAhead>,
     ) -> Result<()> {
         if !rel.is_empty() {
-            self.visit(rel, opts, pending, prog, seen, progress)?;
+            self.visit(rel, opts, pending, prog, seen, progress, ahead)?;
         }
         if !is_dir {
             return Ok(());
@@ -242,8 +256,23 @@ impl Node {
             children.push((child, child_is_dir));
         }
         children.sort();
+        let mut ahead = ReadAhead::new(
+            children
+                .iter()
+                .filter(|(_, is_dir)| !is_dir)
+                .map(|(c, _)| c.clone()),
+        );
         for (child, child_is_dir) in children {
-            self.walk(&child, child_is_dir, opts, pending, prog, seen, progress)?;
+            self.walk(
+                &child,
+                child_is_dir,
+                opts,
+                pending,
+                prog,
+                seen,
+                progress,
+                Some(&mut ahead),
+            )?;
         }
         Ok(())
     }
@@ -256,6 +285,7 @@ impl Node {
             .is_ok_and(|m| (m.dev(), m.ino()) == self.home_dir_id)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn visit(
         &mut self,
         rel: &str,
@@ -264,6 +294,7 @@ impl Node {
         prog: &mut ScanProgress,
         seen: &mut HashSet<String>,
         progress: &mut dyn FnMut(&ScanProgress),
+        ahead: Option<&mut ReadAhead>,
     ) -> Result<()> {
         if !seen.insert(rel.to_owned()) {
             return Ok(());
@@ -335,7 +366,11 @@ impl Node {
         };
         let durable: Option<&mut sovryn_store::DurableChunks<'_>> =
             opts.announce_large.then_some(&mut tell);
-        let Some((base, text)) = self.disk_entry(rel, durable)? else {
+        let read = match ahead {
+            Some(a) if meta.is_file() => a.take(self, rel),
+            _ => None,
+        };
+        let Some((base, text)) = self.disk_entry(rel, durable, read)? else {
             return Ok(());
         };
         // Never record a torn read: if the file moved under us, leave it to the next scan.

@@ -139,6 +139,8 @@ struct PendingWrite {
     /// absent). Anything else at rename time is a local write that raced
     /// in: it is kept, not replaced.
     expect: Option<DiskStat>,
+    /// The temp file's stat once written (`None`: taken at the rename).
+    stat: Option<DiskStat>,
 }
 
 /// Removes a temp file of a download that failed. When its directory was
@@ -299,7 +301,10 @@ impl Node {
                             fs::remove_dir(&w.target).map_err(|e| Error::io(&w.target, e))?;
                         }
                         fs::rename(&w.tmp, &w.target).map_err(|e| Error::io(&w.target, e))?;
-                        crate::fsutil::disk_stat(&w.target)
+                        match w.stat {
+                            Some(stat) => Ok(stat),
+                            None => crate::fsutil::disk_stat(&w.target),
+                        }
                     })();
                     match placed {
                         Ok(stat) => batch.changes[w.change].disk = Some(stat),
@@ -386,25 +391,38 @@ impl Node {
                 }
             }
         }
-        let written = (|| -> Result<()> {
+        let written = (|| -> Result<DiskStat> {
+            let io = |e| Error::io(&tmp, e);
             let f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)
-                .map_err(|e| Error::io(&tmp, e))?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                .map_err(io)?;
+            let cap = usize::try_from(entry.size)
+                .unwrap_or(usize::MAX)
+                .min(1 << 20);
+            let mut w = std::io::BufWriter::with_capacity(cap, f);
             self.store.write_content(&entry, &mut w)?;
-            w.flush().map_err(|e| Error::io(&tmp, e))?;
-            drop(w);
-            crate::fsutil::set_mode(&tmp, entry.mode)?;
-            Ok(())
+            w.flush().map_err(io)?;
+            let f = w.into_inner().map_err(|e| io(e.into_error()))?;
+            crate::fsutil::set_file_mode(&f, entry.mode).map_err(io)?;
+            // What the file will be under its name: a rename keeps size,
+            // mtime, inode and mode.
+            Ok(stat_of(&f.metadata().map_err(io)?))
         })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
+        let stat = match written {
+            Ok(stat) => stat,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        self.sync_push_write(batch, report, rel, entry, tmp, target, expect)?;
+        if let Some(w) = batch.writes.last_mut() {
+            w.stat = Some(stat);
         }
-        self.sync_push_write(batch, report, rel, entry, tmp, target, expect)
+        Ok(())
     }
 
     /// Records a file written to `tmp`, to be renamed onto `target` at the
@@ -431,6 +449,7 @@ impl Node {
             target,
             change,
             expect,
+            stat: None,
         });
         Ok(())
     }

@@ -18,6 +18,7 @@ pub mod chunk;
 pub mod keys;
 pub mod model;
 pub mod pack;
+mod prepared;
 pub mod retention;
 mod store;
 pub mod vv;
@@ -30,6 +31,7 @@ pub use model::{
     short_ids, version_id, Change, Child, DiskStat, Entry, EntryKind, FileRecord, SearchHit, Stats,
     VersionRecord,
 };
+pub use prepared::PreparedContent;
 pub use retention::RetentionPolicy;
 pub use store::{Access, DurableChunks, GcReport, Ingested, Store, VerifyReport, ANNOUNCE_BYTES};
 pub use vv::{Causality, VersionVector};

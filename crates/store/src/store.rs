@@ -173,6 +173,37 @@ const FILE_COLS: &str = "path, seq, label, entry, chunks, disk";
 
 /// `reader`'s chunks in batches of [`BATCH_CHUNKS`] (the last may be
 /// shorter); a read error ends them.
+/// Keeps a file's bytes as text while they may still be text: at most
+/// the limit, UTF-8, no NUL.
+pub(crate) struct TextKeeper {
+    limit: u64,
+    text: Option<Vec<u8>>,
+}
+
+impl TextKeeper {
+    pub(crate) fn new(limit: u64) -> Self {
+        TextKeeper {
+            limit,
+            text: (limit > 0).then(Vec::new),
+        }
+    }
+
+    /// Adds the next piece; `size` is the bytes read so far, this piece included.
+    pub(crate) fn add(&mut self, data: &[u8], size: u64) {
+        if size > self.limit {
+            self.text = None;
+        } else if let Some(t) = &mut self.text {
+            t.extend_from_slice(data);
+        }
+    }
+
+    pub(crate) fn finish(self) -> Option<String> {
+        self.text
+            .filter(|t| !t.contains(&0))
+            .and_then(|t| String::from_utf8(t).ok())
+    }
+}
+
 fn batches<'a, R: Read + 'a>(
     codec: &'a ChunkCodec,
     reader: R,
@@ -362,7 +393,7 @@ impl Store {
         &self.codec.keys().folder_id
     }
 
-    fn writable(&self) -> Result<()> {
+    pub(crate) fn writable(&self) -> Result<()> {
         match self.access {
             Access::ReadWrite => Ok(()),
             Access::ReadOnly => Err(Error::Corrupt("store opened read-only".into())),
@@ -470,7 +501,7 @@ impl Store {
         Ok(out)
     }
 
-    fn append_sealed(&mut self, sealed: crate::chunk::SealedChunk) -> Result<()> {
+    pub(crate) fn append_sealed(&mut self, sealed: crate::chunk::SealedChunk) -> Result<()> {
         let loc = match self.packs.append(&sealed.sealed) {
             Ok(loc) => loc,
             Err(e) => {
@@ -497,9 +528,7 @@ impl Store {
         }
         let sealed = self.codec.seal(*id, data)?;
         self.append_sealed(sealed)?;
-        if self.pending_bytes >= FLUSH_BYTES {
-            self.flush()?;
-        }
+        self.flush_if_full()?;
         Ok(true)
     }
 
@@ -555,6 +584,11 @@ impl Store {
         }
         out.chunks.extend(ids);
         batch.clear();
+        self.flush_if_full()
+    }
+
+    /// Flushes once enough sealed bytes wait for it.
+    pub(crate) fn flush_if_full(&mut self) -> Result<()> {
         if self.pending_bytes >= FLUSH_BYTES {
             self.flush()?;
         }
@@ -611,7 +645,7 @@ impl Store {
         mut durable: Option<&mut DurableChunks<'_>>,
     ) -> Result<Ingested> {
         let mut out = Ingested::default();
-        let mut text: Option<Vec<u8>> = (text_limit > 0).then(Vec::new);
+        let mut text = TextKeeper::new(text_limit);
         // What is still to be announced: from chunk `told`, these lengths.
         let mut told = 0usize;
         // A step left unannounced ends the announcing: steps must follow
@@ -628,13 +662,7 @@ impl Store {
                     lens.push(data.len() as u32);
                     unannounced += data.len() as u64;
                 }
-                if let Some(t) = &mut text {
-                    if out.size <= text_limit {
-                        t.extend_from_slice(data);
-                    } else {
-                        text = None;
-                    }
-                }
+                text.add(data, out.size);
             }
             self.store_batch(&mut batch, &mut out)?;
             if let Some(tell) = durable.as_deref_mut() {
@@ -657,13 +685,7 @@ impl Store {
                 }
             }
         }
-        out.text = text.and_then(|t| {
-            if t.contains(&0) {
-                None
-            } else {
-                String::from_utf8(t).ok()
-            }
-        });
+        out.text = text.finish();
         Ok(out)
     }
 
