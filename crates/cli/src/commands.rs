@@ -15,12 +15,12 @@ use crate::unlock;
 use crate::{Cli, Command, ConfigAction};
 use sovryn_daemon::write_ops::{self, WriteOp, WriteOutcome};
 
-struct Ctx {
-    home: Home,
+pub(crate) struct Ctx {
+    pub(crate) home: Home,
     /// The folder's name (`default` for node-wide commands).
     folder: String,
-    passphrase_file: Option<PathBuf>,
-    json: bool,
+    pub(crate) passphrase_file: Option<PathBuf>,
+    pub(crate) json: bool,
 }
 
 impl Ctx {
@@ -116,6 +116,8 @@ fn folder_scoped(command: &Command) -> bool {
     !matches!(
         command,
         Command::Init { .. }
+            | Command::Join { .. }
+            | Command::Invite { .. }
             | Command::Id
             | Command::Keygen
             | Command::Unlock
@@ -226,6 +228,32 @@ pub fn run(cli: Cli) -> Result<()> {
             folder_key_file,
             no_passphrase,
         ),
+        Command::Invite {
+            folder,
+            read_only,
+            expires,
+        } => crate::invite_cmd::invite(&ctx, folder, read_only, &expires),
+        Command::Join {
+            code,
+            storage_path,
+            node_id,
+            listen,
+            mcp_port,
+            no_passphrase,
+        } => {
+            let passphrase = new_passphrase(&ctx, no_passphrase)?;
+            crate::invite_cmd::join(
+                &ctx,
+                crate::invite_cmd::JoinOptions {
+                    code,
+                    storage_path,
+                    node_id,
+                    listen,
+                    mcp_port,
+                    passphrase,
+                },
+            )
+        }
         Command::Id => {
             let config = sovryn_engine::Config::load(&ctx.home)?;
             let key = sovryn_engine::identity::load(&ctx.home.identity())?;
@@ -325,22 +353,11 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn init(
-    ctx: &Ctx,
-    storage_path: PathBuf,
-    node_id: Option<String>,
-    listen: Option<String>,
-    mcp_port: Option<u16>,
-    folder_key_file: Option<PathBuf>,
-    no_passphrase: bool,
-) -> Result<()> {
-    if ctx.home.exists() {
-        bail!(
-            "a node is already initialised in {}; use another --home, or remove it first",
-            ctx.home.dir.display()
-        );
-    }
-    let passphrase = if no_passphrase {
+/// The passphrase a new node's keys are wrapped with: none with
+/// `--no-passphrase`, else the passphrase file's, else asked on a terminal
+/// (twice; empty: none), else none.
+fn new_passphrase(ctx: &Ctx, no_passphrase: bool) -> Result<Option<String>> {
+    Ok(if no_passphrase {
         None
     } else if let Some(f) = &ctx.passphrase_file {
         unlock::passphrase(Some(f), "")?
@@ -356,7 +373,25 @@ fn init(
         }
     } else {
         None
-    };
+    })
+}
+
+fn init(
+    ctx: &Ctx,
+    storage_path: PathBuf,
+    node_id: Option<String>,
+    listen: Option<String>,
+    mcp_port: Option<u16>,
+    folder_key_file: Option<PathBuf>,
+    no_passphrase: bool,
+) -> Result<()> {
+    if ctx.home.exists() {
+        bail!(
+            "a node is already initialised in {}; use another --home, or remove it first",
+            ctx.home.dir.display()
+        );
+    }
+    let passphrase = new_passphrase(ctx, no_passphrase)?;
     let folder_key = match folder_key_file {
         Some(f) => Some(
             std::fs::read_to_string(&f)
@@ -376,6 +411,7 @@ fn init(
             passphrase,
             folder_key,
             kdf: None,
+            identity: None,
         },
     )?;
     if ctx.json {

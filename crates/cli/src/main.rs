@@ -3,6 +3,7 @@
 mod commands;
 mod daemon_cmd;
 mod folders_cmd;
+mod invite_cmd;
 mod mcp_cmd;
 mod mcp_stdio;
 mod node_cmd;
@@ -63,6 +64,42 @@ pub enum Command {
         /// Refused: a key or passphrase on the command line leaks (see the error).
         #[arg(long, hide = true, value_name = "KEY")]
         encryption_key: Option<String>,
+    },
+    /// Invite a new device: prints a one-time code for `sovryn join` (the
+    /// node must be running; it answers the device).
+    Invite {
+        /// A folder the device gets (repeat for several; default: the
+        /// default folder).
+        #[arg(long)]
+        folder: Vec<String>,
+        /// Take no changes from the device.
+        #[arg(long)]
+        read_only: bool,
+        /// How long the code works (it works once).
+        #[arg(long, default_value = "15m")]
+        expires: String,
+    },
+    /// Join a mesh with a code from `sovryn invite`: creates this node and
+    /// takes the folders and keys the code grants.
+    Join {
+        /// The code.
+        code: String,
+        /// Where the folder is kept (created if missing); other folders go
+        /// beside it, under their names.
+        #[arg(long)]
+        storage_path: PathBuf,
+        /// Name of this node (default: host name).
+        #[arg(long)]
+        node_id: Option<String>,
+        /// UDP address for sync (default 0.0.0.0:7777).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Port of the MCP HTTP server (default 8765).
+        #[arg(long)]
+        mcp_port: Option<u16>,
+        /// Store the keys unwrapped, without asking for a passphrase.
+        #[arg(long)]
+        no_passphrase: bool,
     },
     /// Print this node's id (its iroh endpoint id).
     Id,

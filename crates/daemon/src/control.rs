@@ -69,6 +69,24 @@ pub enum Request {
         /// Its name.
         name: String,
     },
+    /// Open a one-time invite (`sovryn invite`).
+    Invite {
+        /// Folders it grants (none: the default folder).
+        #[serde(default)]
+        folders: Vec<String>,
+        /// The joiner's changes are not taken.
+        #[serde(default)]
+        read_only: bool,
+        /// How long it stays open.
+        ttl_secs: u64,
+    },
+    /// What became of an invite, waiting a while if it is still open.
+    InviteStatus {
+        /// Its id (hex).
+        invite: String,
+        /// Wait this long at most.
+        wait_ms: u64,
+    },
     /// A read-only question, answered from the node's read-only handles.
     Query {
         /// What to answer.

@@ -13,6 +13,7 @@
 pub mod control;
 mod error;
 mod folders;
+pub mod invites;
 pub mod local_socket;
 mod mcp;
 mod reload;
@@ -185,6 +186,9 @@ impl Daemon {
         node_key: sovryn_store::MasterKey,
         ready: impl FnOnce(Vec<(String, Result<PathBuf>)>) + Send + 'static,
     ) -> Result<()> {
+        self.net
+            .invites()
+            .set_handler(invites::join_handler(self.home.clone(), node_key.clone()));
         let then: AfterStart = Box::new(move |this: Arc<Daemon>| {
             Box::pin(async move {
                 let opened = this.open_folders(node_key).await;

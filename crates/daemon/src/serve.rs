@@ -105,6 +105,27 @@ impl Daemon {
                     self.sync_now(Duration::from_millis(timeout_ms)).await
                 }
                 Request::McpStdio => unreachable_answer(),
+                Request::Invite {
+                    folders,
+                    read_only,
+                    ttl_secs,
+                } => {
+                    crate::invites::invite_now(
+                        self,
+                        folders,
+                        read_only,
+                        std::time::Duration::from_secs(ttl_secs),
+                    )
+                    .await
+                }
+                Request::InviteStatus { invite, wait_ms } => {
+                    crate::invites::invite_status_now(
+                        self,
+                        &invite,
+                        std::time::Duration::from_millis(wait_ms),
+                    )
+                    .await
+                }
                 Request::Pause => crate::requests::pause_now(self, true).await,
                 Request::Resume => crate::requests::pause_now(self, false).await,
                 Request::ConflictsResolve { path, keep } => {

@@ -17,7 +17,11 @@ pub fn load(path: &Path) -> Result<SecretKey> {
 
 /// Generates a key and stores it as hex with mode 0600.
 pub fn create(path: &Path) -> Result<SecretKey> {
-    let key = SecretKey::generate();
+    store(path, SecretKey::generate())
+}
+
+/// Stores `key` as hex with mode 0600 (in a file that must not exist yet).
+pub fn store(path: &Path, key: SecretKey) -> Result<SecretKey> {
     sovryn_store::keys::write_secret_file(path, hex::encode(key.to_bytes()).as_bytes())?;
     Ok(key)
 }

@@ -39,6 +39,9 @@ pub struct InitOptions {
     pub folder_key: Option<String>,
     /// Argon2id cost (defaults are the production values).
     pub kdf: Option<KdfParams>,
+    /// The node's identity, when it already has one (a device that joined
+    /// with an invite proved this key to the inviter); `None`: a new one.
+    pub identity: Option<identity::SecretKey>,
 }
 
 /// What `init` made.
@@ -105,7 +108,8 @@ pub fn tighten_home(home: &Home) -> Result<()> {
     walk(&home.dir, 0)
 }
 
-fn hostname() -> String {
+/// This machine's host name: the default name of a node.
+pub fn hostname() -> String {
     fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_owned())
         .ok()
@@ -167,7 +171,10 @@ impl Node {
             }
             None => (KeyFile::plain(&master), None),
         };
-        let secret = identity::create(&home.identity())?;
+        let secret = match &opts.identity {
+            Some(k) => identity::store(&home.identity(), k.clone())?,
+            None => identity::create(&home.identity())?,
+        };
         keyfile.save(&home.keyfile())?;
         let store = Store::open(&home.dir, &master, Access::ReadWrite)?;
         let folder_id = store.folder_id().to_owned();

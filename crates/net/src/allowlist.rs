@@ -85,6 +85,8 @@ impl Allowlist {
 #[derive(Debug, Clone, Default)]
 pub struct Gate {
     folders: Arc<RwLock<HashMap<Vec<u8>, Allowlist>>>,
+    /// Open invites: while one is, anyone may try the join protocol once.
+    pub(crate) invites: Arc<crate::invite::Invites>,
 }
 
 impl Gate {
@@ -102,6 +104,16 @@ impl Gate {
 
 impl EndpointHooks for Gate {
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        if conn.alpn() == crate::invite::JOIN_ALPN {
+            return if self.invites.any_open() {
+                AfterHandshakeOutcome::Accept
+            } else {
+                AfterHandshakeOutcome::Reject {
+                    error_code: 404u32.into(),
+                    reason: b"no open invite".to_vec(),
+                }
+            };
+        }
         let folder = self
             .folders
             .read()

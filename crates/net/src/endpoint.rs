@@ -256,7 +256,7 @@ impl SyncNet {
         let alpns = match self.routes.write() {
             Ok(mut r) => {
                 r.insert(net.alpn.clone(), Arc::downgrade(net));
-                r.keys().cloned().collect::<Vec<_>>()
+                with_join(r.keys())
             }
             Err(_) => return,
         };
@@ -271,6 +271,21 @@ impl SyncNet {
     /// How this node finds peers (what actually started).
     pub fn discovery(&self) -> &Discovery {
         &self.discovery
+    }
+
+    /// Opens a one-time invite to this node for `ttl`, granting `grant`
+    /// (kept for the join handler): the code to give out.
+    pub fn create_invite(
+        &self,
+        ttl: std::time::Duration,
+        grant: serde_json::Value,
+    ) -> Result<crate::invite::InviteCode, crate::invite::InviteError> {
+        self.gate.invites.create(&self.endpoint, ttl, grant)
+    }
+
+    /// The node's invites (their outcomes, the join handler).
+    pub fn invites(&self) -> &Arc<crate::invite::Invites> {
+        &self.gate.invites
     }
 
     /// This endpoint's id (the node id).
@@ -365,6 +380,9 @@ impl SyncNet {
             let me = self.clone();
             tokio::spawn(async move {
                 match incoming.await {
+                    Ok(conn) if conn.alpn() == crate::invite::JOIN_ALPN => {
+                        crate::invite::serve(me.gate.invites.clone(), me.id(), conn).await
+                    }
                     Ok(conn) => match me.route_of(conn.alpn()) {
                         Some(folder) => folder.run_session(conn, false).await,
                         None => conn.close(404u32.into(), b"no such folder"),
@@ -391,7 +409,7 @@ impl SyncNet {
         let alpns = match self.routes.write() {
             Ok(mut r) => {
                 r.remove(&self.alpn);
-                r.keys().cloned().collect::<Vec<_>>()
+                with_join(r.keys())
             }
             Err(_) => Vec::new(),
         };
@@ -486,4 +504,13 @@ impl SyncNet {
         .context("timed out")??;
         Ok(conn)
     }
+}
+
+/// The ALPNs to offer: the folders' and the join protocol (refused by the
+/// gate unless an invite is open).
+fn with_join<'a>(folders: impl Iterator<Item = &'a Vec<u8>>) -> Vec<Vec<u8>> {
+    folders
+        .cloned()
+        .chain(std::iter::once(crate::invite::JOIN_ALPN.to_vec()))
+        .collect()
 }

@@ -20,6 +20,7 @@ mod assemble;
 mod bandwidth;
 pub mod endpoint;
 mod index;
+pub mod invite;
 pub mod membership;
 mod session;
 pub mod shared;

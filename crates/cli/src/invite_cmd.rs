@@ -1,0 +1,232 @@
+//! `sovryn invite` (on a member, through its running node) and `sovryn
+//! join CODE` (on the new device, which needs no running node yet).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use sovryn_daemon::control::{self, Request};
+use sovryn_daemon::invites::Bundle;
+use sovryn_engine::config::PeerConfig;
+use sovryn_engine::folders::{self, FolderName};
+use sovryn_engine::identity::SecretKey;
+use sovryn_engine::{Config, InitOptions, Node};
+use sovryn_net::invite::{self, InviteCode};
+use sovryn_store::MasterKey;
+
+use crate::commands::Ctx;
+use crate::output;
+
+/// `sovryn invite`: opens an invite on the running node, prints its code
+/// and, on a terminal, waits for the device to join.
+pub fn invite(ctx: &Ctx, folders: Vec<String>, read_only: bool, expires: &str) -> Result<()> {
+    let ttl = humantime::parse_duration(expires)
+        .with_context(|| format!("--expires {expires}: give a duration such as 15m or 2h"))?;
+    let answer = control::request(
+        &ctx.home,
+        &Request::Invite {
+            folders,
+            read_only,
+            ttl_secs: ttl.as_secs().max(1),
+        },
+    )?
+    .with_context(|| {
+        format!(
+            "no node is running in {}: start it with `sovryn up`, then invite (the node \
+             answers the new device)",
+            ctx.home.dir.display()
+        )
+    })?;
+    if answer["ok"] != true {
+        bail!(
+            "{}",
+            answer["error"].as_str().unwrap_or("the invite was refused")
+        );
+    }
+    if ctx.json {
+        return output::json(&answer);
+    }
+    let code = answer["code"].as_str().unwrap_or_default();
+    println!("On the new device, run:\n\n    sovryn join {code} --storage-path DIR\n");
+    if std::io::stdout().is_terminal() {
+        if let Ok(qr) = qrcode::QrCode::new(code.as_bytes()) {
+            println!(
+                "{}",
+                qr.render::<qrcode::render::unicode::Dense1x2>()
+                    .quiet_zone(true)
+                    .build()
+            );
+        }
+    }
+    let folders: Vec<&str> = answer["folders"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
+        .unwrap_or_default();
+    println!(
+        "It grants {}{}, works once and expires in {}.",
+        folders.join(", "),
+        if read_only { " (read-only)" } else { "" },
+        humantime::format_duration(ttl)
+    );
+    let id = answer["invite"].as_str().unwrap_or_default().to_owned();
+    let deadline = Instant::now() + ttl;
+    println!("Waiting for the device (Ctrl-C stops waiting; the invite stays open)...");
+    while Instant::now() < deadline {
+        let status = control::request(
+            &ctx.home,
+            &Request::InviteStatus {
+                invite: id.clone(),
+                wait_ms: 30_000,
+            },
+        )?
+        .context("the node stopped; the invite is gone with it")?;
+        let outcome = &status["outcome"];
+        match outcome["state"].as_str() {
+            Some("joined") => {
+                println!(
+                    "'{}' joined ({}).\nConfirmation: {}  (the new device shows the same)",
+                    outcome["name"].as_str().unwrap_or("?"),
+                    outcome["device"].as_str().unwrap_or("?"),
+                    outcome["confirmation"].as_str().unwrap_or("?"),
+                );
+                return Ok(());
+            }
+            Some("failed") => bail!(
+                "the invite failed: {}",
+                outcome["reason"].as_str().unwrap_or("no reason given")
+            ),
+            _ => {}
+        }
+    }
+    bail!("the invite expired unused")
+}
+
+/// What `join` needs besides the code.
+pub struct JoinOptions {
+    /// The code from `sovryn invite`.
+    pub code: String,
+    /// Where the default (or first) folder is kept.
+    pub storage_path: PathBuf,
+    /// This node's name.
+    pub node_id: Option<String>,
+    /// Its sync address.
+    pub listen: Option<String>,
+    /// Its MCP port.
+    pub mcp_port: Option<u16>,
+    /// Its passphrase (protects the keys at rest).
+    pub passphrase: Option<String>,
+}
+
+/// `sovryn join CODE`: creates this node, proves the code to the inviter
+/// and takes the folders and keys it grants. Nothing is written unless
+/// the inviter accepted.
+pub fn join(ctx: &Ctx, opts: JoinOptions) -> Result<()> {
+    if ctx.home.exists() {
+        bail!(
+            "a node is already initialised in {}; `join` creates a new node: use another --home",
+            ctx.home.dir.display()
+        );
+    }
+    let code = InviteCode::parse(&opts.code)?;
+    let name = opts
+        .node_id
+        .clone()
+        .unwrap_or_else(sovryn_engine::node::hostname);
+    let addrs: Vec<SocketAddr> = opts
+        .listen
+        .as_deref()
+        .and_then(|l| l.parse::<SocketAddr>().ok())
+        .filter(|a| !a.ip().is_unspecified())
+        .into_iter()
+        .collect();
+    let secret = SecretKey::generate();
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let joined = runtime.block_on(invite::join_as(secret.clone(), &code, &name, addrs))?;
+    let bundle: Bundle = serde_json::from_value(joined.bundle)
+        .context("the inviter sent a bundle this version does not read")?;
+    let mut keys = Vec::new();
+    for f in &bundle.folders {
+        let name = FolderName::parse(&f.name)?;
+        let key = MasterKey::from_hex(&f.key).context("the inviter sent a bad folder key")?;
+        keys.push((name, key));
+    }
+    // The inviter's default folder is this node's default folder; without
+    // one, this node's own gets a fresh key.
+    let node_key = keys
+        .iter()
+        .find(|(n, _)| n.is_default())
+        .map(|(_, k)| k.clone())
+        .unwrap_or_else(MasterKey::generate);
+    let out = Node::init(
+        &ctx.home,
+        InitOptions {
+            storage_path: opts.storage_path.clone(),
+            node_name: Some(name),
+            listen: opts.listen,
+            mcp_port: opts.mcp_port,
+            passphrase: opts.passphrase,
+            folder_key: Some(node_key.to_hex()),
+            kdf: None,
+            identity: Some(secret),
+        },
+    )?;
+    let inviter = PeerConfig::checked(
+        &joined.inviter,
+        code.addrs.iter().map(|a| a.to_string()).collect(),
+        bundle.inviter.name.clone(),
+        false,
+        &[],
+    )?;
+    let mut placed = Vec::new();
+    for (name, key) in keys {
+        let (home, path) = if name.is_default() {
+            (ctx.home.clone(), out.config.storage_path.clone())
+        } else {
+            let path = beside(&out.config.storage_path, name.as_str());
+            let created = folders::create(&ctx.home, &name, &path, &node_key, Some(key))?;
+            (folders::folder_home(&ctx.home, &name), created.storage_path)
+        };
+        let peer = inviter.clone();
+        Config::update(&home, |c| Ok(c.upsert_peer(peer)))?;
+        placed.push((name.as_str().to_owned(), path));
+    }
+    let took = started.elapsed();
+    if ctx.json {
+        return output::json(&json!({
+            "node_id": out.node_id.to_string(),
+            "inviter": joined.inviter.to_string(),
+            "confirmation": joined.confirmation,
+            "folders": placed.iter().map(|(n, p)| json!({"name": n, "storage_path": p})).collect::<Vec<_>>(),
+            "recovery_code": out.recovery_code,
+            "seconds": took.as_secs_f64(),
+        }));
+    }
+    println!(
+        "Joined {} ({}) in {:.1} s.\nConfirmation: {}  (the inviting side shows the same)",
+        bundle.inviter.name.as_deref().unwrap_or("the inviter"),
+        joined.inviter.fmt_short(),
+        took.as_secs_f64(),
+        joined.confirmation
+    );
+    for (n, p) in &placed {
+        println!("  folder {n}: {}", p.display());
+    }
+    if let Some(code) = &out.recovery_code {
+        println!("\nRECOVERY CODE (shown once; it opens the key if you forget the passphrase):\n\n    {code}\n");
+    }
+    println!("Start syncing with: sovryn up");
+    Ok(())
+}
+
+/// Where a granted folder other than the default goes: beside the default
+/// folder's storage path, under the folder's name.
+fn beside(default_storage: &Path, name: &str) -> PathBuf {
+    match default_storage.parent() {
+        Some(parent) => parent.join(name),
+        None => PathBuf::from(name),
+    }
+}

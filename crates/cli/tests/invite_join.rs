@@ -1,0 +1,152 @@
+//! A second device joins with a one-time code, as a user would add it:
+//! `sovryn invite` on a running member, `sovryn join CODE` on the new
+//! machine, `sovryn up`; and codes that are wrong, spent or expired give a
+//! clear refusal and leave nothing behind.
+
+mod common;
+mod mesh;
+
+use std::sync::{Arc, Mutex};
+
+use common::free_port;
+use mesh::{converge, Peer};
+
+/// A device with a home and a port but no node yet.
+fn newcomer() -> Peer {
+    let dir = tempfile::tempdir().unwrap();
+    Peer {
+        home: dir.path().join("home"),
+        root: dir.path().join("root"),
+        port: free_port(),
+        id: String::new(),
+        node: None,
+        stderr: Arc::new(Mutex::new(String::new())),
+        dir,
+    }
+}
+
+fn join_args(d: &Peer, code: &str) -> Vec<String> {
+    vec![
+        "join".into(),
+        code.into(),
+        "--storage-path".into(),
+        d.root.to_str().unwrap().into(),
+        "--node-id".into(),
+        "delta".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", d.port),
+        "--no-passphrase".into(),
+    ]
+}
+
+fn invite(a: &Peer, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--json", "invite"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&a.ok(&args)).unwrap()
+}
+
+#[test]
+fn a_device_joins_with_a_code_and_syncs_both_ways() {
+    let mut a = Peer::new("alpha", None);
+    a.up();
+    a.write("notes/plan.txt", b"from alpha");
+    // `invite` as a person runs it: prints the code, waits for the device.
+    let mut inviting = a
+        .cmd(&["invite"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(inviting.stdout.take().unwrap());
+    let mut code = String::new();
+    while code.is_empty() {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "no code printed"
+        );
+        if let Some(rest) = line.trim().strip_prefix("sovryn join ") {
+            code = rest.split_whitespace().next().unwrap().to_owned();
+        }
+    }
+    assert!(code.starts_with("sovryn1-"), "{code}");
+
+    let mut d = newcomer();
+    let args = join_args(&d, &code);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut json_args = vec!["--json"];
+    json_args.extend_from_slice(&args);
+    let joined: serde_json::Value = serde_json::from_str(&d.ok(&json_args)).unwrap();
+    assert_eq!(joined["inviter"].as_str(), Some(a.id.as_str()));
+    // Both sides show the same confirmation string.
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(inviting.wait().unwrap().success(), "{rest}");
+    let confirmation = joined["confirmation"].as_str().unwrap();
+    assert!(
+        rest.contains(&format!("Confirmation: {confirmation}")),
+        "{confirmation} not in {rest}"
+    );
+    d.root = std::fs::canonicalize(&d.root).unwrap();
+    d.id = d.ok(&["id"]).trim().to_owned();
+    assert_eq!(joined["node_id"].as_str(), Some(d.id.as_str()));
+    // The inviter trusts the device (no `peers add` anywhere).
+    let peers = a.ok(&["--json", "peers", "list"]);
+    assert!(peers.contains(&d.id), "{peers}");
+
+    d.up();
+    d.wait_for_file("notes/plan.txt");
+    d.write("from-delta.txt", b"hello alpha");
+    a.wait_for_file("from-delta.txt");
+    converge(&a, &d, "after the join", |t| t.len() >= 2);
+}
+
+#[test]
+fn wrong_spent_and_expired_codes_are_refused_and_leave_nothing() {
+    let mut a = Peer::new("alpha", None);
+    a.up();
+    a.write("secret-name.txt", b"x");
+    let code = invite(&a, &[])["code"].as_str().unwrap().to_owned();
+
+    // One symbol of the secret changed: the exchange fails, nothing is written.
+    let mut wrong: Vec<char> = code.chars().collect();
+    let at = wrong.len() - 2;
+    wrong[at] = if wrong[at] == 'a' { 'b' } else { 'a' };
+    let wrong: String = wrong.into_iter().collect();
+    let d = newcomer();
+    let args = join_args(&d, &wrong);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = d.fails_with(&args);
+    assert!(err.contains("does not match"), "{err}");
+    assert!(!d.home.exists(), "a failed join wrote a home");
+    assert!(!d.root.exists(), "a failed join made the folder");
+
+    // The invite took its one try: the right code is now refused too.
+    let args = join_args(&d, &code);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = d.fails_with(&args);
+    assert!(
+        err.contains("used already") || err.contains("already used"),
+        "{err}"
+    );
+    assert!(!d.home.exists());
+
+    // An expired code.
+    let late = invite(&a, &["--expires", "1s"])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let args = join_args(&d, &late);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = d.fails_with(&args);
+    assert!(err.contains("expired"), "{err}");
+    assert!(!d.home.exists());
+
+    // Nothing of the folder reached the device, and the inviter trusts nobody new.
+    let peers = a.ok(&["--json", "peers", "list"]);
+    assert!(!peers.contains("delta"), "{peers}");
+    // A code that is not one.
+    let err = d.fails_with(&["join", "sovryn1-zzzz", "--storage-path", "x"]);
+    assert!(err.contains("not an invite code"), "{err}");
+    drop(a);
+}
