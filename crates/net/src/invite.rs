@@ -32,8 +32,14 @@ const CODE_PREFIX: &str = "sovryn1-";
 /// Bytes of the one-time secret: one guess in 2^40 per invite.
 const SECRET_LEN: usize = 5;
 
-/// The largest message of the exchange (a bundle of keys and devices).
-const MAX_MESSAGE: usize = 1 << 20;
+/// The largest message from the inviter (a bundle of keys and devices).
+const MAX_REPLY: usize = 1 << 20;
+
+/// The largest message from a joiner, who is nobody yet.
+const MAX_JOINER_MESSAGE: usize = 4096;
+
+/// Join attempts served at once; more are closed at once.
+const MAX_ATTEMPTS: usize = 8;
 
 /// How long either side waits for the other's next message.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -180,6 +186,7 @@ pub struct Invites {
     outcomes: Mutex<HashMap<[u8; 8], Outcome>>,
     handler: Mutex<Option<JoinHandler>>,
     changed: tokio::sync::Notify,
+    attempts: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Invites {
@@ -391,13 +398,13 @@ async fn write<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<()> {
     Ok(())
 }
 
-async fn read<T: for<'de> Deserialize<'de>>(recv: &mut RecvStream) -> Result<T> {
+async fn read<T: for<'de> Deserialize<'de>>(recv: &mut RecvStream, max: usize) -> Result<T> {
     let step = async {
         let io = |e: iroh::endpoint::ReadExactError| InviteError::Connection(e.to_string());
         let mut len = [0u8; 4];
         recv.read_exact(&mut len).await.map_err(io)?;
         let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_MESSAGE {
+        if len > max {
             return Err(InviteError::Protocol(format!("a message of {len} bytes")));
         }
         let mut body = vec![0u8; len];
@@ -419,10 +426,17 @@ fn pake_bytes(hex_text: &str) -> Result<Vec<u8>> {
 
 /// Serves one joiner on an accepted [`JOIN_ALPN`] connection.
 pub async fn serve(invites: Arc<Invites>, me: EndpointId, conn: Connection) {
+    use std::sync::atomic::Ordering;
     let joiner = conn.remote_id();
-    match serve_inner(&invites, me, &conn).await {
-        Ok(()) => {}
-        Err(e) => tracing::info!("join attempt by {}: {e}", joiner.fmt_short()),
+    if invites.attempts.fetch_add(1, Ordering::SeqCst) >= MAX_ATTEMPTS {
+        invites.attempts.fetch_sub(1, Ordering::SeqCst);
+        conn.close(429u32.into(), b"busy");
+        return;
+    }
+    let served = serve_inner(&invites, me, &conn).await;
+    invites.attempts.fetch_sub(1, Ordering::SeqCst);
+    if let Err(e) = served {
+        tracing::info!("join attempt by {}: {e}", joiner.fmt_short());
     }
     // Let the last message reach the joiner before the connection goes.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -435,7 +449,7 @@ async fn serve_inner(invites: &Invites, me: EndpointId, conn: &Connection) -> Re
         .await
         .map_err(|_| InviteError::Connection("no stream".into()))?
         .map_err(|e| InviteError::Connection(e.to_string()))?;
-    let hello: JoinHello = read(&mut recv).await?;
+    let hello: JoinHello = read(&mut recv, MAX_JOINER_MESSAGE).await?;
     let id: [u8; 8] = hex::decode(&hello.invite)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -487,7 +501,7 @@ async fn serve_inner(invites: &Invites, me: EndpointId, conn: &Connection) -> Re
         },
     )
     .await?;
-    let confirmed = match read::<Reply>(&mut recv).await {
+    let confirmed = match read::<Reply>(&mut recv, MAX_JOINER_MESSAGE).await {
         Ok(Reply::Confirm { confirm }) => session.check("joiner", &confirm),
         Ok(_) => false,
         Err(e) => {
@@ -630,7 +644,7 @@ async fn exchange(
         },
     )
     .await?;
-    let (theirs, their_confirm) = match read::<Reply>(&mut recv).await? {
+    let (theirs, their_confirm) = match read::<Reply>(&mut recv, MAX_REPLY).await? {
         Reply::Pake { pake, confirm } => (pake_bytes(&pake)?, confirm),
         Reply::Error { message } => return Err(InviteError::Refused(message)),
         _ => return Err(InviteError::Protocol("unexpected reply".into())),
@@ -657,7 +671,7 @@ async fn exchange(
         },
     )
     .await?;
-    let bundle = match read::<Reply>(&mut recv).await? {
+    let bundle = match read::<Reply>(&mut recv, MAX_REPLY).await? {
         Reply::Bundle { sealed } => session.open(&sealed)?,
         Reply::Error { message } => return Err(InviteError::Refused(message)),
         _ => return Err(InviteError::Protocol("unexpected reply".into())),
