@@ -118,6 +118,7 @@ fn folder_scoped(command: &Command) -> bool {
         Command::Init { .. }
             | Command::Join { .. }
             | Command::Invite { .. }
+            | Command::Devices { .. }
             | Command::Id
             | Command::Keygen
             | Command::Unlock
@@ -228,6 +229,7 @@ pub fn run(cli: Cli) -> Result<()> {
             folder_key_file,
             no_passphrase,
         ),
+        Command::Devices { action } => crate::invite_cmd::devices(&ctx, action),
         Command::Invite {
             folder,
             read_only,

@@ -104,6 +104,75 @@ pub fn invite(ctx: &Ctx, folders: Vec<String>, read_only: bool, expires: &str) -
     bail!("the invite expired unused")
 }
 
+/// `sovryn devices ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum DevicesAction {
+    /// Devices that asked to sync without being listed (each once).
+    Pending,
+    /// Let a pending device sync the folders it asked for (it must still
+    /// hold their keys).
+    Approve {
+        /// Its id.
+        id: String,
+        /// Take no changes from it.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Refuse a device without a word from now on (until the node restarts).
+    Deny {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// `sovryn devices ...` on the running node.
+pub fn devices(ctx: &Ctx, action: DevicesAction) -> Result<()> {
+    let request = match &action {
+        DevicesAction::Pending => Request::DevicesPending,
+        DevicesAction::Approve { id, read_only } => Request::DevicesApprove {
+            id: id.clone(),
+            read_only: *read_only,
+        },
+        DevicesAction::Deny { id } => Request::DevicesDeny { id: id.clone() },
+    };
+    let answer = control::request(&ctx.home, &request)?.with_context(|| {
+        format!(
+            "no node is running in {}: pending devices are what a running node saw",
+            ctx.home.dir.display()
+        )
+    })?;
+    if answer["ok"] != true {
+        bail!("{}", answer["error"].as_str().unwrap_or("refused"));
+    }
+    if ctx.json {
+        return output::json(&answer);
+    }
+    match action {
+        DevicesAction::Pending => {
+            let pending = answer["pending"].as_array().cloned().unwrap_or_default();
+            if pending.is_empty() {
+                println!("no device is waiting");
+            }
+            for p in pending {
+                println!(
+                    "{}  {} attempt(s), last {}",
+                    p["id"].as_str().unwrap_or("?"),
+                    p["attempts"],
+                    crate::output::time(
+                        p["last_seen"]
+                            .as_i64()
+                            .unwrap_or(0)
+                            .saturating_mul(1_000_000_000)
+                    ),
+                );
+            }
+        }
+        DevicesAction::Approve { id, .. } => println!("approved {id}"),
+        DevicesAction::Deny { id } => println!("denied {id}"),
+    }
+    Ok(())
+}
+
 /// What `join` needs besides the code.
 pub struct JoinOptions {
     /// The code from `sovryn invite`.

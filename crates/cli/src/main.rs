@@ -79,6 +79,11 @@ pub enum Command {
         #[arg(long, default_value = "15m")]
         expires: String,
     },
+    /// Devices that asked to sync without being listed: list, approve, deny.
+    Devices {
+        #[command(subcommand)]
+        action: invite_cmd::DevicesAction,
+    },
     /// Join a mesh with a code from `sovryn invite`: creates this node and
     /// takes the folders and keys the code grants.
     Join {

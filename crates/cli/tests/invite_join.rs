@@ -150,3 +150,66 @@ fn wrong_spent_and_expired_codes_are_refused_and_leave_nothing() {
     assert!(err.contains("not an invite code"), "{err}");
     drop(a);
 }
+
+/// Polls `devices pending` on `a` until `id` is listed.
+fn wait_pending(a: &Peer, id: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + mesh::CONVERGE;
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&a.ok(&["--json", "devices", "pending"])).unwrap();
+        if v["pending"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == id)
+        {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never pending: {v}\n{}",
+            a.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_unknown_device_waits_in_pending_until_approved_or_denied() {
+    let mut a = Peer::new("alpha", None);
+    a.up();
+    a.write("shared.txt", b"for approved devices");
+    // E holds the folder key and lists A, but A does not list E.
+    let mut e = Peer::new("echo", Some(&a.folder_key()));
+    e.trust(&a);
+    e.up();
+    let pending = wait_pending(&a, &e.id);
+    assert!(
+        pending["pending"][0]["attempts"].as_u64().unwrap() >= 1,
+        "{pending}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Logged once, however often it knocks.
+    let log = a.log();
+    assert_eq!(
+        log.matches(&format!("unknown device {}", e.id)).count(),
+        1,
+        "{log}"
+    );
+    assert!(!e.root.join("shared.txt").exists());
+    a.ok(&["devices", "approve", &e.id]);
+    e.wait_for_file("shared.txt");
+    let peers = a.ok(&["--json", "peers", "list"]);
+    assert!(peers.contains(&e.id), "{peers}");
+
+    // A denied device is not listed again.
+    let mut f = Peer::new("foxtrot", Some(&a.folder_key()));
+    f.trust(&a);
+    f.up();
+    wait_pending(&a, &f.id);
+    a.ok(&["devices", "deny", &f.id]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let v = a.ok(&["--json", "devices", "pending"]);
+    assert!(!v.contains(&f.id), "{v}");
+    assert!(!f.root.join("shared.txt").exists());
+}

@@ -159,7 +159,7 @@ fn unknown_peer_is_refused() {
     a.up();
     c.up();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let needle = format!("refused a connection from unknown endpoint {}", c.id);
+    let needle = format!("unknown device {} asked to sync", c.id);
     while !a.log().contains(&needle) {
         assert!(
             Instant::now() < deadline,

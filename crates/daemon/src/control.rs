@@ -87,6 +87,21 @@ pub enum Request {
         /// Wait this long at most.
         wait_ms: u64,
     },
+    /// Devices that asked to sync without being listed.
+    DevicesPending,
+    /// Approve a pending device for the folders it asked for.
+    DevicesApprove {
+        /// Its id.
+        id: String,
+        /// Take no changes from it.
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// Refuse a device silently from now on.
+    DevicesDeny {
+        /// Its id.
+        id: String,
+    },
     /// A read-only question, answered from the node's read-only handles.
     Query {
         /// What to answer.

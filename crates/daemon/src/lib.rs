@@ -11,6 +11,7 @@
 //! * [`local_socket`]: sockets only this user may use.
 
 pub mod control;
+mod devices;
 mod error;
 mod folders;
 pub mod invites;

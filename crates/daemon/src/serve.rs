@@ -126,6 +126,11 @@ impl Daemon {
                     )
                     .await
                 }
+                Request::DevicesPending => crate::devices::pending_now(self),
+                Request::DevicesApprove { id, read_only } => {
+                    crate::devices::approve_now(self, &id, read_only).await
+                }
+                Request::DevicesDeny { id } => crate::devices::deny_now(self, &id),
                 Request::Pause => crate::requests::pause_now(self, true).await,
                 Request::Resume => crate::requests::pause_now(self, false).await,
                 Request::ConflictsResolve { path, keep } => {

@@ -70,7 +70,7 @@ impl Allowlist {
                 reason: b"paused".to_vec(),
             }
         } else {
-            tracing::warn!("refused a connection from unknown endpoint {id}");
+            // Logged once per device, by the gate's list of knocks.
             AfterHandshakeOutcome::Reject {
                 error_code: 403u32.into(),
                 reason: b"not an allowed peer".to_vec(),
@@ -87,6 +87,8 @@ pub struct Gate {
     folders: Arc<RwLock<HashMap<Vec<u8>, Allowlist>>>,
     /// Open invites: while one is, anyone may try the join protocol once.
     pub(crate) invites: Arc<crate::invite::Invites>,
+    /// Unknown devices refused, for `sovryn devices pending`.
+    pub(crate) knocks: Arc<crate::knocks::Knocks>,
 }
 
 impl Gate {
@@ -120,7 +122,14 @@ impl EndpointHooks for Gate {
             .ok()
             .and_then(|m| m.get(conn.alpn()).cloned());
         match folder {
-            Some(allow) => allow.admit(conn.remote_id()),
+            Some(allow) => {
+                let outcome = allow.admit(conn.remote_id());
+                if matches!(&outcome, AfterHandshakeOutcome::Reject { error_code, .. } if *error_code == 403u32.into())
+                {
+                    self.knocks.knocked(conn.remote_id(), conn.alpn());
+                }
+                outcome
+            }
             // Not a folder served here (TLS already refuses an ALPN the
             // endpoint does not offer; this covers one just removed).
             None => AfterHandshakeOutcome::Reject {

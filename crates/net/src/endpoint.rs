@@ -288,6 +288,27 @@ impl SyncNet {
         &self.gate.invites
     }
 
+    /// Unknown devices that asked to sync.
+    pub fn knocks(&self) -> &Arc<crate::knocks::Knocks> {
+        &self.gate.knocks
+    }
+
+    /// The homes of the folders served here that these ALPNs name.
+    pub async fn folder_homes(
+        &self,
+        alpns: &std::collections::BTreeSet<Vec<u8>>,
+    ) -> Vec<sovryn_engine::Home> {
+        let mut out = Vec::new();
+        for alpn in alpns {
+            if let Some(net) = self.route_of(alpn) {
+                if let Ok(home) = net.shared.with_node(|n| Ok(n.home.clone())).await {
+                    out.push(home);
+                }
+            }
+        }
+        out
+    }
+
     /// This endpoint's id (the node id).
     pub fn id(&self) -> EndpointId {
         self.endpoint.id()

@@ -21,6 +21,7 @@ mod bandwidth;
 pub mod endpoint;
 mod index;
 pub mod invite;
+pub mod knocks;
 pub mod membership;
 mod session;
 pub mod shared;
