@@ -123,11 +123,21 @@ pub enum DevicesAction {
         /// Its id.
         id: String,
     },
+    /// Remove a device from every folder, on every member: the signed
+    /// device list carries the revocation, and no member takes it back.
+    Revoke {
+        /// Its id.
+        id: String,
+    },
+    /// The default folder's devices: configured peers, who vouched for each, revoked ones.
+    List,
 }
 
 /// `sovryn devices ...` on the running node.
 pub fn devices(ctx: &Ctx, action: DevicesAction) -> Result<()> {
     let request = match &action {
+        DevicesAction::Revoke { id } => return revoke(ctx, id),
+        DevicesAction::List => Request::DevicesList,
         DevicesAction::Pending => Request::DevicesPending,
         DevicesAction::Approve { id, read_only } => Request::DevicesApprove {
             id: id.clone(),
@@ -169,7 +179,54 @@ pub fn devices(ctx: &Ctx, action: DevicesAction) -> Result<()> {
         }
         DevicesAction::Approve { id, .. } => println!("approved {id}"),
         DevicesAction::Deny { id } => println!("denied {id}"),
+        DevicesAction::List => {
+            for d in answer["devices"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{}  {}{}  vouched for by {}",
+                    d["id"].as_str().unwrap_or("?"),
+                    d["name"].as_str().unwrap_or("-"),
+                    if d["read_only"] == true {
+                        " (read-only)"
+                    } else {
+                        ""
+                    },
+                    d["vouched_by"].as_array().map_or(0, |v| v.len()),
+                );
+            }
+            for r in answer["revoked"].as_array().cloned().unwrap_or_default() {
+                println!("{}  revoked", r.as_str().unwrap_or("?"));
+            }
+        }
+        DevicesAction::Revoke { .. } => {}
     }
+    Ok(())
+}
+
+/// Revokes `id` in every folder of the node (each folder's running
+/// service signs the revocation into its list).
+fn revoke(ctx: &Ctx, id: &str) -> Result<()> {
+    let mut done = Vec::new();
+    for f in folders::list(&ctx.home)? {
+        let answer = control::request(&f.home, &Request::DevicesRevoke { id: id.to_owned() })?
+            .with_context(|| {
+                format!(
+                    "folder {} is not running: start the node (`sovryn up`), then revoke",
+                    f.name.as_str()
+                )
+            })?;
+        if answer["ok"] != true {
+            bail!(
+                "folder {}: {}",
+                f.name.as_str(),
+                answer["error"].as_str().unwrap_or("refused")
+            );
+        }
+        done.push(f.name.as_str().to_owned());
+    }
+    if ctx.json {
+        return output::json(&json!({"ok": true, "revoked": id, "folders": done}));
+    }
+    println!("revoked {id} in {}", done.join(", "));
     Ok(())
 }
 

@@ -141,6 +141,7 @@ async fn join(
             want_epoch,
             check: None,
             coming: false,
+            devices: false,
         },
     )
     .await
@@ -269,6 +270,7 @@ async fn a_peer_without_the_folder_key_gets_nothing() {
         want_epoch: 0,
         check: None,
         coming: false,
+        devices: false,
     };
     let index = Msg::Index {
         records: vec![WireRecord::new("secret.txt".into(), 1, del.clone(), false)],

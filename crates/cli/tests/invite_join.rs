@@ -213,3 +213,74 @@ fn an_unknown_device_waits_in_pending_until_approved_or_denied() {
     assert!(!v.contains(&f.id), "{v}");
     assert!(!f.root.join("shared.txt").exists());
 }
+
+/// Polls `peers list` on `p` until `id` is (or is no longer) listed.
+fn wait_listed(p: &Peer, id: &str, listed: bool) {
+    let deadline = std::time::Instant::now() + mesh::CONVERGE;
+    loop {
+        let peers = p.ok(&["--json", "peers", "list"]);
+        if peers.contains(id) == listed {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} listed: {} (wanted {listed}) on {}\n{}",
+            peers.contains(id),
+            p.home.display(),
+            p.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_member_trusts_a_joined_device_and_a_revocation_reaches_them_all() {
+    let mut a = Peer::new("alpha", None);
+    let key = a.folder_key();
+    let mut b = Peer::new("beta", Some(&key));
+    let mut c = Peer::new("gamma", Some(&key));
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &a), (&b, &c), (&c, &a), (&c, &b)] {
+        x.trust(y);
+    }
+    a.up();
+    b.up();
+    c.up();
+    let code = invite(&a, &[])["code"].as_str().unwrap().to_owned();
+    let mut d = newcomer();
+    let args = join_args(&d, &code);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    d.ok(&args);
+    d.root = std::fs::canonicalize(&d.root).unwrap();
+    d.id = d.ok(&["id"]).trim().to_owned();
+    d.up();
+    // No command on B or C: A's signed add reaches them.
+    wait_listed(&b, &d.id, true);
+    wait_listed(&c, &d.id, true);
+    // And D learns B and C from A's list.
+    wait_listed(&d, &b.id, true);
+    wait_listed(&d, &c.id, true);
+    c.write("from-gamma.txt", b"c");
+    d.wait_for_file("from-gamma.txt");
+    d.write("from-delta.txt", b"d");
+    b.wait_for_file("from-delta.txt");
+
+    // B revokes D: A and C drop it, and nothing written after reaches D.
+    b.ok(&["devices", "revoke", &d.id]);
+    wait_listed(&b, &d.id, false);
+    wait_listed(&a, &d.id, false);
+    wait_listed(&c, &d.id, false);
+    let list = a.ok(&["--json", "devices", "list"]);
+    assert!(list.contains(&d.id), "the revocation is recorded: {list}");
+    a.write("after-revocation.txt", b"not for delta");
+    c.wait_for_file("after-revocation.txt");
+    b.wait_for_file("after-revocation.txt");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        !d.root.join("after-revocation.txt").exists(),
+        "a revoked device got a file written after its revocation\nD:\n{}\nA:\n{}\nB:\n{}\nC:\n{}",
+        d.log(),
+        a.log(),
+        b.log(),
+        c.log()
+    );
+}

@@ -97,6 +97,13 @@ pub enum Request {
         #[serde(default)]
         read_only: bool,
     },
+    /// Revoke a device in the folder's signed device list.
+    DevicesRevoke {
+        /// Its id.
+        id: String,
+    },
+    /// The folder's devices (configured peers and the signed list).
+    DevicesList,
     /// Refuse a device silently from now on.
     DevicesDeny {
         /// Its id.

@@ -5,6 +5,7 @@
 
 use serde_json::json;
 use sovryn_engine::config::PeerConfig;
+use sovryn_engine::devices::{apply_to_config, DeviceList, DeviceOp, OpKind};
 use sovryn_engine::identity::PublicKey;
 use sovryn_engine::Config;
 
@@ -47,4 +48,94 @@ pub(crate) fn deny_now(d: &Daemon, id: &str) -> serde_json::Value {
         }
         Err(_) => json!({"ok": false, "error": format!("{id} is not a device id")}),
     }
+}
+
+/// Revokes device `id` in this folder's signed device list: it is removed
+/// from the configured peers here, and every member removes it as the
+/// list reaches them; no member takes it back later.
+pub(crate) async fn revoke_now(d: &Daemon, id: &str) -> serde_json::Value {
+    let Ok(key) = id.trim().parse::<PublicKey>() else {
+        return json!({"ok": false, "error": format!("{id} is not a device id")});
+    };
+    let me = d.net.id();
+    if key == me {
+        return json!({"ok": false, "error": "a node cannot revoke itself; revoke it from another member"});
+    }
+    let done = d
+        .shared
+        .with_node_bulk(move |n| {
+            let folder = n.store.folder_id().to_owned();
+            let mut list = DeviceList::load(&n.home)?;
+            list.ops.push(DeviceOp::new(
+                &folder,
+                &n.secret,
+                OpKind::Revoke,
+                &key,
+                None,
+                false,
+                Vec::new(),
+            ));
+            list.save(&n.home)?;
+            Ok(apply_to_config(&n.home, &folder, &me, &list)?)
+        })
+        .await;
+    match done {
+        Ok(_) => {
+            let reload = d.reload_config().await;
+            if reload["ok"] != true {
+                return reload;
+            }
+            tracing::info!("revoked device {}", key.fmt_short());
+            json!({"ok": true, "revoked": id})
+        }
+        Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+    }
+}
+
+/// The folder's members as its device list and configured peers say.
+pub(crate) async fn list_now(d: &Daemon) -> serde_json::Value {
+    let me = d.net.id().to_string();
+    let listed = d
+        .shared
+        .with_node(move |n| {
+            let folder = n.store.folder_id().to_owned();
+            let list = DeviceList::load(&n.home)?;
+            let peers = Config::load(&n.home)?.peers;
+            let mut roots: std::collections::HashSet<String> =
+                peers.iter().map(|p| p.id.clone()).collect();
+            roots.insert(me.clone());
+            let members = list.members(&folder, &roots);
+            let devices: Vec<serde_json::Value> = peers
+                .iter()
+                .map(|p| {
+                    let vouched: Vec<&str> = list
+                        .ops
+                        .iter()
+                        .filter(|o| o.device == p.id && o.kind == OpKind::Add)
+                        .map(|o| o.by.as_str())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    json!({
+                        "id": p.id,
+                        "name": p.name,
+                        "read_only": p.read_only,
+                        "addresses": p.addresses,
+                        "vouched_by": vouched,
+                    })
+                })
+                .collect();
+            Ok(json!({
+                "ok": true,
+                "devices": devices,
+                "revoked": members.revoked,
+                "operations": list.ops.len(),
+            }))
+        })
+        .await;
+    done_or_error(listed)
+}
+
+fn done_or_error(r: Result<serde_json::Value, sovryn_net::Error>) -> serde_json::Value {
+    r.unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")}))
 }

@@ -203,6 +203,17 @@ impl Daemon {
         let (_, mut rx) = mpsc::channel(1);
         std::mem::swap(&mut rx, &mut self.watched);
         let this = Arc::new(self);
+        {
+            let weak = Arc::downgrade(&this);
+            this.net.on_config_written(Arc::new(move || {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    if let Some(d) = weak.upgrade() {
+                        d.reload_config().await;
+                    }
+                })
+            }));
+        }
         let mut tasks = Supervisor::new();
         {
             let net = this.net.clone();

@@ -131,6 +131,8 @@ impl Daemon {
                     crate::devices::approve_now(self, &id, read_only).await
                 }
                 Request::DevicesDeny { id } => crate::devices::deny_now(self, &id),
+                Request::DevicesRevoke { id } => crate::devices::revoke_now(self, &id).await,
+                Request::DevicesList => crate::devices::list_now(self).await,
                 Request::Pause => crate::requests::pause_now(self, true).await,
                 Request::Resume => crate::requests::pause_now(self, false).await,
                 Request::ConflictsResolve { path, keep } => {

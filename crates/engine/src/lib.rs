@@ -12,6 +12,7 @@
 pub mod config;
 pub mod conflicts;
 pub mod decide;
+pub mod devices;
 pub mod folders;
 pub mod fsutil;
 pub mod identity;

@@ -245,6 +245,8 @@ impl SyncNet {
             discovery: on.discovery,
             dialer: Mutex::new(None),
             receiving: Mutex::new(HashMap::new()),
+            devices_changed: watch::channel(0).0,
+            config_hook: std::sync::OnceLock::new(),
         });
         net.route(&net);
         Ok(net)
@@ -288,6 +290,12 @@ impl SyncNet {
         &self.gate.invites
     }
 
+    /// Installs what applies `config.toml` after this service wrote it
+    /// (the daemon's reload); without one, only the allowlist is updated.
+    pub fn on_config_written(&self, hook: ConfigHook) {
+        let _ = self.config_hook.set(hook);
+    }
+
     /// Unknown devices that asked to sync.
     pub fn knocks(&self) -> &Arc<crate::knocks::Knocks> {
         &self.gate.knocks
@@ -324,6 +332,8 @@ impl SyncNet {
     /// scope) changed: every decision of a session reads the allowlist, and
     /// the peer reconnects at once under its new rights.
     pub fn set_peers(&self, peers: &[PeerConfig]) {
+        // Sessions send the device list again (vouching for new peers).
+        self.devices_changed.send_modify(|v| *v += 1);
         let map = peer_map(peers);
         // The new rights are in force before any session is told.
         let old = self.allow.all();

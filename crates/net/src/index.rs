@@ -258,6 +258,13 @@ impl SyncNet {
                         }
                         continue;
                     }
+                    Msg::Devices { ops } => {
+                        if ops.len() > sovryn_engine::devices::MAX_OPS {
+                            bail!("a device list of {} operations", ops.len());
+                        }
+                        self.merge_devices(&peer, ops).await?;
+                        continue;
+                    }
                     Msg::Error { message } => bail!("peer: {message}"),
                     other => bail!("unexpected {} message", msg_name(&other)),
                 };

@@ -18,6 +18,7 @@ mod ahead;
 pub mod allowlist;
 mod assemble;
 mod bandwidth;
+mod devices;
 pub mod endpoint;
 mod index;
 pub mod invite;
@@ -128,7 +129,17 @@ pub struct SyncNet {
     /// the one before it (a duplicate connection closed mid-fetch) has
     /// stored what it had received, so no chunk is fetched twice.
     receiving: Mutex<HashMap<EndpointId, Arc<tokio::sync::Semaphore>>>,
+    /// Bumped when the device list or the configured peers change: each
+    /// session sends the list again.
+    devices_changed: watch::Sender<u64>,
+    /// Applies `config.toml` after this service wrote it (the daemon's
+    /// reload, so every config change goes one way, one at a time).
+    config_hook: std::sync::OnceLock<ConfigHook>,
 }
+
+/// What applies the folder's `config.toml` once the sync service changed it.
+pub type ConfigHook =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
 impl std::fmt::Debug for SyncNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -56,6 +56,7 @@ pub(crate) fn msg_name(m: &Msg) -> &'static str {
         Msg::Probe { .. } => "probe",
         Msg::NoChunk { .. } => "no_chunk",
         Msg::Coming { .. } => "coming",
+        Msg::Devices { .. } => "devices",
     }
 }
 
@@ -228,6 +229,7 @@ impl SyncNet {
                 want_epoch,
                 check,
                 coming: true,
+                devices: true,
             },
         )
         .await?;
@@ -242,6 +244,7 @@ impl SyncNet {
             their_want_epoch,
             their_check,
             hears_coming,
+            hears_devices,
         ) = match hello {
             Some(Msg::Hello {
                 folder_id,
@@ -252,6 +255,7 @@ impl SyncNet {
                 want_epoch,
                 check,
                 coming,
+                devices,
                 ..
             }) => {
                 // Both proved the folder key, so the ids agree; a mismatch
@@ -260,7 +264,9 @@ impl SyncNet {
                     folder_id == self.folder_id,
                     "folder id mismatch after proof"
                 );
-                (name, seq, want_since, epoch, want_epoch, check, coming)
+                (
+                    name, seq, want_since, epoch, want_epoch, check, coming, devices,
+                )
             }
             Some(Msg::Error { message }) => bail!("peer refused: {message}"),
             Some(other) => bail!("expected Hello, got {}", msg_name(&other)),
@@ -356,6 +362,11 @@ impl SyncNet {
         // our acks of theirs.
         let send = Arc::new(tokio::sync::Mutex::new(send));
         drop(cfg);
+        let device_sender = {
+            let me = self.clone();
+            let send = send.clone();
+            async move { me.send_devices(send, hears_devices).await }
+        };
         let sender = {
             let me = self.clone();
             let send = send.clone();
@@ -372,6 +383,7 @@ impl SyncNet {
             async move { me.receive_index(peer, &conn, recv, send).await }
         };
         tokio::select! {
+            r = device_sender => r.context("sending the device list"),
             r = sender => r.context("sending"),
             r = server => r.context("serving chunks"),
             r = receiver => r.context("receiving"),

@@ -252,6 +252,15 @@ pub enum Msg {
         /// The sender understands `Coming` messages (absent: an older node).
         #[serde(default)]
         coming: bool,
+        /// The sender understands `Devices` messages (absent: an older node).
+        #[serde(default)]
+        devices: bool,
+    },
+    /// The sender's operations on the folder's signed device list (each
+    /// checked, and counted only when signed by a trusted member).
+    Devices {
+        /// Operations, at most `sovryn_engine::devices::MAX_OPS`.
+        ops: Vec<sovryn_engine::devices::DeviceOp>,
     },
     /// Changed records, oldest first; `upto` is the sender's sequence they bring the receiver to.
     Index {

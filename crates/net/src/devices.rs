@@ -1,0 +1,89 @@
+//! Gossip of the folder's signed device list (`sovryn_engine::devices`):
+//! each session sends this node's operations when it starts and whenever
+//! the list or the configured peers change, and merges the peer's. What
+//! the merged list says is written into the folder's configured peers (a
+//! member another member added is trusted here; a revoked one is removed),
+//! and the daemon applies the config as it applies any other edit.
+
+use super::*;
+use sovryn_engine::devices::{apply_to_config, DeviceList, DeviceOp};
+
+impl SyncNet {
+    /// This node's operations for the folder, after vouching for every
+    /// configured peer it has not vouched for yet.
+    async fn device_ops(&self) -> Result<Vec<DeviceOp>, Error> {
+        let folder = self.folder_id.clone();
+        self.shared
+            .with_node_bulk(move |n| {
+                let mut list = DeviceList::load(&n.home)?;
+                let peers = sovryn_engine::Config::load(&n.home)?.peers;
+                if list.vouch(&folder, &n.secret, &peers) {
+                    list.save(&n.home)?;
+                }
+                Ok(list.ops)
+            })
+            .await
+    }
+
+    /// Sends the device list now and after every change, while the
+    /// session lasts (never returns for a peer that does not hear it).
+    pub(crate) async fn send_devices(&self, send: ControlSend, hears: bool) -> Result<()> {
+        if !hears {
+            return std::future::pending().await;
+        }
+        let mut changed = self.devices_changed.subscribe();
+        loop {
+            let ops = self.device_ops().await?;
+            wire::write_msg(&mut *send.lock().await, &Msg::Devices { ops }).await?;
+            if changed.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Merges a peer's operations; when any was new, writes what the list
+    /// now says into the configured peers and tells the other sessions.
+    pub(crate) async fn merge_devices(&self, from: &EndpointId, ops: Vec<DeviceOp>) -> Result<()> {
+        let folder = self.folder_id.clone();
+        let me = self.endpoint.id();
+        let (new, config_changed) = self
+            .shared
+            .with_node_bulk(move |n| {
+                let mut list = DeviceList::load(&n.home)?;
+                let new = list.merge(&folder, ops);
+                if new == 0 {
+                    return Ok((0, false));
+                }
+                list.save(&n.home)?;
+                Ok((new, apply_to_config(&n.home, &folder, &me, &list)?))
+            })
+            .await?;
+        // In force before this returns (a revoked device gets nothing
+        // more), not when the daemon's config watcher gets to it.
+        if config_changed {
+            match self.config_hook.get() {
+                Some(apply) => apply().await,
+                None => {
+                    let peers = self
+                        .shared
+                        .with_node(|n| Ok(sovryn_engine::Config::load(&n.home)?.peers))
+                        .await?;
+                    self.set_peers(&peers);
+                }
+            }
+        }
+        if new > 0 {
+            tracing::info!(
+                "device list: {new} new operation(s) from {}{}",
+                from.fmt_short(),
+                if config_changed {
+                    "; peers updated"
+                } else {
+                    ""
+                }
+            );
+            self.devices_changed.send_modify(|v| *v += 1);
+        }
+        Ok(())
+    }
+}
