@@ -629,3 +629,71 @@ async fn narrowing_a_connected_peer_applies_at_once() {
     let again = index_records(&mut recv).await;
     assert!(again.iter().any(|(p, _, _)| p == "secret.txt"));
 }
+
+/// A peer sends forged device-list operations: a bad signature, a signer
+/// nobody trusts revoking a member, a read-only peer adding a device, an
+/// operation of another folder. None changes the node's peers; an
+/// operation a full member signed, relayed by the same peer, does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_device_operations_change_no_peer() {
+    use sovryn_engine::devices::{DeviceOp, OpKind};
+    let (n, port) = node_with_files();
+    let key = n.folder_key();
+    let (mkey, _) = keys(&key);
+    let h = Hostile::new().await;
+    n.ok(&["peers", "add", &h.id(), "--read-only"]);
+    let beta = SecretKey::generate();
+    n.trust(&beta.public().to_string(), None);
+    let _up = n.up();
+    let node = n.id();
+    let folder = n.json(&["status"])["folder_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let conn = h.connect(&node, port, &folder).await;
+    let (mut send, _recv, _) = join(&h, &conn, &mkey, 0, 0).await;
+
+    let (x, y, z) = (
+        SecretKey::generate(),
+        SecretKey::generate(),
+        SecretKey::generate(),
+    );
+    let op = |by: &SecretKey, kind, who: &SecretKey, f: &str| {
+        DeviceOp::new(f, by, kind, &who.public(), None, false, vec![])
+    };
+    let mut tampered = op(&beta, OpKind::Add, &x, &folder);
+    tampered.device = y.public().to_string();
+    let forged = vec![
+        // A read-only peer adds a device.
+        op(h.ep.secret_key(), OpKind::Add, &x, &folder),
+        // A stranger revokes a member.
+        op(&y, OpKind::Revoke, &beta, &folder),
+        // A member's signature over other fields.
+        tampered,
+        // A member's add for another folder.
+        op(&beta, OpKind::Add, &x, "another-folder"),
+        // The control: a member's genuine add.
+        op(&beta, OpKind::Add, &z, &folder),
+    ];
+    wire::write_msg(&mut send, &Msg::Devices { ops: forged })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let peers = loop {
+        let peers = n.ok(&["--json", "peers", "list"]);
+        if peers.contains(&z.public().to_string()) {
+            break peers;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the genuine add never counted: {peers}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!peers.contains(&x.public().to_string()), "{peers}");
+    assert!(!peers.contains(&y.public().to_string()), "{peers}");
+    assert!(
+        peers.contains(&beta.public().to_string()),
+        "a stranger revoked a member: {peers}"
+    );
+}

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use sovryn_engine::config::PeerConfig;
-use sovryn_engine::devices::{apply_to_config, DeviceList, DeviceOp, OpKind};
+use sovryn_engine::devices::{apply_to_config, signing_roots, DeviceList, DeviceOp, OpKind};
 use sovryn_engine::identity::PublicKey;
 use sovryn_engine::Config;
 
@@ -94,17 +94,13 @@ pub(crate) async fn revoke_now(d: &Daemon, id: &str) -> serde_json::Value {
 
 /// The folder's members as its device list and configured peers say.
 pub(crate) async fn list_now(d: &Daemon) -> serde_json::Value {
-    let me = d.net.id().to_string();
     let listed = d
         .shared
         .with_node(move |n| {
             let folder = n.store.folder_id().to_owned();
             let list = DeviceList::load(&n.home)?;
             let peers = Config::load(&n.home)?.peers;
-            let mut roots: std::collections::HashSet<String> =
-                peers.iter().map(|p| p.id.clone()).collect();
-            roots.insert(me.clone());
-            let members = list.members(&folder, &roots);
+            let members = list.members(&folder, &signing_roots(&n.secret.public(), &peers));
             let devices: Vec<serde_json::Value> = peers
                 .iter()
                 .map(|p| {

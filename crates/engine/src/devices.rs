@@ -181,9 +181,10 @@ impl DeviceList {
         crate::fsutil::write_atomic(&path(home), &bytes, 0o600)
     }
 
-    /// Who is a member, given who this node trusts without operations
-    /// (`roots`: its configured peers and itself). Only operations whose
-    /// signer is trusted count (see the module's text).
+    /// Who is a member, given who this node trusts to sign without
+    /// operations (`roots`: see [`signing_roots`]). Only operations whose
+    /// signer is trusted count, and only a device added with full rights
+    /// (not read-only) may sign in turn.
     pub fn members(&self, folder: &str, roots: &HashSet<String>) -> Members {
         let checked: Vec<&DeviceOp> = self
             .ops
@@ -195,7 +196,7 @@ impl DeviceList {
         loop {
             let before = trusted.len();
             for o in &checked {
-                if o.kind == OpKind::Add && trusted.contains(&o.by) {
+                if o.kind == OpKind::Add && !o.read_only && trusted.contains(&o.by) {
                     trusted.insert(o.device.clone());
                 }
             }
@@ -284,6 +285,19 @@ impl DeviceList {
     }
 }
 
+/// Who a node trusts to sign device operations without any: itself and
+/// its configured peers with full rights (a read-only peer, or one limited
+/// to some paths, may not add devices that would get more than it has).
+pub fn signing_roots(me: &PublicKey, peers: &[PeerConfig]) -> HashSet<String> {
+    let mut roots: HashSet<String> = peers
+        .iter()
+        .filter(|p| !p.read_only && p.paths.is_empty())
+        .map(|p| p.id.clone())
+        .collect();
+    roots.insert(me.to_string());
+    roots
+}
+
 /// Brings a folder's configured peers in line with its device list:
 /// members missing from the config are added (with what their add says),
 /// revoked devices are removed. Returns whether the config changed.
@@ -294,9 +308,7 @@ pub fn apply_to_config(
     list: &DeviceList,
 ) -> Result<bool> {
     Config::update(home, |c| {
-        let mut roots: HashSet<String> = c.peers.iter().map(|p| p.id.clone()).collect();
-        roots.insert(me.to_string());
-        let members = list.members(folder, &roots);
+        let members = list.members(folder, &signing_roots(me, &c.peers));
         let before = c.peers.len();
         c.peers.retain(|p| !members.revoked.contains(&p.id));
         let mut changed = c.peers.len() != before;
@@ -367,6 +379,33 @@ mod tests {
             .members(f, &roots)
             .added
             .contains_key(&d.public().to_string()));
+    }
+
+    #[test]
+    fn a_read_only_device_cannot_add_devices() {
+        let (a, r, x) = (key(), key(), key());
+        let f = "folder";
+        let peers = vec![PeerConfig {
+            id: r.public().to_string(),
+            read_only: true,
+            ..Default::default()
+        }];
+        let roots = signing_roots(&a.public(), &peers);
+        let mut list = DeviceList::default();
+        list.merge(f, vec![add(f, &r, &x)]);
+        assert!(list.members(f, &roots).added.is_empty());
+        // Nor can a device added read-only by a member.
+        let (y, z) = (key(), key());
+        list.merge(
+            f,
+            vec![
+                DeviceOp::new(f, &a, OpKind::Add, &y.public(), None, true, vec![]),
+                add(f, &y, &z),
+            ],
+        );
+        let m = list.members(f, &roots);
+        assert!(m.added.contains_key(&y.public().to_string()));
+        assert!(!m.added.contains_key(&z.public().to_string()));
     }
 
     #[test]
