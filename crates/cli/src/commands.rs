@@ -119,6 +119,7 @@ fn folder_scoped(command: &Command) -> bool {
             | Command::Join { .. }
             | Command::Invite { .. }
             | Command::Devices { .. }
+            | Command::Vault { .. }
             | Command::Id
             | Command::Keygen
             | Command::Unlock
@@ -230,6 +231,7 @@ pub fn run(cli: Cli) -> Result<()> {
             no_passphrase,
         ),
         Command::Devices { action } => crate::invite_cmd::devices(&ctx, action),
+        Command::Vault { action } => crate::vault_cmd::vault(&ctx, action),
         Command::Invite {
             folder,
             read_only,

@@ -9,6 +9,7 @@ mod mcp_stdio;
 mod node_cmd;
 mod output;
 mod unlock;
+mod vault_cmd;
 
 use std::path::PathBuf;
 
@@ -78,6 +79,11 @@ pub enum Command {
         /// How long the code works (it works once).
         #[arg(long, default_value = "15m")]
         expires: String,
+    },
+    /// The config vault: settings on every device, sealed with a passphrase.
+    Vault {
+        #[command(subcommand)]
+        action: vault_cmd::VaultAction,
     },
     /// Devices that asked to sync without being listed: list, approve, deny.
     Devices {

@@ -142,6 +142,7 @@ async fn join(
             check: None,
             coming: false,
             devices: false,
+            vault: false,
         },
     )
     .await
@@ -271,6 +272,7 @@ async fn a_peer_without_the_folder_key_gets_nothing() {
         check: None,
         coming: false,
         devices: false,
+        vault: false,
     };
     let index = Msg::Index {
         records: vec![WireRecord::new("secret.txt".into(), 1, del.clone(), false)],

@@ -87,6 +87,8 @@ pub enum Request {
         /// Wait this long at most.
         wait_ms: u64,
     },
+    /// The vault (or the device list) changed on disk: send it to peers.
+    SharedStateChanged,
     /// Devices that asked to sync without being listed.
     DevicesPending,
     /// Approve a pending device for the folders it asked for.

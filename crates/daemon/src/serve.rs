@@ -127,6 +127,10 @@ impl Daemon {
                     .await
                 }
                 Request::DevicesPending => crate::devices::pending_now(self),
+                Request::SharedStateChanged => {
+                    self.net.shared_state_changed();
+                    serde_json::json!({"ok": true})
+                }
                 Request::DevicesApprove { id, read_only } => {
                     crate::devices::approve_now(self, &id, read_only).await
                 }

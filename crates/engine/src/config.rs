@@ -472,25 +472,12 @@ impl Config {
     /// and an agent's `add_peer`) queue instead of losing each other's
     /// change. Nothing is saved when `f` fails.
     pub fn update<T>(home: &Home, f: impl FnOnce(&mut Config) -> Result<T>) -> Result<T> {
-        use std::os::unix::fs::OpenOptionsExt;
-        use std::os::unix::io::AsRawFd;
-        let path = home.dir.join("config.lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        // SAFETY: flock on a descriptor we own; released when `lock` drops.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(&path, std::io::Error::last_os_error()));
-        }
-        let mut config = Config::load(home)?;
-        let out = f(&mut config)?;
-        config.save(home)?;
-        drop(lock);
-        Ok(out)
+        with_lock(home, "config.lock", || {
+            let mut config = Config::load(home)?;
+            let out = f(&mut config)?;
+            config.save(home)?;
+            Ok(out)
+        })
     }
 
     /// Trusts `peer`, or updates it when its id is known: its rights
@@ -703,6 +690,28 @@ fn valid_cidr(s: &str) -> bool {
     };
     let max = if ip.is_ipv4() { 32 } else { 128 };
     prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|n| n <= max))
+}
+
+/// Runs `f` holding the exclusive lock file `name` in `home` (processes
+/// and threads that edit one file of the home take turns).
+pub fn with_lock<T>(home: &Home, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let path = home.dir.join(name);
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    // SAFETY: flock on a descriptor we own; released when `lock` drops.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(Error::io(&path, std::io::Error::last_os_error()));
+    }
+    let out = f();
+    drop(lock);
+    out
 }
 
 #[cfg(test)]

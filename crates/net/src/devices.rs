@@ -27,7 +27,12 @@ impl SyncNet {
 
     /// Sends the device list now and after every change, while the
     /// session lasts (never returns for a peer that does not hear it).
-    pub(crate) async fn send_devices(&self, send: ControlSend, hears: bool) -> Result<()> {
+    pub(crate) async fn send_devices(
+        &self,
+        send: ControlSend,
+        hears: bool,
+        hears_vault: bool,
+    ) -> Result<()> {
         if !hears {
             return std::future::pending().await;
         }
@@ -35,6 +40,16 @@ impl SyncNet {
         loop {
             let ops = self.device_ops().await?;
             wire::write_msg(&mut *send.lock().await, &Msg::Devices { ops }).await?;
+            // The vault is the node's, sent on its first folder's sessions.
+            if hears_vault && self.owner {
+                let envelope = self
+                    .shared
+                    .with_node(|n| Ok(sovryn_engine::vault::load_envelope(&n.home)?))
+                    .await?;
+                if let Some(envelope) = envelope {
+                    wire::write_msg(&mut *send.lock().await, &Msg::Vault { envelope }).await?;
+                }
+            }
             if changed.changed().await.is_err() {
                 return std::future::pending().await;
             }
@@ -83,6 +98,35 @@ impl SyncNet {
                 }
             );
             self.devices_changed.send_modify(|v| *v += 1);
+        }
+        Ok(())
+    }
+
+    /// Merges a peer's vault into this node's; when it changed, the other
+    /// sessions send it on.
+    pub(crate) async fn merge_vault(
+        &self,
+        from: &EndpointId,
+        envelope: sovryn_engine::vault::Envelope,
+    ) -> Result<()> {
+        if !self.owner {
+            return Ok(());
+        }
+        let home = self.shared.with_node(|n| Ok(n.home.clone())).await?;
+        let changed = tokio::task::spawn_blocking(move || {
+            sovryn_engine::vault::merge_received(&home, &envelope)
+        })
+        .await
+        .context("vault merge panicked")?;
+        match changed {
+            Ok(true) => {
+                tracing::info!("vault: merged a newer copy from {}", from.fmt_short());
+                self.devices_changed.send_modify(|v| *v += 1);
+            }
+            Ok(false) => {}
+            // Not fatal to the session: a peer with another vault (or a
+            // damaged copy) does not stop sync.
+            Err(e) => tracing::warn!("vault from {}: {e}", from.fmt_short()),
         }
         Ok(())
     }

@@ -296,6 +296,12 @@ impl SyncNet {
         let _ = self.config_hook.set(hook);
     }
 
+    /// The device list or the vault changed on disk: every session sends
+    /// them again.
+    pub fn shared_state_changed(&self) {
+        self.devices_changed.send_modify(|v| *v += 1);
+    }
+
     /// Unknown devices that asked to sync.
     pub fn knocks(&self) -> &Arc<crate::knocks::Knocks> {
         &self.gate.knocks

@@ -265,6 +265,10 @@ impl SyncNet {
                         self.merge_devices(&peer, ops).await?;
                         continue;
                     }
+                    Msg::Vault { envelope } => {
+                        self.merge_vault(&peer, envelope).await?;
+                        continue;
+                    }
                     Msg::Error { message } => bail!("peer: {message}"),
                     other => bail!("unexpected {} message", msg_name(&other)),
                 };

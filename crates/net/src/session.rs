@@ -57,6 +57,7 @@ pub(crate) fn msg_name(m: &Msg) -> &'static str {
         Msg::NoChunk { .. } => "no_chunk",
         Msg::Coming { .. } => "coming",
         Msg::Devices { .. } => "devices",
+        Msg::Vault { .. } => "vault",
     }
 }
 
@@ -230,6 +231,7 @@ impl SyncNet {
                 check,
                 coming: true,
                 devices: true,
+                vault: true,
             },
         )
         .await?;
@@ -244,7 +246,7 @@ impl SyncNet {
             their_want_epoch,
             their_check,
             hears_coming,
-            hears_devices,
+            (hears_devices, hears_vault),
         ) = match hello {
             Some(Msg::Hello {
                 folder_id,
@@ -256,6 +258,7 @@ impl SyncNet {
                 check,
                 coming,
                 devices,
+                vault,
                 ..
             }) => {
                 // Both proved the folder key, so the ids agree; a mismatch
@@ -265,7 +268,14 @@ impl SyncNet {
                     "folder id mismatch after proof"
                 );
                 (
-                    name, seq, want_since, epoch, want_epoch, check, coming, devices,
+                    name,
+                    seq,
+                    want_since,
+                    epoch,
+                    want_epoch,
+                    check,
+                    coming,
+                    (devices, vault),
                 )
             }
             Some(Msg::Error { message }) => bail!("peer refused: {message}"),
@@ -365,7 +375,7 @@ impl SyncNet {
         let device_sender = {
             let me = self.clone();
             let send = send.clone();
-            async move { me.send_devices(send, hears_devices).await }
+            async move { me.send_devices(send, hears_devices, hears_vault).await }
         };
         let sender = {
             let me = self.clone();

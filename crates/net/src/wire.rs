@@ -255,6 +255,15 @@ pub enum Msg {
         /// The sender understands `Devices` messages (absent: an older node).
         #[serde(default)]
         devices: bool,
+        /// The sender understands `Vault` messages (absent: an older node).
+        #[serde(default)]
+        vault: bool,
+    },
+    /// The node's config vault, sealed (`sovryn_engine::vault`): a peer
+    /// without the vault key keeps the newest as it is.
+    Vault {
+        /// The envelope.
+        envelope: sovryn_engine::vault::Envelope,
     },
     /// The sender's operations on the folder's signed device list (each
     /// checked, and counted only when signed by a trusted member).

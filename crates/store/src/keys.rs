@@ -88,7 +88,7 @@ pub struct DerivedKeys {
 }
 
 /// Argon2id cost parameters of a wrapped key.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KdfParams {
     /// Memory in KiB.
     pub m_cost: u32,
@@ -149,6 +149,12 @@ pub enum KeyFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct WrappedKeySlot(WrappedKey);
+
+/// A 32-byte key from a passphrase (Argon2id; a trailing newline, as a
+/// passphrase file ends, is not part of it).
+pub fn passphrase_key(secret: &str, salt: &[u8], kdf: KdfParams) -> Result<[u8; 32]> {
+    kek(secret, salt, kdf)
+}
 
 fn kek(secret: &str, salt: &[u8], kdf: KdfParams) -> Result<[u8; 32]> {
     let params = Params::new(kdf.m_cost, kdf.t_cost, kdf.p_cost, Some(32))
