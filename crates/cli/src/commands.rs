@@ -120,6 +120,7 @@ fn folder_scoped(command: &Command) -> bool {
             | Command::Invite { .. }
             | Command::Devices { .. }
             | Command::Vault { .. }
+            | Command::Recover { .. }
             | Command::Id
             | Command::Keygen
             | Command::Unlock
@@ -232,6 +233,22 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Devices { action } => crate::invite_cmd::devices(&ctx, action),
         Command::Vault { action } => crate::vault_cmd::vault(&ctx, action),
+        Command::Recover {
+            from,
+            storage_path,
+            node_id,
+            listen,
+            mcp_port,
+        } => crate::recover_cmd::recover(
+            &ctx,
+            crate::recover_cmd::RecoverOptions {
+                from,
+                storage_path,
+                node_id,
+                listen,
+                mcp_port,
+            },
+        ),
         Command::Invite {
             folder,
             read_only,

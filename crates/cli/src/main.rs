@@ -8,6 +8,7 @@ mod mcp_cmd;
 mod mcp_stdio;
 mod node_cmd;
 mod output;
+mod recover_cmd;
 mod unlock;
 mod vault_cmd;
 
@@ -79,6 +80,26 @@ pub enum Command {
         /// How long the code works (it works once).
         #[arg(long, default_value = "15m")]
         expires: String,
+    },
+    /// Rebuild a lost device from a member: its folders, keys and settings
+    /// from the vault (opened with the vault passphrase: --passphrase-file
+    /// or asked), its files from the members.
+    Recover {
+        /// A member: ID@HOST:PORT.
+        #[arg(long)]
+        from: String,
+        /// Where the default folder goes; others go beside it.
+        #[arg(long)]
+        storage_path: PathBuf,
+        /// Name of this node (default: host name).
+        #[arg(long)]
+        node_id: Option<String>,
+        /// UDP address for sync (default 0.0.0.0:7777).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Port of the MCP HTTP server (default 8765).
+        #[arg(long)]
+        mcp_port: Option<u16>,
     },
     /// The config vault: settings on every device, sealed with a passphrase.
     Vault {

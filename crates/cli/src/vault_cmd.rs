@@ -16,10 +16,20 @@ use crate::output;
 #[derive(clap::Subcommand, Debug)]
 pub enum VaultAction {
     /// Create this user's vault on this node, protected by a vault
-    /// passphrase (the same on every device; `--passphrase-file` or asked).
-    Init,
+    /// passphrase (the same on every device; asked, or from a file). It
+    /// records the node's folders and keys and a recovery identity, so
+    /// `sovryn recover` can rebuild a lost device.
+    Init {
+        /// A file holding the vault passphrase.
+        #[arg(long)]
+        vault_passphrase_file: Option<std::path::PathBuf>,
+    },
     /// Open the vault this node received from its peers with the vault passphrase.
-    Unlock,
+    Unlock {
+        /// A file holding the vault passphrase.
+        #[arg(long)]
+        vault_passphrase_file: Option<std::path::PathBuf>,
+    },
     /// Whether the vault is here and open, its entries and last change.
     Status,
     /// Its entries (needs it open).
@@ -35,9 +45,10 @@ pub enum VaultAction {
     Export,
 }
 
-fn passphrase(ctx: &Ctx, prompt: &str) -> Result<String> {
-    let p = crate::unlock::passphrase(ctx.passphrase_file.as_deref(), prompt)?
-        .context("a vault passphrase is needed: --passphrase-file FILE, or run on a terminal")?;
+fn passphrase(file: Option<&std::path::Path>, prompt: &str) -> Result<String> {
+    let p = crate::unlock::passphrase(file, prompt)?.context(
+        "a vault passphrase is needed: --vault-passphrase-file FILE, or run on a terminal",
+    )?;
     if p.trim().is_empty() {
         bail!("the vault passphrase is empty");
     }
@@ -51,25 +62,31 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
         bail!("no node in {}", home.dir.display());
     }
     match action {
-        VaultAction::Init => {
+        VaultAction::Init {
+            vault_passphrase_file,
+        } => {
             if vault::load_envelope(home)?.is_some() || VaultKey::load(home)?.is_some() {
                 bail!("this node already has a vault; `sovryn vault unlock` opens one received from peers");
             }
-            let key = VaultKey::create(
-                &passphrase(ctx, "vault passphrase: ")?,
-                KdfParams::default(),
-            )?;
+            let pass = passphrase(vault_passphrase_file.as_deref(), "vault passphrase: ")?;
+            let key = VaultKey::create(&pass, KdfParams::default())?;
             key.save(home)?;
             vault::save_envelope(home, &key.seal(&Contents::default())?)?;
+            crate::recover_cmd::record_for_recovery(ctx)?;
             tell_node(ctx);
             println!("vault created; other devices open it with `sovryn vault unlock`");
         }
-        VaultAction::Unlock => {
+        VaultAction::Unlock {
+            vault_passphrase_file,
+        } => {
             let e = vault::load_envelope(home)?
                 .context("no vault has reached this node yet (it comes from its peers)")?;
-            let key = VaultKey::for_envelope(&passphrase(ctx, "vault passphrase: ")?, &e)?;
+            let pass = passphrase(vault_passphrase_file.as_deref(), "vault passphrase: ")?;
+            let key = VaultKey::for_envelope(&pass, &e)?;
             let contents = key.open(&e)?;
             key.save(home)?;
+            crate::recover_cmd::record_for_recovery(ctx)?;
+            tell_node(ctx);
             println!("vault open: {} entries", contents.entries.len());
         }
         VaultAction::Status => {
@@ -112,15 +129,26 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
                 let entries: serde_json::Map<String, serde_json::Value> = contents
                     .entries
                     .into_iter()
+                    .filter(|(k, _)| !k.starts_with(vault::RESERVED_PREFIX))
                     .map(|(k, v)| (k, v.value))
                     .collect();
                 return output::json(&entries);
             }
             for (k, v) in contents.entries {
-                println!("{k} = {}", v.value);
+                if k.starts_with(vault::RESERVED_PREFIX) {
+                    println!("{k} = (kept by the node; not shown)");
+                } else {
+                    println!("{k} = {}", v.value);
+                }
             }
         }
         VaultAction::Set { key: name, value } => {
+            if name.starts_with(vault::RESERVED_PREFIX) {
+                bail!(
+                    "entries named {}* are the node's own",
+                    vault::RESERVED_PREFIX
+                );
+            }
             let value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
             let secret = sovryn_engine::identity::load(&home.identity())?;
             let by = sovryn_engine::identity::short_id(&secret.public());
@@ -143,9 +171,14 @@ fn opened(home: &sovryn_engine::Home) -> Result<(VaultKey, vault::Envelope)> {
     Ok((key, e))
 }
 
-/// A running node sends the changed vault to its peers.
-fn tell_node(ctx: &Ctx) {
-    if let Err(e) = control::request(&ctx.home, &Request::SharedStateChanged) {
-        eprintln!("warning: the running node was not told of the change: {e:#}");
+/// A running node sends the changed vault (and device lists) to its peers.
+pub(crate) fn tell_node(ctx: &Ctx) {
+    let homes = sovryn_engine::folders::list(&ctx.home)
+        .map(|fs| fs.into_iter().map(|f| f.home).collect())
+        .unwrap_or_else(|_| vec![ctx.home.clone()]);
+    for home in homes {
+        if let Err(e) = control::request(&home, &Request::SharedStateChanged) {
+            eprintln!("warning: the running node was not told of the change: {e:#}");
+        }
     }
 }

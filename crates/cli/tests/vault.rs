@@ -8,6 +8,9 @@ mod mesh;
 
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
+use common::free_port;
 use mesh::Peer;
 
 fn show(p: &Peer) -> serde_json::Value {
@@ -41,7 +44,7 @@ fn a_vault_reaches_every_device_and_merges_concurrent_changes() {
     let wrong = a.dir.path().join("wrong-pass");
     std::fs::write(&wrong, "not it\n").unwrap();
     let pf = pass.to_str().unwrap();
-    a.ok(&["--passphrase-file", pf, "vault", "init"]);
+    a.ok(&["vault", "init", "--vault-passphrase-file", pf]);
     a.up();
     b.up();
     c.up();
@@ -52,15 +55,15 @@ fn a_vault_reaches_every_device_and_merges_concurrent_changes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let err = c.fails_with(&[
-        "--passphrase-file",
-        wrong.to_str().unwrap(),
         "vault",
         "unlock",
+        "--vault-passphrase-file",
+        wrong.to_str().unwrap(),
     ]);
     assert!(err.contains("does not open"), "{err}");
     assert!(!c.home.join("vault.key").exists());
-    c.ok(&["--passphrase-file", pf, "vault", "unlock"]);
-    b.ok(&["--passphrase-file", pf, "vault", "unlock"]);
+    c.ok(&["vault", "unlock", "--vault-passphrase-file", pf]);
+    b.ok(&["vault", "unlock", "--vault-passphrase-file", pf]);
 
     a.ok(&["vault", "set", "theme", "MARKER-dark-theme"]);
     wait_vault(&c, "A's setting on C", |v| {
@@ -86,4 +89,85 @@ fn a_vault_reaches_every_device_and_merges_concurrent_changes() {
         assert!(!text.contains("MARKER"), "plaintext on disk");
         assert!(!text.contains("helix"), "plaintext on disk");
     }
+}
+
+/// A device with a home and a port but no node yet.
+fn newcomer() -> Peer {
+    let dir = tempfile::tempdir().unwrap();
+    Peer {
+        home: dir.path().join("home"),
+        root: dir.path().join("root"),
+        port: free_port(),
+        id: String::new(),
+        node: None,
+        stderr: Arc::new(Mutex::new(String::new())),
+        dir,
+    }
+}
+
+#[test]
+fn a_lost_device_is_rebuilt_from_a_member_with_the_vault_passphrase() {
+    let mut a = Peer::new("alpha", None);
+    let mut b = Peer::new("beta", Some(&a.folder_key()));
+    a.trust(&b);
+    b.trust(&a);
+    let pass = a.dir.path().join("vault-pass");
+    std::fs::write(&pass, "a long vault passphrase\n").unwrap();
+    let pf = pass.to_str().unwrap().to_owned();
+    a.ok(&["vault", "init", "--vault-passphrase-file", &pf]);
+    a.ok(&["vault", "set", "theme", "\"solarized\""]);
+    a.up();
+    b.up();
+    a.write("work/report.txt", b"quarterly numbers");
+    b.wait_for_file("work/report.txt");
+    // B keeps the sealed vault and trusts the recovery identity A listed.
+    let deadline = Instant::now() + mesh::CONVERGE;
+    while !(b.home.join("vault.json").exists()
+        && b.ok(&["--json", "peers", "list"]).contains("recovery"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B never got the vault:\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.kill();
+
+    let mut n = newcomer();
+    let from = format!("{}@127.0.0.1:{}", b.id, b.port);
+    let listen = format!("127.0.0.1:{}", n.port);
+    let root = n.root.to_str().unwrap().to_owned();
+    let wrong = n.dir.path().join("wrong");
+    std::fs::write(&wrong, "not it\n").unwrap();
+    let args = |pf: &str| {
+        vec![
+            "--passphrase-file".to_owned(),
+            pf.to_owned(),
+            "recover".into(),
+            "--from".into(),
+            from.clone(),
+            "--storage-path".into(),
+            root.clone(),
+            "--listen".into(),
+            listen.clone(),
+        ]
+    };
+    let bad = args(wrong.to_str().unwrap());
+    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+    let err = n.fails_with(&bad);
+    assert!(err.contains("does not open"), "{err}");
+    assert!(!n.home.exists(), "a wrong passphrase wrote a home");
+
+    let good = args(&pf);
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    n.ok(&good);
+    n.root = std::fs::canonicalize(&n.root).unwrap();
+    n.up();
+    n.wait_for_file("work/report.txt");
+    assert_eq!(
+        std::fs::read(n.root.join("work/report.txt")).unwrap(),
+        b"quarterly numbers"
+    );
+    assert_eq!(show(&n)["theme"], "solarized");
 }

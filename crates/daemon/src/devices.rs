@@ -65,17 +65,18 @@ pub(crate) async fn revoke_now(d: &Daemon, id: &str) -> serde_json::Value {
         .shared
         .with_node_bulk(move |n| {
             let folder = n.store.folder_id().to_owned();
-            let mut list = DeviceList::load(&n.home)?;
-            list.ops.push(DeviceOp::new(
-                &folder,
-                &n.secret,
-                OpKind::Revoke,
-                &key,
-                None,
-                false,
-                Vec::new(),
-            ));
-            list.save(&n.home)?;
+            let list = DeviceList::update(&n.home, |list| {
+                list.ops.push(DeviceOp::new(
+                    &folder,
+                    &n.secret,
+                    OpKind::Revoke,
+                    &key,
+                    None,
+                    false,
+                    Vec::new(),
+                ));
+                Ok(list.clone())
+            })?;
             Ok(apply_to_config(&n.home, &folder, &me, &list)?)
         })
         .await;

@@ -175,6 +175,21 @@ impl DeviceList {
         }
     }
 
+    /// Changes the list kept in `home` under its lock (the daemon and a
+    /// command may both write it); saved when operations were added (they
+    /// are never removed).
+    pub fn update<T>(home: &Home, f: impl FnOnce(&mut DeviceList) -> Result<T>) -> Result<T> {
+        crate::config::with_lock(home, "devices.lock", || {
+            let mut list = DeviceList::load(home)?;
+            let before = list.ops.len();
+            let out = f(&mut list)?;
+            if list.ops.len() != before {
+                list.save(home)?;
+            }
+            Ok(out)
+        })
+    }
+
     /// Saves it (write, fsync, rename).
     pub fn save(&self, home: &Home) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Config(e.to_string()))?;

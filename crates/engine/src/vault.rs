@@ -298,6 +298,12 @@ impl Contents {
 /// Sets entry `name` of the vault kept in `home` (which must be opened
 /// there: `vault init` or `vault unlock`), as node `by`.
 pub fn set(home: &Home, name: &str, value: serde_json::Value, by: &str) -> Result<()> {
+    update(home, |c| c.set(name, value, by))
+}
+
+/// Changes the vault kept in `home` (open there) under its lock, and
+/// seals it again.
+pub fn update<T>(home: &Home, f: impl FnOnce(&mut Contents) -> Result<T>) -> Result<T> {
     crate::config::with_lock(home, "vault.lock", || {
         let key = VaultKey::load(home)?.ok_or_else(|| {
             Error::Usage(
@@ -309,10 +315,21 @@ pub fn set(home: &Home, name: &str, value: serde_json::Value, by: &str) -> Resul
             Some(e) => key.open(&e)?,
             None => Contents::default(),
         };
-        contents.set(name, value, by)?;
-        save_envelope(home, &key.seal(&contents)?)
+        let out = f(&mut contents)?;
+        save_envelope(home, &key.seal(&contents)?)?;
+        Ok(out)
     })
 }
+
+/// Entries the node keeps for itself (folder keys, the recovery
+/// identity): secret, never shown.
+pub const RESERVED_PREFIX: &str = "sovryn.";
+
+/// The entry holding every folder's name and key.
+pub const FOLDERS_ENTRY: &str = "sovryn.folders";
+
+/// The entry holding the recovery identity's secret key.
+pub const RECOVERY_ENTRY: &str = "sovryn.recovery";
 
 /// The largest ciphertext accepted (hex characters).
 const MAX_ENVELOPE_HEX: usize = 8 << 20;

@@ -106,6 +106,9 @@ impl Gate {
 
 impl EndpointHooks for Gate {
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        if conn.alpn() == crate::recovery::VAULT_ALPN {
+            return AfterHandshakeOutcome::Accept;
+        }
         if conn.alpn() == crate::invite::JOIN_ALPN {
             return if self.invites.any_open() {
                 AfterHandshakeOutcome::Accept

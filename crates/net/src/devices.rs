@@ -15,12 +15,11 @@ impl SyncNet {
         let folder = self.folder_id.clone();
         self.shared
             .with_node_bulk(move |n| {
-                let mut list = DeviceList::load(&n.home)?;
                 let peers = sovryn_engine::Config::load(&n.home)?.peers;
-                if list.vouch(&folder, &n.secret, &peers) {
-                    list.save(&n.home)?;
-                }
-                Ok(list.ops)
+                Ok(DeviceList::update(&n.home, |list| {
+                    list.vouch(&folder, &n.secret, &peers);
+                    Ok(list.ops.clone())
+                })?)
             })
             .await
     }
@@ -64,12 +63,12 @@ impl SyncNet {
         let (new, config_changed) = self
             .shared
             .with_node_bulk(move |n| {
-                let mut list = DeviceList::load(&n.home)?;
-                let new = list.merge(&folder, ops);
+                let (new, list) = DeviceList::update(&n.home, |list| {
+                    Ok((list.merge(&folder, ops), list.clone()))
+                })?;
                 if new == 0 {
                     return Ok((0, false));
                 }
-                list.save(&n.home)?;
                 Ok((new, apply_to_config(&n.home, &folder, &me, &list)?))
             })
             .await?;

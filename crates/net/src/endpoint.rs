@@ -420,6 +420,12 @@ impl SyncNet {
                     Ok(conn) if conn.alpn() == crate::invite::JOIN_ALPN => {
                         crate::invite::serve(me.gate.invites.clone(), me.id(), conn).await
                     }
+                    Ok(conn) if conn.alpn() == crate::recovery::VAULT_ALPN => {
+                        match me.shared.with_node(|n| Ok(n.home.clone())).await {
+                            Ok(home) => crate::recovery::serve(conn, home).await,
+                            Err(_) => conn.close(500u32.into(), b"no node"),
+                        }
+                    }
                     Ok(conn) => match me.route_of(conn.alpn()) {
                         Some(folder) => folder.run_session(conn, false).await,
                         None => conn.close(404u32.into(), b"no such folder"),
@@ -548,6 +554,9 @@ impl SyncNet {
 fn with_join<'a>(folders: impl Iterator<Item = &'a Vec<u8>>) -> Vec<Vec<u8>> {
     folders
         .cloned()
-        .chain(std::iter::once(crate::invite::JOIN_ALPN.to_vec()))
+        .chain([
+            crate::invite::JOIN_ALPN.to_vec(),
+            crate::recovery::VAULT_ALPN.to_vec(),
+        ])
         .collect()
 }

@@ -24,6 +24,7 @@ mod index;
 pub mod invite;
 pub mod knocks;
 pub mod membership;
+pub mod recovery;
 mod session;
 pub mod shared;
 pub mod status;
