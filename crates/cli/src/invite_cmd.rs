@@ -257,6 +257,19 @@ pub fn join(ctx: &Ctx, opts: JoinOptions) -> Result<()> {
         );
     }
     let code = InviteCode::parse(&opts.code)?;
+    // What would make the node's creation fail is checked before the code
+    // is spent on the inviter.
+    if opts.storage_path.exists() && !opts.storage_path.is_dir() {
+        bail!("{} is not a directory", opts.storage_path.display());
+    }
+    let storage = std::path::absolute(&opts.storage_path)?;
+    let home = std::path::absolute(&ctx.home.dir)?;
+    if storage.starts_with(&home) || home.starts_with(&storage) {
+        bail!("the storage path and the node's home must not hold one another");
+    }
+    if let Some(l) = &opts.listen {
+        sovryn_engine::config::check_peer_address(l).with_context(|| format!("--listen {l}"))?;
+    }
     let name = opts
         .node_id
         .clone()

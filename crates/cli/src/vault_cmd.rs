@@ -45,6 +45,9 @@ pub enum VaultAction {
     Export,
 }
 
+/// The shortest vault passphrase accepted.
+const MIN_PASSPHRASE_CHARS: usize = 12;
+
 fn passphrase(file: Option<&std::path::Path>, prompt: &str) -> Result<String> {
     let p = crate::unlock::passphrase(file, prompt)?.context(
         "a vault passphrase is needed: --vault-passphrase-file FILE, or run on a terminal",
@@ -69,6 +72,15 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
                 bail!("this node already has a vault; `sovryn vault unlock` opens one received from peers");
             }
             let pass = passphrase(vault_passphrase_file.as_deref(), "vault passphrase: ")?;
+            // Members hand the sealed vault to whoever asks (a lost device
+            // has nothing else to prove): the passphrase is all that guards it.
+            if pass.trim().chars().count() < MIN_PASSPHRASE_CHARS {
+                bail!(
+                    "a vault passphrase has at least {MIN_PASSPHRASE_CHARS} characters: any member \
+                     gives the sealed vault to whoever asks, so it must withstand guessing \
+                     (`sovryn keygen` prints a strong one)"
+                );
+            }
             let key = VaultKey::create(&pass, KdfParams::default())?;
             key.save(home)?;
             vault::save_envelope(home, &key.seal(&Contents::default())?)?;
