@@ -233,22 +233,7 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Devices { action } => crate::invite_cmd::devices(&ctx, action),
         Command::Vault { action } => crate::vault_cmd::vault(&ctx, action),
-        Command::Recover {
-            from,
-            storage_path,
-            node_id,
-            listen,
-            mcp_port,
-        } => crate::recover_cmd::recover(
-            &ctx,
-            crate::recover_cmd::RecoverOptions {
-                from,
-                storage_path,
-                node_id,
-                listen,
-                mcp_port,
-            },
-        ),
+        Command::Recover { from, node } => crate::recover_cmd::recover(&ctx, &from, node),
         Command::Invite {
             folder,
             read_only,
@@ -256,24 +241,11 @@ pub fn run(cli: Cli) -> Result<()> {
         } => crate::invite_cmd::invite(&ctx, folder, read_only, &expires),
         Command::Join {
             code,
-            storage_path,
-            node_id,
-            listen,
-            mcp_port,
+            node,
             no_passphrase,
         } => {
             let passphrase = new_passphrase(&ctx, no_passphrase)?;
-            crate::invite_cmd::join(
-                &ctx,
-                crate::invite_cmd::JoinOptions {
-                    code,
-                    storage_path,
-                    node_id,
-                    listen,
-                    mcp_port,
-                    passphrase,
-                },
-            )
+            crate::invite_cmd::join(&ctx, &code, node, passphrase)
         }
         Command::Id => {
             let config = sovryn_engine::Config::load(&ctx.home)?;

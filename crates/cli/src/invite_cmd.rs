@@ -3,7 +3,6 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +12,6 @@ use sovryn_daemon::invites::Bundle;
 use sovryn_engine::config::PeerConfig;
 use sovryn_engine::folders::{self, FolderName};
 use sovryn_engine::identity::SecretKey;
-use sovryn_engine::{Config, InitOptions, Node};
 use sovryn_net::invite::{self, InviteCode};
 use sovryn_store::MasterKey;
 
@@ -230,51 +228,20 @@ fn revoke(ctx: &Ctx, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// What `join` needs besides the code.
-pub struct JoinOptions {
-    /// The code from `sovryn invite`.
-    pub code: String,
-    /// Where the default (or first) folder is kept.
-    pub storage_path: PathBuf,
-    /// This node's name.
-    pub node_id: Option<String>,
-    /// Its sync address.
-    pub listen: Option<String>,
-    /// Its MCP port.
-    pub mcp_port: Option<u16>,
-    /// Its passphrase (protects the keys at rest).
-    pub passphrase: Option<String>,
-}
-
 /// `sovryn join CODE`: creates this node, proves the code to the inviter
 /// and takes the folders and keys it grants. Nothing is written unless
 /// the inviter accepted.
-pub fn join(ctx: &Ctx, opts: JoinOptions) -> Result<()> {
-    if ctx.home.exists() {
-        bail!(
-            "a node is already initialised in {}; `join` creates a new node: use another --home",
-            ctx.home.dir.display()
-        );
-    }
-    let code = InviteCode::parse(&opts.code)?;
+pub fn join(
+    ctx: &Ctx,
+    code: &str,
+    node: crate::new_node::NodeArgs,
+    passphrase: Option<String>,
+) -> Result<()> {
+    let code = InviteCode::parse(code)?;
     // What would make the node's creation fail is checked before the code
     // is spent on the inviter.
-    if opts.storage_path.exists() && !opts.storage_path.is_dir() {
-        bail!("{} is not a directory", opts.storage_path.display());
-    }
-    let storage = std::path::absolute(&opts.storage_path)?;
-    let home = std::path::absolute(&ctx.home.dir)?;
-    if storage.starts_with(&home) || home.starts_with(&storage) {
-        bail!("the storage path and the node's home must not hold one another");
-    }
-    if let Some(l) = &opts.listen {
-        sovryn_engine::config::check_peer_address(l).with_context(|| format!("--listen {l}"))?;
-    }
-    let name = opts
-        .node_id
-        .clone()
-        .unwrap_or_else(sovryn_engine::node::hostname);
-    let addrs: Vec<SocketAddr> = opts
+    node.check(ctx)?;
+    let addrs: Vec<SocketAddr> = node
         .listen
         .as_deref()
         .and_then(|l| l.parse::<SocketAddr>().ok())
@@ -284,7 +251,7 @@ pub fn join(ctx: &Ctx, opts: JoinOptions) -> Result<()> {
     let secret = SecretKey::generate();
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new()?;
-    let joined = runtime.block_on(invite::join_as(secret.clone(), &code, &name, addrs))?;
+    let joined = runtime.block_on(invite::join_as(secret.clone(), &code, &node.name(), addrs))?;
     let bundle: Bundle = serde_json::from_value(joined.bundle)
         .context("the inviter sent a bundle this version does not read")?;
     let mut keys = Vec::new();
@@ -293,26 +260,6 @@ pub fn join(ctx: &Ctx, opts: JoinOptions) -> Result<()> {
         let key = MasterKey::from_hex(&f.key).context("the inviter sent a bad folder key")?;
         keys.push((name, key));
     }
-    // The inviter's default folder is this node's default folder; without
-    // one, this node's own gets a fresh key.
-    let node_key = keys
-        .iter()
-        .find(|(n, _)| n.is_default())
-        .map(|(_, k)| k.clone())
-        .unwrap_or_else(MasterKey::generate);
-    let out = Node::init(
-        &ctx.home,
-        InitOptions {
-            storage_path: opts.storage_path.clone(),
-            node_name: Some(name),
-            listen: opts.listen,
-            mcp_port: opts.mcp_port,
-            passphrase: opts.passphrase,
-            folder_key: Some(node_key.to_hex()),
-            kdf: None,
-            identity: Some(secret),
-        },
-    )?;
     let inviter = PeerConfig::checked(
         &joined.inviter,
         code.addrs.iter().map(|a| a.to_string()).collect(),
@@ -320,27 +267,15 @@ pub fn join(ctx: &Ctx, opts: JoinOptions) -> Result<()> {
         false,
         &[],
     )?;
-    let mut placed = Vec::new();
-    for (name, key) in keys {
-        let (home, path) = if name.is_default() {
-            (ctx.home.clone(), out.config.storage_path.clone())
-        } else {
-            let path = beside(&out.config.storage_path, name.as_str());
-            let created = folders::create(&ctx.home, &name, &path, &node_key, Some(key))?;
-            (folders::folder_home(&ctx.home, &name), created.storage_path)
-        };
-        let peer = inviter.clone();
-        Config::update(&home, |c| Ok(c.upsert_peer(peer)))?;
-        placed.push((name.as_str().to_owned(), path));
-    }
+    let created = node.create(ctx, passphrase, secret, keys, inviter)?;
     let took = started.elapsed();
     if ctx.json {
         return output::json(&json!({
-            "node_id": out.node_id.to_string(),
+            "node_id": created.node_id.to_string(),
             "inviter": joined.inviter.to_string(),
             "confirmation": joined.confirmation,
-            "folders": placed.iter().map(|(n, p)| json!({"name": n, "storage_path": p})).collect::<Vec<_>>(),
-            "recovery_code": out.recovery_code,
+            "folders": created.folders.iter().map(|f| json!({"name": f.name, "storage_path": f.path})).collect::<Vec<_>>(),
+            "recovery_code": created.recovery_code,
             "seconds": took.as_secs_f64(),
         }));
     }
@@ -351,21 +286,12 @@ pub fn join(ctx: &Ctx, opts: JoinOptions) -> Result<()> {
         took.as_secs_f64(),
         joined.confirmation
     );
-    for (n, p) in &placed {
-        println!("  folder {n}: {}", p.display());
+    for f in &created.folders {
+        println!("  folder {}: {}", f.name, f.path.display());
     }
-    if let Some(code) = &out.recovery_code {
+    if let Some(code) = &created.recovery_code {
         println!("\nRECOVERY CODE (shown once; it opens the key if you forget the passphrase):\n\n    {code}\n");
     }
     println!("Start syncing with: sovryn up");
     Ok(())
-}
-
-/// Where a granted folder other than the default goes: beside the default
-/// folder's storage path, under the folder's name.
-fn beside(default_storage: &Path, name: &str) -> PathBuf {
-    match default_storage.parent() {
-        Some(parent) => parent.join(name),
-        None => PathBuf::from(name),
-    }
 }

@@ -6,6 +6,7 @@ mod folders_cmd;
 mod invite_cmd;
 mod mcp_cmd;
 mod mcp_stdio;
+mod new_node;
 mod node_cmd;
 mod output;
 mod recover_cmd;
@@ -88,18 +89,8 @@ pub enum Command {
         /// A member: ID@HOST:PORT.
         #[arg(long)]
         from: String,
-        /// Where the default folder goes; others go beside it.
-        #[arg(long)]
-        storage_path: PathBuf,
-        /// Name of this node (default: host name).
-        #[arg(long)]
-        node_id: Option<String>,
-        /// UDP address for sync (default 0.0.0.0:7777).
-        #[arg(long)]
-        listen: Option<String>,
-        /// Port of the MCP HTTP server (default 8765).
-        #[arg(long)]
-        mcp_port: Option<u16>,
+        #[command(flatten)]
+        node: new_node::NodeArgs,
     },
     /// The config vault: settings on every device, sealed with a passphrase.
     Vault {
@@ -116,19 +107,8 @@ pub enum Command {
     Join {
         /// The code.
         code: String,
-        /// Where the folder is kept (created if missing); other folders go
-        /// beside it, under their names.
-        #[arg(long)]
-        storage_path: PathBuf,
-        /// Name of this node (default: host name).
-        #[arg(long)]
-        node_id: Option<String>,
-        /// UDP address for sync (default 0.0.0.0:7777).
-        #[arg(long)]
-        listen: Option<String>,
-        /// Port of the MCP HTTP server (default 8765).
-        #[arg(long)]
-        mcp_port: Option<u16>,
+        #[command(flatten)]
+        node: new_node::NodeArgs,
         /// Store the keys unwrapped, without asking for a passphrase.
         #[arg(long)]
         no_passphrase: bool,

@@ -9,7 +9,6 @@
 //! the members. It immediately makes a fresh recovery identity for the
 //! next time (recorded in the vault, added to the device lists).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -20,10 +19,11 @@ use sovryn_engine::devices::{DeviceList, DeviceOp, OpKind};
 use sovryn_engine::folders::{self, FolderName};
 use sovryn_engine::identity::{PublicKey, SecretKey};
 use sovryn_engine::vault::{self, VaultKey, FOLDERS_ENTRY, RECOVERY_ENTRY};
-use sovryn_engine::{Config, Home, InitOptions, Node};
+use sovryn_engine::Home;
 use sovryn_store::MasterKey;
 
 use crate::commands::Ctx;
+use crate::new_node::NodeArgs;
 use crate::output;
 
 /// A folder as the vault keeps it.
@@ -115,31 +115,11 @@ fn vouch_for_recovery(
     Ok(())
 }
 
-/// What `recover` needs.
-pub struct RecoverOptions {
-    /// `ID@HOST:PORT` of a member.
-    pub from: String,
-    /// Where the default folder goes.
-    pub storage_path: PathBuf,
-    /// This node's name.
-    pub node_id: Option<String>,
-    /// Its sync address.
-    pub listen: Option<String>,
-    /// Its MCP port.
-    pub mcp_port: Option<u16>,
-}
-
-/// `sovryn recover`: rebuilds a lost device from a member. Nothing is
-/// written before the vault opened.
-pub fn recover(ctx: &Ctx, opts: RecoverOptions) -> Result<()> {
-    if ctx.home.exists() {
-        bail!(
-            "a node is already initialised in {}; recover into a new --home",
-            ctx.home.dir.display()
-        );
-    }
-    let (id, addr) = opts
-        .from
+/// `sovryn recover`: rebuilds a lost device from `from` (`ID@HOST:PORT`
+/// of a member). Nothing is written before the vault opened.
+pub fn recover(ctx: &Ctx, from: &str, node: NodeArgs) -> Result<()> {
+    node.check(ctx)?;
+    let (id, addr) = from
         .split_once('@')
         .context("--from takes ID@HOST:PORT (the member's id and sync address)")?;
     let member: PublicKey = id.parse().context("--from: not a node id")?;
@@ -171,42 +151,11 @@ pub fn recover(ctx: &Ctx, opts: RecoverOptions) -> Result<()> {
             MasterKey::from_hex(&f.key).context("the vault holds a bad folder key")?,
         ));
     }
-    let node_key = keys
-        .iter()
-        .find(|(n, _)| n.is_default())
-        .map(|(_, k)| k.clone())
-        .context("the vault has no default folder")?;
-    let out = Node::init(
-        &ctx.home,
-        InitOptions {
-            storage_path: opts.storage_path.clone(),
-            node_name: opts.node_id,
-            listen: opts.listen,
-            mcp_port: opts.mcp_port,
-            passphrase: None,
-            folder_key: Some(node_key.to_hex()),
-            kdf: None,
-            identity: Some(identity.clone()),
-        },
-    )?;
-    let peer = PeerConfig::checked(&member, vec![sock.to_string()], None, false, &[])?;
-    let mut placed = Vec::new();
-    for (name, key) in keys {
-        let (home, path) = if name.is_default() {
-            (ctx.home.clone(), out.config.storage_path.clone())
-        } else {
-            let path = out
-                .config
-                .storage_path
-                .parent()
-                .map_or_else(|| PathBuf::from(name.as_str()), |p| p.join(name.as_str()));
-            let created = folders::create(&ctx.home, &name, &path, &node_key, Some(key))?;
-            (folders::folder_home(&ctx.home, &name), created.storage_path)
-        };
-        let p = peer.clone();
-        Config::update(&home, |c| Ok(c.upsert_peer(p)))?;
-        placed.push((home, name.as_str().to_owned(), path));
+    if !keys.iter().any(|(n, _)| n.is_default()) {
+        bail!("the vault has no default folder");
     }
+    let peer = PeerConfig::checked(&member, vec![sock.to_string()], None, false, &[])?;
+    let created = node.create(ctx, None, identity.clone(), keys, peer)?;
     // The vault comes along, and the identity just used is replaced by a
     // fresh one for the next recovery.
     key.save(&ctx.home)?;
@@ -218,17 +167,17 @@ pub fn recover(ctx: &Ctx, opts: RecoverOptions) -> Result<()> {
         &by,
     )?;
     vault::save_envelope(&ctx.home, &key.seal(&contents)?)?;
-    for (home, name, _) in &placed {
-        let k = crate::unlock::master_key(home, None)?;
-        vouch_for_recovery(home, &k.derive().folder_id, &identity, &next.public())
-            .with_context(|| format!("folder {name}"))?;
+    for f in &created.folders {
+        let k = crate::unlock::master_key(&f.home, None)?;
+        vouch_for_recovery(&f.home, &k.derive().folder_id, &identity, &next.public())
+            .with_context(|| format!("folder {}", f.name))?;
     }
     let took = started.elapsed();
     if ctx.json {
         return output::json(&json!({
-            "node_id": out.node_id.to_string(),
+            "node_id": created.node_id.to_string(),
             "from": member.to_string(),
-            "folders": placed.iter().map(|(_, n, p)| json!({"name": n, "storage_path": p})).collect::<Vec<_>>(),
+            "folders": created.folders.iter().map(|f| json!({"name": f.name, "storage_path": f.path})).collect::<Vec<_>>(),
             "seconds": took.as_secs_f64(),
         }));
     }
@@ -236,10 +185,10 @@ pub fn recover(ctx: &Ctx, opts: RecoverOptions) -> Result<()> {
         "Rebuilt from {} in {:.1} s: {} folder(s), settings from the vault.",
         member.fmt_short(),
         took.as_secs_f64(),
-        placed.len()
+        created.folders.len()
     );
-    for (_, n, p) in &placed {
-        println!("  folder {n}: {}", p.display());
+    for f in &created.folders {
+        println!("  folder {}: {}", f.name, f.path.display());
     }
     println!("Start it with: sovryn up (files and history come from the members)");
     Ok(())

@@ -6,24 +6,7 @@
 mod common;
 mod mesh;
 
-use std::sync::{Arc, Mutex};
-
-use common::free_port;
 use mesh::{converge, Peer};
-
-/// A device with a home and a port but no node yet.
-fn newcomer() -> Peer {
-    let dir = tempfile::tempdir().unwrap();
-    Peer {
-        home: dir.path().join("home"),
-        root: dir.path().join("root"),
-        port: free_port(),
-        id: String::new(),
-        node: None,
-        stderr: Arc::new(Mutex::new(String::new())),
-        dir,
-    }
-}
 
 fn join_args(d: &Peer, code: &str) -> Vec<String> {
     vec![
@@ -70,7 +53,7 @@ fn a_device_joins_with_a_code_and_syncs_both_ways() {
     }
     assert!(code.starts_with("sovryn1-"), "{code}");
 
-    let mut d = newcomer();
+    let mut d = Peer::newcomer();
     let args = join_args(&d, &code);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut json_args = vec!["--json"];
@@ -112,7 +95,7 @@ fn wrong_spent_and_expired_codes_are_refused_and_leave_nothing() {
     let at = wrong.len() - 2;
     wrong[at] = if wrong[at] == 'a' { 'b' } else { 'a' };
     let wrong: String = wrong.into_iter().collect();
-    let d = newcomer();
+    let d = Peer::newcomer();
     let args = join_args(&d, &wrong);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let err = d.fails_with(&args);
@@ -246,7 +229,7 @@ fn every_member_trusts_a_joined_device_and_a_revocation_reaches_them_all() {
     b.up();
     c.up();
     let code = invite(&a, &[])["code"].as_str().unwrap().to_owned();
-    let mut d = newcomer();
+    let mut d = Peer::newcomer();
     let args = join_args(&d, &code);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     d.ok(&args);

@@ -8,9 +8,6 @@ mod mesh;
 
 use std::time::{Duration, Instant};
 
-use std::sync::{Arc, Mutex};
-
-use common::free_port;
 use mesh::Peer;
 
 fn show(p: &Peer) -> serde_json::Value {
@@ -91,20 +88,6 @@ fn a_vault_reaches_every_device_and_merges_concurrent_changes() {
     }
 }
 
-/// A device with a home and a port but no node yet.
-fn newcomer() -> Peer {
-    let dir = tempfile::tempdir().unwrap();
-    Peer {
-        home: dir.path().join("home"),
-        root: dir.path().join("root"),
-        port: free_port(),
-        id: String::new(),
-        node: None,
-        stderr: Arc::new(Mutex::new(String::new())),
-        dir,
-    }
-}
-
 #[test]
 fn a_lost_device_is_rebuilt_from_a_member_with_the_vault_passphrase() {
     let mut a = Peer::new("alpha", None);
@@ -134,7 +117,7 @@ fn a_lost_device_is_rebuilt_from_a_member_with_the_vault_passphrase() {
     }
     a.kill();
 
-    let mut n = newcomer();
+    let mut n = Peer::newcomer();
     let from = format!("{}@127.0.0.1:{}", b.id, b.port);
     let listen = format!("127.0.0.1:{}", n.port);
     let root = n.root.to_str().unwrap().to_owned();

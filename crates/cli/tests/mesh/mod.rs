@@ -64,6 +64,21 @@ impl Peer {
         p
     }
 
+    /// A device with a home and a port but no node yet (it joins or
+    /// recovers).
+    pub fn newcomer() -> Peer {
+        let dir = tempfile::tempdir().unwrap();
+        Peer {
+            home: dir.path().join("home"),
+            root: dir.path().join("root"),
+            port: free_port(),
+            id: String::new(),
+            node: None,
+            stderr: Arc::new(Mutex::new(String::new())),
+            dir,
+        }
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
         c.arg("--home")
