@@ -218,13 +218,7 @@ fn wait_listed(p: &Peer, id: &str, listed: bool) {
 
 #[test]
 fn every_member_trusts_a_joined_device_and_a_revocation_reaches_them_all() {
-    let mut a = Peer::new("alpha", None);
-    let key = a.folder_key();
-    let mut b = Peer::new("beta", Some(&key));
-    let mut c = Peer::new("gamma", Some(&key));
-    for (x, y) in [(&a, &b), (&a, &c), (&b, &a), (&b, &c), (&c, &a), (&c, &b)] {
-        x.trust(y);
-    }
+    let (mut a, mut b, mut c) = mesh::trio();
     a.up();
     b.up();
     c.up();

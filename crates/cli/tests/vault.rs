@@ -29,13 +29,7 @@ fn wait_vault(p: &Peer, what: &str, check: impl Fn(&serde_json::Value) -> bool) 
 
 #[test]
 fn a_vault_reaches_every_device_and_merges_concurrent_changes() {
-    let mut a = Peer::new("alpha", None);
-    let key = a.folder_key();
-    let mut b = Peer::new("beta", Some(&key));
-    let mut c = Peer::new("gamma", Some(&key));
-    for (x, y) in [(&a, &b), (&a, &c), (&b, &a), (&b, &c), (&c, &a), (&c, &b)] {
-        x.trust(y);
-    }
+    let (mut a, mut b, mut c) = mesh::trio();
     let pass = a.dir.path().join("vault-pass");
     std::fs::write(&pass, "a long vault passphrase\n").unwrap();
     let wrong = a.dir.path().join("wrong-pass");

@@ -281,3 +281,15 @@ pub fn pair() -> (Peer, Peer) {
     b.trust(&a);
     (a, b)
 }
+
+/// Three members of one folder, each trusting the other two (not started).
+pub fn trio() -> (Peer, Peer, Peer) {
+    let a = Peer::new("alpha", None);
+    let key = a.folder_key();
+    let b = Peer::new("beta", Some(&key));
+    let c = Peer::new("gamma", Some(&key));
+    for (x, y) in [(&a, &b), (&a, &c), (&b, &a), (&b, &c), (&c, &a), (&c, &b)] {
+        x.trust(y);
+    }
+    (a, b, c)
+}
