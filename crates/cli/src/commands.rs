@@ -143,7 +143,7 @@ enum EachFolder {
 
 fn each_folder(cli: &Cli, node_home: &Home) -> Result<Option<(EachFolder, Vec<Folder>)>> {
     use crate::node_cmd::NodeCommand;
-    let what = match (&cli.folder, &cli.command) {
+    let what = match (cli.folder.first(), &cli.command) {
         (Some(_), _) => return Ok(None),
         (None, Command::Status) => EachFolder::Status,
         // One JSON object per command: pausing every folder is asked per folder.
@@ -187,10 +187,14 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         return Ok(());
     }
+    let invite = matches!(cli.command, Command::Invite { .. });
+    if cli.folder.len() > 1 && !invite {
+        bail!("-F/--folder is given once here (only `invite` takes several)");
+    }
     let folder = if folder_scoped(&cli.command) {
-        sovryn_engine::folders::select(&node_home, cli.folder.as_deref(), &cwd()?)?
+        sovryn_engine::folders::select(&node_home, cli.folder.first().map(String::as_str), &cwd()?)?
     } else {
-        if cli.folder.is_some() && !matches!(cli.command, Command::Folders { .. }) {
+        if !cli.folder.is_empty() && !matches!(cli.command, Command::Folders { .. }) && !invite {
             bail!("-F/--folder does not apply here: this command works on the whole node");
         }
         Folder {
@@ -204,6 +208,7 @@ pub fn run(cli: Cli) -> Result<()> {
         passphrase_file: cli.passphrase_file.clone(),
         json: cli.json,
     };
+    let invited_folders = cli.folder.clone();
     match cli.command {
         Command::Init {
             encryption_key: Some(_),
@@ -234,11 +239,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Devices { action } => crate::invite_cmd::devices(&ctx, action),
         Command::Vault { action } => crate::vault_cmd::vault(&ctx, action),
         Command::Recover { from, node } => crate::recover_cmd::recover(&ctx, &from, node),
-        Command::Invite {
-            folder,
-            read_only,
-            expires,
-        } => crate::invite_cmd::invite(&ctx, folder, read_only, &expires),
+        Command::Invite { read_only, expires } => {
+            crate::invite_cmd::invite(&ctx, invited_folders, read_only, &expires)
+        }
         Command::Join {
             code,
             node,

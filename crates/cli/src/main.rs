@@ -28,9 +28,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "SOVRYN_PASSPHRASE_FILE")]
     pub passphrase_file: Option<PathBuf>,
     /// The folder a folder-scoped command works on (default: the folder
-    /// whose storage path holds the current directory, else the only one).
+    /// whose storage path holds the current directory, else the only one);
+    /// `invite` takes several (each folder the device gets).
     #[arg(long, short = 'F', global = true, value_name = "NAME")]
-    pub folder: Option<String>,
+    pub folder: Vec<String>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -69,12 +70,9 @@ pub enum Command {
         encryption_key: Option<String>,
     },
     /// Invite a new device: prints a one-time code for `sovryn join` (the
-    /// node must be running; it answers the device).
+    /// node must be running; it answers the device). `--folder NAME`, once
+    /// per folder, says what the device gets (default: the default folder).
     Invite {
-        /// A folder the device gets (repeat for several; default: the
-        /// default folder).
-        #[arg(long)]
-        folder: Vec<String>,
         /// Take no changes from the device.
         #[arg(long)]
         read_only: bool,

@@ -261,3 +261,66 @@ fn every_member_trusts_a_joined_device_and_a_revocation_reaches_them_all() {
         c.log()
     );
 }
+
+#[test]
+fn an_invite_for_one_folder_read_only_grants_that_folder_and_no_writes() {
+    let mut a = Peer::new("alpha", None);
+    let photos = a.dir.path().join("photos");
+    a.ok(&[
+        "folders",
+        "add",
+        "photos",
+        "--path",
+        photos.to_str().unwrap(),
+    ]);
+    a.up();
+    a.write("private.txt", b"default folder: not granted");
+    std::fs::write(photos.join("cat.jpg"), b"meow").unwrap();
+    let code = invite(&a, &["--folder", "photos", "--read-only"])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut d = Peer::newcomer();
+    let args = join_args(&d, &code);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let joined: serde_json::Value =
+        serde_json::from_str(&d.ok(&[&["--json"], args.as_slice()].concat())).unwrap();
+    let folders = joined["folders"].as_array().unwrap();
+    assert_eq!(folders.len(), 1, "{joined}");
+    assert_eq!(folders[0]["name"], "photos");
+    let d_photos = std::path::PathBuf::from(folders[0]["storage_path"].as_str().unwrap());
+    d.id = d.ok(&["id"]).trim().to_owned();
+    // A lists D in photos, read-only, and not in its default folder.
+    let default_peers = a.ok(&["-F", "default", "--json", "peers", "list"]);
+    assert!(!default_peers.contains(&d.id), "{default_peers}");
+    let photo_peers: serde_json::Value =
+        serde_json::from_str(&a.ok(&["-F", "photos", "--json", "peers", "list"])).unwrap();
+    let entry = photo_peers["peers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["id"] == d.id.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("D not in photos: {photo_peers}"));
+    assert_eq!(entry["read_only"], true, "{entry}");
+
+    d.up();
+    let deadline = std::time::Instant::now() + mesh::CONVERGE;
+    while !d_photos.join("cat.jpg").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "photos never arrived:\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // D's own change to photos is not taken by A.
+    std::fs::write(d_photos.join("dog.jpg"), b"woof").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        !photos.join("dog.jpg").exists(),
+        "A took a read-only device's write"
+    );
+    assert!(
+        !d.root.join("private.txt").exists(),
+        "D got a folder it was not granted"
+    );
+}
