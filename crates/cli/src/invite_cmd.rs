@@ -12,6 +12,7 @@ use sovryn_daemon::invites::Bundle;
 use sovryn_engine::config::PeerConfig;
 use sovryn_engine::folders::{self, FolderName};
 use sovryn_engine::identity::SecretKey;
+use sovryn_engine::Config;
 use sovryn_net::invite::{self, InviteCode};
 use sovryn_store::MasterKey;
 
@@ -268,6 +269,15 @@ pub fn join(
         &[],
     )?;
     let created = node.create(ctx, passphrase, secret, keys, inviter)?;
+    // The inviter is reached through its relay: so is this node.
+    if let Some(relay) = &code.relay {
+        for f in &created.folders {
+            Config::update(&f.home, |c| {
+                c.sync.relay_url = relay.clone();
+                Ok(())
+            })?;
+        }
+    }
     let took = started.elapsed();
     if ctx.json {
         return output::json(&json!({

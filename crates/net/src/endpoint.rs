@@ -282,7 +282,8 @@ impl SyncNet {
         ttl: std::time::Duration,
         grant: serde_json::Value,
     ) -> Result<crate::invite::InviteCode, crate::invite::InviteError> {
-        self.gate.invites.create(&self.endpoint, ttl, grant)
+        let relay = self.discovery.relay.as_ref().map(|u| u.to_string());
+        self.gate.invites.create(&self.endpoint, relay, ttl, grant)
     }
 
     /// The node's invites (their outcomes, the join handler).

@@ -201,10 +201,12 @@ impl Invites {
         *self.handler.lock().unwrap_or_else(|e| e.into_inner()) = Some(handler);
     }
 
-    /// Opens an invite for `ttl` granting `grant`; the code to give out.
+    /// Opens an invite for `ttl` granting `grant`; the code to give out
+    /// (with `relay`, the relay this node uses).
     pub fn create(
         &self,
         endpoint: &Endpoint,
+        relay: Option<String>,
         ttl: Duration,
         grant: serde_json::Value,
     ) -> Result<InviteCode> {
@@ -215,7 +217,8 @@ impl Invites {
             }
         }
         addrs.truncate(16);
-        let relay = endpoint.addr().relay_urls().next().map(|u| u.to_string());
+        // The configured relay, whether or not the endpoint reached it yet.
+        let relay = relay.or_else(|| endpoint.addr().relay_urls().next().map(|u| u.to_string()));
         let code = InviteCode {
             inviter: *endpoint.id().as_bytes(),
             addrs,
