@@ -319,6 +319,11 @@ pub struct PeerConfig {
     /// When non-empty, only these path prefixes are exchanged with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
+    /// Added because the folder's signed device list says so, not by this
+    /// node's user: it goes when the list stops saying so, and it neither
+    /// vouches nor is vouched for here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub via_list: bool,
 }
 
 impl PeerConfig {
@@ -345,6 +350,7 @@ impl PeerConfig {
             name: name.filter(|n| !n.trim().is_empty()),
             read_only,
             paths,
+            via_list: false,
         })
     }
 }

@@ -3,14 +3,16 @@
 //! made it, kept in `devices.json` of the folder's home and gossiped to
 //! every member (`Msg::Devices`).
 //!
-//! Trust grows from what this node trusts already: its configured peers
-//! and itself. An operation counts when its signer is trusted, and a
-//! device added by a counted operation is trusted in turn. A revocation
-//! wins for good: a revoked device is never a member again, whoever adds
-//! it later, and what it vouched for counts no more unless another member
-//! vouched for it too. Members vouch for their configured peers
-//! automatically, so a device that joins through one member learns the
-//! others.
+//! Trust grows from the roots: this node and the peers its user configured
+//! with full rights (not read-only, not limited to paths). A device added,
+//! with full rights, by a trusted signer may sign in turn; of one signer's
+//! adds of one device only the newest counts, so a later read-only add
+//! takes signing back. A revocation wins for good: a revoked device is
+//! never a member again, and what only it vouched for counts no more. A
+//! root is revoked only by a root, and a revoked signer's operations count
+//! for nothing. Only operations of trusted signers are kept. Members vouch
+//! for the peers their user configured (not for those the list brought),
+//! so a device that joins through one member learns the others.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
@@ -154,10 +156,12 @@ pub struct DeviceList {
 /// Who is a member, as the operations say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Members {
-    /// Devices added and not revoked, with the newest add of each.
+    /// Devices added and not revoked, with the newest counted add of each.
     pub added: BTreeMap<String, DeviceOp>,
     /// Devices revoked.
     pub revoked: BTreeSet<String>,
+    /// Who may sign operations (roots included).
+    pub signers: HashSet<String>,
 }
 
 fn path(home: &Home) -> PathBuf {
@@ -196,60 +200,103 @@ impl DeviceList {
         crate::fsutil::write_atomic(&path(home), &bytes, 0o600)
     }
 
-    /// Who is a member, given who this node trusts to sign without
-    /// operations (`roots`: see [`signing_roots`]). Only operations whose
-    /// signer is trusted count, and only a device added with full rights
-    /// (not read-only) may sign in turn.
+    /// Who is a member, given the roots ([`signing_roots`]); see the
+    /// module's text for the rules.
     pub fn members(&self, folder: &str, roots: &HashSet<String>) -> Members {
         let checked: Vec<&DeviceOp> = self
             .ops
             .iter()
             .filter(|o| o.check(folder).is_ok())
             .collect();
-        // Who is trusted, revocations aside: grows to a fixpoint.
-        let mut trusted: HashSet<String> = roots.clone();
-        loop {
-            let before = trusted.len();
-            for o in &checked {
-                if o.kind == OpKind::Add && !o.read_only && trusted.contains(&o.by) {
-                    trusted.insert(o.device.clone());
-                }
-            }
-            if trusted.len() == before {
-                break;
+        // One signer's newest add of each device.
+        let mut newest: BTreeMap<(&str, &str), &DeviceOp> = BTreeMap::new();
+        for o in checked.iter().filter(|o| o.kind == OpKind::Add) {
+            let slot = newest.entry((o.by.as_str(), o.device.as_str())).or_insert(o);
+            if (o.at_ms, &o.sig) > (slot.at_ms, &slot.sig) {
+                *slot = o;
             }
         }
-        let revoked: BTreeSet<String> = checked
+        let revokes: Vec<&&DeviceOp> = checked.iter().filter(|o| o.kind == OpKind::Revoke).collect();
+        // Roots revoked by roots.
+        let mut revoked: BTreeSet<String> = revokes
             .iter()
-            .filter(|o| o.kind == OpKind::Revoke && trusted.contains(&o.by))
+            .filter(|o| roots.contains(&o.by))
             .map(|o| o.device.clone())
             .collect();
+        // Then, to a fixpoint: who may sign, and the non-roots they revoke.
+        let signers = loop {
+            let mut signers: HashSet<String> = roots
+                .iter()
+                .filter(|r| !revoked.contains(*r))
+                .cloned()
+                .collect();
+            loop {
+                let before = signers.len();
+                for o in newest.values() {
+                    if !o.read_only && signers.contains(&o.by) && !revoked.contains(&o.device) {
+                        signers.insert(o.device.clone());
+                    }
+                }
+                if signers.len() == before {
+                    break;
+                }
+            }
+            let before = revoked.len();
+            for o in &revokes {
+                if signers.contains(&o.by) && !roots.contains(&o.device) {
+                    revoked.insert(o.device.clone());
+                }
+            }
+            if revoked.len() == before {
+                break signers;
+            }
+        };
         let mut added: BTreeMap<String, DeviceOp> = BTreeMap::new();
-        for o in &checked {
-            if o.kind == OpKind::Add
-                && trusted.contains(&o.by)
-                && !revoked.contains(&o.by)
-                && !revoked.contains(&o.device)
-            {
+        for o in newest.values() {
+            if signers.contains(&o.by) && !revoked.contains(&o.device) {
                 let newer = added.get(&o.device).is_none_or(|p| p.at_ms <= o.at_ms);
                 if newer {
                     added.insert(o.device.clone(), (*o).clone());
                 }
             }
         }
-        Members { added, revoked }
+        Members {
+            added,
+            revoked,
+            signers,
+        }
     }
 
-    /// Takes the operations of `incoming` this list lacks and whose
-    /// signature checks; returns how many were new.
-    pub fn merge(&mut self, folder: &str, incoming: Vec<DeviceOp>) -> usize {
-        let have: HashSet<String> = self.ops.iter().map(|o| o.sig.clone()).collect();
-        let mut new = 0;
+    /// Takes the operations of `incoming` this list lacks whose signature
+    /// checks and whose signer is trusted (given `roots`); returns how many
+    /// were new. Past [`MAX_OPS`], only revocations are taken.
+    pub fn merge(&mut self, folder: &str, roots: &HashSet<String>, incoming: Vec<DeviceOp>) -> usize {
+        let canonical = |sig: &str| hex::decode(sig).ok();
+        let mut have: HashSet<Vec<u8>> = self.ops.iter().filter_map(|o| canonical(&o.sig)).collect();
+        let mut candidates = Vec::new();
         for o in incoming {
-            if self.ops.len() >= MAX_OPS {
-                break;
+            let Some(sig) = canonical(&o.sig) else { continue };
+            if have.contains(&sig) || o.check(folder).is_err() {
+                continue;
             }
-            if !have.contains(&o.sig) && o.check(folder).is_ok() {
+            have.insert(sig);
+            candidates.push(o);
+        }
+        if candidates.is_empty() {
+            return 0;
+        }
+        // Trust as it stands with the newcomers: a chain of adds may come
+        // in one message.
+        let mut all = self.clone();
+        all.ops.extend(candidates.iter().cloned());
+        let signers = all.members(folder, roots).signers;
+        let mut new = 0;
+        for o in candidates {
+            let room = match o.kind {
+                OpKind::Add => self.ops.len() < MAX_OPS,
+                OpKind::Revoke => self.ops.len() < MAX_OPS + MAX_OPS / 4,
+            };
+            if room && signers.contains(&o.by) {
                 self.ops.push(o);
                 new += 1;
             }
@@ -264,9 +311,10 @@ impl DeviceList {
         let me = secret.public().to_string();
         let mut signed = false;
         for p in peers {
-            // A peer limited to some paths is this node's own arrangement:
-            // other members would give it the whole folder.
-            if !p.paths.is_empty() {
+            // A peer limited to some paths is this node's own arrangement
+            // (other members would give it the whole folder), and one the
+            // list brought is the list's.
+            if !p.paths.is_empty() || p.via_list {
                 continue;
             }
             let Ok(id) = p.id.parse::<PublicKey>() else {
@@ -301,12 +349,13 @@ impl DeviceList {
 }
 
 /// Who a node trusts to sign device operations without any: itself and
-/// its configured peers with full rights (a read-only peer, or one limited
-/// to some paths, may not add devices that would get more than it has).
+/// the peers its user configured with full rights (a read-only peer, or
+/// one limited to some paths, may not add devices that would get more
+/// than it has; one the list brought is trusted through the list).
 pub fn signing_roots(me: &PublicKey, peers: &[PeerConfig]) -> HashSet<String> {
     let mut roots: HashSet<String> = peers
         .iter()
-        .filter(|p| !p.read_only && p.paths.is_empty())
+        .filter(|p| !p.read_only && p.paths.is_empty() && !p.via_list)
         .map(|p| p.id.clone())
         .collect();
     roots.insert(me.to_string());
@@ -314,8 +363,10 @@ pub fn signing_roots(me: &PublicKey, peers: &[PeerConfig]) -> HashSet<String> {
 }
 
 /// Brings a folder's configured peers in line with its device list:
-/// members missing from the config are added (with what their add says),
-/// revoked devices are removed. Returns whether the config changed.
+/// revoked devices are removed, whoever added them; members missing from
+/// the config are added (marked as the list's, with what their add says);
+/// peers the list brought follow its newest add, and go when it no longer
+/// lists them. Returns whether the config changed.
 pub fn apply_to_config(
     home: &Home,
     folder: &str,
@@ -324,23 +375,30 @@ pub fn apply_to_config(
 ) -> Result<bool> {
     Config::update(home, |c| {
         let members = list.members(folder, &signing_roots(me, &c.peers));
-        let before = c.peers.len();
-        c.peers.retain(|p| !members.revoked.contains(&p.id));
-        let mut changed = c.peers.len() != before;
+        let before = c.peers.clone();
+        c.peers.retain(|p| {
+            !members.revoked.contains(&p.id)
+                && (!p.via_list || members.added.contains_key(&p.id))
+        });
         for (id, op) in &members.added {
-            if *id == me.to_string() || c.peers.iter().any(|p| &p.id == id) {
+            if *id == me.to_string() {
                 continue;
             }
-            c.peers.push(PeerConfig {
+            let listed = PeerConfig {
                 id: id.clone(),
                 addresses: op.addresses.clone(),
                 name: op.name.clone(),
                 read_only: op.read_only,
                 paths: Vec::new(),
-            });
-            changed = true;
+                via_list: true,
+            };
+            match c.peers.iter_mut().find(|p| &p.id == id) {
+                Some(p) if p.via_list => *p = listed,
+                Some(_) => {}
+                None => c.peers.push(listed),
+            }
         }
-        Ok(changed)
+        Ok(c.peers != before)
     })
 }
 
@@ -356,44 +414,78 @@ mod tests {
         DeviceOp::new(f, by, OpKind::Add, &who.public(), None, false, vec![])
     }
 
+    fn revoke(f: &str, by: &SecretKey, who: &SecretKey) -> DeviceOp {
+        DeviceOp::new(f, by, OpKind::Revoke, &who.public(), None, false, vec![])
+    }
+
+    fn roots(keys: &[&SecretKey]) -> HashSet<String> {
+        keys.iter().map(|k| k.public().to_string()).collect()
+    }
+
+    fn has(m: &Members, k: &SecretKey) -> bool {
+        m.added.contains_key(&k.public().to_string())
+    }
+
     #[test]
     fn trust_grows_from_the_roots_and_a_revocation_wins_for_good() {
         let (a, b, d, x) = (key(), key(), key(), key());
         let f = "folder";
-        let roots: HashSet<String> = [a.public().to_string()].into();
+        let roots = roots(&[&a]);
         let mut list = DeviceList::default();
-        // A adds D; D adds X; someone nobody trusts adds itself.
+        // A adds D; D adds X; someone nobody trusts adds itself (not kept).
         assert_eq!(
-            list.merge(f, vec![add(f, &a, &d), add(f, &d, &x), add(f, &b, &b)]),
-            3
+            list.merge(f, &roots, vec![add(f, &a, &d), add(f, &d, &x), add(f, &b, &b)]),
+            2
         );
         let m = list.members(f, &roots);
-        assert!(m.added.contains_key(&d.public().to_string()));
-        assert!(m.added.contains_key(&x.public().to_string()));
-        assert!(!m.added.contains_key(&b.public().to_string()));
+        assert!(has(&m, &d) && has(&m, &x) && !has(&m, &b));
         // A revokes D: D is out, and so is what only D vouched for.
-        list.merge(
-            f,
-            vec![DeviceOp::new(
-                f,
-                &a,
-                OpKind::Revoke,
-                &d.public(),
-                None,
-                false,
-                vec![],
-            )],
-        );
+        list.merge(f, &roots, vec![revoke(f, &a, &d)]);
         let m = list.members(f, &roots);
-        assert!(!m.added.contains_key(&d.public().to_string()));
-        assert!(!m.added.contains_key(&x.public().to_string()));
+        assert!(!has(&m, &d) && !has(&m, &x));
         assert!(m.revoked.contains(&d.public().to_string()));
-        // A later add of D (through a third member) does not bring it back.
-        list.merge(f, vec![add(f, &a, &d)]);
-        assert!(!list
-            .members(f, &roots)
-            .added
-            .contains_key(&d.public().to_string()));
+        // A later add of D does not bring it back.
+        list.merge(f, &roots, vec![add(f, &a, &d)]);
+        assert!(!has(&list.members(f, &roots), &d));
+    }
+
+    #[test]
+    fn a_revoked_device_revokes_nobody_and_no_root_falls_to_a_non_root() {
+        let (a, b, d, x) = (key(), key(), key(), key());
+        let f = "folder";
+        let roots = roots(&[&a, &b]);
+        let mut list = DeviceList::default();
+        list.merge(f, &roots, vec![add(f, &a, &d), add(f, &d, &x)]);
+        // D (a member through the list, not a root) tries to revoke root B.
+        list.ops.push(revoke(f, &d, &b));
+        assert!(!list.members(f, &roots).revoked.contains(&b.public().to_string()));
+        // D is revoked; its revocation of X made afterwards counts for nothing,
+        // and X goes only because D alone vouched for it.
+        list.merge(f, &roots, vec![revoke(f, &b, &d)]);
+        let late = revoke(f, &d, &a);
+        assert_eq!(list.merge(f, &roots, vec![late]), 0, "a revoked signer's op is not kept");
+        let m = list.members(f, &roots);
+        assert!(!m.revoked.contains(&a.public().to_string()));
+        assert!(!has(&m, &x));
+    }
+
+    #[test]
+    fn a_later_read_only_add_takes_signing_back() {
+        let (a, r, x) = (key(), key(), key());
+        let f = "folder";
+        let roots = roots(&[&a]);
+        let mut list = DeviceList::default();
+        list.merge(f, &roots, vec![add(f, &a, &r)]);
+        // The same signer's add of R, later and read-only.
+        let mut ro = DeviceOp::new(f, &a, OpKind::Add, &r.public(), None, true, vec![]);
+        ro.at_ms = list.ops[0].at_ms + 1;
+        ro.sig = hex::encode(a.sign(&ro.signed_bytes(f)).to_bytes());
+        list.merge(f, &roots, vec![ro]);
+        // R's add of X: R may no longer sign, so it is not even kept.
+        assert_eq!(list.merge(f, &roots, vec![add(f, &r, &x)]), 0);
+        let m = list.members(f, &roots);
+        assert!(has(&m, &r) && m.added[&r.public().to_string()].read_only);
+        assert!(!has(&m, &x));
     }
 
     #[test]
@@ -407,50 +499,60 @@ mod tests {
         }];
         let roots = signing_roots(&a.public(), &peers);
         let mut list = DeviceList::default();
-        list.merge(f, vec![add(f, &r, &x)]);
-        assert!(list.members(f, &roots).added.is_empty());
+        assert_eq!(list.merge(f, &roots, vec![add(f, &r, &x)]), 0);
         // Nor can a device added read-only by a member.
         let (y, z) = (key(), key());
         list.merge(
             f,
+            &roots,
             vec![
                 DeviceOp::new(f, &a, OpKind::Add, &y.public(), None, true, vec![]),
                 add(f, &y, &z),
             ],
         );
         let m = list.members(f, &roots);
-        assert!(m.added.contains_key(&y.public().to_string()));
-        assert!(!m.added.contains_key(&z.public().to_string()));
+        assert!(has(&m, &y) && !has(&m, &z));
     }
 
     #[test]
-    fn forged_or_foreign_operations_are_refused() {
+    fn forged_foreign_and_repeated_operations_are_refused() {
         let (a, d) = (key(), key());
+        let roots = roots(&[&a]);
         let mut op = add("folder", &a, &d);
         assert!(op.check("folder").is_ok());
         assert!(op.check("another folder").is_err());
+        let mut list = DeviceList::default();
+        assert_eq!(list.merge("folder", &roots, vec![op.clone()]), 1);
+        // The same signature in capitals is the same operation.
+        let mut upper = op.clone();
+        upper.sig = upper.sig.to_uppercase();
+        assert_eq!(list.merge("folder", &roots, vec![upper]), 0);
         op.read_only = true;
         assert!(op.check("folder").is_err());
-        let mut list = DeviceList::default();
-        assert_eq!(list.merge("folder", vec![op]), 0);
+        assert_eq!(list.merge("folder", &roots, vec![op]), 0);
     }
 
     #[test]
-    fn a_member_vouches_once_for_each_configured_peer() {
-        let (a, d) = (key(), key());
+    fn a_member_vouches_once_for_each_peer_its_user_configured() {
+        let (a, d, l) = (key(), key(), key());
         let peer = PeerConfig {
             id: d.public().to_string(),
             addresses: vec!["127.0.0.1:7000".into()],
             ..Default::default()
         };
+        let from_list = PeerConfig {
+            id: l.public().to_string(),
+            via_list: true,
+            ..Default::default()
+        };
         let mut list = DeviceList::default();
-        assert!(list.vouch("f", &a, std::slice::from_ref(&peer)));
+        assert!(list.vouch("f", &a, &[peer.clone(), from_list.clone()]));
         assert!(!list.vouch("f", &a, std::slice::from_ref(&peer)));
         let ro = PeerConfig {
             read_only: true,
             ..peer
         };
         assert!(list.vouch("f", &a, &[ro]));
-        assert_eq!(list.ops.len(), 2);
+        assert_eq!(list.ops.len(), 2, "no vouch for a peer the list brought");
     }
 }

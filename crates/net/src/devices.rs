@@ -63,8 +63,10 @@ impl SyncNet {
         let (new, config_changed) = self
             .shared
             .with_node_bulk(move |n| {
+                let peers = sovryn_engine::Config::load(&n.home)?.peers;
+                let roots = sovryn_engine::devices::signing_roots(&me, &peers);
                 let (new, list) = DeviceList::update(&n.home, |list| {
-                    Ok((list.merge(&folder, ops), list.clone()))
+                    Ok((list.merge(&folder, &roots, ops), list.clone()))
                 })?;
                 if new == 0 {
                     return Ok((0, false));
