@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sovryn_engine::config::PeerConfig;
@@ -55,12 +55,29 @@ pub fn record_for_recovery(ctx: &Ctx) -> Result<()> {
     }
     let secret = sovryn_engine::identity::load(&home.identity())?;
     let by = sovryn_engine::identity::short_id(&secret.public());
-    let recovery = vault::update(home, |c| {
-        c.set(
-            FOLDERS_ENTRY,
-            serde_json::to_value(&kept).unwrap_or_default(),
-            &by,
-        )?;
+    let wrap = vault::KeyWrap::of(&node_key.derive());
+    let recovery = vault::update(home, &wrap, |c| {
+        // Folders other devices recorded stay; a name already there keeps
+        // its key (this device's own default folder may differ from the
+        // mesh's: the first recorded is the mesh's).
+        let mut all: Vec<VaultFolder> = c
+            .entries
+            .get(FOLDERS_ENTRY)
+            .and_then(|e| serde_json::from_value(e.value.clone()).ok())
+            .unwrap_or_default();
+        let before = all.len();
+        for f in kept {
+            if !all.iter().any(|a| a.name == f.name) {
+                all.push(f);
+            }
+        }
+        if all.len() != before || before == 0 {
+            c.set(
+                FOLDERS_ENTRY,
+                serde_json::to_value(&all).unwrap_or_default(),
+                &by,
+            )?;
+        }
         let existing = c
             .entries
             .get(RECOVERY_ENTRY)
@@ -151,14 +168,15 @@ pub fn recover(ctx: &Ctx, from: &str, node: NodeArgs) -> Result<()> {
             MasterKey::from_hex(&f.key).context("the vault holds a bad folder key")?,
         ));
     }
-    if !keys.iter().any(|(n, _)| n.is_default()) {
-        bail!("the vault has no default folder");
-    }
+    let node_key = keys
+        .iter()
+        .find(|(n, _)| n.is_default())
+        .map(|(_, k)| k.clone())
+        .context("the vault has no default folder")?;
     let peer = PeerConfig::checked(&member, vec![sock.to_string()], None, false, &[])?;
     let created = node.create(ctx, None, identity.clone(), keys, peer)?;
     // The vault comes along, and the identity just used is replaced by a
     // fresh one for the next recovery.
-    key.save(&ctx.home)?;
     let next = SecretKey::generate();
     let by = sovryn_engine::identity::short_id(&identity.public());
     contents.set(
@@ -166,7 +184,8 @@ pub fn recover(ctx: &Ctx, from: &str, node: NodeArgs) -> Result<()> {
         json!({"secret": hex::encode(next.to_bytes())}),
         &by,
     )?;
-    vault::save_envelope(&ctx.home, &key.seal(&contents)?)?;
+    let wrap = vault::KeyWrap::of(&node_key.derive());
+    vault::install(&ctx.home, &wrap, &key, Some(&key.seal(&contents)?))?;
     for f in &created.folders {
         let k = crate::unlock::master_key(&f.home, None)?;
         vouch_for_recovery(&f.home, &k.derive().folder_id, &identity, &next.public())

@@ -68,7 +68,7 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
         VaultAction::Init {
             vault_passphrase_file,
         } => {
-            if vault::load_envelope(home)?.is_some() || VaultKey::load(home)?.is_some() {
+            if vault::load_envelope(home)?.is_some() || VaultKey::is_kept(home) {
                 bail!("this node already has a vault; `sovryn vault unlock` opens one received from peers");
             }
             let pass = passphrase(vault_passphrase_file.as_deref(), "vault passphrase: ")?;
@@ -82,8 +82,12 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
                 );
             }
             let key = VaultKey::create(&pass, KdfParams::default())?;
-            key.save(home)?;
-            vault::save_envelope(home, &key.seal(&Contents::default())?)?;
+            vault::install(
+                home,
+                &wrap(ctx)?,
+                &key,
+                Some(&key.seal(&Contents::default())?),
+            )?;
             crate::recover_cmd::record_for_recovery(ctx)?;
             tell_node(ctx);
             println!("vault created; other devices open it with `sovryn vault unlock`");
@@ -96,14 +100,14 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
             let pass = passphrase(vault_passphrase_file.as_deref(), "vault passphrase: ")?;
             let key = VaultKey::for_envelope(&pass, &e)?;
             let contents = key.open(&e)?;
-            key.save(home)?;
+            vault::install(home, &wrap(ctx)?, &key, None)?;
             crate::recover_cmd::record_for_recovery(ctx)?;
             tell_node(ctx);
             println!("vault open: {} entries", contents.entries.len());
         }
         VaultAction::Status => {
             let e = vault::load_envelope(home)?;
-            let key = VaultKey::load(home)?;
+            let key = VaultKey::load(home, &wrap(ctx)?)?;
             let entries = match (&e, &key) {
                 (Some(e), Some(k)) => Some(k.open(e)?.entries.len()),
                 _ => None,
@@ -135,7 +139,7 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
             }
         }
         VaultAction::Show => {
-            let (key, e) = opened(home)?;
+            let (key, e) = opened(ctx)?;
             let contents = key.open(&e)?;
             if ctx.json {
                 let entries: serde_json::Map<String, serde_json::Value> = contents
@@ -164,7 +168,7 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
             let value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
             let secret = sovryn_engine::identity::load(&home.identity())?;
             let by = sovryn_engine::identity::short_id(&secret.public());
-            vault::set(home, &name, value, &by)?;
+            vault::set(home, &wrap(ctx)?, &name, value, &by)?;
             tell_node(ctx);
         }
         VaultAction::Export => {
@@ -175,8 +179,16 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
     Ok(())
 }
 
-fn opened(home: &sovryn_engine::Home) -> Result<(VaultKey, vault::Envelope)> {
-    let key = VaultKey::load(home)?.context(
+/// What seals the vault key in this node's home: from the node's key
+/// (which a passphrase may protect).
+pub(crate) fn wrap(ctx: &Ctx) -> Result<vault::KeyWrap> {
+    let key = crate::unlock::master_key(&ctx.home, ctx.passphrase_file.as_deref())?;
+    Ok(vault::KeyWrap::of(&key.derive()))
+}
+
+fn opened(ctx: &Ctx) -> Result<(VaultKey, vault::Envelope)> {
+    let home = &ctx.home;
+    let key = VaultKey::load(home, &wrap(ctx)?)?.context(
         "the vault is not open on this node: `sovryn vault init` or `sovryn vault unlock`",
     )?;
     let e = vault::load_envelope(home)?.context("no vault on this node")?;

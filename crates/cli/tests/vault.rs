@@ -79,6 +79,12 @@ fn a_vault_reaches_every_device_and_merges_concurrent_changes() {
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("MARKER"), "plaintext on disk");
         assert!(!text.contains("helix"), "plaintext on disk");
+        // The vault key is sealed by the node's key, not kept as text.
+        let kept = std::fs::read(p.home.join("vault.key")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&kept).contains("\"key\""),
+            "vault key in the clear"
+        );
     }
 }
 

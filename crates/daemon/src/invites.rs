@@ -164,16 +164,10 @@ fn admit(node: &Home, node_key: &MasterKey, req: JoinRequest) -> anyhow::Result<
     }
     let cfg = Config::load(node)?;
     let me = sovryn_engine::identity::load(&node.identity())?.public();
-    let devices = cfg
-        .peers
-        .iter()
-        .filter(|p| p.id != req.joiner.to_string())
-        .map(|p| Device {
-            id: p.id.clone(),
-            name: p.name.clone(),
-            addresses: p.addresses.clone(),
-        })
-        .collect();
+    // The other members reach the joiner through the signed device list
+    // of each folder it was granted, not through this bundle (which would
+    // tell it about folders it was not granted).
+    let devices = Vec::new();
     tracing::info!(
         "{} ({}) joined: folders {}",
         req.joiner.fmt_short(),

@@ -211,12 +211,17 @@ impl DeviceList {
         // One signer's newest add of each device.
         let mut newest: BTreeMap<(&str, &str), &DeviceOp> = BTreeMap::new();
         for o in checked.iter().filter(|o| o.kind == OpKind::Add) {
-            let slot = newest.entry((o.by.as_str(), o.device.as_str())).or_insert(o);
+            let slot = newest
+                .entry((o.by.as_str(), o.device.as_str()))
+                .or_insert(o);
             if (o.at_ms, &o.sig) > (slot.at_ms, &slot.sig) {
                 *slot = o;
             }
         }
-        let revokes: Vec<&&DeviceOp> = checked.iter().filter(|o| o.kind == OpKind::Revoke).collect();
+        let revokes: Vec<&&DeviceOp> = checked
+            .iter()
+            .filter(|o| o.kind == OpKind::Revoke)
+            .collect();
         // Roots revoked by roots.
         let mut revoked: BTreeSet<String> = revokes
             .iter()
@@ -270,12 +275,20 @@ impl DeviceList {
     /// Takes the operations of `incoming` this list lacks whose signature
     /// checks and whose signer is trusted (given `roots`); returns how many
     /// were new. Past [`MAX_OPS`], only revocations are taken.
-    pub fn merge(&mut self, folder: &str, roots: &HashSet<String>, incoming: Vec<DeviceOp>) -> usize {
+    pub fn merge(
+        &mut self,
+        folder: &str,
+        roots: &HashSet<String>,
+        incoming: Vec<DeviceOp>,
+    ) -> usize {
         let canonical = |sig: &str| hex::decode(sig).ok();
-        let mut have: HashSet<Vec<u8>> = self.ops.iter().filter_map(|o| canonical(&o.sig)).collect();
+        let mut have: HashSet<Vec<u8>> =
+            self.ops.iter().filter_map(|o| canonical(&o.sig)).collect();
         let mut candidates = Vec::new();
         for o in incoming {
-            let Some(sig) = canonical(&o.sig) else { continue };
+            let Some(sig) = canonical(&o.sig) else {
+                continue;
+            };
             if have.contains(&sig) || o.check(folder).is_err() {
                 continue;
             }
@@ -377,8 +390,7 @@ pub fn apply_to_config(
         let members = list.members(folder, &signing_roots(me, &c.peers));
         let before = c.peers.clone();
         c.peers.retain(|p| {
-            !members.revoked.contains(&p.id)
-                && (!p.via_list || members.added.contains_key(&p.id))
+            !members.revoked.contains(&p.id) && (!p.via_list || members.added.contains_key(&p.id))
         });
         for (id, op) in &members.added {
             if *id == me.to_string() {
@@ -434,7 +446,11 @@ mod tests {
         let mut list = DeviceList::default();
         // A adds D; D adds X; someone nobody trusts adds itself (not kept).
         assert_eq!(
-            list.merge(f, &roots, vec![add(f, &a, &d), add(f, &d, &x), add(f, &b, &b)]),
+            list.merge(
+                f,
+                &roots,
+                vec![add(f, &a, &d), add(f, &d, &x), add(f, &b, &b)]
+            ),
             2
         );
         let m = list.members(f, &roots);
@@ -458,12 +474,19 @@ mod tests {
         list.merge(f, &roots, vec![add(f, &a, &d), add(f, &d, &x)]);
         // D (a member through the list, not a root) tries to revoke root B.
         list.ops.push(revoke(f, &d, &b));
-        assert!(!list.members(f, &roots).revoked.contains(&b.public().to_string()));
+        assert!(!list
+            .members(f, &roots)
+            .revoked
+            .contains(&b.public().to_string()));
         // D is revoked; its revocation of X made afterwards counts for nothing,
         // and X goes only because D alone vouched for it.
         list.merge(f, &roots, vec![revoke(f, &b, &d)]);
         let late = revoke(f, &d, &a);
-        assert_eq!(list.merge(f, &roots, vec![late]), 0, "a revoked signer's op is not kept");
+        assert_eq!(
+            list.merge(f, &roots, vec![late]),
+            0,
+            "a revoked signer's op is not kept"
+        );
         let m = list.members(f, &roots);
         assert!(!m.revoked.contains(&a.public().to_string()));
         assert!(!has(&m, &x));

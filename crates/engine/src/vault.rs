@@ -91,6 +91,39 @@ fn header_ad(e: &Envelope) -> Vec<u8> {
     .into_bytes()
 }
 
+impl Envelope {
+    /// Refuses an envelope this node must not process as it is: a format
+    /// it does not know, Argon2id costs that would exhaust the machine (a
+    /// peer chose them), a salt or nonce of the wrong size, a time far in
+    /// the future (it would shadow every later copy), too many bytes.
+    pub fn check(&self) -> Result<()> {
+        let bad = |why: &str| Error::Usage(format!("vault envelope refused: {why}"));
+        if self.v != VERSION {
+            return Err(bad("unknown format"));
+        }
+        let k = self.kdf;
+        if !(8..=1 << 20).contains(&k.m_cost)
+            || !(1..=10).contains(&k.t_cost)
+            || !(1..=8).contains(&k.p_cost)
+        {
+            return Err(bad("Argon2id costs out of range"));
+        }
+        if !(16..=64).contains(&(self.salt.len() / 2)) || hex::decode(&self.salt).is_err() {
+            return Err(bad("bad salt"));
+        }
+        if self.nonce.len() != 48 || hex::decode(&self.nonce).is_err() {
+            return Err(bad("bad nonce"));
+        }
+        if self.ciphertext.len() > MAX_ENVELOPE_HEX {
+            return Err(bad("too large"));
+        }
+        if self.updated_ms > crate::node::now_ms().saturating_add(24 * 3600 * 1000) {
+            return Err(bad("dated in the future"));
+        }
+        Ok(())
+    }
+}
+
 impl VaultKey {
     /// Derives the key of a new vault (fresh salt).
     pub fn create(passphrase: &str, kdf: KdfParams) -> Result<VaultKey> {
@@ -98,8 +131,10 @@ impl VaultKey {
         VaultKey::derive(passphrase, &salt, kdf)
     }
 
-    /// Derives the key of an existing vault from its envelope's salt.
+    /// Derives the key of an existing vault from its envelope's salt
+    /// (after checking the envelope's costs are sane).
     pub fn for_envelope(passphrase: &str, e: &Envelope) -> Result<VaultKey> {
+        e.check()?;
         let salt = hex::decode(&e.salt).map_err(|_| Error::Config("vault: bad salt".into()))?;
         VaultKey::derive(passphrase, &salt, e.kdf)
     }
@@ -114,14 +149,22 @@ impl VaultKey {
     }
 
     /// The key kept in `home`, if the vault was opened there.
-    pub fn load(home: &Home) -> Result<Option<VaultKey>> {
-        let text = match std::fs::read_to_string(key_path(home)) {
-            Ok(t) => t,
+    pub fn load(home: &Home, wrap: &KeyWrap) -> Result<Option<VaultKey>> {
+        let bytes = match std::fs::read(key_path(home)) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(&key_path(home), e)),
         };
+        if bytes.len() < 24 {
+            return Err(Error::Config("vault.key is damaged".into()));
+        }
+        let (nonce, sealed) = bytes.split_at(24);
+        let plain = wrap
+            .cipher()
+            .decrypt(XNonce::from_slice(nonce), sealed)
+            .map_err(|_| Error::Config("vault.key does not open with this node's key".into()))?;
         let stored: StoredKey =
-            serde_json::from_str(&text).map_err(|e| Error::Config(format!("vault.key: {e}")))?;
+            serde_json::from_slice(&plain).map_err(|e| Error::Config(format!("vault.key: {e}")))?;
         let key: [u8; 32] = hex::decode(&stored.key)
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -134,16 +177,28 @@ impl VaultKey {
         }))
     }
 
-    /// Keeps the key in `home` (mode 0600, replacing any).
-    pub fn save(&self, home: &Home) -> Result<()> {
-        let text = serde_json::to_vec(&StoredKey {
+    /// Whether a vault key is kept in `home`.
+    pub fn is_kept(home: &Home) -> bool {
+        key_path(home).exists()
+    }
+
+    /// Keeps the key in `home`, sealed by `wrap` (mode 0600; written to a
+    /// fresh name and renamed over any older one).
+    fn save(&self, home: &Home, wrap: &KeyWrap) -> Result<()> {
+        let plain = serde_json::to_vec(&StoredKey {
             key: hex::encode(self.key),
             salt: hex::encode(&self.salt),
             kdf: self.kdf,
         })
         .map_err(|e| Error::Config(e.to_string()))?;
-        let _ = std::fs::remove_file(key_path(home));
-        sovryn_store::keys::write_secret_file(&key_path(home), &text)?;
+        let nonce: [u8; 24] = rand::random();
+        let sealed = wrap
+            .cipher()
+            .encrypt(XNonce::from_slice(&nonce), plain.as_slice())
+            .map_err(|_| Error::Config("vault.key: sealing failed".into()))?;
+        let mut bytes = nonce.to_vec();
+        bytes.extend_from_slice(&sealed);
+        sovryn_store::keys::write_secret_file(&key_path(home), &bytes)?;
         Ok(())
     }
 
@@ -201,6 +256,25 @@ impl VaultKey {
             return Err(Error::Config("vault: too many entries".into()));
         }
         Ok(contents)
+    }
+}
+
+/// What seals the vault key at rest: derived from the folder key of the
+/// node's first folder, so the vault key is as safe on disk as that key
+/// (passphrase-wrapped when the node has a passphrase).
+pub struct KeyWrap([u8; 32]);
+
+impl KeyWrap {
+    /// The wrap of the node whose first folder has these keys.
+    pub fn of(keys: &sovryn_store::keys::DerivedKeys) -> KeyWrap {
+        KeyWrap(blake3::derive_key(
+            "sovryn vault key wrap 1",
+            &keys.chunk_seal,
+        ))
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new((&self.0).into())
     }
 }
 
@@ -297,15 +371,41 @@ impl Contents {
 
 /// Sets entry `name` of the vault kept in `home` (which must be opened
 /// there: `vault init` or `vault unlock`), as node `by`.
-pub fn set(home: &Home, name: &str, value: serde_json::Value, by: &str) -> Result<()> {
-    update(home, |c| c.set(name, value, by))
+pub fn set(
+    home: &Home,
+    wrap: &KeyWrap,
+    name: &str,
+    value: serde_json::Value,
+    by: &str,
+) -> Result<()> {
+    update(home, wrap, |c| c.set(name, value, by))
+}
+
+/// Keeps `key` in `home` (sealed by `wrap`) and, when given, `envelope`,
+/// both under the vault's lock (`vault init`, `vault unlock`, recovery).
+pub fn install(
+    home: &Home,
+    wrap: &KeyWrap,
+    key: &VaultKey,
+    envelope: Option<&Envelope>,
+) -> Result<()> {
+    crate::config::with_lock(home, "vault.lock", || {
+        if let Some(e) = envelope {
+            save_envelope(home, e)?;
+        }
+        key.save(home, wrap)
+    })
 }
 
 /// Changes the vault kept in `home` (open there) under its lock, and
 /// seals it again.
-pub fn update<T>(home: &Home, f: impl FnOnce(&mut Contents) -> Result<T>) -> Result<T> {
+pub fn update<T>(
+    home: &Home,
+    wrap: &KeyWrap,
+    f: impl FnOnce(&mut Contents) -> Result<T>,
+) -> Result<T> {
     crate::config::with_lock(home, "vault.lock", || {
-        let key = VaultKey::load(home)?.ok_or_else(|| {
+        let key = VaultKey::load(home, wrap)?.ok_or_else(|| {
             Error::Usage(
                 "the vault is not open on this node: `sovryn vault init` or `sovryn vault unlock`"
                     .into(),
@@ -338,16 +438,14 @@ const MAX_ENVELOPE_HEX: usize = 8 << 20;
 /// both are opened, merged entry by entry and sealed again (fresh nonce);
 /// without it, the newer envelope is kept as it is. Returns whether the
 /// kept envelope changed.
-pub fn merge_received(home: &Home, received: &Envelope) -> Result<bool> {
-    crate::config::with_lock(home, "vault.lock", || merge_locked(home, received))
+pub fn merge_received(home: &Home, wrap: &KeyWrap, received: &Envelope) -> Result<bool> {
+    crate::config::with_lock(home, "vault.lock", || merge_locked(home, wrap, received))
 }
 
-fn merge_locked(home: &Home, received: &Envelope) -> Result<bool> {
-    if received.ciphertext.len() > MAX_ENVELOPE_HEX {
-        return Err(Error::Usage("a vault of more than 4 MiB".into()));
-    }
+fn merge_locked(home: &Home, wrap: &KeyWrap, received: &Envelope) -> Result<bool> {
+    received.check()?;
     let mine = load_envelope(home)?;
-    let Some(key) = VaultKey::load(home)? else {
+    let Some(key) = VaultKey::load(home, wrap)? else {
         let newer = mine.as_ref().is_none_or(|m| {
             (received.updated_ms, &received.ciphertext) > (m.updated_ms, &m.ciphertext)
         });

@@ -26,8 +26,16 @@ impl SyncNet {
 
     /// Sends the device list now and after every change, while the
     /// session lasts (never returns for a peer that does not hear it).
+    /// Whether `peer` is configured here with full rights (not read-only,
+    /// not limited to some paths).
+    fn full_member(&self, peer: &EndpointId) -> bool {
+        self.rights(peer)
+            .is_ok_and(|p| !p.read_only && p.paths.is_empty())
+    }
+
     pub(crate) async fn send_devices(
         &self,
+        peer: EndpointId,
         send: ControlSend,
         hears: bool,
         hears_vault: bool,
@@ -39,8 +47,9 @@ impl SyncNet {
         loop {
             let ops = self.device_ops().await?;
             wire::write_msg(&mut *send.lock().await, &Msg::Devices { ops }).await?;
-            // The vault is the node's, sent on its first folder's sessions.
-            if hears_vault && self.owner {
+            // The vault is the node's, sent on its first folder's sessions,
+            // to full members only.
+            if hears_vault && self.owner && self.full_member(&peer) {
                 let envelope = self
                     .shared
                     .with_node(|n| Ok(sovryn_engine::vault::load_envelope(&n.home)?))
@@ -110,12 +119,20 @@ impl SyncNet {
         from: &EndpointId,
         envelope: sovryn_engine::vault::Envelope,
     ) -> Result<()> {
-        if !self.owner {
+        if !self.owner || !self.full_member(from) {
             return Ok(());
         }
-        let home = self.shared.with_node(|n| Ok(n.home.clone())).await?;
+        let (home, wrap) = self
+            .shared
+            .with_node(|n| {
+                Ok((
+                    n.home.clone(),
+                    sovryn_engine::vault::KeyWrap::of(n.store.codec().keys()),
+                ))
+            })
+            .await?;
         let changed = tokio::task::spawn_blocking(move || {
-            sovryn_engine::vault::merge_received(&home, &envelope)
+            sovryn_engine::vault::merge_received(&home, &wrap, &envelope)
         })
         .await
         .context("vault merge panicked")?;

@@ -480,11 +480,47 @@ async fn serve_inner(invites: &Invites, me: EndpointId, conn: &Connection) -> Re
     let fail = |reason: String| {
         invites.settle(id, Outcome::Failed { reason });
     };
+    // Whatever goes wrong from here, the invite shows as failed (the
+    // success path settles it as joined, which wins).
+    let outcome = admitted(
+        invites, id, me, joiner, &mut send, &mut recv, open, hello.pake, name, addrs,
+    )
+    .await;
+    if let Err(e) = &outcome {
+        let settled = invites
+            .outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .is_some_and(|o| *o != Outcome::Open);
+        if !settled {
+            fail(e.to_string());
+        }
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn admitted(
+    invites: &Invites,
+    id: [u8; 8],
+    me: EndpointId,
+    joiner: EndpointId,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    open: Open,
+    their_pake: String,
+    name: String,
+    addrs: Vec<SocketAddr>,
+) -> Result<()> {
+    let fail = |reason: String| {
+        invites.settle(id, Outcome::Failed { reason });
+    };
     let (state, mine) = Spake2::<Ed25519Group>::start_symmetric(
         &Password::new(open.secret),
         &identity(&id, &me, &joiner),
     );
-    let shared = match pake_bytes(&hello.pake).and_then(|b| {
+    let shared = match pake_bytes(&their_pake).and_then(|b| {
         state
             .finish(&b)
             .map_err(|_| InviteError::Protocol("bad key exchange".into()))
@@ -497,14 +533,14 @@ async fn serve_inner(invites: &Invites, me: EndpointId, conn: &Connection) -> Re
     };
     let session = Session::new(&shared);
     write(
-        &mut send,
+        send,
         &Reply::Pake {
             pake: hex::encode(mine),
             confirm: session.confirm("inviter"),
         },
     )
     .await?;
-    let confirmed = match read::<Reply>(&mut recv, MAX_JOINER_MESSAGE).await {
+    let confirmed = match read::<Reply>(recv, MAX_JOINER_MESSAGE).await {
         Ok(Reply::Confirm { confirm }) => session.check("joiner", &confirm),
         Ok(_) => false,
         Err(e) => {
@@ -515,7 +551,7 @@ async fn serve_inner(invites: &Invites, me: EndpointId, conn: &Connection) -> Re
     if !confirmed {
         fail("a device tried it with the wrong secret".into());
         let _ = write(
-            &mut send,
+            send,
             &Reply::Error {
                 message: "wrong secret; the invite is spent".into(),
             },
@@ -546,13 +582,13 @@ async fn serve_inner(invites: &Invites, me: EndpointId, conn: &Connection) -> Re
         Ok(b) => b,
         Err(e) => {
             fail(e.clone());
-            let _ = write(&mut send, &Reply::Error { message: e.clone() }).await;
+            let _ = write(send, &Reply::Error { message: e.clone() }).await;
             return Err(InviteError::Refused(e));
         }
     };
     let plain = serde_json::to_vec(&bundle).map_err(|e| InviteError::Protocol(e.to_string()))?;
     write(
-        &mut send,
+        send,
         &Reply::Bundle {
             sealed: session.seal(&plain)?,
         },

@@ -34,6 +34,7 @@ pub struct Knock {
 pub struct Knocks {
     seen: Mutex<HashMap<EndpointId, Knock>>,
     denied: Mutex<HashSet<EndpointId>>,
+    last_warning: Mutex<Option<std::time::Instant>>,
 }
 
 fn now() -> u64 {
@@ -57,10 +58,18 @@ impl Knocks {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let t = now();
         if !seen.contains_key(&id) {
-            tracing::warn!(
-                "unknown device {id} asked to sync; `sovryn devices pending` lists it \
-                 (approve or deny it there)"
-            );
+            // Once per device, and at most one warning in 10 s: new ids cost
+            // an attacker nothing.
+            let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+                *last = Some(std::time::Instant::now());
+                tracing::warn!(
+                    "unknown device {id} asked to sync; `sovryn devices pending` lists it \
+                     (approve or deny it there)"
+                );
+            } else {
+                tracing::debug!("unknown device {id} asked to sync");
+            }
             if seen.len() >= MAX_KNOCKS {
                 if let Some(oldest) = seen
                     .values()

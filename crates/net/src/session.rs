@@ -375,7 +375,10 @@ impl SyncNet {
         let device_sender = {
             let me = self.clone();
             let send = send.clone();
-            async move { me.send_devices(send, hears_devices, hears_vault).await }
+            async move {
+                me.send_devices(peer, send, hears_devices, hears_vault)
+                    .await
+            }
         };
         let sender = {
             let me = self.clone();

@@ -70,10 +70,12 @@ impl ReadAhead {
             return None;
         }
         let window = self.window(node, rel);
+        // Tried either way: a lone changed file must not make every later
+        // one look the rest of the directory over again.
+        self.tried = window.iter().map(|(r, _)| r.clone()).collect();
         if window.len() < 2 {
             return None;
         }
-        self.tried = window.iter().map(|(r, _)| r.clone()).collect();
         let limit = node.text_limit();
         self.ready = read_window(node.store.codec(), window, limit);
         self.ready.remove(rel)
@@ -84,8 +86,12 @@ impl ReadAhead {
         let mut out = Vec::new();
         let mut bytes = 0u64;
         let mut candidates = std::iter::once(rel.to_owned()).chain(self.upcoming.iter().cloned());
-        while out.len() < WINDOW_FILES && bytes < WINDOW_BYTES {
+        // Files looked at, changed or not: a window never costs more than
+        // this many stats however few of them changed.
+        let mut looked = 0;
+        while out.len() < WINDOW_FILES && bytes < WINDOW_BYTES && looked < 4 * WINDOW_FILES {
             let Some(c) = candidates.next() else { break };
+            looked += 1;
             let Ok(abs) = crate::paths::confined(node.root(), &c) else {
                 continue;
             };
