@@ -94,6 +94,24 @@ impl NodeArgs {
         keys: Vec<(FolderName, MasterKey)>,
         member: PeerConfig,
     ) -> Result<Created> {
+        // A node half made (a folder that could not be placed) is removed
+        // again: the command can be run anew, not refused as "already
+        // initialised" with keys missing.
+        let created = self.create_inner(ctx, passphrase, identity, keys, member);
+        if created.is_err() {
+            let _ = std::fs::remove_dir_all(&ctx.home.dir);
+        }
+        created
+    }
+
+    fn create_inner(
+        self,
+        ctx: &Ctx,
+        passphrase: Option<String>,
+        identity: SecretKey,
+        keys: Vec<(FolderName, MasterKey)>,
+        member: PeerConfig,
+    ) -> Result<Created> {
         let node_key = keys
             .iter()
             .find(|(n, _)| n.is_default())
