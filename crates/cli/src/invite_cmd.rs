@@ -239,6 +239,9 @@ pub fn join(
     passphrase: Option<String>,
 ) -> Result<()> {
     let code = InviteCode::parse(code)?;
+    if ctx.home.exists() {
+        return join_existing(ctx, &code, &node.storage_path);
+    }
     // What would make the node's creation fail is checked before the code
     // is spent on the inviter.
     node.check(ctx)?;
@@ -304,4 +307,130 @@ pub fn join(
     }
     println!("Start syncing with: sovryn up");
     Ok(())
+}
+
+/// `join` on a node that exists: the granted folders are added to it as
+/// folders of their own (the inviter's default folder under the
+/// inviter's name), the first at `storage_path`, the others beside it.
+fn join_existing(ctx: &Ctx, code: &InviteCode, storage_path: &std::path::Path) -> Result<()> {
+    let home = &ctx.home;
+    // Everything that needs the user (the node's passphrase) or could be
+    // refused here is done before the code is spent.
+    let node_key = crate::unlock::master_key(home, ctx.passphrase_file.as_deref())?;
+    let secret = sovryn_engine::identity::load(&home.identity())?;
+    let config = Config::load(home)?;
+    if std::path::absolute(storage_path)?.starts_with(std::path::absolute(&home.dir)?) {
+        bail!("the storage path must not lie inside the node's home");
+    }
+    let addrs: Vec<SocketAddr> = config
+        .listen
+        .parse::<SocketAddr>()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified())
+        .into_iter()
+        .collect();
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let joined = runtime.block_on(invite::join_as(secret, code, &config.node_name, addrs))?;
+    let bundle: Bundle = serde_json::from_value(joined.bundle)
+        .context("the inviter sent a bundle this version does not read")?;
+    let inviter = PeerConfig::checked(
+        &joined.inviter,
+        code.addrs.iter().map(|a| a.to_string()).collect(),
+        bundle.inviter.name.clone(),
+        false,
+        &[],
+    )?;
+    let mut placed = Vec::new();
+    for (i, f) in bundle.folders.iter().enumerate() {
+        let key = MasterKey::from_hex(&f.key).context("the inviter sent a bad folder key")?;
+        let granted = FolderName::parse(&f.name)?;
+        let name = if granted.is_default() {
+            folder_name_for(bundle.inviter.name.as_deref())
+        } else {
+            granted
+        };
+        if folders::find(home, name.as_str()).is_ok() {
+            bail!(
+                "this node already has a folder named {}; the invite is spent: remove or rename \
+                 that folder, then ask for a new one",
+                name.as_str()
+            );
+        }
+        let path = if i == 0 {
+            storage_path.to_path_buf()
+        } else {
+            storage_path
+                .parent()
+                .map_or_else(|| name.as_str().into(), |p| p.join(name.as_str()))
+        };
+        let made = folders::create(home, &name, &path, &node_key, Some(key))?;
+        let fhome = folders::folder_home(home, &name);
+        let peer = inviter.clone();
+        let relay = code.relay.clone();
+        Config::update(&fhome, |c| {
+            c.upsert_peer(peer);
+            if let Some(r) = relay {
+                c.sync.relay_url = r;
+            }
+            Ok(())
+        })?;
+        // A running node serves it at once.
+        let _ = control::request(
+            home,
+            &Request::OpenFolder {
+                name: name.to_string(),
+            },
+        );
+        placed.push((name.as_str().to_owned(), made.storage_path));
+    }
+    if ctx.json {
+        return output::json(&json!({
+            "node_id": secret_id(home)?,
+            "inviter": joined.inviter.to_string(),
+            "confirmation": joined.confirmation,
+            "folders": placed.iter().map(|(n, p)| json!({"name": n, "storage_path": p})).collect::<Vec<_>>(),
+            "seconds": started.elapsed().as_secs_f64(),
+        }));
+    }
+    println!(
+        "Joined {} ({}).\nConfirmation: {}  (the inviting side shows the same)",
+        bundle.inviter.name.as_deref().unwrap_or("the inviter"),
+        joined.inviter.fmt_short(),
+        joined.confirmation
+    );
+    for (n, p) in &placed {
+        println!("  new folder {n}: {}", p.display());
+    }
+    Ok(())
+}
+
+fn secret_id(home: &sovryn_engine::Home) -> Result<String> {
+    Ok(sovryn_engine::identity::load(&home.identity())?
+        .public()
+        .to_string())
+}
+
+/// A folder name from the inviter's node name (its default folder, seen
+/// from a node that has a default folder of its own).
+fn folder_name_for(inviter: Option<&str>) -> FolderName {
+    let cleaned: String = inviter
+        .unwrap_or("shared")
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(32)
+        .collect();
+    FolderName::parse(&cleaned)
+        .ok()
+        .filter(|n| !n.is_default())
+        .unwrap_or_else(|| {
+            FolderName::parse("shared").unwrap_or_else(|_| FolderName::default_folder())
+        })
 }

@@ -324,3 +324,36 @@ fn an_invite_for_one_folder_read_only_grants_that_folder_and_no_writes() {
         "D got a folder it was not granted"
     );
 }
+
+#[test]
+fn a_node_that_exists_joins_as_a_new_folder_of_its_own() {
+    let mut a = Peer::new("alpha", None);
+    a.up();
+    a.write("from-alpha.txt", b"a's default folder");
+    let mut e = Peer::new("echo", None);
+    e.write("mine.txt", b"e's own default folder");
+    e.up();
+    let code = invite(&a, &[])["code"].as_str().unwrap().to_owned();
+    let dest = e.dir.path().join("from-alpha");
+    let joined: serde_json::Value = serde_json::from_str(&e.ok(&[
+        "--json",
+        "join",
+        &code,
+        "--storage-path",
+        dest.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(joined["folders"][0]["name"], "alpha", "{joined}");
+    let deadline = std::time::Instant::now() + mesh::CONVERGE;
+    while !dest.join("from-alpha.txt").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing arrived:\n{}",
+            e.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // E's own folder is untouched and not shared.
+    assert!(e.root.join("mine.txt").exists());
+    assert!(!a.root.join("mine.txt").exists());
+}
