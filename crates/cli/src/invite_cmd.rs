@@ -264,13 +264,7 @@ pub fn join(
         let key = MasterKey::from_hex(&f.key).context("the inviter sent a bad folder key")?;
         keys.push((name, key));
     }
-    let inviter = PeerConfig::checked(
-        &joined.inviter,
-        code.addrs.iter().map(|a| a.to_string()).collect(),
-        bundle.inviter.name.clone(),
-        false,
-        &[],
-    )?;
+    let inviter = inviter_peer(&joined.inviter, &code, &bundle)?;
     let created = node.create(ctx, passphrase, secret, keys, inviter)?;
     // The inviter is reached through its relay: so is this node.
     if let Some(relay) = &code.relay {
@@ -309,6 +303,21 @@ pub fn join(
     Ok(())
 }
 
+/// The inviter as this node's peer: where the code says it listens.
+fn inviter_peer(
+    inviter: &sovryn_engine::identity::PublicKey,
+    code: &InviteCode,
+    bundle: &Bundle,
+) -> Result<PeerConfig> {
+    Ok(PeerConfig::checked(
+        inviter,
+        code.addrs.iter().map(|a| a.to_string()).collect(),
+        bundle.inviter.name.clone(),
+        false,
+        &[],
+    )?)
+}
+
 /// `join` on a node that exists: the granted folders are added to it as
 /// folders of their own (the inviter's default folder under the
 /// inviter's name), the first at `storage_path`, the others beside it.
@@ -334,13 +343,7 @@ fn join_existing(ctx: &Ctx, code: &InviteCode, storage_path: &std::path::Path) -
     let joined = runtime.block_on(invite::join_as(secret, code, &config.node_name, addrs))?;
     let bundle: Bundle = serde_json::from_value(joined.bundle)
         .context("the inviter sent a bundle this version does not read")?;
-    let inviter = PeerConfig::checked(
-        &joined.inviter,
-        code.addrs.iter().map(|a| a.to_string()).collect(),
-        bundle.inviter.name.clone(),
-        false,
-        &[],
-    )?;
+    let inviter = inviter_peer(&joined.inviter, code, &bundle)?;
     let mut placed = Vec::new();
     for (i, f) in bundle.folders.iter().enumerate() {
         let key = MasterKey::from_hex(&f.key).context("the inviter sent a bad folder key")?;

@@ -16,12 +16,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use iroh::endpoint::{Connection, RecvStream, SendStream};
-use iroh::{Endpoint, EndpointAddr, EndpointId};
-use serde::{Deserialize, Serialize};
-use spake2::{Ed25519Group, Identity, Password, Spake2};
+use iroh::{Endpoint, EndpointId};
+use serde::Serialize;
+use spake2::{Ed25519Group, Password, Spake2};
+
+mod code;
+mod exchange;
+
+pub use code::InviteCode;
+use exchange::{identity, pake_bytes, read, write, JoinHello, Reply, Session};
 
 /// The protocol a joiner dials.
 pub const JOIN_ALPN: &[u8] = b"sovryn/join/1";
@@ -65,72 +69,6 @@ pub enum InviteError {
 }
 
 type Result<T, E = InviteError> = std::result::Result<T, E>;
-
-/// What an invite code says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InviteCode {
-    /// The inviter's endpoint id.
-    pub inviter: [u8; 32],
-    /// Where it listens.
-    pub addrs: Vec<SocketAddr>,
-    /// Its relay, when it uses one.
-    pub relay: Option<String>,
-    /// Which invite.
-    pub invite: [u8; 8],
-    /// The one-time secret.
-    pub secret: [u8; SECRET_LEN],
-}
-
-impl InviteCode {
-    /// The code as one word to paste: a prefix, then base32.
-    pub fn encode(&self) -> String {
-        let bytes = postcard::to_allocvec(self).unwrap_or_default();
-        let text = data_encoding::BASE32_NOPAD
-            .encode(&bytes)
-            .to_ascii_lowercase();
-        format!("{CODE_PREFIX}{text}")
-    }
-
-    /// Reads a code (surrounding space and case do not matter).
-    pub fn parse(code: &str) -> Result<Self> {
-        let code = code.trim();
-        let body = code
-            .strip_prefix(CODE_PREFIX)
-            .ok_or_else(|| InviteError::BadCode(format!("it must start with {CODE_PREFIX}")))?;
-        let bytes = data_encoding::BASE32_NOPAD
-            .decode(body.to_ascii_uppercase().as_bytes())
-            .map_err(|_| InviteError::BadCode("it is cut short or mistyped".into()))?;
-        let code: InviteCode = postcard::from_bytes(&bytes)
-            .map_err(|_| InviteError::BadCode("it is cut short or mistyped".into()))?;
-        EndpointId::from_bytes(&code.inviter)
-            .map_err(|_| InviteError::BadCode("the inviter's id is not a valid key".into()))?;
-        if code.addrs.len() > 16 || code.relay.as_ref().is_some_and(|r| r.len() > 512) {
-            return Err(InviteError::BadCode("too many addresses".into()));
-        }
-        Ok(code)
-    }
-
-    /// The inviter's id.
-    pub fn inviter_id(&self) -> Result<EndpointId> {
-        EndpointId::from_bytes(&self.inviter)
-            .map_err(|_| InviteError::BadCode("the inviter's id is not a valid key".into()))
-    }
-
-    /// Where to dial the inviter.
-    pub fn endpoint_addr(&self) -> Result<EndpointAddr> {
-        let mut addr = EndpointAddr::new(self.inviter_id()?);
-        for a in &self.addrs {
-            addr = addr.with_ip_addr(*a);
-        }
-        if let Some(r) = &self.relay {
-            let url = r
-                .parse()
-                .map_err(|_| InviteError::BadCode("the relay address is not a URL".into()))?;
-            addr = addr.with_relay_url(url);
-        }
-        Ok(addr)
-    }
-}
 
 /// A joiner the inviter's handler is asked to admit.
 #[derive(Debug, Clone)]
@@ -303,128 +241,6 @@ impl Invites {
             }
         }
     }
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-struct JoinHello {
-    invite: String,
-    pake: String,
-    name: String,
-    addrs: Vec<SocketAddr>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "type")]
-enum Reply {
-    Error { message: String },
-    Pake { pake: String, confirm: String },
-    Confirm { confirm: String },
-    Bundle { sealed: String },
-}
-
-fn identity(invite: &[u8; 8], inviter: &EndpointId, joiner: &EndpointId) -> Identity {
-    let mut id = Vec::with_capacity(80);
-    id.extend_from_slice(JOIN_ALPN);
-    id.extend_from_slice(invite);
-    id.extend_from_slice(inviter.as_bytes());
-    id.extend_from_slice(joiner.as_bytes());
-    Identity::new(&id)
-}
-
-/// Keys derived from the exchanged secret, one per use.
-struct Session {
-    key: [u8; 32],
-}
-
-impl Session {
-    fn new(shared: &[u8]) -> Self {
-        Session {
-            key: blake3::derive_key("sovryn join 1 session", shared),
-        }
-    }
-
-    fn confirm(&self, side: &str) -> String {
-        let k = blake3::derive_key("sovryn join 1 confirm", &self.key);
-        blake3::keyed_hash(&k, side.as_bytes()).to_hex().to_string()
-    }
-
-    fn check(&self, side: &str, got: &str) -> bool {
-        blake3::Hash::from_hex(got).is_ok_and(|h| {
-            let k = blake3::derive_key("sovryn join 1 confirm", &self.key);
-            // `blake3::Hash` compares in constant time.
-            blake3::keyed_hash(&k, side.as_bytes()) == h
-        })
-    }
-
-    /// The string both people compare: eight digits.
-    fn confirmation(&self) -> String {
-        let k = blake3::derive_key("sovryn join 1 words", &self.key);
-        let n = u32::from_le_bytes([k[0], k[1], k[2], k[3]]) % 100_000_000;
-        format!("{:04}-{:04}", n / 10_000, n % 10_000)
-    }
-
-    fn cipher(&self) -> ChaCha20Poly1305 {
-        let k = blake3::derive_key("sovryn join 1 bundle", &self.key);
-        ChaCha20Poly1305::new(Key::from_slice(&k))
-    }
-
-    fn seal(&self, plain: &[u8]) -> Result<String> {
-        let nonce: [u8; 12] = rand::random();
-        let mut out = nonce.to_vec();
-        let sealed = self
-            .cipher()
-            .encrypt(Nonce::from_slice(&nonce), plain)
-            .map_err(|_| InviteError::Protocol("sealing the bundle failed".into()))?;
-        out.extend_from_slice(&sealed);
-        Ok(hex::encode(out))
-    }
-
-    fn open(&self, sealed: &str) -> Result<Vec<u8>> {
-        let bytes = hex::decode(sealed).map_err(|_| InviteError::Protocol("bad bundle".into()))?;
-        if bytes.len() < 12 {
-            return Err(InviteError::Protocol("bad bundle".into()));
-        }
-        let (nonce, body) = bytes.split_at(12);
-        self.cipher()
-            .decrypt(Nonce::from_slice(nonce), body)
-            .map_err(|_| InviteError::Protocol("the bundle does not open".into()))
-    }
-}
-
-async fn write<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<()> {
-    let body = serde_json::to_vec(msg).map_err(|e| InviteError::Protocol(e.to_string()))?;
-    let len = u32::try_from(body.len()).map_err(|_| InviteError::Protocol("too large".into()))?;
-    let io = |e: iroh::endpoint::WriteError| InviteError::Connection(e.to_string());
-    send.write_all(&len.to_be_bytes()).await.map_err(io)?;
-    send.write_all(&body).await.map_err(io)?;
-    Ok(())
-}
-
-async fn read<T: for<'de> Deserialize<'de>>(recv: &mut RecvStream, max: usize) -> Result<T> {
-    let step = async {
-        let io = |e: iroh::endpoint::ReadExactError| InviteError::Connection(e.to_string());
-        let mut len = [0u8; 4];
-        recv.read_exact(&mut len).await.map_err(io)?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > max {
-            return Err(InviteError::Protocol(format!("a message of {len} bytes")));
-        }
-        let mut body = vec![0u8; len];
-        recv.read_exact(&mut body).await.map_err(io)?;
-        serde_json::from_slice(&body).map_err(|e| InviteError::Protocol(e.to_string()))
-    };
-    tokio::time::timeout(STEP_TIMEOUT, step)
-        .await
-        .map_err(|_| InviteError::Connection("the other side went quiet".into()))?
-}
-
-fn pake_bytes(hex_text: &str) -> Result<Vec<u8>> {
-    let b = hex::decode(hex_text).map_err(|_| InviteError::Protocol("bad key exchange".into()))?;
-    if b.len() > 64 {
-        return Err(InviteError::Protocol("bad key exchange".into()));
-    }
-    Ok(b)
 }
 
 /// Serves one joiner on an accepted [`JOIN_ALPN`] connection.
@@ -753,60 +569,6 @@ pub async fn join_as(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn code() -> InviteCode {
-        InviteCode {
-            inviter: *iroh::SecretKey::generate().public().as_bytes(),
-            addrs: vec!["127.0.0.1:4000".parse().unwrap()],
-            relay: None,
-            invite: rand::random(),
-            secret: rand::random(),
-        }
-    }
-
-    #[test]
-    fn a_code_reads_back_and_a_damaged_one_is_refused() {
-        let c = code();
-        let text = c.encode();
-        assert!(text.starts_with(CODE_PREFIX));
-        assert_eq!(
-            InviteCode::parse(&format!(
-                "  {}\n",
-                text.to_uppercase().replacen("SOVRYN1-", "sovryn1-", 1)
-            ))
-            .unwrap(),
-            c
-        );
-        assert!(InviteCode::parse(&text[..text.len() - 6]).is_err());
-        assert!(InviteCode::parse("sovryn1-!!!").is_err());
-        assert!(InviteCode::parse("hello").is_err());
-    }
-
-    #[test]
-    fn both_sides_derive_one_key_only_from_the_same_secret() {
-        let (a, b) = (
-            iroh::SecretKey::generate().public(),
-            iroh::SecretKey::generate().public(),
-        );
-        let id = [1u8; 8];
-        let run = |sa: [u8; 5], sb: [u8; 5]| {
-            let (s1, m1) =
-                Spake2::<Ed25519Group>::start_symmetric(&Password::new(sa), &identity(&id, &a, &b));
-            let (s2, m2) =
-                Spake2::<Ed25519Group>::start_symmetric(&Password::new(sb), &identity(&id, &a, &b));
-            let (k1, k2) = (s1.finish(&m2).unwrap(), s2.finish(&m1).unwrap());
-            (Session::new(&k1), Session::new(&k2))
-        };
-        let (x, y) = run([9; 5], [9; 5]);
-        assert!(y.check("inviter", &x.confirm("inviter")));
-        assert!(!y.check("joiner", &x.confirm("inviter")));
-        assert_eq!(x.confirmation(), y.confirmation());
-        let sealed = x.seal(b"keys").unwrap();
-        assert_eq!(y.open(&sealed).unwrap(), b"keys");
-        let (x, y) = run([9; 5], [8; 5]);
-        assert!(!y.check("inviter", &x.confirm("inviter")));
-        assert!(y.open(&x.seal(b"keys").unwrap()).is_err());
-    }
 
     #[test]
     fn an_invite_is_spent_by_its_first_attempt_and_expires() {
