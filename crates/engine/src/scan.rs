@@ -370,6 +370,13 @@ impl Node {
             Some(a) if meta.is_file() => a.take(self, rel),
             _ => None,
         };
+        // When the bytes were read (a worker may have read them earlier):
+        // a file modified within a second of that may change again in the
+        // same clock tick without its stat changing, so it is recorded as
+        // racy and read again at the next scan.
+        let read_at = read
+            .as_ref()
+            .map_or_else(sovryn_store::now_ns, |r| r.read_ns);
         let Some((base, text)) = self.disk_entry(rel, durable, read)? else {
             return Ok(());
         };
@@ -402,7 +409,7 @@ impl Node {
             Change {
                 path: rel.to_owned(),
                 entry,
-                disk: Some(stat),
+                disk: Some(crate::fsutil::mark_racy(stat, read_at)),
                 text,
             },
             size,
@@ -478,6 +485,28 @@ pub fn unchanged_on_disk(path: &Path, stat: &DiskStat) -> bool {
 mod tests {
     use super::*;
     use crate::ops::tests::node;
+
+    /// A file rewritten in the same clock tick as it was scanned, with the
+    /// same size (so the same stat), is read again at the next scan, not
+    /// taken as unchanged.
+    #[test]
+    fn a_same_tick_rewrite_after_a_scan_is_not_missed() {
+        let (_dir, mut n) = node();
+        let path = n.root().join("f.txt");
+        fs::write(&path, "aaaa").unwrap();
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        n.scan(&[], &ScanOptions::default(), &mut |_| {}).unwrap();
+        assert!(n.store.file("f.txt").unwrap().unwrap().disk.unwrap().racy);
+        // The same size, the same inode, the mtime put back: the stat is
+        // what the scan recorded.
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut &f, b"bbbb").unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        n.scan(&[], &ScanOptions::default(), &mut |_| {}).unwrap();
+        let rec = n.store.file("f.txt").unwrap().unwrap();
+        assert_eq!(n.store.content(&rec.entry).unwrap(), b"bbbb");
+    }
 
     /// Each committed group is reported while the scan goes on, so the
     /// daemon can announce it to peers before the last file is read.

@@ -30,6 +30,8 @@ const WORKERS: usize = 8;
 pub(crate) struct ReadFile {
     pub(crate) stat: DiskStat,
     pub(crate) content: PreparedContent,
+    /// When the worker opened it (ns since the epoch).
+    pub(crate) read_ns: i64,
 }
 
 /// The scanner's read-ahead over one directory's files.
@@ -135,6 +137,7 @@ fn read_window(
                     return;
                 };
                 let read = (|| -> Option<ReadFile> {
+                    let read_ns = sovryn_store::now_ns();
                     let f = fs::OpenOptions::new()
                         .read(true)
                         .custom_flags(libc::O_NOFOLLOW)
@@ -142,7 +145,11 @@ fn read_window(
                         .ok()?;
                     let stat = stat_of(&f.metadata().ok()?);
                     let content = codec.prepare(f, text_limit).ok()?;
-                    (content.size() == stat.size).then_some(ReadFile { stat, content })
+                    (content.size() == stat.size).then_some(ReadFile {
+                        stat,
+                        content,
+                        read_ns,
+                    })
                 })();
                 if let Some(r) = read {
                     out.lock()
@@ -191,7 +198,10 @@ mod tests {
             let rec = n.store.file(rel).unwrap().unwrap();
             assert_eq!(&n.store.content(&rec.entry).unwrap(), data, "{rel}");
         }
-        // Nothing changed: a rescan reads nothing.
+        // Files written within a second of their read are read once more
+        // ("racy"); after that, a rescan of what did not change reads nothing.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        n.scan(&[], &ScanOptions::default(), &mut |_| {}).unwrap();
         let again = n.scan(&[], &ScanOptions::default(), &mut |_| {}).unwrap();
         assert_eq!((again.added, again.modified, again.bytes_hashed), (0, 0, 0));
     }
@@ -205,6 +215,9 @@ mod tests {
         for rel in names(10) {
             fs::write(n.root().join(&rel), "first").unwrap();
         }
+        n.scan(&[], &ScanOptions::default(), &mut |_| {}).unwrap();
+        // Past the racy second: the files just recorded count as unchanged.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         n.scan(&[], &ScanOptions::default(), &mut |_| {}).unwrap();
         for rel in ["d/f004", "d/f005", "d/f008"] {
             fs::write(n.root().join(rel), "second, longer").unwrap();
