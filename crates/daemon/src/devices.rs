@@ -77,7 +77,7 @@ pub(crate) async fn revoke_now(d: &Daemon, id: &str) -> serde_json::Value {
                 ));
                 Ok(list.clone())
             })?;
-            Ok(apply_to_config(&n.home, &folder, &me, &list)?)
+            Ok(apply_to_config(&n.home, &me, &list)?)
         })
         .await;
     match done {
@@ -98,10 +98,9 @@ pub(crate) async fn list_now(d: &Daemon) -> serde_json::Value {
     let listed = d
         .shared
         .with_node(move |n| {
-            let folder = n.store.folder_id().to_owned();
             let list = DeviceList::load(&n.home)?;
             let peers = Config::load(&n.home)?.peers;
-            let members = list.members(&folder, &signing_roots(&n.secret.public(), &peers));
+            let members = list.members(&signing_roots(&n.secret.public(), &peers));
             let devices: Vec<serde_json::Value> = peers
                 .iter()
                 .map(|p| {

@@ -201,13 +201,10 @@ impl DeviceList {
     }
 
     /// Who is a member, given the roots ([`signing_roots`]); see the
-    /// module's text for the rules.
-    pub fn members(&self, folder: &str, roots: &HashSet<String>) -> Members {
-        let checked: Vec<&DeviceOp> = self
-            .ops
-            .iter()
-            .filter(|o| o.check(folder).is_ok())
-            .collect();
+    /// module's text for the rules. The operations are taken as checked:
+    /// each was checked when [`DeviceList::merge`] took it, or signed here.
+    pub fn members(&self, roots: &HashSet<String>) -> Members {
+        let checked: Vec<&DeviceOp> = self.ops.iter().collect();
         // One signer's newest add of each device.
         let mut newest: BTreeMap<(&str, &str), &DeviceOp> = BTreeMap::new();
         for o in checked.iter().filter(|o| o.kind == OpKind::Add) {
@@ -302,7 +299,7 @@ impl DeviceList {
         // in one message.
         let mut all = self.clone();
         all.ops.extend(candidates.iter().cloned());
-        let signers = all.members(folder, roots).signers;
+        let signers = all.members(roots).signers;
         let mut new = 0;
         for o in candidates {
             let room = match o.kind {
@@ -380,20 +377,16 @@ pub fn signing_roots(me: &PublicKey, peers: &[PeerConfig]) -> HashSet<String> {
 /// the config are added (marked as the list's, with what their add says);
 /// peers the list brought follow its newest add, and go when it no longer
 /// lists them. Returns whether the config changed.
-pub fn apply_to_config(
-    home: &Home,
-    folder: &str,
-    me: &PublicKey,
-    list: &DeviceList,
-) -> Result<bool> {
+pub fn apply_to_config(home: &Home, me: &PublicKey, list: &DeviceList) -> Result<bool> {
     Config::update(home, |c| {
-        let members = list.members(folder, &signing_roots(me, &c.peers));
+        let members = list.members(&signing_roots(me, &c.peers));
+        let me = me.to_string();
         let before = c.peers.clone();
         c.peers.retain(|p| {
             !members.revoked.contains(&p.id) && (!p.via_list || members.added.contains_key(&p.id))
         });
         for (id, op) in &members.added {
-            if *id == me.to_string() {
+            if *id == me {
                 continue;
             }
             let listed = PeerConfig {
@@ -453,16 +446,16 @@ mod tests {
             ),
             2
         );
-        let m = list.members(f, &roots);
+        let m = list.members(&roots);
         assert!(has(&m, &d) && has(&m, &x) && !has(&m, &b));
         // A revokes D: D is out, and so is what only D vouched for.
         list.merge(f, &roots, vec![revoke(f, &a, &d)]);
-        let m = list.members(f, &roots);
+        let m = list.members(&roots);
         assert!(!has(&m, &d) && !has(&m, &x));
         assert!(m.revoked.contains(&d.public().to_string()));
         // A later add of D does not bring it back.
         list.merge(f, &roots, vec![add(f, &a, &d)]);
-        assert!(!has(&list.members(f, &roots), &d));
+        assert!(!has(&list.members(&roots), &d));
     }
 
     #[test]
@@ -475,7 +468,7 @@ mod tests {
         // D (a member through the list, not a root) tries to revoke root B.
         list.ops.push(revoke(f, &d, &b));
         assert!(!list
-            .members(f, &roots)
+            .members(&roots)
             .revoked
             .contains(&b.public().to_string()));
         // D is revoked; its revocation of X made afterwards counts for nothing,
@@ -487,7 +480,7 @@ mod tests {
             0,
             "a revoked signer's op is not kept"
         );
-        let m = list.members(f, &roots);
+        let m = list.members(&roots);
         assert!(!m.revoked.contains(&a.public().to_string()));
         assert!(!has(&m, &x));
     }
@@ -506,7 +499,7 @@ mod tests {
         list.merge(f, &roots, vec![ro]);
         // R's add of X: R may no longer sign, so it is not even kept.
         assert_eq!(list.merge(f, &roots, vec![add(f, &r, &x)]), 0);
-        let m = list.members(f, &roots);
+        let m = list.members(&roots);
         assert!(has(&m, &r) && m.added[&r.public().to_string()].read_only);
         assert!(!has(&m, &x));
     }
@@ -533,7 +526,7 @@ mod tests {
                 add(f, &y, &z),
             ],
         );
-        let m = list.members(f, &roots);
+        let m = list.members(&roots);
         assert!(has(&m, &y) && !has(&m, &z));
     }
 

@@ -80,7 +80,7 @@ impl SyncNet {
                 if new == 0 {
                     return Ok((0, false));
                 }
-                Ok((new, apply_to_config(&n.home, &folder, &me, &list)?))
+                Ok((new, apply_to_config(&n.home, &me, &list)?))
             })
             .await?;
         // In force before this returns (a revoked device gets nothing

@@ -293,25 +293,18 @@ async fn serve_inner(invites: &Invites, me: EndpointId, conn: &Connection) -> Re
             return Err(InviteError::Refused(why.into()));
         }
     };
-    let fail = |reason: String| {
-        invites.settle(id, Outcome::Failed { reason });
-    };
     // Whatever goes wrong from here, the invite shows as failed (the
-    // success path settles it as joined, which wins).
+    // success path settles it as joined, its last step).
     let outcome = admitted(
         invites, id, me, joiner, &mut send, &mut recv, open, hello.pake, name, addrs,
     )
     .await;
     if let Err(e) = &outcome {
-        let settled = invites
-            .outcomes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .is_some_and(|o| *o != Outcome::Open);
-        if !settled {
-            fail(e.to_string());
-        }
+        let reason = match e {
+            InviteError::Refused(why) => why.clone(),
+            other => other.to_string(),
+        };
+        invites.settle(id, Outcome::Failed { reason });
     }
     outcome
 }
@@ -329,24 +322,13 @@ async fn admitted(
     name: String,
     addrs: Vec<SocketAddr>,
 ) -> Result<()> {
-    let fail = |reason: String| {
-        invites.settle(id, Outcome::Failed { reason });
-    };
     let (state, mine) = Spake2::<Ed25519Group>::start_symmetric(
         &Password::new(open.secret),
         &identity(&id, &me, &joiner),
     );
-    let shared = match pake_bytes(&their_pake).and_then(|b| {
-        state
-            .finish(&b)
-            .map_err(|_| InviteError::Protocol("bad key exchange".into()))
-    }) {
-        Ok(k) => k,
-        Err(e) => {
-            fail(e.to_string());
-            return Err(e);
-        }
-    };
+    let shared = state
+        .finish(&pake_bytes(&their_pake)?)
+        .map_err(|_| InviteError::Protocol("bad key exchange".into()))?;
     let session = Session::new(&shared);
     write(
         send,
@@ -356,16 +338,11 @@ async fn admitted(
         },
     )
     .await?;
-    let confirmed = match read::<Reply>(recv, MAX_JOINER_MESSAGE).await {
-        Ok(Reply::Confirm { confirm }) => session.check("joiner", &confirm),
-        Ok(_) => false,
-        Err(e) => {
-            fail(format!("the joiner left: {e}"));
-            return Err(e);
-        }
+    let confirmed = match read::<Reply>(recv, MAX_JOINER_MESSAGE).await? {
+        Reply::Confirm { confirm } => session.check("joiner", &confirm),
+        _ => false,
     };
     if !confirmed {
-        fail("a device tried it with the wrong secret".into());
         let _ = write(
             send,
             &Reply::Error {
@@ -373,7 +350,9 @@ async fn admitted(
             },
         )
         .await;
-        return Err(InviteError::WrongSecret);
+        return Err(InviteError::Refused(
+            "a device tried it with the wrong secret".into(),
+        ));
     }
     let handler = invites
         .handler
@@ -397,7 +376,6 @@ async fn admitted(
     let bundle = match bundle {
         Ok(b) => b,
         Err(e) => {
-            fail(e.clone());
             let _ = write(send, &Reply::Error { message: e.clone() }).await;
             return Err(InviteError::Refused(e));
         }
