@@ -258,12 +258,7 @@ pub fn join(
     let joined = runtime.block_on(invite::join_as(secret.clone(), &code, &node.name(), addrs))?;
     let bundle: Bundle = serde_json::from_value(joined.bundle)
         .context("the inviter sent a bundle this version does not read")?;
-    let mut keys = Vec::new();
-    for f in &bundle.folders {
-        let name = FolderName::parse(&f.name)?;
-        let key = MasterKey::from_hex(&f.key).context("the inviter sent a bad folder key")?;
-        keys.push((name, key));
-    }
+    let keys = granted_keys(&bundle)?;
     let inviter = inviter_peer(&joined.inviter, &code, &bundle)?;
     let created = node.create(ctx, passphrase, secret, keys, inviter)?;
     // The inviter is reached through its relay: so is this node.
@@ -304,6 +299,20 @@ pub fn join(
 }
 
 /// The inviter as this node's peer: where the code says it listens.
+/// The folders a bundle grants, with their keys.
+fn granted_keys(bundle: &Bundle) -> Result<Vec<(FolderName, MasterKey)>> {
+    bundle
+        .folders
+        .iter()
+        .map(|f| {
+            Ok((
+                FolderName::parse(&f.name)?,
+                MasterKey::from_hex(&f.key).context("the inviter sent a bad folder key")?,
+            ))
+        })
+        .collect()
+}
+
 fn inviter_peer(
     inviter: &sovryn_engine::identity::PublicKey,
     code: &InviteCode,
@@ -327,6 +336,7 @@ fn join_existing(ctx: &Ctx, code: &InviteCode, storage_path: &std::path::Path) -
     // refused here is done before the code is spent.
     let node_key = crate::unlock::master_key(home, ctx.passphrase_file.as_deref())?;
     let secret = sovryn_engine::identity::load(&home.identity())?;
+    let node_id = secret.public();
     let config = Config::load(home)?;
     if std::path::absolute(storage_path)?.starts_with(std::path::absolute(&home.dir)?) {
         bail!("the storage path must not lie inside the node's home");
@@ -345,9 +355,7 @@ fn join_existing(ctx: &Ctx, code: &InviteCode, storage_path: &std::path::Path) -
         .context("the inviter sent a bundle this version does not read")?;
     let inviter = inviter_peer(&joined.inviter, code, &bundle)?;
     let mut placed = Vec::new();
-    for (i, f) in bundle.folders.iter().enumerate() {
-        let key = MasterKey::from_hex(&f.key).context("the inviter sent a bad folder key")?;
-        let granted = FolderName::parse(&f.name)?;
+    for (i, (granted, key)) in granted_keys(&bundle)?.into_iter().enumerate() {
         let name = if granted.is_default() {
             folder_name_for(bundle.inviter.name.as_deref())
         } else {
@@ -363,9 +371,7 @@ fn join_existing(ctx: &Ctx, code: &InviteCode, storage_path: &std::path::Path) -
         let path = if i == 0 {
             storage_path.to_path_buf()
         } else {
-            storage_path
-                .parent()
-                .map_or_else(|| name.as_str().into(), |p| p.join(name.as_str()))
+            crate::new_node::beside(storage_path, name.as_str())
         };
         let made = folders::create(home, &name, &path, &node_key, Some(key))?;
         let fhome = folders::folder_home(home, &name);
@@ -389,7 +395,7 @@ fn join_existing(ctx: &Ctx, code: &InviteCode, storage_path: &std::path::Path) -
     }
     if ctx.json {
         return output::json(&json!({
-            "node_id": secret_id(home)?,
+            "node_id": node_id.to_string(),
             "inviter": joined.inviter.to_string(),
             "confirmation": joined.confirmation,
             "folders": placed.iter().map(|(n, p)| json!({"name": n, "storage_path": p})).collect::<Vec<_>>(),
@@ -406,12 +412,6 @@ fn join_existing(ctx: &Ctx, code: &InviteCode, storage_path: &std::path::Path) -
         println!("  new folder {n}: {}", p.display());
     }
     Ok(())
-}
-
-fn secret_id(home: &sovryn_engine::Home) -> Result<String> {
-    Ok(sovryn_engine::identity::load(&home.identity())?
-        .public()
-        .to_string())
 }
 
 /// A folder name from the inviter's node name (its default folder, seen

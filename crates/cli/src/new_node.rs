@@ -97,65 +97,64 @@ impl NodeArgs {
         // A node half made (a folder that could not be placed) is removed
         // again: the command can be run anew, not refused as "already
         // initialised" with keys missing.
-        let created = self.create_inner(ctx, passphrase, identity, keys, member);
+        let created = (move || -> Result<Created> {
+            let node_key = keys
+                .iter()
+                .find(|(n, _)| n.is_default())
+                .map(|(_, k)| k.clone())
+                .unwrap_or_else(MasterKey::generate);
+            let name = self.name();
+            let out = Node::init(
+                &ctx.home,
+                InitOptions {
+                    storage_path: self.storage_path,
+                    node_name: Some(name),
+                    listen: self.listen,
+                    mcp_port: self.mcp_port,
+                    passphrase,
+                    folder_key: Some(node_key.to_hex()),
+                    kdf: None,
+                    identity: Some(identity),
+                },
+            )?;
+            let mut placed = Vec::new();
+            for (name, key) in keys {
+                let (home, path) = if name.is_default() {
+                    (ctx.home.clone(), out.config.storage_path.clone())
+                } else {
+                    let path = out
+                        .config
+                        .storage_path
+                        .parent()
+                        .map_or_else(|| PathBuf::from(name.as_str()), |p| p.join(name.as_str()));
+                    let created = folders::create(&ctx.home, &name, &path, &node_key, Some(key))?;
+                    (folders::folder_home(&ctx.home, &name), created.storage_path)
+                };
+                let peer = member.clone();
+                Config::update(&home, |c| Ok(c.upsert_peer(peer)))?;
+                placed.push(Placed {
+                    home,
+                    name: name.as_str().to_owned(),
+                    path,
+                });
+            }
+            Ok(Created {
+                node_id: out.node_id,
+                recovery_code: out.recovery_code,
+                folders: placed,
+            })
+        })();
         if created.is_err() {
             let _ = std::fs::remove_dir_all(&ctx.home.dir);
         }
         created
     }
+}
 
-    fn create_inner(
-        self,
-        ctx: &Ctx,
-        passphrase: Option<String>,
-        identity: SecretKey,
-        keys: Vec<(FolderName, MasterKey)>,
-        member: PeerConfig,
-    ) -> Result<Created> {
-        let node_key = keys
-            .iter()
-            .find(|(n, _)| n.is_default())
-            .map(|(_, k)| k.clone())
-            .unwrap_or_else(MasterKey::generate);
-        let name = self.name();
-        let out = Node::init(
-            &ctx.home,
-            InitOptions {
-                storage_path: self.storage_path,
-                node_name: Some(name),
-                listen: self.listen,
-                mcp_port: self.mcp_port,
-                passphrase,
-                folder_key: Some(node_key.to_hex()),
-                kdf: None,
-                identity: Some(identity),
-            },
-        )?;
-        let mut placed = Vec::new();
-        for (name, key) in keys {
-            let (home, path) = if name.is_default() {
-                (ctx.home.clone(), out.config.storage_path.clone())
-            } else {
-                let path = out
-                    .config
-                    .storage_path
-                    .parent()
-                    .map_or_else(|| PathBuf::from(name.as_str()), |p| p.join(name.as_str()));
-                let created = folders::create(&ctx.home, &name, &path, &node_key, Some(key))?;
-                (folders::folder_home(&ctx.home, &name), created.storage_path)
-            };
-            let peer = member.clone();
-            Config::update(&home, |c| Ok(c.upsert_peer(peer)))?;
-            placed.push(Placed {
-                home,
-                name: name.as_str().to_owned(),
-                path,
-            });
-        }
-        Ok(Created {
-            node_id: out.node_id,
-            recovery_code: out.recovery_code,
-            folders: placed,
-        })
-    }
+/// Where folder `name` goes beside a folder kept at `first`: in the same
+/// parent directory, under its name.
+pub(crate) fn beside(first: &std::path::Path, name: &str) -> PathBuf {
+    first
+        .parent()
+        .map_or_else(|| PathBuf::from(name), |p| p.join(name))
 }
