@@ -36,16 +36,15 @@ struct VaultFolder {
 /// Records this node's folders (with their keys) in the open vault, and a
 /// recovery identity (made when there is none) that every folder's device
 /// list trusts.
-pub fn record_for_recovery(ctx: &Ctx) -> Result<()> {
+pub fn record_for_recovery(ctx: &Ctx, node_key: &MasterKey) -> Result<()> {
     let home = &ctx.home;
-    let node_key = crate::unlock::master_key(home, ctx.passphrase_file.as_deref())?;
     let mut kept = Vec::new();
     let mut ids = Vec::new();
     for f in folders::list(home)? {
         let key = if f.name.is_default() {
             node_key.clone()
         } else {
-            folders::open_key(&f.home, &node_key)?
+            folders::open_key(&f.home, node_key)?
         };
         ids.push((f.home.clone(), key.derive().folder_id.clone()));
         kept.push(VaultFolder {
@@ -110,12 +109,12 @@ fn vouch_for_recovery(
     secret: &SecretKey,
     recovery: &PublicKey,
 ) -> Result<()> {
-    let me = secret.public().to_string();
+    let (me, device) = (secret.public().to_string(), recovery.to_string());
     DeviceList::update(home, |l| {
         let have = l
             .ops
             .iter()
-            .any(|o| o.by == me && o.device == recovery.to_string() && o.kind == OpKind::Add);
+            .any(|o| o.by == me && o.device == device && o.kind == OpKind::Add);
         if !have {
             l.ops.push(DeviceOp::new(
                 folder_id,

@@ -82,13 +82,10 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
                 );
             }
             let key = VaultKey::create(&pass, KdfParams::default())?;
-            vault::install(
-                home,
-                &wrap(ctx)?,
-                &key,
-                Some(&key.seal(&Contents::default())?),
-            )?;
-            crate::recover_cmd::record_for_recovery(ctx)?;
+            let node_key = node_key(ctx)?;
+            let wrap = vault::KeyWrap::of(&node_key.derive());
+            vault::install(home, &wrap, &key, Some(&key.seal(&Contents::default())?))?;
+            crate::recover_cmd::record_for_recovery(ctx, &node_key)?;
             tell_node(ctx);
             println!("vault created; other devices open it with `sovryn vault unlock`");
         }
@@ -100,8 +97,9 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
             let pass = passphrase(vault_passphrase_file.as_deref(), "vault passphrase: ")?;
             let key = VaultKey::for_envelope(&pass, &e)?;
             let contents = key.open(&e)?;
-            vault::install(home, &wrap(ctx)?, &key, None)?;
-            crate::recover_cmd::record_for_recovery(ctx)?;
+            let node_key = node_key(ctx)?;
+            vault::install(home, &vault::KeyWrap::of(&node_key.derive()), &key, None)?;
+            crate::recover_cmd::record_for_recovery(ctx, &node_key)?;
             tell_node(ctx);
             println!("vault open: {} entries", contents.entries.len());
         }
@@ -179,11 +177,15 @@ pub fn vault(ctx: &Ctx, action: VaultAction) -> Result<()> {
     Ok(())
 }
 
-/// What seals the vault key in this node's home: from the node's key
-/// (which a passphrase may protect).
-pub(crate) fn wrap(ctx: &Ctx) -> Result<vault::KeyWrap> {
-    let key = crate::unlock::master_key(&ctx.home, ctx.passphrase_file.as_deref())?;
-    Ok(vault::KeyWrap::of(&key.derive()))
+/// The node's key (which a passphrase may protect): what seals the vault
+/// key in its home, and what opens its folders' keys.
+fn node_key(ctx: &Ctx) -> Result<sovryn_store::MasterKey> {
+    crate::unlock::master_key(&ctx.home, ctx.passphrase_file.as_deref())
+}
+
+/// What seals the vault key in this node's home.
+fn wrap(ctx: &Ctx) -> Result<vault::KeyWrap> {
+    Ok(vault::KeyWrap::of(&node_key(ctx)?.derive()))
 }
 
 fn opened(ctx: &Ctx) -> Result<(VaultKey, vault::Envelope)> {

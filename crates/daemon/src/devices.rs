@@ -16,37 +16,55 @@ pub(crate) fn pending_now(d: &Daemon) -> serde_json::Value {
     json!({"ok": true, "pending": d.net.knocks().pending()})
 }
 
+/// A device id from the command line, or the answer refusing it.
+fn device_id(id: &str) -> Result<PublicKey, serde_json::Value> {
+    id.trim()
+        .parse()
+        .map_err(|_| json!({"ok": false, "error": format!("{id} is not a device id")}))
+}
+
 /// Approves device `id` for every folder it asked for.
 pub(crate) async fn approve_now(d: &Daemon, id: &str, read_only: bool) -> serde_json::Value {
-    let Ok(key) = id.trim().parse::<PublicKey>() else {
-        return json!({"ok": false, "error": format!("{id} is not a device id")});
+    let key = match device_id(id) {
+        Ok(k) => k,
+        Err(answer) => return answer,
     };
     let Some(knock) = d.net.knocks().take(&key) else {
         return json!({"ok": false, "error": format!("{id} is not pending (see `sovryn devices pending`)")});
     };
     let homes = d.net.folder_homes(&knock.alpns).await;
-    let mut folders = Vec::new();
-    for home in homes {
-        let added = PeerConfig::checked(&key, Vec::new(), None, read_only, &[])
-            .and_then(|peer| Config::update(&home, |c| Ok(c.upsert_peer(peer))));
-        if let Err(e) = added {
-            return json!({"ok": false, "error": format!("{e}")});
+    // Config files and the folders' control sockets: off the runtime.
+    let added = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+        let mut folders = Vec::new();
+        for home in homes {
+            PeerConfig::checked(&key, Vec::new(), None, read_only, &[])
+                .and_then(|peer| Config::update(&home, |c| Ok(c.upsert_peer(peer))))
+                .map_err(|e| e.to_string())?;
+            let _ = crate::control::request(&home, &crate::control::Request::ReloadConfig);
+            folders.push(home.dir.display().to_string());
         }
-        let _ = crate::control::request(&home, &crate::control::Request::ReloadConfig);
-        folders.push(home.dir.display().to_string());
+        Ok(folders)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match added {
+        Ok(folders) => {
+            tracing::info!("approved device {}", key.fmt_short());
+            json!({"ok": true, "approved": id, "folders": folders})
+        }
+        Err(e) => json!({"ok": false, "error": e}),
     }
-    tracing::info!("approved device {}", key.fmt_short());
-    json!({"ok": true, "approved": id, "folders": folders})
 }
 
 /// Denies device `id`: refused without a word from now on.
 pub(crate) fn deny_now(d: &Daemon, id: &str) -> serde_json::Value {
-    match id.trim().parse::<PublicKey>() {
+    match device_id(id) {
         Ok(key) => {
             let was = d.net.knocks().deny(key);
             json!({"ok": true, "denied": id, "was_pending": was})
         }
-        Err(_) => json!({"ok": false, "error": format!("{id} is not a device id")}),
+        Err(answer) => answer,
     }
 }
 
@@ -54,8 +72,9 @@ pub(crate) fn deny_now(d: &Daemon, id: &str) -> serde_json::Value {
 /// from the configured peers here, and every member removes it as the
 /// list reaches them; no member takes it back later.
 pub(crate) async fn revoke_now(d: &Daemon, id: &str) -> serde_json::Value {
-    let Ok(key) = id.trim().parse::<PublicKey>() else {
-        return json!({"ok": false, "error": format!("{id} is not a device id")});
+    let key = match device_id(id) {
+        Ok(k) => k,
+        Err(answer) => return answer,
     };
     let me = d.net.id();
     if key == me {

@@ -24,8 +24,6 @@ impl SyncNet {
             .await
     }
 
-    /// Sends the device list now and after every change, while the
-    /// session lasts (never returns for a peer that does not hear it).
     /// Whether `peer` is configured here with full rights (not read-only,
     /// not limited to some paths).
     fn full_member(&self, peer: &EndpointId) -> bool {
@@ -33,6 +31,9 @@ impl SyncNet {
             .is_ok_and(|p| !p.read_only && p.paths.is_empty())
     }
 
+    /// Sends the device list (and, to a full member on the node's first
+    /// folder, the vault) now and after every change, while the session
+    /// lasts (never returns for a peer that hears neither).
     pub(crate) async fn send_devices(
         &self,
         peer: EndpointId,
