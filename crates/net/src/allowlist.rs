@@ -89,6 +89,8 @@ pub struct Gate {
     pub(crate) invites: Arc<crate::invite::Invites>,
     /// Unknown devices refused, for `sovryn devices pending`.
     pub(crate) knocks: Arc<crate::knocks::Knocks>,
+    /// Vault fetches being served (`sovryn/vault/1`).
+    pub(crate) vault_fetches: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Gate {

@@ -423,7 +423,9 @@ impl SyncNet {
                     }
                     Ok(conn) if conn.alpn() == crate::recovery::VAULT_ALPN => {
                         match me.shared.with_node(|n| Ok(n.home.clone())).await {
-                            Ok(home) => crate::recovery::serve(conn, home).await,
+                            Ok(home) => {
+                                crate::recovery::serve(conn, home, &me.gate.vault_fetches).await
+                            }
                             Err(_) => conn.close(500u32.into(), b"no node"),
                         }
                     }

@@ -21,12 +21,11 @@ const MAX_FETCHES: usize = 4;
 /// The largest envelope read (bytes of JSON).
 const MAX_ENVELOPE: usize = 16 << 20;
 
-static SERVING: AtomicUsize = AtomicUsize::new(0);
-
 /// Answers one fetch: the envelope kept in `home` (or an empty answer).
-pub async fn serve(conn: Connection, home: Home) {
-    if SERVING.fetch_add(1, Ordering::SeqCst) >= MAX_FETCHES {
-        SERVING.fetch_sub(1, Ordering::SeqCst);
+/// `serving` counts the fetches this node serves at once.
+pub async fn serve(conn: Connection, home: Home, serving: &AtomicUsize) {
+    if serving.fetch_add(1, Ordering::SeqCst) >= MAX_FETCHES {
+        serving.fetch_sub(1, Ordering::SeqCst);
         conn.close(429u32.into(), b"busy");
         return;
     }
@@ -45,7 +44,7 @@ pub async fn serve(conn: Connection, home: Home) {
         Some(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(30), served).await;
-    SERVING.fetch_sub(1, Ordering::SeqCst);
+    serving.fetch_sub(1, Ordering::SeqCst);
     conn.close(0u32.into(), b"done");
 }
 

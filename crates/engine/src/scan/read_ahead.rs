@@ -84,7 +84,7 @@ impl ReadAhead {
     }
 
     /// `rel` and the changed files after it, within the window's bounds.
-    fn window(&mut self, node: &Node, rel: &str) -> Vec<(String, PathBuf)> {
+    fn window(&self, node: &Node, rel: &str) -> Vec<(String, PathBuf)> {
         let mut out = Vec::new();
         let mut bytes = 0u64;
         let mut candidates = std::iter::once(rel.to_owned()).chain(self.upcoming.iter().cloned());
