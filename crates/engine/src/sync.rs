@@ -382,7 +382,8 @@ impl Node {
                 .and_then(|()| crate::fsutil::set_mode(&tmp, entry.mode));
             match moved {
                 Ok(()) => {
-                    return self.sync_push_write(batch, report, rel, entry, tmp, target, expect)
+                    return self
+                        .sync_push_write(batch, report, rel, entry, tmp, target, expect, None)
                 }
                 Err(e) => {
                     tracing::debug!("{rel}: staged copy not used: {e}");
@@ -418,16 +419,13 @@ impl Node {
                 return Err(e);
             }
         };
-        self.sync_push_write(batch, report, rel, entry, tmp, target, expect)?;
-        if let Some(w) = batch.writes.last_mut() {
-            w.stat = Some(stat);
-        }
-        Ok(())
+        self.sync_push_write(batch, report, rel, entry, tmp, target, expect, Some(stat))
     }
 
     /// Records a file written to `tmp`, to be renamed onto `target` at the
     /// flush. The change goes in first: a write is never pending without
     /// the change it belongs to (a failure here removes the temp file).
+    /// `stat` is the written file's, when known (else taken at the rename).
     #[allow(clippy::too_many_arguments)]
     fn sync_push_write(
         &mut self,
@@ -438,6 +436,7 @@ impl Node {
         tmp: PathBuf,
         target: PathBuf,
         expect: Option<DiskStat>,
+        stat: Option<DiskStat>,
     ) -> Result<()> {
         let change = batch.changes.len();
         if let Err(e) = self.sync_push_change(batch, report, rel, entry, None) {
@@ -449,7 +448,7 @@ impl Node {
             target,
             change,
             expect,
-            stat: None,
+            stat,
         });
         Ok(())
     }
