@@ -238,50 +238,34 @@ impl SyncNet {
         let hello = tokio::time::timeout(HELLO_TIMEOUT, wire::read_msg(&mut recv))
             .await
             .context("no Hello from the peer")??;
-        let (
-            their_name,
-            their_seq,
-            their_want,
-            their_epoch,
-            their_want_epoch,
-            their_check,
-            hears_coming,
-            (hears_devices, hears_vault),
-        ) = match hello {
-            Some(Msg::Hello {
-                folder_id,
-                name,
-                seq,
-                want_since,
-                epoch,
-                want_epoch,
-                check,
-                coming,
-                devices,
-                vault,
-                ..
-            }) => {
-                // Both proved the folder key, so the ids agree; a mismatch
-                // is a bug or a forgery.
-                anyhow::ensure!(
-                    folder_id == self.folder_id,
-                    "folder id mismatch after proof"
-                );
-                (
-                    name,
-                    seq,
-                    want_since,
-                    epoch,
-                    want_epoch,
-                    check,
-                    coming,
-                    (devices, vault),
-                )
-            }
+        let hello = match hello {
             Some(Msg::Error { message }) => bail!("peer refused: {message}"),
-            Some(other) => bail!("expected Hello, got {}", msg_name(&other)),
+            Some(m) => m,
             None => bail!("peer closed the stream before Hello"),
         };
+        let kind = msg_name(&hello);
+        let Msg::Hello {
+            folder_id,
+            name: their_name,
+            seq: their_seq,
+            want_since: their_want,
+            epoch: their_epoch,
+            want_epoch: their_want_epoch,
+            check: their_check,
+            coming: hears_coming,
+            devices: hears_devices,
+            vault: hears_vault,
+            ..
+        } = hello
+        else {
+            bail!("expected Hello, got {kind}");
+        };
+        // Both proved the folder key, so the ids agree; a mismatch is a
+        // bug or a forgery.
+        anyhow::ensure!(
+            folder_id == self.folder_id,
+            "folder id mismatch after proof"
+        );
         // Where each side's change log resumes. Both sides decide the same
         // from the same two Hellos: another epoch, or a log that went back
         // below what the other side applied (a store restored from an old
