@@ -8,6 +8,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::aead::{self, NONCE_LEN, TAG_LEN};
+use crate::epochs::{EpochSecret, Keyring};
 use crate::keys::DerivedKeys;
 use crate::{Error, Result};
 
@@ -101,7 +102,7 @@ impl ChunkId {
     }
 }
 
-mod hex32 {
+pub(crate) mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(v))
@@ -114,10 +115,12 @@ mod hex32 {
     }
 }
 
-/// Cuts, names, seals and opens chunks under one folder's keys.
+/// Cuts, names, seals and opens chunks under one folder's keys. Clones
+/// share the folder's seal epochs ([`crate::epochs`]).
 #[derive(Clone)]
 pub struct ChunkCodec {
     keys: DerivedKeys,
+    epochs: Keyring,
 }
 
 /// A chunk ready to append to a pack.
@@ -133,7 +136,26 @@ pub struct SealedChunk {
 impl ChunkCodec {
     /// A codec for the folder these keys belong to.
     pub fn new(keys: DerivedKeys) -> Self {
-        ChunkCodec { keys }
+        ChunkCodec {
+            keys,
+            epochs: Keyring::default(),
+        }
+    }
+
+    /// Adds seal epochs to this codec and every clone of it; how many were new.
+    pub(crate) fn add_epochs(&self, epochs: &[EpochSecret]) -> usize {
+        self.epochs.add(epochs)
+    }
+
+    /// The seal epochs known, oldest first.
+    pub fn epochs(&self) -> Vec<EpochSecret> {
+        self.epochs.all()
+    }
+
+    /// How many seal epochs are known: it only grows, so a session that
+    /// sent this many has sent them all.
+    pub fn epoch_count(&self) -> usize {
+        self.epochs.len()
     }
 
     /// The derived keys in use.
@@ -158,9 +180,10 @@ impl ChunkCodec {
         )
     }
 
-    /// The key sealing chunk `id`.
-    fn chunk_key(&self, id: &ChunkId) -> [u8; 32] {
-        *blake3::keyed_hash(&self.keys.chunk_seal, &id.0).as_bytes()
+    /// The key sealing chunk `id` under a chunk-key base (the master
+    /// key's, or an epoch's).
+    fn chunk_key(base: &[u8; 32], id: &ChunkId) -> [u8; 32] {
+        *blake3::keyed_hash(base, &id.0).as_bytes()
     }
 
     /// Compresses (when that saves at least 1/32) and encrypts a chunk whose id is known.
@@ -175,14 +198,23 @@ impl ChunkCodec {
             None => (FLAG_RAW, data),
         };
         // nonce | flag, payload (encrypted in place) | tag: one buffer, one copy.
+        // Under the newest epoch when there is one: its tag opens the nonce,
+        // 160 random bits follow (still no collision risk).
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
+        let base = match self.epochs.current() {
+            Some((tag, key)) => {
+                nonce[..tag.len()].copy_from_slice(&tag);
+                key
+            }
+            None => self.keys.chunk_seal,
+        };
         let mut sealed = Vec::with_capacity(SEAL_OVERHEAD + payload.len());
         sealed.extend_from_slice(&nonce);
         sealed.push(flag);
         sealed.extend_from_slice(payload);
         let tag = aead::seal_in_place(
-            &self.chunk_key(&id),
+            &Self::chunk_key(&base, &id),
             &nonce,
             &id.0,
             &mut sealed[NONCE_LEN..],
@@ -241,10 +273,28 @@ impl ChunkCodec {
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         let mut nonce_bytes = [0u8; NONCE_LEN];
         nonce_bytes.copy_from_slice(nonce);
-        let mut buf = ct.to_vec();
-        let plain_len = aead::open_in_place(&self.chunk_key(id), &nonce_bytes, &id.0, &mut buf)
-            .ok_or_else(|| Error::Corrupt(format!("chunk {id} fails authentication")))?
-            .len();
+        // The epoch the nonce names, else the master key's. A chunk sealed
+        // under the master key whose random nonce happens to start with an
+        // epoch's tag (1 in 2^32) gets the second try.
+        let epoch = self.epochs.by_nonce(&nonce_bytes);
+        let mut buf = Vec::new();
+        let mut plain_len = None;
+        for base in epoch.iter().chain(std::iter::once(&self.keys.chunk_seal)) {
+            // Copied afresh for each try: a failed open zeroes the buffer.
+            buf.clear();
+            buf.extend_from_slice(ct);
+            if let Some(p) =
+                aead::open_in_place(&Self::chunk_key(base, id), &nonce_bytes, &id.0, &mut buf)
+            {
+                plain_len = Some(p.len());
+                break;
+            }
+        }
+        let plain_len = plain_len.ok_or_else(|| {
+            Error::Corrupt(format!(
+                "chunk {id} fails authentication (tampered, or sealed under a key this node does not hold)"
+            ))
+        })?;
         buf.truncate(plain_len);
         let data = match buf.first() {
             Some(&FLAG_RAW) => {

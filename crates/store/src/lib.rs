@@ -7,6 +7,7 @@
 //! * [`Store`]: the SQLite (WAL) index over packs, the current state of each
 //!   path with its version vector and change-log sequence, the per-path
 //!   version history, and the FTS5 full-text index.
+//! * [`epochs`]: the chunk keys a folder moves to after a revocation.
 //! * [`keys`]: the master key, what derives from it, and its key file.
 //! * [`retention`]: which old versions `gc` prunes.
 //!
@@ -15,6 +16,7 @@
 
 mod aead;
 pub mod chunk;
+pub mod epochs;
 pub mod keys;
 pub mod model;
 pub mod pack;

@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::{ChunkCodec, ChunkId};
+use crate::epochs::EpochSecret;
 use crate::keys::MasterKey;
 use crate::model::{
     Change, DiskStat, Entry, EntryKind, FileRecord, SearchHit, Stats, VersionRecord,
@@ -330,6 +331,7 @@ impl Store {
             lock,
             listing_columns,
         };
+        store.load_epochs()?;
         let folder = store.meta("folder_id")?;
         match folder {
             Some(f) if f != store.codec.keys().folder_id => {
@@ -386,6 +388,80 @@ impl Store {
     /// The codec (ids, sealing) of this folder.
     pub fn codec(&self) -> &ChunkCodec {
         &self.codec
+    }
+
+    /// Reads the seal epochs the index keeps into the codec. An index
+    /// made before epochs (opened read-only) has none.
+    fn load_epochs(&self) -> Result<()> {
+        let has_table: bool = self.db.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'seal_epochs'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_table {
+            return Ok(());
+        }
+        let wrap = self.codec.keys().epoch_wrap;
+        let mut stmt = self
+            .db
+            .prepare("SELECT created_ms, sealed FROM seal_epochs")?;
+        let epochs = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+            .map(|row| {
+                let (created, sealed) = row?;
+                EpochSecret::unwrap(&wrap, created as u64, &sealed)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.codec.add_epochs(&epochs);
+        Ok(())
+    }
+
+    /// Keeps the seal epochs not known yet (from a member, or made here),
+    /// durably, then seals new chunks under the newest; how many were new.
+    pub fn add_epochs(&mut self, epochs: &[EpochSecret]) -> Result<usize> {
+        self.writable()?;
+        let known: std::collections::HashSet<_> =
+            self.codec.epochs().iter().map(|e| e.tag()).collect();
+        let mut fresh: Vec<&EpochSecret> = Vec::new();
+        for e in epochs {
+            if !known.contains(&e.tag()) && !fresh.iter().any(|f| f.tag() == e.tag()) {
+                fresh.push(e);
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        if known.len() + fresh.len() > crate::epochs::MAX_EPOCHS {
+            return Err(Error::Corrupt(format!(
+                "more than {} seal epochs",
+                crate::epochs::MAX_EPOCHS
+            )));
+        }
+        let wrap = self.codec.keys().epoch_wrap;
+        let tx = self.db.transaction()?;
+        for e in &fresh {
+            let created = i64::try_from(e.created_ms)
+                .map_err(|_| Error::Corrupt("a seal epoch from the far future".into()))?;
+            tx.execute(
+                "INSERT INTO seal_epochs(created_ms, sealed) VALUES (?1, ?2)",
+                rusqlite::params![created, e.wrap(&wrap)],
+            )?;
+        }
+        tx.commit()?;
+        // In use only once durable: no chunk is sealed under an epoch a
+        // crash could forget.
+        let owned: Vec<EpochSecret> = fresh.into_iter().cloned().collect();
+        Ok(self.codec.add_epochs(&owned))
+    }
+
+    /// Starts a new seal epoch made now (after a revocation).
+    pub fn rotate_seal_key(&mut self) -> Result<EpochSecret> {
+        let now_ms = (crate::now_ns() / 1_000_000).max(0) as u64;
+        // Newer than every epoch known, even one from a clock ahead of ours.
+        let newest = self.codec.epochs().last().map_or(0, |e| e.created_ms + 1);
+        let epoch = EpochSecret::generate(now_ms.max(newest));
+        self.add_epochs(std::slice::from_ref(&epoch))?;
+        Ok(epoch)
     }
 
     /// This folder's public id (same on every node of the mesh).

@@ -22,6 +22,8 @@ CREATE TABLE IF NOT EXISTS versions(
     size INTEGER NOT NULL, entry TEXT NOT NULL, chunks BLOB NOT NULL, UNIQUE(path, label));
 CREATE TABLE IF NOT EXISTS peer_seen(
     peer TEXT NOT NULL, path TEXT NOT NULL, vv TEXT NOT NULL, PRIMARY KEY(peer, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seal_epochs(
+    created_ms INTEGER NOT NULL, sealed BLOB NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(path UNINDEXED, body, tokenize = 'unicode61');
 ";
 
