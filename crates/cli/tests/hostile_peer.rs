@@ -143,6 +143,7 @@ async fn join(
             coming: false,
             devices: false,
             vault: false,
+            seals: false,
         },
     )
     .await
@@ -273,6 +274,7 @@ async fn a_peer_without_the_folder_key_gets_nothing() {
         coming: false,
         devices: false,
         vault: false,
+        seals: false,
     };
     let index = Msg::Index {
         records: vec![WireRecord::new("secret.txt".into(), 1, del.clone(), false)],

@@ -7,6 +7,7 @@ mod common;
 mod mesh;
 
 use mesh::{converge, Peer};
+use sovryn_store::{Access, ChunkCodec, MasterKey, Store};
 
 fn join_args(d: &Peer, code: &str) -> Vec<String> {
     vec![
@@ -248,7 +249,11 @@ fn every_member_trusts_a_joined_device_and_a_revocation_reaches_them_all() {
     wait_listed(&c, &d.id, false);
     let list = a.ok(&["--json", "devices", "list"]);
     assert!(list.contains(&d.id), "the revocation is recorded: {list}");
-    a.write("after-revocation.txt", b"not for delta");
+    // Big enough for several chunks, none of them seen before.
+    let after: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    a.write("after-revocation.txt", &after);
     c.wait_for_file("after-revocation.txt");
     b.wait_for_file("after-revocation.txt");
     std::thread::sleep(std::time::Duration::from_secs(2));
@@ -260,6 +265,29 @@ fn every_member_trusts_a_joined_device_and_a_revocation_reaches_them_all() {
         b.log(),
         c.log()
     );
+
+    // And what D kept (the folder key, and any seal epoch it holds) opens
+    // the chunks of before but none written after: those are sealed under
+    // a seal epoch started by the revocation, which reached A and C over
+    // their sessions and never D.
+    let key = MasterKey::from_hex(&d.folder_key()).unwrap();
+    let held_by_d = Store::open(&d.home, &key, Access::ReadOnly).unwrap();
+    let revoked: &ChunkCodec = held_by_d.codec();
+    let at_c = Store::open(&c.home, &key, Access::ReadOnly).unwrap();
+    assert!(!at_c.codec().epochs().is_empty());
+    for (path, d_opens) in [("from-gamma.txt", true), ("after-revocation.txt", false)] {
+        let record = at_c.file(path).unwrap().unwrap();
+        assert!(!record.entry.chunks.is_empty());
+        for id in &record.entry.chunks {
+            let sealed = at_c.read_sealed(id).unwrap();
+            at_c.codec().check_sealed(&sealed).unwrap();
+            assert_eq!(
+                revoked.check_sealed(&sealed).is_ok(),
+                d_opens,
+                "{path}: chunk {id}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -5,7 +5,9 @@
 
 use serde_json::json;
 use sovryn_engine::config::PeerConfig;
-use sovryn_engine::devices::{apply_to_config, signing_roots, DeviceList, DeviceOp, OpKind};
+use sovryn_engine::devices::{
+    apply_to_config, rotate_after_revocation, signing_roots, DeviceList, DeviceOp, OpKind,
+};
 use sovryn_engine::identity::PublicKey;
 use sovryn_engine::Config;
 
@@ -70,7 +72,9 @@ pub(crate) fn deny_now(d: &Daemon, id: &str) -> serde_json::Value {
 
 /// Revokes device `id` in this folder's signed device list: it is removed
 /// from the configured peers here, and every member removes it as the
-/// list reaches them; no member takes it back later.
+/// list reaches them; no member takes it back later. The folder moves to
+/// a new seal epoch, so what is written from now on is sealed under a key
+/// the device never had.
 pub(crate) async fn revoke_now(d: &Daemon, id: &str) -> serde_json::Value {
     let key = match device_id(id) {
         Ok(k) => k,
@@ -105,6 +109,20 @@ pub(crate) async fn revoke_now(d: &Daemon, id: &str) -> serde_json::Value {
             if reload["ok"] != true {
                 return reload;
             }
+            // Only now that the device is cut off: new chunks go under a
+            // key it never had, which members get over their sessions
+            // (after the list, before any record that needs it).
+            let rotated = d
+                .shared
+                .with_node_bulk(|n| {
+                    let list = DeviceList::load(&n.home)?;
+                    Ok(rotate_after_revocation(&mut n.store, &list)?)
+                })
+                .await;
+            if let Err(e) = rotated {
+                return json!({"ok": false, "error": format!("revoked, but the folder key did not rotate: {e:#}")});
+            }
+            d.net.shared_state_changed();
             tracing::info!("revoked device {}", key.fmt_short());
             json!({"ok": true, "revoked": id})
         }

@@ -358,6 +358,33 @@ impl DeviceList {
     }
 }
 
+/// Starts a new seal epoch (`sovryn_store::epochs`) when `list` revokes a
+/// device later than the newest epoch began: chunks sealed from then on
+/// are out of the revoked device's reach, even though it holds the folder
+/// key. Whether it started one.
+pub fn rotate_after_revocation(store: &mut sovryn_store::Store, list: &DeviceList) -> Result<bool> {
+    let Some(revoked_at) = list
+        .ops
+        .iter()
+        .filter(|o| o.kind == OpKind::Revoke)
+        .map(|o| o.at_ms)
+        .max()
+    else {
+        return Ok(false);
+    };
+    let newest = store.codec().epochs().last().map(|e| e.created_ms);
+    if newest.is_some_and(|t| t >= revoked_at) {
+        return Ok(false);
+    }
+    // Not before the revocation (a signer's clock ahead of ours would
+    // otherwise make every merge rotate again), but never so far ahead
+    // that members refuse the epoch.
+    let now_ms = (sovryn_store::now_ns() / 1_000_000).max(0) as u64;
+    let floor = revoked_at.min(now_ms + sovryn_store::epochs::MAX_CLOCK_AHEAD_MS / 2);
+    store.rotate_seal_key(floor)?;
+    Ok(true)
+}
+
 /// Who a node trusts to sign device operations without any: itself and
 /// the peers its user configured with full rights (a read-only peer, or
 /// one limited to some paths, may not add devices that would get more

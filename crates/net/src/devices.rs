@@ -6,7 +6,7 @@
 //! and the daemon applies the config as it applies any other edit.
 
 use super::*;
-use sovryn_engine::devices::{apply_to_config, DeviceList, DeviceOp};
+use sovryn_engine::devices::{apply_to_config, rotate_after_revocation, DeviceList, DeviceOp};
 
 impl SyncNet {
     /// This node's operations for the folder, after vouching for every
@@ -47,7 +47,7 @@ impl SyncNet {
         let mut changed = self.devices_changed.subscribe();
         loop {
             let ops = self.device_ops().await?;
-            wire::write_msg(&mut *send.lock().await, &Msg::Devices { ops }).await?;
+            send.send_devices(&Msg::Devices { ops }).await?;
             // The vault is the node's, sent on its first folder's sessions,
             // to full members only.
             if hears_vault && self.owner && self.full_member(&peer) {
@@ -56,7 +56,7 @@ impl SyncNet {
                     .with_node(|n| Ok(sovryn_engine::vault::load_envelope(&n.home)?))
                     .await?;
                 if let Some(envelope) = envelope {
-                    wire::write_msg(&mut *send.lock().await, &Msg::Vault { envelope }).await?;
+                    send.send(&Msg::Vault { envelope }).await?;
                 }
             }
             if changed.changed().await.is_err() {
@@ -80,6 +80,11 @@ impl SyncNet {
                 })?;
                 if new == 0 {
                     return Ok((0, false));
+                }
+                // A revocation this node has no newer seal epoch for (the
+                // revoker's has not reached it): it starts one itself.
+                if rotate_after_revocation(&mut n.store, &list)? {
+                    tracing::info!("device list: a revocation; new seal epoch started");
                 }
                 Ok((new, apply_to_config(&n.home, &me, &list)?))
             })

@@ -112,7 +112,7 @@ impl SyncNet {
                         records: std::mem::take(&mut records),
                         upto: sent,
                     };
-                    wire::write_msg(&mut *send.lock().await, &msg).await?;
+                    send.send(&msg).await?;
                     chunks = 0;
                     self.update_status(&peer, |s| s.sent_upto = sent);
                 }
@@ -135,7 +135,7 @@ impl SyncNet {
         }
         for (i, part) in d.chunks.chunks(wire::MAX_COMING).enumerate() {
             let msg = wire::Coming::msg(&d.path, d.first + i * wire::MAX_COMING, part);
-            wire::write_msg(&mut *send.lock().await, &msg).await?;
+            send.send(&msg).await?;
         }
         Ok(())
     }
@@ -173,7 +173,7 @@ impl SyncNet {
                         records: std::mem::take(&mut records),
                         upto: 0,
                     };
-                    wire::write_msg(&mut *send.lock().await, &msg).await?;
+                    send.send(&msg).await?;
                     chunks = 0;
                 }
             }
@@ -267,6 +267,10 @@ impl SyncNet {
                     }
                     Msg::Vault { envelope } => {
                         self.merge_vault(&peer, envelope).await?;
+                        continue;
+                    }
+                    Msg::Seals { epochs } => {
+                        self.merge_seals(&peer, epochs).await?;
                         continue;
                     }
                     Msg::Error { message } => bail!("peer: {message}"),
@@ -560,7 +564,7 @@ impl SyncNet {
                     s.received_upto = upto;
                     s.remote_seq = s.remote_seq.max(upto);
                 });
-                wire::write_msg(&mut *send.lock().await, &Msg::Ack { upto }).await?;
+                send.send(&Msg::Ack { upto }).await?;
             }
             anyhow::Ok(())
         };

@@ -25,6 +25,7 @@ pub mod invite;
 pub mod knocks;
 pub mod membership;
 pub mod recovery;
+mod seals;
 mod session;
 pub mod shared;
 pub mod status;

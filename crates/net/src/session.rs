@@ -7,9 +7,8 @@ use super::*;
 /// How long to wait for the peer's `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The sending half of a session's control stream, shared by the index
-/// sender and the acknowledgements of the receiver.
-pub(crate) type ControlSend = Arc<tokio::sync::Mutex<iroh::endpoint::SendStream>>;
+/// The sending half of a session's control stream ([`crate::seals::Control`]).
+pub(crate) type ControlSend = Arc<crate::seals::Control>;
 
 pub(crate) fn meta_key(peer: &EndpointId) -> String {
     format!("peer.{peer}.seq")
@@ -58,6 +57,7 @@ pub(crate) fn msg_name(m: &Msg) -> &'static str {
         Msg::Coming { .. } => "coming",
         Msg::Devices { .. } => "devices",
         Msg::Vault { .. } => "vault",
+        Msg::Seals { .. } => "seals",
     }
 }
 
@@ -232,6 +232,7 @@ impl SyncNet {
                 coming: true,
                 devices: true,
                 vault: true,
+                seals: true,
             },
         )
         .await?;
@@ -255,6 +256,7 @@ impl SyncNet {
             coming: hears_coming,
             devices: hears_devices,
             vault: hears_vault,
+            seals: hears_seals,
             ..
         } = hello
         else {
@@ -354,7 +356,11 @@ impl SyncNet {
         });
         // The control stream's sending half carries our index messages and
         // our acks of theirs.
-        let send = Arc::new(tokio::sync::Mutex::new(send));
+        let send = Arc::new(crate::seals::Control::new(
+            send,
+            self.shared.codec.clone(),
+            hears_seals,
+        ));
         drop(cfg);
         let device_sender = {
             let me = self.clone();

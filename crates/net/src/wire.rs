@@ -258,6 +258,15 @@ pub enum Msg {
         /// The sender understands `Vault` messages (absent: an older node).
         #[serde(default)]
         vault: bool,
+        /// The sender understands `Seals` messages (absent: an older node).
+        #[serde(default)]
+        seals: bool,
+    },
+    /// The folder's seal epochs (`sovryn_store::epochs`), sent before any
+    /// message that may name chunks sealed under one the receiver lacks.
+    Seals {
+        /// Every epoch the sender knows, at most `sovryn_store::epochs::MAX_EPOCHS`.
+        epochs: Vec<sovryn_store::epochs::EpochSecret>,
     },
     /// The node's config vault, sealed (`sovryn_engine::vault`): a peer
     /// without the vault key keeps the newest as it is.

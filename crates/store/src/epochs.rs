@@ -25,7 +25,8 @@ const WRAP_AAD: &[u8] = b"sovryn seal epoch stored v1";
 
 /// Bytes of a sealed chunk's nonce that name its epoch.
 pub const TAG_LEN: usize = 4;
-/// Most epochs a folder keeps (one per revocation; more is an attack).
+/// Most epochs a folder keeps (a revocation makes one on the revoker and
+/// one on each member it reaches before the revoker's epoch does).
 pub const MAX_EPOCHS: usize = 256;
 
 /// One epoch's secret and when it was made.
@@ -198,7 +199,7 @@ mod tests {
         let old_data = b"written before the revocation".repeat(40);
         let old = codec.seal(codec.id_of(&old_data), &old_data).unwrap();
 
-        let epoch = store.rotate_seal_key().unwrap();
+        let epoch = store.rotate_seal_key(0).unwrap();
         let new_data = b"written after the revocation".repeat(40);
         // A clone made before the rotation seals under the epoch too.
         let new = codec.seal(codec.id_of(&new_data), &new_data).unwrap();
@@ -230,7 +231,7 @@ mod tests {
         let b = Keyring::default();
         let (e1, e2) = (EpochSecret::generate(1_000), EpochSecret::generate(2_000));
         assert_eq!(a.add(&[e1.clone(), e2.clone()]), 2);
-        assert_eq!(b.add(&[e2.clone()]), 1);
+        assert_eq!(b.add(std::slice::from_ref(&e2)), 1);
         assert_eq!(b.add(&[e1.clone(), e2.clone()]), 1);
         assert_eq!(a.current().map(|c| c.0), Some(e2.tag()));
         assert_eq!(b.current().map(|c| c.0), Some(e2.tag()));

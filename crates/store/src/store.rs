@@ -454,12 +454,13 @@ impl Store {
         Ok(self.codec.add_epochs(&owned))
     }
 
-    /// Starts a new seal epoch made now (after a revocation).
-    pub fn rotate_seal_key(&mut self) -> Result<EpochSecret> {
+    /// Starts a new seal epoch (after a revocation), made now and not
+    /// before `not_before_ms`.
+    pub fn rotate_seal_key(&mut self, not_before_ms: u64) -> Result<EpochSecret> {
         let now_ms = (crate::now_ns() / 1_000_000).max(0) as u64;
         // Newer than every epoch known, even one from a clock ahead of ours.
         let newest = self.codec.epochs().last().map_or(0, |e| e.created_ms + 1);
-        let epoch = EpochSecret::generate(now_ms.max(newest));
+        let epoch = EpochSecret::generate(now_ms.max(newest).max(not_before_ms));
         self.add_epochs(std::slice::from_ref(&epoch))?;
         Ok(epoch)
     }
