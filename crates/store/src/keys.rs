@@ -21,6 +21,7 @@ const CONTEXT_GEAR_SEED: &str = "sovryn 2026-11 fastcdc gear seed";
 const CONTEXT_FOLDER_ID: &str = "sovryn 2026-11 folder id";
 const CONTEXT_MEMBERSHIP: &str = "sovryn 2026-11 membership proof";
 const CONTEXT_EPOCH_WRAP: &str = "sovryn 2026-12 seal epochs in the index";
+const CONTEXT_REMOTE: &str = "sovryn 2026-12 objects kept by a remote";
 const WRAP_AAD: &[u8] = b"sovryn master key v1";
 const CONTEXT_FOLDER_SEAL: &str = "sovryn 2026-11 folder key seal";
 const SEAL_AAD: &[u8] = b"sovryn folder key sealed by the node key v1";
@@ -69,6 +70,7 @@ impl MasterKey {
             folder_id: hex::encode(&blake3::derive_key(CONTEXT_FOLDER_ID, &self.0)[..16]),
             membership: blake3::derive_key(CONTEXT_MEMBERSHIP, &self.0),
             epoch_wrap: blake3::derive_key(CONTEXT_EPOCH_WRAP, &self.0),
+            remote: blake3::derive_key(CONTEXT_REMOTE, &self.0),
         }
     }
 }
@@ -89,6 +91,9 @@ pub struct DerivedKeys {
     pub membership: [u8; 32],
     /// Key sealing the folder's seal epochs where the index keeps them.
     pub epoch_wrap: [u8; 32],
+    /// Key sealing what a remote (a bucket) keeps besides chunks: index
+    /// snapshots and pack indexes.
+    pub remote: [u8; 32],
 }
 
 /// Argon2id cost parameters of a wrapped key.

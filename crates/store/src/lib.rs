@@ -15,6 +15,7 @@
 //! bytes are appended and synced before the transaction naming them commits.
 
 mod aead;
+pub mod blob;
 pub mod chunk;
 pub mod epochs;
 pub mod keys;

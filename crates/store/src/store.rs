@@ -280,6 +280,7 @@ pub(crate) fn under(path: &str, prefix: &str) -> bool {
 mod maintenance;
 mod queries;
 mod schema;
+mod snapshot;
 
 impl Store {
     /// Opens (creating on first use) the store in `home` under `master`.

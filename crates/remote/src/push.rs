@@ -1,0 +1,312 @@
+//! Sending a folder to a bucket: packs of the chunks it lacks, then an
+//! index snapshot naming only chunks already there. Resumable: what the
+//! bucket holds is read from its pack indexes (cached locally), so a push
+//! cut off anywhere sends again at most the pack it was writing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use sovryn_store::{blob, ChunkId, SealedChunk, Store};
+
+use crate::layout::{self, size_class};
+use crate::pack::{self, PACK_PAYLOAD};
+use crate::target::Bucket;
+use crate::{Error, Result};
+
+/// Snapshots kept per folder (the newest ones; older ones are deleted).
+const SNAPSHOTS_KEPT: usize = 2;
+
+/// What one push did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PushReport {
+    /// Packs uploaded.
+    pub packs: usize,
+    /// Chunks in them.
+    pub chunks: usize,
+    /// Chunks the bucket had already.
+    pub chunks_present: usize,
+    /// Bytes uploaded (packs and snapshot, padding included).
+    pub bytes: u64,
+    /// The snapshot uploaded (its counter), if the index changed.
+    pub snapshot: Option<u64>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// What this node knows of a bucket's contents, so a push does not read
+/// every pack's index again.
+#[derive(Default, Serialize, Deserialize)]
+struct Cache {
+    /// Pack file name → the chunks in it.
+    packs: BTreeMap<String, Vec<ChunkId>>,
+    /// The change-log sequence of the newest snapshot this node uploaded.
+    snapshot_seq: Option<u64>,
+    /// Its name.
+    snapshot_name: Option<String>,
+}
+
+fn cache_path(dir: &Path) -> PathBuf {
+    dir.join("cache.json")
+}
+
+fn load_cache(dir: &Path) -> Cache {
+    std::fs::read(cache_path(dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_cache(dir: &Path, cache: &Cache) -> Result<()> {
+    let bytes = serde_json::to_vec(cache).map_err(|e| Error::Spec(e.to_string()))?;
+    Ok(sovryn_store::keys::write_secret_file(
+        &cache_path(dir),
+        &bytes,
+    )?)
+}
+
+/// Reads the indexes of the folder's packs in the bucket that `cache`
+/// does not know yet; drops packs the bucket no longer has.
+async fn refresh(
+    bucket: &Bucket,
+    key: &[u8; 32],
+    folder_id: &str,
+    cache: &mut Cache,
+) -> Result<()> {
+    let listed: Vec<object_store::ObjectMeta> = bucket
+        .store
+        .list(Some(&layout::packs(&bucket.prefix, folder_id)))
+        .try_collect()
+        .await?;
+    let names: HashSet<String> = listed
+        .iter()
+        .filter_map(|m| m.location.filename().map(str::to_owned))
+        .collect();
+    cache.packs.retain(|n, _| names.contains(n));
+    for meta in listed {
+        let Some(name) = meta.location.filename().map(str::to_owned) else {
+            continue;
+        };
+        if cache.packs.contains_key(&name) || meta.size < 4 {
+            continue;
+        }
+        let trailer = bucket
+            .store
+            .get_range(&meta.location, meta.size - 4..meta.size)
+            .await?;
+        let len = pack::index_len(&trailer)? as u64;
+        let Some(start) = meta.size.checked_sub(4 + len) else {
+            tracing::warn!("bucket pack {name} is damaged; its chunks are sent again");
+            continue;
+        };
+        let sealed = bucket
+            .store
+            .get_range(&meta.location, start..meta.size - 4)
+            .await?;
+        match pack::open_index(key, folder_id, &name, &sealed, meta.size) {
+            Ok(entries) => {
+                cache
+                    .packs
+                    .insert(name, entries.into_iter().map(|e| e.id).collect());
+            }
+            Err(e) => tracing::warn!("{e}; its chunks are sent again"),
+        }
+    }
+    Ok(())
+}
+
+/// Sends folder `store` (a read-only handle will do) to `bucket`: the
+/// chunks it lacks, in packs, then an index snapshot when the index
+/// changed since the last one this node sent. `state_dir` keeps what this
+/// node knows of the bucket.
+pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Result<PushReport> {
+    let started = Instant::now();
+    std::fs::create_dir_all(state_dir).map_err(|e| Error::Io {
+        path: state_dir.to_owned(),
+        source: e,
+    })?;
+    let folder_id = store.folder_id().to_owned();
+    let key = store.codec().keys().remote;
+    let mut cache = load_cache(state_dir);
+    refresh(bucket, &key, &folder_id, &mut cache).await?;
+    let mut report = PushReport::default();
+
+    // The snapshot is taken first: every chunk it names is in the store
+    // now, so in the chunk list read next, and in the bucket before the
+    // snapshot is.
+    let seq = store.sequence()?;
+    let listed_snapshots: Vec<object_store::ObjectMeta> = bucket
+        .store
+        .list(Some(&layout::snapshots(&bucket.prefix, &folder_id)))
+        .try_collect()
+        .await?;
+    let ours_is_newest = cache.snapshot_name.as_ref().is_some_and(|n| {
+        newest(&listed_snapshots).and_then(|m| m.location.filename().map(str::to_owned))
+            == Some(n.clone())
+    });
+    let snapshot = if cache.snapshot_seq == Some(seq) && ours_is_newest {
+        None
+    } else {
+        Some(snapshot_bytes(store, state_dir)?)
+    };
+
+    let present: HashSet<ChunkId> = cache.packs.values().flatten().copied().collect();
+    let mut batch: Vec<SealedChunk> = Vec::new();
+    let mut batch_bytes = 0usize;
+    for id in store.chunk_list()? {
+        if present.contains(&id) {
+            report.chunks_present += 1;
+            continue;
+        }
+        let sealed = store.read_sealed(&id)?;
+        batch_bytes += sealed.sealed.len();
+        batch.push(sealed);
+        if batch_bytes >= PACK_PAYLOAD {
+            send_pack(
+                bucket,
+                &key,
+                &folder_id,
+                std::mem::take(&mut batch),
+                &mut cache,
+                &mut report,
+                state_dir,
+            )
+            .await?;
+            batch_bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        send_pack(
+            bucket,
+            &key,
+            &folder_id,
+            batch,
+            &mut cache,
+            &mut report,
+            state_dir,
+        )
+        .await?;
+    }
+
+    if let Some(plain) = snapshot {
+        let counter = listed_snapshots
+            .iter()
+            .filter_map(|m| layout::snapshot_counter(&m.location))
+            .max()
+            .map_or(1, |c| c + 1);
+        let path = layout::new_snapshot(&bucket.prefix, &folder_id, counter);
+        let name = path.filename().unwrap_or_default().to_owned();
+        let sealed = seal_snapshot(&key, &folder_id, &name, &plain)?;
+        report.bytes += sealed.len() as u64;
+        bucket.store.put(&path, PutPayload::from(sealed)).await?;
+        report.snapshot = Some(counter);
+        cache.snapshot_seq = Some(seq);
+        cache.snapshot_name = Some(name);
+        save_cache(state_dir, &cache)?;
+        // The older ones go once the new one is there.
+        let mut older: Vec<&object_store::ObjectMeta> = listed_snapshots.iter().collect();
+        older.sort_by_key(|m| layout::snapshot_counter(&m.location));
+        let drop_n = (older.len() + 1).saturating_sub(SNAPSHOTS_KEPT);
+        for m in older.into_iter().take(drop_n) {
+            bucket.store.delete(&m.location).await?;
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The snapshot with the highest counter.
+pub(crate) fn newest(listed: &[object_store::ObjectMeta]) -> Option<&object_store::ObjectMeta> {
+    listed
+        .iter()
+        .filter(|m| layout::snapshot_counter(&m.location).is_some())
+        .max_by_key(|m| layout::snapshot_counter(&m.location))
+}
+
+async fn send_pack(
+    bucket: &Bucket,
+    key: &[u8; 32],
+    folder_id: &str,
+    chunks: Vec<SealedChunk>,
+    cache: &mut Cache,
+    report: &mut PushReport,
+    state_dir: &Path,
+) -> Result<()> {
+    let path = layout::new_pack(&bucket.prefix, folder_id);
+    let name = path.filename().unwrap_or_default().to_owned();
+    let (bytes, entries) = pack::build(key, folder_id, &name, chunks)?;
+    report.bytes += bytes.len() as u64;
+    report.packs += 1;
+    report.chunks += entries.len();
+    bucket.store.put(&path, PutPayload::from(bytes)).await?;
+    cache
+        .packs
+        .insert(name, entries.into_iter().map(|e| e.id).collect());
+    save_cache(state_dir, cache)
+}
+
+/// A consistent copy of the store's index, read into memory.
+fn snapshot_bytes(store: &Store, state_dir: &Path) -> Result<Vec<u8>> {
+    let tmp = state_dir.join(format!(".snapshot-{:016x}.tmp", rand::random::<u64>()));
+    let made = store.snapshot_index(&tmp);
+    let read =
+        made.and_then(|()| std::fs::read(&tmp).map_err(|e| sovryn_store::Error::io(&tmp, e)));
+    let _ = std::fs::remove_file(&tmp);
+    Ok(read?)
+}
+
+/// `plain` compressed, its length in front, zero-padded inside the seal
+/// to a size class, sealed and bound to the snapshot's name.
+fn seal_snapshot(key: &[u8; 32], folder_id: &str, name: &str, plain: &[u8]) -> Result<Vec<u8>> {
+    let packed = zstd::bulk::compress(plain, 3)
+        .map_err(|e| Error::Spec(format!("compressing a snapshot: {e}")))?;
+    let mut body = (packed.len() as u64).to_le_bytes().to_vec();
+    body.extend_from_slice(&packed);
+    body.resize(size_class(body.len() + blob::OVERHEAD) - blob::OVERHEAD, 0);
+    Ok(blob::seal(key, &pack::aad(folder_id, "s", name), &body))
+}
+
+/// The index of a snapshot sealed by [`seal_snapshot`].
+pub(crate) fn open_snapshot(
+    key: &[u8; 32],
+    folder_id: &str,
+    name: &str,
+    sealed: &[u8],
+) -> Result<Vec<u8>> {
+    let body = blob::open(key, &pack::aad(folder_id, "s", name), sealed)
+        .map_err(|_| Error::Tampered(format!("snapshot {name} fails authentication")))?;
+    let bad = || Error::Tampered(format!("snapshot {name} is malformed"));
+    let len = u64::from_le_bytes(
+        body.get(..8)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
+    let len = usize::try_from(len).map_err(|_| bad())?;
+    let packed = body
+        .get(8..8usize.checked_add(len).ok_or_else(bad)?)
+        .ok_or_else(bad)?;
+    // Authenticated above: only a holder of the folder key made it.
+    zstd::stream::decode_all(packed).map_err(|_| bad())
+}
+
+/// Sends the node's sealed config vault (its envelope as stored) when the
+/// bucket's copy differs.
+pub async fn push_vault(bucket: &Bucket, envelope: &[u8]) -> Result<bool> {
+    let path = layout::vault(&bucket.prefix);
+    let same = match bucket.store.get(&path).await {
+        Ok(r) => r.bytes().await?.as_ref() == envelope,
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if !same {
+        bucket
+            .store
+            .put(&path, PutPayload::from(envelope.to_vec()))
+            .await?;
+    }
+    Ok(!same)
+}

@@ -1,0 +1,289 @@
+//! Which buckets a node backs up to (`HOME/remotes.json`), their
+//! credentials (`HOME/remotes/NAME.credentials`, mode 0600), and an opened
+//! bucket.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+const SPECS_FILE: &str = "remotes.json";
+const CREDENTIALS_DIR: &str = "remotes";
+
+/// One remote as the user described it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteSpec {
+    /// Its name (letters, digits, `-`, `_`; at most 32).
+    pub name: String,
+    /// `s3://BUCKET/PREFIX`.
+    pub url: String,
+    /// The S3 endpoint (`http://127.0.0.1:9000`); none: AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The region (default `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The folders it keeps (names); empty: every folder of the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folders: Vec<String>,
+}
+
+/// An access key pair. Never printed.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    access_key: String,
+    secret_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
+impl Credentials {
+    /// A key pair read from two files (each trimmed; neither may be empty).
+    pub fn from_files(access: &Path, secret: &Path) -> Result<Self> {
+        let read = |p: &Path| -> Result<String> {
+            let s = std::fs::read_to_string(p).map_err(|e| Error::Io {
+                path: p.to_owned(),
+                source: e,
+            })?;
+            let s = s.trim().to_owned();
+            if s.is_empty() || s.len() > 1024 || s.chars().any(char::is_control) {
+                return Err(Error::Spec(format!("{}: not a key", p.display())));
+            }
+            Ok(s)
+        };
+        Ok(Credentials {
+            access_key: read(access)?,
+            secret_key: read(secret)?,
+        })
+    }
+}
+
+impl RemoteSpec {
+    /// Checks a spec given by the user.
+    pub fn checked(self) -> Result<Self> {
+        let ok_name = !self.name.is_empty()
+            && self.name.len() <= 32
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok_name {
+            return Err(Error::Spec(format!(
+                "'{}' is not a remote name (letters, digits, - and _, at most 32)",
+                self.name
+            )));
+        }
+        parse_url(&self.url)?;
+        if let Some(e) = &self.endpoint {
+            let u = url::Url::parse(e)
+                .map_err(|_| Error::Spec(format!("--endpoint {e}: not a URL")))?;
+            if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+                return Err(Error::Spec(format!("--endpoint {e}: not an http(s) URL")));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Opens the bucket with `creds`. Requests are retried with backoff
+    /// for up to 30 s before an error comes back.
+    pub fn open(&self, creds: &Credentials) -> Result<Bucket> {
+        let (bucket, prefix) = parse_url(&self.url)?;
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&bucket)
+            .with_region(self.region.as_deref().unwrap_or("us-east-1"))
+            .with_access_key_id(&creds.access_key)
+            .with_secret_access_key(&creds.secret_key)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(5),
+                    base: 2.0,
+                },
+                max_retries: 6,
+                retry_timeout: Duration::from_secs(30),
+            });
+        if let Some(e) = &self.endpoint {
+            b = b
+                .with_endpoint(e)
+                .with_allow_http(e.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        Ok(Bucket {
+            store: Arc::new(b.build()?),
+            prefix: object_store::path::Path::from(prefix.as_str()),
+            url: self.url.clone(),
+        })
+    }
+}
+
+/// `s3://BUCKET/PREFIX` as (bucket, prefix without slashes at either end).
+fn parse_url(url: &str) -> Result<(String, String)> {
+    let bad = || Error::Spec(format!("{url}: not s3://BUCKET/PREFIX"));
+    let rest = url.strip_prefix("s3://").ok_or_else(bad)?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let prefix = prefix.trim_matches('/');
+    let prefix_ok = prefix.len() <= 256
+        && prefix.split('/').all(|seg| {
+            prefix.is_empty()
+                || (!seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        });
+    if !bucket_ok || !prefix_ok {
+        return Err(bad());
+    }
+    Ok((bucket.to_owned(), prefix.to_owned()))
+}
+
+/// An opened bucket and the prefix this node's objects live under.
+#[derive(Clone)]
+pub struct Bucket {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) prefix: object_store::path::Path,
+    url: String,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bucket({})", self.url)
+    }
+}
+
+impl Bucket {
+    /// `s3://BUCKET/PREFIX`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// The remotes configured in the node's home `home`.
+pub fn load(home: &Path) -> Result<Vec<RemoteSpec>> {
+    let path = home.join(SPECS_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Spec(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::Io { path, source: e }),
+    }
+}
+
+fn save(home: &Path, specs: &[RemoteSpec]) -> Result<()> {
+    let bytes =
+        serde_json::to_vec_pretty(specs).map_err(|e| Error::Spec(format!("remotes: {e}")))?;
+    Ok(sovryn_store::keys::write_secret_file(
+        &home.join(SPECS_FILE),
+        &bytes,
+    )?)
+}
+
+fn credentials_path(home: &Path, name: &str) -> PathBuf {
+    home.join(CREDENTIALS_DIR)
+        .join(format!("{name}.credentials"))
+}
+
+/// Adds a remote (its name must be new), keeping its credentials beside.
+pub fn add(home: &Path, spec: RemoteSpec, creds: &Credentials) -> Result<()> {
+    let spec = spec.checked()?;
+    let mut all = load(home)?;
+    if all.iter().any(|s| s.name == spec.name) {
+        return Err(Error::Spec(format!(
+            "a remote named '{}' exists; remove it first",
+            spec.name
+        )));
+    }
+    let dir = home.join(CREDENTIALS_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+        path: dir.clone(),
+        source: e,
+    })?;
+    let bytes = serde_json::to_vec(creds).map_err(|e| Error::Spec(e.to_string()))?;
+    sovryn_store::keys::write_secret_file(&credentials_path(home, &spec.name), &bytes)?;
+    all.push(spec);
+    save(home, &all)
+}
+
+/// Removes remote `name` and its credentials (what the bucket holds stays).
+pub fn remove(home: &Path, name: &str) -> Result<()> {
+    let mut all = load(home)?;
+    let before = all.len();
+    all.retain(|s| s.name != name);
+    if all.len() == before {
+        return Err(Error::Spec(format!("no remote named '{name}'")));
+    }
+    save(home, &all)?;
+    let p = credentials_path(home, name);
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Io { path: p, source: e }),
+    }
+}
+
+/// Remote `name` and its credentials.
+pub fn get(home: &Path, name: &str) -> Result<(RemoteSpec, Credentials)> {
+    let spec = load(home)?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| {
+            Error::Spec(format!(
+                "no remote named '{name}' (see `sovryn remotes list`)"
+            ))
+        })?;
+    let p = credentials_path(home, name);
+    let bytes = std::fs::read(&p).map_err(|e| Error::Io {
+        path: p.clone(),
+        source: e,
+    })?;
+    let creds =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Spec(format!("{}: {e}", p.display())))?;
+    Ok((spec, creds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_names_are_checked() {
+        assert_eq!(
+            parse_url("s3://my-bucket/a/b/").unwrap(),
+            ("my-bucket".into(), "a/b".into())
+        );
+        assert_eq!(parse_url("s3://bkt").unwrap(), ("bkt".into(), "".into()));
+        for bad in [
+            "http://b/x",
+            "s3://B/x",
+            "s3://bk/../x",
+            "s3://bk/a//b",
+            "s3://b",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+        let spec = |name: &str| RemoteSpec {
+            name: name.into(),
+            url: "s3://bkt/p".into(),
+            endpoint: None,
+            region: None,
+            folders: vec![],
+        };
+        assert!(spec("ok_1").checked().is_ok());
+        assert!(spec("no/slash").checked().is_err());
+        assert!(spec("").checked().is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! A store's index as one file, and a store rebuilt from one: what a
+//! remote keeps (sealed) so a member can be rebuilt from it alone.
+
+use super::*;
+
+impl Store {
+    /// Every chunk id the store holds.
+    pub fn chunk_list(&self) -> Result<Vec<ChunkId>> {
+        let mut stmt = self.db.prepare("SELECT id FROM chunks")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .map(|b| ChunkId::from_slice(&b?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ids)
+    }
+
+    /// Writes a consistent copy of the index (what is committed now) to
+    /// `dest`, a path that must not exist, without blocking the writer.
+    pub fn snapshot_index(&self, dest: &Path) -> Result<()> {
+        let path = self
+            .db
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::Corrupt("the index has no file".into()))?;
+        let db = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        db.busy_timeout(std::time::Duration::from_secs(10))?;
+        let dest_s = dest
+            .to_str()
+            .ok_or_else(|| Error::Corrupt(format!("{} is not UTF-8", dest.display())))?;
+        db.execute("VACUUM INTO ?1", [dest_s])?;
+        Ok(())
+    }
+
+    /// Puts an index snapshot in place as the index of the store in `home`
+    /// (no store may be open there), then opens it under `master` and
+    /// forgets what belonged to the machine it came from: where chunks lay
+    /// in its packs (they are added again with [`Store::put_sealed`]), what
+    /// was on its disk, and where each peer's log stood. A snapshot of
+    /// another folder is refused when it opens.
+    pub fn adopt_snapshot(home: &Path, snapshot: &[u8], master: &MasterKey) -> Result<Store> {
+        let db_path = home.join("index.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{suffix}", db_path.display()));
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&p, e)),
+            }
+        }
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&db_path)
+            .map_err(|e| Error::io(&db_path, e))?;
+        f.write_all(snapshot).map_err(|e| Error::io(&db_path, e))?;
+        f.sync_all().map_err(|e| Error::io(&db_path, e))?;
+        crate::fsync_parent(&db_path)?;
+        let store = Store::open(home, master, Access::ReadWrite)?;
+        store.db.execute_batch(
+            "BEGIN;
+             DELETE FROM chunks;
+             UPDATE files SET disk = NULL;
+             DELETE FROM peer_seen;
+             DELETE FROM meta WHERE key LIKE 'peer.%' OR key = 'index_epoch';
+             COMMIT;",
+        )?;
+        Ok(store)
+    }
+}
