@@ -121,6 +121,7 @@ fn folder_scoped(command: &Command) -> bool {
             | Command::Devices { .. }
             | Command::Vault { .. }
             | Command::Recover { .. }
+            | Command::Remotes { .. }
             | Command::Id
             | Command::Keygen
             | Command::Unlock
@@ -208,7 +209,7 @@ pub fn run(cli: Cli) -> Result<()> {
         passphrase_file: cli.passphrase_file.clone(),
         json: cli.json,
     };
-    let invited_folders = cli.folder.clone();
+    let chosen_folders = cli.folder.clone();
     match cli.command {
         Command::Init {
             encryption_key: Some(_),
@@ -238,9 +239,12 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Devices { action } => crate::invite_cmd::devices(&ctx, action),
         Command::Vault { action } => crate::vault_cmd::vault(&ctx, action),
-        Command::Recover { from, node } => crate::recover_cmd::recover(&ctx, &from, node),
+        Command::Recover { from, bucket, node } => {
+            crate::recover_cmd::recover(&ctx, &from, bucket, node)
+        }
+        Command::Remotes { action } => crate::remotes_cmd::remotes(&ctx, action, &chosen_folders),
         Command::Invite { read_only, expires } => {
-            crate::invite_cmd::invite(&ctx, invited_folders, read_only, &expires)
+            crate::invite_cmd::invite(&ctx, chosen_folders, read_only, &expires)
         }
         Command::Join {
             code,

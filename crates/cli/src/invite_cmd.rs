@@ -260,7 +260,7 @@ pub fn join(
         .context("the inviter sent a bundle this version does not read")?;
     let keys = granted_keys(&bundle)?;
     let inviter = inviter_peer(&joined.inviter, &code, &bundle)?;
-    let created = node.create(ctx, passphrase, secret, keys, inviter)?;
+    let created = node.create(ctx, passphrase, secret, keys, Some(inviter))?;
     // The inviter is reached through its relay: so is this node.
     if let Some(relay) = &code.relay {
         for f in &created.folders {

@@ -10,6 +10,7 @@ mod new_node;
 mod node_cmd;
 mod output;
 mod recover_cmd;
+mod remotes_cmd;
 mod unlock;
 mod vault_cmd;
 
@@ -84,11 +85,20 @@ pub enum Command {
     /// from the vault (opened with the vault passphrase: --passphrase-file
     /// or asked), its files from the members.
     Recover {
-        /// A member: ID@HOST:PORT.
+        /// A member (ID@HOST:PORT), or a remote bucket (s3://BUCKET/PREFIX,
+        /// with --endpoint, --access-key-file and --secret-key-file).
         #[arg(long)]
         from: String,
         #[command(flatten)]
+        bucket: recover_cmd::BucketArgs,
+        #[command(flatten)]
         node: new_node::NodeArgs,
+    },
+    /// Remote buckets (S3-compatible) that keep this node's folders sealed:
+    /// add, list, status, sync, remove.
+    Remotes {
+        #[command(subcommand)]
+        action: remotes_cmd::RemotesAction,
     },
     /// The config vault: settings on every device, sealed with a passphrase.
     Vault {

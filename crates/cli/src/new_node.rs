@@ -85,14 +85,14 @@ impl NodeArgs {
 
     /// Creates the node under `identity` with `keys` (the default folder's
     /// at the storage path, or a fresh key when there is none; the others
-    /// beside it), trusting `member` in every folder.
+    /// beside it), trusting `member` (if any) in every folder.
     pub(crate) fn create(
         self,
         ctx: &Ctx,
         passphrase: Option<String>,
         identity: SecretKey,
         keys: Vec<(FolderName, MasterKey)>,
-        member: PeerConfig,
+        member: Option<PeerConfig>,
     ) -> Result<Created> {
         // A node half made (a folder that could not be placed) is removed
         // again: the command can be run anew, not refused as "already
@@ -130,8 +130,9 @@ impl NodeArgs {
                     let created = folders::create(&ctx.home, &name, &path, &node_key, Some(key))?;
                     (folders::folder_home(&ctx.home, &name), created.storage_path)
                 };
-                let peer = member.clone();
-                Config::update(&home, |c| Ok(c.upsert_peer(peer)))?;
+                if let Some(peer) = member.clone() {
+                    Config::update(&home, |c| Ok(c.upsert_peer(peer)))?;
+                }
                 placed.push(Placed {
                     home,
                     name: name.as_str().to_owned(),

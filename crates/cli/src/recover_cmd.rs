@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sovryn_engine::config::PeerConfig;
@@ -131,22 +131,63 @@ fn vouch_for_recovery(
     Ok(())
 }
 
-/// `sovryn recover`: rebuilds a lost device from `from` (`ID@HOST:PORT`
-/// of a member). Nothing is written before the vault opened.
-pub fn recover(ctx: &Ctx, from: &str, node: NodeArgs) -> Result<()> {
-    node.check(ctx)?;
-    let (id, addr) = from
-        .split_once('@')
-        .context("--from takes ID@HOST:PORT (the member's id and sync address)")?;
-    let member: PublicKey = id.parse().context("--from: not a node id")?;
-    let sock: std::net::SocketAddr = addr.parse().context("--from: not HOST:PORT")?;
-    let pass = crate::unlock::passphrase(ctx.passphrase_file.as_deref(), "vault passphrase: ")?
-        .context("the vault passphrase is needed: --passphrase-file FILE, or run on a terminal")?;
-    let started = Instant::now();
-    let runtime = tokio::runtime::Runtime::new()?;
-    let envelope = runtime.block_on(sovryn_net::recovery::fetch(member, sock))?;
-    let key = VaultKey::for_envelope(&pass, &envelope)?;
-    let mut contents = key.open(&envelope)?;
+/// Where the S3 bucket of `recover --from s3://…` is and how to sign in.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BucketArgs {
+    /// The S3 endpoint (e.g. http://127.0.0.1:9000); default: AWS.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// The bucket's region (default us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// A file holding the access key id.
+    #[arg(long)]
+    pub access_key_file: Option<std::path::PathBuf>,
+    /// A file holding the secret access key.
+    #[arg(long)]
+    pub secret_key_file: Option<std::path::PathBuf>,
+}
+
+impl BucketArgs {
+    /// The remote `url` (`s3://BUCKET/PREFIX`) described by these options.
+    pub fn spec(
+        &self,
+        name: &str,
+        url: &str,
+        folders: Vec<String>,
+    ) -> Result<sovryn_remote::RemoteSpec> {
+        Ok(sovryn_remote::RemoteSpec {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            folders,
+        }
+        .checked()?)
+    }
+
+    /// The key pair from the two files.
+    pub fn credentials(&self) -> Result<sovryn_remote::Credentials> {
+        let (Some(a), Some(s)) = (&self.access_key_file, &self.secret_key_file) else {
+            bail!("a bucket needs --access-key-file FILE and --secret-key-file FILE");
+        };
+        Ok(sovryn_remote::Credentials::from_files(a, s)?)
+    }
+}
+
+/// What the vault gave: its contents and key, the folders' keys, and the
+/// recovery identity the new node takes.
+struct Opened {
+    key: VaultKey,
+    contents: vault::Contents,
+    keys: Vec<(FolderName, MasterKey)>,
+    identity: SecretKey,
+}
+
+/// Opens a sealed vault with the passphrase; nothing is written.
+fn open_vault(pass: &str, envelope: &vault::Envelope) -> Result<Opened> {
+    let key = VaultKey::for_envelope(pass, envelope)?;
+    let contents = key.open(envelope)?;
     let kept: Vec<VaultFolder> = contents
         .entries
         .get(FOLDERS_ENTRY)
@@ -167,13 +208,81 @@ pub fn recover(ctx: &Ctx, from: &str, node: NodeArgs) -> Result<()> {
             MasterKey::from_hex(&f.key).context("the vault holds a bad folder key")?,
         ));
     }
+    if !keys.iter().any(|(n, _)| n.is_default()) {
+        bail!("the vault has no default folder");
+    }
+    Ok(Opened {
+        key,
+        contents,
+        keys,
+        identity,
+    })
+}
+
+/// `sovryn recover`: rebuilds a lost device from `from`: `ID@HOST:PORT`
+/// of a member, or `s3://BUCKET/PREFIX` of a remote. Nothing is written
+/// before the vault opened.
+pub fn recover(ctx: &Ctx, from: &str, bucket: BucketArgs, node: NodeArgs) -> Result<()> {
+    node.check(ctx)?;
+    enum Source {
+        Member(PublicKey, std::net::SocketAddr),
+        Bucket(sovryn_remote::Bucket),
+    }
+    let source = if from.starts_with("s3://") {
+        Source::Bucket(
+            bucket
+                .spec("recover", from, Vec::new())?
+                .open(&bucket.credentials()?)?,
+        )
+    } else {
+        let (id, addr) = from.split_once('@').context(
+            "--from takes ID@HOST:PORT (a member's id and sync address) or s3://BUCKET/PREFIX",
+        )?;
+        Source::Member(
+            id.parse().context("--from: not a node id")?,
+            addr.parse().context("--from: not HOST:PORT")?,
+        )
+    };
+    let pass = crate::unlock::passphrase(ctx.passphrase_file.as_deref(), "vault passphrase: ")?
+        .context("the vault passphrase is needed: --passphrase-file FILE, or run on a terminal")?;
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let envelope = match &source {
+        Source::Member(id, sock) => runtime.block_on(sovryn_net::recovery::fetch(*id, *sock))?,
+        Source::Bucket(b) => {
+            let bytes = runtime
+                .block_on(sovryn_remote::fetch_vault(b))?
+                .with_context(|| {
+                    format!(
+                        "{} holds no vault (push to it from a node with `vault init` done)",
+                        b.url()
+                    )
+                })?;
+            serde_json::from_slice(&bytes).context("the bucket's vault is damaged")?
+        }
+    };
+    let Opened {
+        key,
+        mut contents,
+        keys,
+        identity,
+    } = open_vault(&pass, &envelope)?;
     let node_key = keys
         .iter()
         .find(|(n, _)| n.is_default())
         .map(|(_, k)| k.clone())
         .context("the vault has no default folder")?;
-    let peer = PeerConfig::checked(&member, vec![sock.to_string()], None, false, &[])?;
-    let created = node.create(ctx, None, identity.clone(), keys, peer)?;
+    let peer = match &source {
+        Source::Member(id, sock) => Some(PeerConfig::checked(
+            id,
+            vec![sock.to_string()],
+            None,
+            false,
+            &[],
+        )?),
+        Source::Bucket(_) => None,
+    };
+    let created = node.create(ctx, None, identity.clone(), keys.clone(), peer)?;
     // The vault comes along, and the identity just used is replaced by a
     // fresh one for the next recovery.
     let next = SecretKey::generate();
@@ -185,29 +294,73 @@ pub fn recover(ctx: &Ctx, from: &str, node: NodeArgs) -> Result<()> {
     )?;
     let wrap = vault::KeyWrap::of(&node_key.derive());
     vault::install(&ctx.home, &wrap, &key, Some(&key.seal(&contents)?))?;
+    let mut restored = Vec::new();
     for f in &created.folders {
         let k = crate::unlock::master_key(&f.home, None)?;
+        if let Source::Bucket(b) = &source {
+            let report = restore_files(&runtime, b, f, &k)
+                .with_context(|| format!("folder {} from {}", f.name, b.url()))?;
+            restored.push((f.name.clone(), report));
+        }
         vouch_for_recovery(&f.home, &k.derive().folder_id, &identity, &next.public())
             .with_context(|| format!("folder {}", f.name))?;
     }
     let took = started.elapsed();
+    let from_name = match &source {
+        Source::Member(id, _) => id.fmt_short().to_string(),
+        Source::Bucket(b) => b.url().to_owned(),
+    };
     if ctx.json {
         return output::json(&json!({
             "node_id": created.node_id.to_string(),
-            "from": member.to_string(),
-            "folders": created.folders.iter().map(|f| json!({"name": f.name, "storage_path": f.path})).collect::<Vec<_>>(),
+            "from": match &source { Source::Member(id, _) => id.to_string(), Source::Bucket(b) => b.url().to_owned() },
+            "folders": created.folders.iter().map(|f| {
+                let r = restored.iter().find(|(n, _)| n == &f.name).map(|(_, r)| r);
+                json!({"name": f.name, "storage_path": f.path, "restored": r})
+            }).collect::<Vec<_>>(),
             "seconds": took.as_secs_f64(),
         }));
     }
     println!(
-        "Rebuilt from {} in {:.1} s: {} folder(s), settings from the vault.",
-        member.fmt_short(),
+        "Rebuilt from {from_name} in {:.1} s: {} folder(s), settings from the vault.",
         took.as_secs_f64(),
         created.folders.len()
     );
     for f in &created.folders {
         println!("  folder {}: {}", f.name, f.path.display());
     }
-    println!("Start it with: sovryn up (files and history come from the members)");
+    match source {
+        Source::Member(..) => {
+            println!("Start it with: sovryn up (files and history come from the members)")
+        }
+        Source::Bucket(_) => println!("Files and history restored; start it with: sovryn up"),
+    }
     Ok(())
+}
+
+/// A restored folder, as `recover --json` reports it.
+#[derive(Debug, Serialize)]
+struct Restored {
+    #[serde(flatten)]
+    bucket: sovryn_remote::RestoreReport,
+    /// Files written into the storage path.
+    files: u64,
+}
+
+/// Rebuilds folder `f`'s store from the bucket, then writes its files.
+fn restore_files(
+    runtime: &tokio::runtime::Runtime,
+    bucket: &sovryn_remote::Bucket,
+    f: &crate::new_node::Placed,
+    key: &MasterKey,
+) -> Result<Restored> {
+    let (store, report) =
+        runtime.block_on(sovryn_remote::restore_folder(bucket, &f.home.dir, key))?;
+    drop(store);
+    let mut node = sovryn_engine::Node::open(f.home.clone(), key, sovryn_store::Access::ReadWrite)?;
+    let files = node.materialize_all()?;
+    Ok(Restored {
+        bucket: report,
+        files,
+    })
 }

@@ -275,6 +275,24 @@ impl Node {
         base
     }
 
+    /// Writes every live path of the store into the storage path (after
+    /// the store was rebuilt from a backup) and records what is on disk;
+    /// how many files it wrote. Parents come before what they hold.
+    pub fn materialize_all(&mut self) -> Result<u64> {
+        let mut files = 0;
+        for rec in self.store.files_under("")? {
+            if rec.entry.deleted {
+                continue;
+            }
+            let disk = self.materialize(&rec.path, &rec.entry)?;
+            self.store.set_disk_stat(&rec.path, disk)?;
+            if rec.entry.kind == sovryn_store::EntryKind::File {
+                files += 1;
+            }
+        }
+        Ok(files)
+    }
+
     /// Writes a state to disk under the root, crash-safely: content goes to a
     /// temp file that is fsynced and renamed over the target. Returns what is
     /// now on disk (`None` for a deletion).

@@ -68,6 +68,28 @@ fn save_cache(dir: &Path, cache: &Cache) -> Result<()> {
     )?)
 }
 
+/// What this node last saw of a bucket's copy of a folder (no request).
+#[derive(Debug, Default)]
+pub struct Known {
+    /// Chunks in the bucket's packs.
+    pub chunks: HashSet<ChunkId>,
+    /// Packs.
+    pub packs: usize,
+    /// The change-log sequence of the newest snapshot this node sent.
+    pub snapshot_seq: Option<u64>,
+}
+
+/// What this node last saw of a bucket's copy of a folder, from the state
+/// a push keeps in `state_dir`.
+pub fn known(state_dir: &Path) -> Known {
+    let cache = load_cache(state_dir);
+    Known {
+        chunks: cache.packs.values().flatten().copied().collect(),
+        packs: cache.packs.len(),
+        snapshot_seq: cache.snapshot_seq,
+    }
+}
+
 /// Reads the indexes of the folder's packs in the bucket that `cache`
 /// does not know yet; drops packs the bucket no longer has.
 async fn refresh(

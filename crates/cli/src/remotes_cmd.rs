@@ -1,0 +1,238 @@
+//! `sovryn remotes`: S3-compatible buckets that keep this node's folders
+//! sealed (`sovryn_remote`). `sync` pushes now, in this process: it reads
+//! the stores through read-only handles, so it works beside a running node.
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use sovryn_engine::folders;
+use sovryn_remote::target;
+use sovryn_store::{Access, Store};
+
+use crate::commands::Ctx;
+use crate::output;
+use crate::recover_cmd::BucketArgs;
+
+/// `sovryn remotes ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum RemotesAction {
+    /// Add a bucket as a backup target of this node's folders (`-F NAME`,
+    /// once per folder; default: every folder) and of its vault.
+    Add {
+        /// Its name here.
+        name: String,
+        /// `s3://BUCKET/PREFIX`.
+        url: String,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// The remotes.
+    List,
+    /// What each remote holds of each folder, as this node last saw it.
+    Status {
+        /// One remote (default: all).
+        name: Option<String>,
+    },
+    /// Push now: what the bucket lacks of each folder, an index snapshot,
+    /// and the vault.
+    Sync {
+        /// One remote (default: all).
+        name: Option<String>,
+    },
+    /// Forget a remote (what the bucket holds stays there).
+    Remove {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Runs a `remotes` action; `chosen` are the folders given with `-F`.
+pub fn remotes(ctx: &Ctx, action: RemotesAction, chosen: &[String]) -> Result<()> {
+    let home = &ctx.home.dir;
+    match action {
+        RemotesAction::Add { name, url, bucket } => {
+            for f in chosen {
+                folders::find(&ctx.home, f)?;
+            }
+            let spec = bucket.spec(&name, &url, chosen.to_vec())?;
+            let creds = bucket.credentials()?;
+            // Refused before anything is kept when the bucket cannot be reached.
+            let runtime = tokio::runtime::Runtime::new()?;
+            let opened = spec.open(&creds)?;
+            runtime
+                .block_on(sovryn_remote::fetch_vault(&opened))
+                .with_context(|| format!("cannot reach {url}"))?;
+            target::add(home, spec, &creds)?;
+            if ctx.json {
+                return output::json(&json!({"ok": true, "added": name}));
+            }
+            println!("Remote {name} added: {url}. Push now with: sovryn remotes sync {name}");
+            Ok(())
+        }
+        RemotesAction::List => {
+            let specs = target::load(home)?;
+            if ctx.json {
+                return output::json(&json!({"remotes": specs}));
+            }
+            if specs.is_empty() {
+                println!(
+                    "No remotes (add one with `sovryn remotes add NAME s3://BUCKET/PREFIX ...`)."
+                );
+            }
+            for s in specs {
+                let folders = if s.folders.is_empty() {
+                    "every folder".to_owned()
+                } else {
+                    s.folders.join(", ")
+                };
+                println!(
+                    "{}\t{}\t{}\t{folders}",
+                    s.name,
+                    s.url,
+                    s.endpoint.as_deref().unwrap_or("aws")
+                );
+            }
+            Ok(())
+        }
+        RemotesAction::Status { name } => status(ctx, name.as_deref()),
+        RemotesAction::Sync { name } => sync(ctx, name.as_deref()),
+        RemotesAction::Remove { name } => {
+            target::remove(home, &name)?;
+            if ctx.json {
+                return output::json(&json!({"ok": true, "removed": name}));
+            }
+            println!("Remote {name} removed (what the bucket holds stays there).");
+            Ok(())
+        }
+    }
+}
+
+/// The remotes a command works on.
+fn chosen_remotes(ctx: &Ctx, name: Option<&str>) -> Result<Vec<sovryn_remote::RemoteSpec>> {
+    let all = target::load(&ctx.home.dir)?;
+    match name {
+        Some(n) => Ok(vec![target::get(&ctx.home.dir, n)?.0]),
+        None if all.is_empty() => bail!("no remotes (add one with `sovryn remotes add`)"),
+        None => Ok(all),
+    }
+}
+
+/// The folders a remote keeps: (name, home).
+fn kept_folders(ctx: &Ctx, spec: &sovryn_remote::RemoteSpec) -> Result<Vec<folders::Folder>> {
+    let all = folders::list(&ctx.home)?;
+    if spec.folders.is_empty() {
+        return Ok(all);
+    }
+    let mut out = Vec::new();
+    for name in &spec.folders {
+        match all.iter().find(|f| f.name.as_str() == name) {
+            Some(f) => out.push(f.clone()),
+            None => bail!(
+                "remote {} keeps folder '{name}', which this node no longer has",
+                spec.name
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Where this node keeps what it knows of remote `name`'s copy of a folder.
+fn state_dir(folder: &folders::Folder, name: &str) -> std::path::PathBuf {
+    folder.home.dir.join("remotes").join(name)
+}
+
+fn sync(ctx: &Ctx, name: Option<&str>) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut out = Vec::new();
+    for spec in chosen_remotes(ctx, name)? {
+        let (_, creds) = target::get(&ctx.home.dir, &spec.name)?;
+        let bucket = spec.open(&creds)?;
+        let mut pushed = Vec::new();
+        for f in kept_folders(ctx, &spec)? {
+            let key = crate::unlock::master_key(&f.home, ctx.passphrase_file.as_deref())?;
+            let store = Store::open(&f.home.dir, &key, Access::ReadOnly)?;
+            let report = runtime
+                .block_on(sovryn_remote::push_folder(
+                    &bucket,
+                    &store,
+                    &state_dir(&f, &spec.name),
+                ))
+                .with_context(|| format!("pushing folder {} to {}", f.name, spec.url))?;
+            if !ctx.json {
+                println!(
+                    "{} → {}: {} chunk(s) in {} pack(s), {} already there, {} bytes, snapshot {}, {:.2} s",
+                    f.name,
+                    spec.name,
+                    report.chunks,
+                    report.packs,
+                    report.chunks_present,
+                    report.bytes,
+                    report.snapshot.map_or("unchanged".to_owned(), |c| format!("#{c}")),
+                    report.seconds
+                );
+            }
+            pushed.push(json!({"folder": f.name.as_str(), "report": report}));
+        }
+        let vault = match sovryn_engine::vault::load_envelope(&ctx.home)? {
+            Some(envelope) => {
+                let bytes = serde_json::to_vec(&envelope)?;
+                runtime.block_on(sovryn_remote::push_vault(&bucket, &bytes))?
+            }
+            None => false,
+        };
+        out.push(json!({"remote": spec.name, "folders": pushed, "vault_sent": vault}));
+    }
+    if ctx.json {
+        return output::json(&json!({"ok": true, "pushed": out}));
+    }
+    Ok(())
+}
+
+fn status(ctx: &Ctx, name: Option<&str>) -> Result<()> {
+    let mut out = Vec::new();
+    for spec in chosen_remotes(ctx, name)? {
+        let mut folders_out = Vec::new();
+        for f in kept_folders(ctx, &spec)? {
+            let key = crate::unlock::master_key(&f.home, ctx.passphrase_file.as_deref())?;
+            let store = Store::open(&f.home.dir, &key, Access::ReadOnly)?;
+            let known = sovryn_remote::push::known(&state_dir(&f, &spec.name));
+            let local = store.chunk_list()?;
+            let missing = local.iter().filter(|id| !known.chunks.contains(id)).count();
+            let seq = store.sequence()?;
+            folders_out.push(json!({
+                "folder": f.name.as_str(),
+                "chunks": local.len(),
+                "chunks_not_pushed": missing,
+                "packs": known.packs,
+                "index_sequence": seq,
+                "snapshot_sequence": known.snapshot_seq,
+                "up_to_date": missing == 0 && known.snapshot_seq == Some(seq),
+            }));
+        }
+        out.push(json!({"remote": spec.name, "url": spec.url, "folders": folders_out}));
+    }
+    if ctx.json {
+        return output::json(&json!({"remotes": out}));
+    }
+    for r in &out {
+        println!(
+            "{} ({})",
+            r["remote"].as_str().unwrap_or(""),
+            r["url"].as_str().unwrap_or("")
+        );
+        for f in r["folders"].as_array().into_iter().flatten() {
+            println!(
+                "  {}: {} of {} chunk(s) not pushed, {} pack(s); {}",
+                f["folder"].as_str().unwrap_or(""),
+                f["chunks_not_pushed"],
+                f["chunks"],
+                f["packs"],
+                if f["up_to_date"] == true {
+                    "up to date"
+                } else {
+                    "behind: run `sovryn remotes sync`"
+                }
+            );
+        }
+    }
+    Ok(())
+}
