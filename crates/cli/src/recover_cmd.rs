@@ -146,6 +146,9 @@ pub struct BucketArgs {
     /// A file holding the secret access key.
     #[arg(long)]
     pub secret_key_file: Option<std::path::PathBuf>,
+    /// Upload at most this many KiB/s (`remotes add`).
+    #[arg(long)]
+    pub max_kib_per_sec: Option<u64>,
 }
 
 impl BucketArgs {
@@ -162,6 +165,7 @@ impl BucketArgs {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             folders,
+            max_kib_per_sec: self.max_kib_per_sec,
         }
         .checked()?)
     }
@@ -282,29 +286,41 @@ pub fn recover(ctx: &Ctx, from: &str, bucket: BucketArgs, node: NodeArgs) -> Res
         )?),
         Source::Bucket(_) => None,
     };
-    let created = node.create(ctx, None, identity.clone(), keys.clone(), peer)?;
-    // The vault comes along, and the identity just used is replaced by a
-    // fresh one for the next recovery.
-    let next = SecretKey::generate();
-    let by = sovryn_engine::identity::short_id(&identity.public());
-    contents.set(
-        RECOVERY_ENTRY,
-        json!({"secret": hex::encode(next.to_bytes())}),
-        &by,
-    )?;
-    let wrap = vault::KeyWrap::of(&node_key.derive());
-    vault::install(&ctx.home, &wrap, &key, Some(&key.seal(&contents)?))?;
-    let mut restored = Vec::new();
-    for f in &created.folders {
-        let k = crate::unlock::master_key(&f.home, None)?;
-        if let Source::Bucket(b) = &source {
-            let report = restore_files(&runtime, b, f, &k)
-                .with_context(|| format!("folder {} from {}", f.name, b.url()))?;
-            restored.push((f.name.clone(), report));
+    let created = node.create(ctx, None, identity.clone(), keys, peer)?;
+    // From here a failure (a bucket object that does not open) removes the
+    // node again: nothing half-made is left to be taken for a recovery.
+    let finished = (|| -> Result<Vec<(String, Restored)>> {
+        // The vault comes along, and the identity just used is replaced by
+        // a fresh one for the next recovery.
+        let next = SecretKey::generate();
+        let by = sovryn_engine::identity::short_id(&identity.public());
+        contents.set(
+            RECOVERY_ENTRY,
+            json!({"secret": hex::encode(next.to_bytes())}),
+            &by,
+        )?;
+        let wrap = vault::KeyWrap::of(&node_key.derive());
+        vault::install(&ctx.home, &wrap, &key, Some(&key.seal(&contents)?))?;
+        let mut restored = Vec::new();
+        for f in &created.folders {
+            let k = crate::unlock::master_key(&f.home, None)?;
+            if let Source::Bucket(b) = &source {
+                let report = restore_files(&runtime, b, f, &k)
+                    .with_context(|| format!("folder {} from {}", f.name, b.url()))?;
+                restored.push((f.name.clone(), report));
+            }
+            vouch_for_recovery(&f.home, &k.derive().folder_id, &identity, &next.public())
+                .with_context(|| format!("folder {}", f.name))?;
         }
-        vouch_for_recovery(&f.home, &k.derive().folder_id, &identity, &next.public())
-            .with_context(|| format!("folder {}", f.name))?;
-    }
+        Ok(restored)
+    })();
+    let restored = match finished {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&ctx.home.dir);
+            return Err(e);
+        }
+    };
     let took = started.elapsed();
     let from_name = match &source {
         Source::Member(id, _) => id.fmt_short().to_string(),

@@ -97,6 +97,13 @@ pub fn remotes(ctx: &Ctx, action: RemotesAction, chosen: &[String]) -> Result<()
         RemotesAction::Sync { name } => sync(ctx, name.as_deref()),
         RemotesAction::Remove { name } => {
             target::remove(home, &name)?;
+            for f in folders::list(&ctx.home)? {
+                let dir = state_dir(&f, &name);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("{}", dir.display()))?;
+                }
+            }
             if ctx.json {
                 return output::json(&json!({"ok": true, "removed": name}));
             }
@@ -137,7 +144,7 @@ fn kept_folders(ctx: &Ctx, spec: &sovryn_remote::RemoteSpec) -> Result<Vec<folde
 
 /// Where this node keeps what it knows of remote `name`'s copy of a folder.
 fn state_dir(folder: &folders::Folder, name: &str) -> std::path::PathBuf {
-    folder.home.dir.join("remotes").join(name)
+    folder.home.dir.join("remote-state").join(name)
 }
 
 fn sync(ctx: &Ctx, name: Option<&str>) -> Result<()> {

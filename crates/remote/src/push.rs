@@ -155,6 +155,7 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
     let mut cache = load_cache(state_dir);
     refresh(bucket, &key, &folder_id, &mut cache).await?;
     let mut report = PushReport::default();
+    let pace = Pace::new(bucket.max_bytes_per_sec);
 
     // The snapshot is taken first: every chunk it names is in the store
     // now, so in the chunk list read next, and in the bucket before the
@@ -197,6 +198,7 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
                 state_dir,
             )
             .await?;
+            pace.wait(report.bytes).await;
             batch_bytes = 0;
         }
     }
@@ -238,6 +240,31 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Keeps a push's uploads under a rate: after each pack it waits until the
+/// bytes sent so far fit the limit.
+struct Pace {
+    started: Instant,
+    bytes_per_sec: Option<u64>,
+}
+
+impl Pace {
+    fn new(bytes_per_sec: Option<u64>) -> Self {
+        Pace {
+            started: Instant::now(),
+            bytes_per_sec,
+        }
+    }
+
+    async fn wait(&self, sent: u64) {
+        if let Some(rate) = self.bytes_per_sec {
+            let due = std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(left) = due.checked_sub(self.started.elapsed()) {
+                tokio::time::sleep(left).await;
+            }
+        }
+    }
 }
 
 /// The snapshot with the highest counter.

@@ -31,6 +31,9 @@ pub struct RemoteSpec {
     /// The folders it keeps (names); empty: every folder of the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub folders: Vec<String>,
+    /// Upload rate limit in KiB/s; none: as fast as the link goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_kib_per_sec: Option<u64>,
 }
 
 /// An access key pair. Never printed.
@@ -121,6 +124,7 @@ impl RemoteSpec {
             store: Arc::new(b.build()?),
             prefix: object_store::path::Path::from(prefix.as_str()),
             url: self.url.clone(),
+            max_bytes_per_sec: self.max_kib_per_sec.filter(|k| *k > 0).map(|k| k * 1024),
         })
     }
 }
@@ -157,6 +161,8 @@ pub struct Bucket {
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) prefix: object_store::path::Path,
     url: String,
+    /// Upload rate limit.
+    pub(crate) max_bytes_per_sec: Option<u64>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -281,6 +287,7 @@ mod tests {
             endpoint: None,
             region: None,
             folders: vec![],
+            max_kib_per_sec: None,
         };
         assert!(spec("ok_1").checked().is_ok());
         assert!(spec("no/slash").checked().is_err());
