@@ -100,8 +100,7 @@ pub fn remotes(ctx: &Ctx, action: RemotesAction, chosen: &[String]) -> Result<()
             for f in folders::list(&ctx.home)? {
                 let dir = state_dir(&f, &name);
                 if dir.exists() {
-                    std::fs::remove_dir_all(&dir)
-                        .with_context(|| format!("{}", dir.display()))?;
+                    std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
                 }
             }
             if ctx.json {

@@ -337,3 +337,48 @@ fn a_changed_object_in_the_bucket_is_refused_and_leaves_nothing() {
     assert!(!r.home.exists(), "a half-made node was left");
     assert!(!r.root.join("notes.txt").exists());
 }
+
+#[test]
+fn retention_reaches_the_bucket_without_breaking_recovery() {
+    let Some(s3) = S3::start() else { return };
+    let (a, pass) = backed_up(&s3, &[]);
+    let doc = a.root.join("doc.bin");
+    for v in 0..5u64 {
+        a.write("doc.bin", &noise(100 + v, 300_000));
+        a.ok(&["add", doc.to_str().unwrap()]);
+    }
+    a.write("other.txt", b"stays as it is");
+    a.ok(&["add", a.root.to_str().unwrap()]);
+    a.ok(&["remotes", "sync"]);
+    let du = || s3.bucket(&["du", "bkt"]).trim().parse::<u64>().unwrap();
+    let before = du();
+
+    a.ok(&["config", "set", "retention.keep_last", "2"]);
+    a.ok(&["gc"]);
+    assert_eq!(a.history("doc.bin").len(), 2);
+    let pushed = a.json(&["remotes", "sync"]);
+    let report = &pushed["pushed"][0]["folders"][0]["report"];
+    assert!(report["pruned_chunks"].as_u64().unwrap() > 0, "{pushed}");
+    assert!(report["packs_deleted"].as_u64().unwrap() > 0, "{pushed}");
+    let after = du();
+    assert!(after < before, "the bucket kept {after} bytes of {before}");
+
+    let (r, out) = recover(&s3, &pass);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(r.root.join("doc.bin")).unwrap(),
+        noise(104, 300_000)
+    );
+    assert_eq!(tree(&r.root).len(), tree(&a.root).len());
+    let history = |p: &Peer| {
+        serde_json::to_string(&p.json(&["versions", p.root.join("doc.bin").to_str().unwrap()]))
+            .unwrap()
+    };
+    assert_eq!(history(&r), history(&a));
+    let verify = r.ok(&["verify"]);
+    assert!(verify.contains(": ok"), "{verify}");
+}

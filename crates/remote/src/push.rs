@@ -33,6 +33,10 @@ pub struct PushReport {
     pub bytes: u64,
     /// The snapshot uploaded (its counter), if the index changed.
     pub snapshot: Option<u64>,
+    /// Chunks removed from the bucket (versions pruned by `gc`).
+    pub pruned_chunks: usize,
+    /// Packs deleted (emptied, or rewritten without the pruned chunks).
+    pub packs_deleted: usize,
     /// Wall time.
     pub seconds: f64,
 }
@@ -45,6 +49,9 @@ struct Cache {
     packs: BTreeMap<String, Vec<ChunkId>>,
     /// The change-log sequence of the newest snapshot this node uploaded.
     snapshot_seq: Option<u64>,
+    /// Its [`Store::index_marker`].
+    #[serde(default)]
+    snapshot_marker: Option<String>,
     /// Its name.
     snapshot_name: Option<String>,
 }
@@ -160,7 +167,7 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
     // The snapshot is taken first: every chunk it names is in the store
     // now, so in the chunk list read next, and in the bucket before the
     // snapshot is.
-    let seq = store.sequence()?;
+    let marker = store.index_marker()?;
     let listed_snapshots: Vec<object_store::ObjectMeta> = bucket
         .store
         .list(Some(&layout::snapshots(&bucket.prefix, &folder_id)))
@@ -170,44 +177,42 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
         newest(&listed_snapshots).and_then(|m| m.location.filename().map(str::to_owned))
             == Some(n.clone())
     });
-    let snapshot = if cache.snapshot_seq == Some(seq) && ours_is_newest {
+    let snapshot = if cache.snapshot_marker.as_deref() == Some(marker.as_str()) && ours_is_newest {
         None
     } else {
-        Some(snapshot_bytes(store, state_dir)?)
+        Some(take_snapshot(store, state_dir)?)
     };
 
     let present: HashSet<ChunkId> = cache.packs.values().flatten().copied().collect();
-    let mut batch: Vec<SealedChunk> = Vec::new();
-    let mut batch_bytes = 0usize;
-    for id in store.chunk_list()? {
-        if present.contains(&id) {
+    let local = store.chunk_list()?;
+    let mut batch = Batch::default();
+    for id in &local {
+        if present.contains(id) {
             report.chunks_present += 1;
             continue;
         }
-        let sealed = store.read_sealed(&id)?;
-        batch_bytes += sealed.sealed.len();
-        batch.push(sealed);
-        if batch_bytes >= PACK_PAYLOAD {
+        batch.add(store.read_sealed(id)?);
+        if batch.bytes >= PACK_PAYLOAD {
+            let full = std::mem::take(&mut batch);
             send_pack(
                 bucket,
                 &key,
                 &folder_id,
-                std::mem::take(&mut batch),
+                full.chunks,
                 &mut cache,
                 &mut report,
                 state_dir,
             )
             .await?;
             pace.wait(report.bytes).await;
-            batch_bytes = 0;
         }
     }
-    if !batch.is_empty() {
+    if !batch.chunks.is_empty() {
         send_pack(
             bucket,
             &key,
             &folder_id,
-            batch,
+            batch.chunks,
             &mut cache,
             &mut report,
             state_dir,
@@ -215,7 +220,7 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
         .await?;
     }
 
-    if let Some(plain) = snapshot {
+    if let Some(snap) = snapshot {
         let counter = listed_snapshots
             .iter()
             .filter_map(|m| layout::snapshot_counter(&m.location))
@@ -223,17 +228,35 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
             .map_or(1, |c| c + 1);
         let path = layout::new_snapshot(&bucket.prefix, &folder_id, counter);
         let name = path.filename().unwrap_or_default().to_owned();
-        let sealed = seal_snapshot(&key, &folder_id, &name, &plain)?;
+        let sealed = seal_snapshot(&key, &folder_id, &name, &snap.index)?;
         report.bytes += sealed.len() as u64;
         bucket.store.put(&path, PutPayload::from(sealed)).await?;
         report.snapshot = Some(counter);
-        cache.snapshot_seq = Some(seq);
+        cache.snapshot_seq = Some(snap.seq);
+        cache.snapshot_marker = Some(marker);
         cache.snapshot_name = Some(name);
         save_cache(state_dir, &cache)?;
-        // The older ones go once the new one is there.
+        // What neither the new snapshot nor the store holds any more
+        // (versions `gc` pruned) leaves the bucket, by rewriting packs.
+        let mut live: HashSet<ChunkId> = snap.chunks;
+        live.extend(local.iter().copied());
+        let pruned = prune(
+            bucket,
+            store,
+            &key,
+            &folder_id,
+            &live,
+            &mut cache,
+            &mut report,
+            state_dir,
+        )
+        .await?;
+        // The older snapshots go once the new one is there; all of them
+        // once chunks they name are gone.
         let mut older: Vec<&object_store::ObjectMeta> = listed_snapshots.iter().collect();
         older.sort_by_key(|m| layout::snapshot_counter(&m.location));
-        let drop_n = (older.len() + 1).saturating_sub(SNAPSHOTS_KEPT);
+        let keep = if pruned { 1 } else { SNAPSHOTS_KEPT };
+        let drop_n = (older.len() + 1).saturating_sub(keep);
         for m in older.into_iter().take(drop_n) {
             bucket.store.delete(&m.location).await?;
         }
@@ -297,14 +320,121 @@ async fn send_pack(
     save_cache(state_dir, cache)
 }
 
-/// A consistent copy of the store's index, read into memory.
-fn snapshot_bytes(store: &Store, state_dir: &Path) -> Result<Vec<u8>> {
+/// A consistent copy of the store's index, in memory, with the chunks it
+/// lists and the sequence it was taken at.
+struct Snapshot {
+    index: Vec<u8>,
+    chunks: HashSet<ChunkId>,
+    seq: u64,
+}
+
+fn take_snapshot(store: &Store, state_dir: &Path) -> Result<Snapshot> {
+    let seq = store.sequence()?;
     let tmp = state_dir.join(format!(".snapshot-{:016x}.tmp", rand::random::<u64>()));
-    let made = store.snapshot_index(&tmp);
-    let read =
-        made.and_then(|()| std::fs::read(&tmp).map_err(|e| sovryn_store::Error::io(&tmp, e)));
+    let taken = (|| -> sovryn_store::Result<Snapshot> {
+        store.snapshot_index(&tmp)?;
+        let chunks = Store::chunks_in_snapshot(&tmp)?.into_iter().collect();
+        let index = std::fs::read(&tmp).map_err(|e| sovryn_store::Error::io(&tmp, e))?;
+        Ok(Snapshot { index, chunks, seq })
+    })();
     let _ = std::fs::remove_file(&tmp);
-    Ok(read?)
+    Ok(taken?)
+}
+
+/// Sealed chunks gathered for one pack.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<SealedChunk>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn add(&mut self, c: SealedChunk) {
+        self.bytes += c.sealed.len();
+        self.chunks.push(c);
+    }
+}
+
+/// Removes from the bucket the chunks outside `live`: a pack holding only
+/// such chunks is deleted, one holding some live ones too is rewritten
+/// (its live chunks sent in new packs first, then it is deleted). A live
+/// chunk this store no longer has keeps its pack as it is. Whether any
+/// chunk went.
+#[allow(clippy::too_many_arguments)]
+async fn prune(
+    bucket: &Bucket,
+    store: &Store,
+    key: &[u8; 32],
+    folder_id: &str,
+    live: &HashSet<ChunkId>,
+    cache: &mut Cache,
+    report: &mut PushReport,
+    state_dir: &Path,
+) -> Result<bool> {
+    let mut doomed = Vec::new();
+    let mut batch = Batch::default();
+    // A chunk in two packs (two pushers at once) is moved once.
+    let mut moved: HashSet<ChunkId> = HashSet::new();
+    for (name, ids) in &cache.packs {
+        if ids.iter().all(|id| live.contains(id)) {
+            continue;
+        }
+        let mut kept = Vec::new();
+        let mut all_readable = true;
+        for id in ids.iter().filter(|id| live.contains(id)) {
+            if moved.contains(id) {
+                continue;
+            }
+            match store.read_sealed(id) {
+                Ok(c) => kept.push(c),
+                Err(_) => {
+                    all_readable = false;
+                    break;
+                }
+            }
+        }
+        if !all_readable {
+            continue;
+        }
+        report.pruned_chunks += ids.iter().filter(|id| !live.contains(id)).count();
+        for c in kept {
+            moved.insert(c.id);
+            batch.add(c);
+        }
+        doomed.push(name.clone());
+    }
+    if doomed.is_empty() {
+        return Ok(false);
+    }
+    while !batch.chunks.is_empty() {
+        let mut part = Batch::default();
+        while part.bytes < PACK_PAYLOAD {
+            match batch.chunks.pop() {
+                Some(c) => part.add(c),
+                None => break,
+            }
+        }
+        send_pack(
+            bucket,
+            key,
+            folder_id,
+            part.chunks,
+            cache,
+            report,
+            state_dir,
+        )
+        .await?;
+    }
+    for name in doomed {
+        bucket
+            .store
+            .delete(&layout::packs(&bucket.prefix, folder_id).join(name.as_str()))
+            .await?;
+        cache.packs.remove(&name);
+        report.packs_deleted += 1;
+    }
+    save_cache(state_dir, cache)?;
+    Ok(true)
 }
 
 /// `plain` compressed, its length in front, zero-padded inside the seal

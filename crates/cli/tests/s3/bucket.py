@@ -3,6 +3,7 @@ client moto ships with): create it, list it, read and replace objects.
 
     bucket.py ENDPOINT create BUCKET
     bucket.py ENDPOINT list BUCKET            -> one key per line
+    bucket.py ENDPOINT du BUCKET              -> the bytes of every object together
     bucket.py ENDPOINT dump BUCKET DIR        -> every object into DIR (keys as paths)
     bucket.py ENDPOINT flip BUCKET KEY OFFSET -> flips one bit of an object
 """
@@ -24,11 +25,14 @@ def main():
     )
     if cmd == "create":
         s3.create_bucket(Bucket=bucket)
-    elif cmd in ("list", "dump"):
-        keys = []
+    elif cmd in ("list", "dump", "du"):
+        keys, size = [], 0
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             keys += [o["Key"] for o in page.get("Contents", [])]
-        if cmd == "list":
+            size += sum(o["Size"] for o in page.get("Contents", []))
+        if cmd == "du":
+            print(size)
+        elif cmd == "list":
             print("\n".join(keys))
         else:
             out = sys.argv[4]

@@ -14,6 +14,29 @@ impl Store {
         Ok(ids)
     }
 
+    /// What changes whenever a snapshot of the index would: the change
+    /// log's sequence, and the number of versions and chunks (which `gc`
+    /// lowers without a new sequence).
+    pub fn index_marker(&self) -> Result<String> {
+        let (versions, chunks): (i64, i64) = self.db.query_row(
+            "SELECT (SELECT COUNT(*) FROM versions), (SELECT COUNT(*) FROM chunks)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(format!("{}/{versions}/{chunks}", self.sequence()?))
+    }
+
+    /// The chunk ids an index file made by [`Store::snapshot_index`] lists.
+    pub fn chunks_in_snapshot(path: &Path) -> Result<Vec<ChunkId>> {
+        let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = db.prepare("SELECT id FROM chunks")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .map(|b| ChunkId::from_slice(&b?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ids)
+    }
+
     /// Writes a consistent copy of the index (what is committed now) to
     /// `dest`, a path that must not exist, without blocking the writer.
     pub fn snapshot_index(&self, dest: &Path) -> Result<()> {
