@@ -149,6 +149,10 @@ pub struct BucketArgs {
     /// Upload at most this many KiB/s (`remotes add`).
     #[arg(long)]
     pub max_kib_per_sec: Option<u64>,
+    /// How often a running node pushes what changed, in seconds
+    /// (`remotes add`; default 15).
+    #[arg(long, value_name = "SECS")]
+    pub every: Option<u64>,
 }
 
 impl BucketArgs {
@@ -166,6 +170,7 @@ impl BucketArgs {
             region: self.region.clone(),
             folders,
             max_kib_per_sec: self.max_kib_per_sec,
+            every_secs: self.every,
         }
         .checked()?)
     }

@@ -382,3 +382,28 @@ fn retention_reaches_the_bucket_without_breaking_recovery() {
     let verify = r.ok(&["verify"]);
     assert!(verify.contains(": ok"), "{verify}");
 }
+
+#[test]
+fn a_running_node_keeps_the_bucket_current_by_itself() {
+    let Some(s3) = S3::start() else { return };
+    let (mut a, pass) = backed_up(&s3, &["--every", "1"]);
+    a.up();
+    a.write("first.txt", b"the first words");
+    a.write("second.txt", b"the second words");
+    // No `remotes sync`: the node pushes both files and a snapshot itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = a.json(&["remotes", "status"]);
+        let f = &s["remotes"][0]["folders"][0];
+        if f["up_to_date"] == true && f["chunks"].as_u64() == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bucket never caught up: {s}\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (r, out) = recover(&s3, &pass);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(r.root.join("second.txt")).unwrap(), b"the second words");
+    assert_eq!(std::fs::read(r.root.join("first.txt")).unwrap(), b"the first words");
+    a.down();
+}

@@ -18,6 +18,7 @@ pub mod invites;
 pub mod local_socket;
 mod mcp;
 mod reload;
+mod remotes;
 mod requests;
 mod scan;
 mod serve;
@@ -311,6 +312,17 @@ impl Daemon {
                         Err(e) => tracing::warn!("reading the sequence: {e:#}"),
                     }
                 }
+            });
+        }
+        {
+            let this = this.clone();
+            tasks.spawn("remotes", async move {
+                // Not fatal to the node: a remote that cannot be pushed to
+                // is retried, and its errors are logged.
+                if let Err(e) = remotes::keep_current(this).await {
+                    tracing::warn!("remotes: {e:#}");
+                }
+                std::future::pending().await
             });
         }
         if let Some(then) = after_start {

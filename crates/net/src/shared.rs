@@ -82,7 +82,7 @@ impl Shared {
     /// Runs `f` with a read-only handle of its own, on a blocking thread:
     /// for long work (writing out a large file) that must not hold one of
     /// the shared handles that serve peers.
-    pub(crate) async fn with_own_reader<R: Send + 'static>(
+    pub async fn with_own_reader<R: Send + 'static>(
         &self,
         f: impl FnOnce(&sovryn_engine::Reader) -> R + Send + 'static,
     ) -> Result<R, Error> {

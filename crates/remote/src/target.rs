@@ -34,6 +34,17 @@ pub struct RemoteSpec {
     /// Upload rate limit in KiB/s; none: as fast as the link goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_kib_per_sec: Option<u64>,
+    /// How often a running node looks whether the bucket needs a push, in
+    /// seconds (default 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
+}
+
+impl RemoteSpec {
+    /// How often a running node looks whether the bucket needs a push.
+    pub fn every(&self) -> Duration {
+        Duration::from_secs(self.every_secs.unwrap_or(15).clamp(1, 24 * 3600))
+    }
 }
 
 /// An access key pair. Never printed.
@@ -288,6 +299,7 @@ mod tests {
             region: None,
             folders: vec![],
             max_kib_per_sec: None,
+            every_secs: None,
         };
         assert!(spec("ok_1").checked().is_ok());
         assert!(spec("no/slash").checked().is_err());
