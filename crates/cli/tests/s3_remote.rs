@@ -398,12 +398,26 @@ fn a_running_node_keeps_the_bucket_current_by_itself() {
         if f["up_to_date"] == true && f["chunks"].as_u64() == Some(2) {
             break;
         }
-        assert!(Instant::now() < deadline, "the bucket never caught up: {s}\n{}", a.log());
+        assert!(
+            Instant::now() < deadline,
+            "the bucket never caught up: {s}\n{}",
+            a.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let (r, out) = recover(&s3, &pass);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read(r.root.join("second.txt")).unwrap(), b"the second words");
-    assert_eq!(std::fs::read(r.root.join("first.txt")).unwrap(), b"the first words");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(r.root.join("second.txt")).unwrap(),
+        b"the second words"
+    );
+    assert_eq!(
+        std::fs::read(r.root.join("first.txt")).unwrap(),
+        b"the first words"
+    );
     a.down();
 }

@@ -19,7 +19,13 @@ pub(crate) struct Control {
     hears_seals: bool,
     /// How many epochs the peer has been sent.
     seals_sent: AtomicUsize,
+    /// Raised when the device sender has sent the epochs.
+    seals_flushed: tokio::sync::Notify,
 }
+
+/// How long a message that would carry new epochs waits for the device
+/// list to carry them first.
+const DEVICES_FIRST: Duration = Duration::from_secs(3);
 
 impl Control {
     /// Wraps a session's control stream.
@@ -33,24 +39,45 @@ impl Control {
             codec,
             hears_seals,
             seals_sent: AtomicUsize::new(0),
+            seals_flushed: tokio::sync::Notify::new(),
         }
     }
 
-    /// Sends `msg`, preceded by the seal epochs when any is new to the peer.
+    /// Sends `msg`, after the seal epochs when any is new to the peer. New
+    /// epochs go out with the device list first (see
+    /// [`Control::send_devices`]): this waits for that, briefly, and sends
+    /// them itself only if the list does not come.
     pub(crate) async fn send(&self, msg: &Msg) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + DEVICES_FIRST;
+        loop {
+            let flushed = self.seals_flushed.notified();
+            if !self.behind() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline, flushed).await;
+        }
         let mut stream = self.stream.lock().await;
         self.seals_if_new(&mut stream).await?;
         wire::write_msg(&mut *stream, msg).await
+    }
+
+    /// Whether epochs exist that the peer has not been sent.
+    fn behind(&self) -> bool {
+        self.hears_seals && self.codec.epoch_count() > self.seals_sent.load(Ordering::Acquire)
     }
 
     /// Sends the device list, then the seal epochs when any is new to the
     /// peer: a member learns of a revocation (and stops talking to the
     /// revoked device) before it holds the epoch that the revocation
     /// started, so it never passes that epoch on to the revoked device.
+    /// Every new epoch is followed by a new device list (a revocation
+    /// rotates, then the sessions send the list; merged epochs do too).
     pub(crate) async fn send_devices(&self, msg: &Msg) -> Result<()> {
         let mut stream = self.stream.lock().await;
         wire::write_msg(&mut *stream, msg).await?;
-        self.seals_if_new(&mut stream).await
+        self.seals_if_new(&mut stream).await?;
+        self.seals_flushed.notify_waiters();
+        Ok(())
     }
 
     async fn seals_if_new(&self, stream: &mut iroh::endpoint::SendStream) -> Result<()> {
