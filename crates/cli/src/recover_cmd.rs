@@ -175,8 +175,11 @@ impl BucketArgs {
         .checked()?)
     }
 
-    /// The key pair from the two files.
-    pub fn credentials(&self) -> Result<sovryn_remote::Credentials> {
+    /// The key pair from the two files (none for a `file://` remote).
+    pub fn credentials(&self, url: &str) -> Result<sovryn_remote::Credentials> {
+        if url.starts_with("file://") {
+            return Ok(sovryn_remote::Credentials::none());
+        }
         let (Some(a), Some(s)) = (&self.access_key_file, &self.secret_key_file) else {
             bail!("a bucket needs --access-key-file FILE and --secret-key-file FILE");
         };
@@ -237,11 +240,11 @@ pub fn recover(ctx: &Ctx, from: &str, bucket: BucketArgs, node: NodeArgs) -> Res
         Member(PublicKey, std::net::SocketAddr),
         Bucket(sovryn_remote::Bucket),
     }
-    let source = if from.starts_with("s3://") {
+    let source = if from.starts_with("s3://") || from.starts_with("file://") {
         Source::Bucket(
             bucket
                 .spec("recover", from, Vec::new())?
-                .open(&bucket.credentials()?)?,
+                .open(&bucket.credentials(from)?)?,
         )
     } else {
         let (id, addr) = from.split_once('@').context(

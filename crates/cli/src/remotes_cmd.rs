@@ -20,7 +20,7 @@ pub enum RemotesAction {
     Add {
         /// Its name here.
         name: String,
-        /// `s3://BUCKET/PREFIX`.
+        /// `s3://BUCKET/PREFIX`, or `file:///DIR` (a mounted disk or share).
         url: String,
         #[command(flatten)]
         bucket: BucketArgs,
@@ -54,7 +54,7 @@ pub fn remotes(ctx: &Ctx, action: RemotesAction, chosen: &[String]) -> Result<()
                 folders::find(&ctx.home, f)?;
             }
             let spec = bucket.spec(&name, &url, chosen.to_vec())?;
-            let creds = bucket.credentials()?;
+            let creds = bucket.credentials(&url)?;
             // Refused before anything is kept when the bucket cannot be reached.
             let runtime = tokio::runtime::Runtime::new()?;
             let opened = spec.open(&creds)?;

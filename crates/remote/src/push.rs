@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use sovryn_store::{blob, ChunkId, SealedChunk, Store};
 
@@ -230,7 +230,7 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
         let name = path.filename().unwrap_or_default().to_owned();
         let sealed = seal_snapshot(&key, &folder_id, &name, &snap.index)?;
         report.bytes += sealed.len() as u64;
-        bucket.store.put(&path, PutPayload::from(sealed)).await?;
+        bucket.put(&path, sealed).await?;
         report.snapshot = Some(counter);
         cache.snapshot_seq = Some(snap.seq);
         cache.snapshot_marker = Some(marker);
@@ -313,7 +313,7 @@ async fn send_pack(
     report.bytes += bytes.len() as u64;
     report.packs += 1;
     report.chunks += entries.len();
-    bucket.store.put(&path, PutPayload::from(bytes)).await?;
+    bucket.put(&path, bytes).await?;
     cache
         .packs
         .insert(name, entries.into_iter().map(|e| e.id).collect());
@@ -482,10 +482,7 @@ pub async fn push_vault(bucket: &Bucket, envelope: &[u8]) -> Result<bool> {
         Err(e) => return Err(e.into()),
     };
     if !same {
-        bucket
-            .store
-            .put(&path, PutPayload::from(envelope.to_vec()))
-            .await?;
+        bucket.put(&path, envelope.to_vec()).await?;
     }
     Ok(!same)
 }

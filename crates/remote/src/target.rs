@@ -61,6 +61,14 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// No keys (a `file://` remote).
+    pub fn none() -> Self {
+        Credentials {
+            access_key: String::new(),
+            secret_key: String::new(),
+        }
+    }
+
     /// A key pair read from two files (each trimmed; neither may be empty).
     pub fn from_files(access: &Path, secret: &Path) -> Result<Self> {
         let read = |p: &Path| -> Result<String> {
@@ -96,7 +104,13 @@ impl RemoteSpec {
                 self.name
             )));
         }
-        parse_url(&self.url)?;
+        if let Location::Dir(_) = parse_location(&self.url)? {
+            if self.endpoint.is_some() || self.region.is_some() {
+                return Err(Error::Spec(
+                    "a file:// remote takes no --endpoint or --region".into(),
+                ));
+            }
+        }
         if let Some(e) = &self.endpoint {
             let u = url::Url::parse(e)
                 .map_err(|_| Error::Spec(format!("--endpoint {e}: not a URL")))?;
@@ -110,7 +124,10 @@ impl RemoteSpec {
     /// Opens the bucket with `creds`. Requests are retried with backoff
     /// for up to 30 s before an error comes back.
     pub fn open(&self, creds: &Credentials) -> Result<Bucket> {
-        let (bucket, prefix) = parse_url(&self.url)?;
+        let (bucket, prefix) = match parse_location(&self.url)? {
+            Location::S3 { bucket, prefix } => (bucket, prefix),
+            Location::Dir(dir) => return self.open_dir(dir),
+        };
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&bucket)
             .with_region(self.region.as_deref().unwrap_or("us-east-1"))
@@ -135,14 +152,73 @@ impl RemoteSpec {
             store: Arc::new(b.build()?),
             prefix: object_store::path::Path::from(prefix.as_str()),
             url: self.url.clone(),
-            max_bytes_per_sec: self.max_kib_per_sec.filter(|k| *k > 0).map(|k| k * 1024),
+            max_bytes_per_sec: self.rate(),
+            dir: None,
+        })
+    }
+
+    fn rate(&self) -> Option<u64> {
+        self.max_kib_per_sec.filter(|k| *k > 0).map(|k| k * 1024)
+    }
+
+    /// A directory as a bucket (created 0700 when missing).
+    fn open_dir(&self, dir: PathBuf) -> Result<Bucket> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::Io {
+                path: dir.clone(),
+                source: e,
+            })?;
+        Ok(Bucket {
+            store: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir)?),
+            prefix: object_store::path::Path::default(),
+            url: self.url.clone(),
+            max_bytes_per_sec: self.rate(),
+            dir: Some(dir),
         })
     }
 }
 
+/// Where a remote keeps its objects.
+#[derive(Debug, PartialEq, Eq)]
+enum Location {
+    /// `s3://BUCKET/PREFIX`.
+    S3 { bucket: String, prefix: String },
+    /// `file:///ABSOLUTE/DIR`: a directory (a mounted disk, a NAS share).
+    Dir(PathBuf),
+}
+
+fn parse_location(url: &str) -> Result<Location> {
+    if let Some(dir) = url.strip_prefix("file://") {
+        let path = PathBuf::from(dir);
+        let clean = path.is_absolute()
+            && path.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+        if !clean {
+            return Err(Error::Spec(format!(
+                "{url}: not file:///ABSOLUTE/DIRECTORY (no . or .. parts)"
+            )));
+        }
+        return Ok(Location::Dir(path));
+    }
+    let (bucket, prefix) = parse_url(url)?;
+    Ok(Location::S3 { bucket, prefix })
+}
+
 /// `s3://BUCKET/PREFIX` as (bucket, prefix without slashes at either end).
 fn parse_url(url: &str) -> Result<(String, String)> {
-    let bad = || Error::Spec(format!("{url}: not s3://BUCKET/PREFIX"));
+    let bad = || {
+        Error::Spec(format!(
+            "{url}: not s3://BUCKET/PREFIX or file:///DIRECTORY"
+        ))
+    };
     let rest = url.strip_prefix("s3://").ok_or_else(bad)?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let bucket_ok = (3..=63).contains(&bucket.len())
@@ -174,6 +250,8 @@ pub struct Bucket {
     url: String,
     /// Upload rate limit.
     pub(crate) max_bytes_per_sec: Option<u64>,
+    /// The directory of a `file://` remote: what is put there is synced.
+    dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -183,9 +261,37 @@ impl std::fmt::Debug for Bucket {
 }
 
 impl Bucket {
-    /// `s3://BUCKET/PREFIX`.
+    /// `s3://BUCKET/PREFIX` or `file:///DIR`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Puts an object. In a directory it is synced to disk (file and
+    /// directory) before this returns: the next step may count on it.
+    pub(crate) async fn put(&self, path: &object_store::path::Path, bytes: Vec<u8>) -> Result<()> {
+        use object_store::ObjectStoreExt;
+        self.store
+            .put(path, object_store::PutPayload::from(bytes))
+            .await?;
+        if let Some(dir) = &self.dir {
+            let file = dir.join(path.as_ref());
+            let sync = |p: &Path| -> std::io::Result<()> { std::fs::File::open(p)?.sync_all() };
+            let parent = file.parent().map(Path::to_owned);
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                sync(&file)?;
+                if let Some(p) = parent {
+                    sync(&p)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::Spec(format!("syncing a put: {e}")))?
+            .map_err(|e| Error::Io {
+                path: dir.clone(),
+                source: e,
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -302,6 +408,13 @@ mod tests {
             every_secs: None,
         };
         assert!(spec("ok_1").checked().is_ok());
+        assert_eq!(
+            parse_location("file:///mnt/nas/x").unwrap(),
+            Location::Dir("/mnt/nas/x".into())
+        );
+        for bad in ["file://relative", "file:///a/../b", "file://"] {
+            assert!(parse_location(bad).is_err(), "{bad}");
+        }
         assert!(spec("no/slash").checked().is_err());
         assert!(spec("").checked().is_err());
     }

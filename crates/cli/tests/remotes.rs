@@ -1,7 +1,9 @@
-//! A bucket as a backup target, against a real S3-compatible server (moto,
-//! from PyPI, started here on 127.0.0.1): what it holds reveals no name
-//! or content, a node is rebuilt from it alone, a push cut off resumes
-//! without sending again what is there, and a changed object is refused.
+//! Remotes as backup targets: a bucket on a real S3-compatible server
+//! (moto, from PyPI, started here on 127.0.0.1), and a directory. What
+//! they hold reveals no name or content, a node is rebuilt from one alone,
+//! a push cut off resumes without sending again what is there, a changed
+//! object is refused, retention reaches them, a running node keeps them
+//! current.
 
 mod common;
 mod mesh;
@@ -420,4 +422,81 @@ fn a_running_node_keeps_the_bucket_current_by_itself() {
         b"the first words"
     );
     a.down();
+}
+
+/// Every file under `dir`, with its path from `dir`.
+fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_directory_remote_shows_no_name_and_rebuilds_a_node_alone() {
+    let a = Peer::new("alpha", None);
+    let pf = a.dir.path().join("vault.pass");
+    std::fs::write(&pf, PASSPHRASE).unwrap();
+    a.ok(&[
+        "vault",
+        "init",
+        "--vault-passphrase-file",
+        pf.to_str().unwrap(),
+    ]);
+    let nas = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/sovryn", nas.path().display());
+    a.ok(&["remotes", "add", "nas", &url]);
+    for i in 0..50 {
+        a.write(
+            &format!("MARKERdir/MARKERfile{i}.txt"),
+            format!("MARKERcontent {i}").as_bytes(),
+        );
+    }
+    a.ok(&["add", a.root.to_str().unwrap()]);
+    a.ok(&["remotes", "sync"]);
+    let objects = files_under(&nas.path().join("sovryn"));
+    assert!(
+        objects.len() >= 3,
+        "{:?}",
+        objects.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    for (name, body) in &objects {
+        assert!(!name.contains("MARKER"), "{name}");
+        assert!(
+            !body.windows(6).any(|w| w == b"MARKER"),
+            "{name} shows plaintext"
+        );
+    }
+    let r = Peer::newcomer();
+    let out = r
+        .cmd(&[
+            "--passphrase-file",
+            pf.to_str().unwrap(),
+            "recover",
+            "--from",
+            &url,
+            "--storage-path",
+            r.root.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{}", r.port),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree(&r.root), tree(&a.root));
+    assert!(r.ok(&["verify"]).contains(": ok"));
 }
