@@ -18,14 +18,16 @@
 #![deny(missing_docs)]
 
 pub mod layout;
+pub mod objects;
 pub mod pack;
 pub mod push;
 pub mod restore;
 pub mod target;
 
+pub use objects::{Bucket, Listed, Objects};
 pub use push::{push_folder, push_vault, PushReport};
 pub use restore::{fetch_vault, restore_folder, RestoreReport};
-pub use target::{Bucket, Credentials, RemoteSpec};
+pub use target::{Credentials, RemoteSpec};
 
 /// Errors of a remote.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,9 @@ pub enum Error {
     /// What the bucket holds fails a check (changed, or not this folder's).
     #[error("the bucket's {0}")]
     Tampered(String),
+    /// A backup peer refused or failed a request.
+    #[error("backup peer: {0}")]
+    Peer(String),
     /// A local file.
     #[error("{path}: {source}")]
     Io {
@@ -50,6 +55,20 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// Syncs a file just written, then its directory.
+pub(crate) fn fsync_with_parent(file: &std::path::Path) -> Result<()> {
+    let sync = |p: &std::path::Path| -> std::io::Result<()> { std::fs::File::open(p)?.sync_all() };
+    let io = |e| Error::Io {
+        path: file.to_owned(),
+        source: e,
+    };
+    sync(file).map_err(io)?;
+    if let Some(parent) = file.parent() {
+        sync(parent).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// The result type of remotes.

@@ -7,14 +7,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use sovryn_store::{blob, ChunkId, SealedChunk, Store};
 
 use crate::layout::{self, size_class};
+use crate::objects::{Bucket, Listed};
 use crate::pack::{self, PACK_PAYLOAD};
-use crate::target::Bucket;
 use crate::{Error, Result};
 
 /// Snapshots kept per folder (the newest ones; older ones are deleted).
@@ -105,10 +103,8 @@ async fn refresh(
     folder_id: &str,
     cache: &mut Cache,
 ) -> Result<()> {
-    let listed: Vec<object_store::ObjectMeta> = bucket
-        .store
-        .list(Some(&layout::packs(&bucket.prefix, folder_id)))
-        .try_collect()
+    let listed: Vec<Listed> = bucket
+        .list(&layout::packs(&bucket.prefix, folder_id))
         .await?;
     let names: HashSet<String> = listed
         .iter()
@@ -123,7 +119,6 @@ async fn refresh(
             continue;
         }
         let trailer = bucket
-            .store
             .get_range(&meta.location, meta.size - 4..meta.size)
             .await?;
         let len = pack::index_len(&trailer)? as u64;
@@ -132,7 +127,6 @@ async fn refresh(
             continue;
         };
         let sealed = bucket
-            .store
             .get_range(&meta.location, start..meta.size - 4)
             .await?;
         match pack::open_index(key, folder_id, &name, &sealed, meta.size) {
@@ -168,10 +162,8 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
     // now, so in the chunk list read next, and in the bucket before the
     // snapshot is.
     let marker = store.index_marker()?;
-    let listed_snapshots: Vec<object_store::ObjectMeta> = bucket
-        .store
-        .list(Some(&layout::snapshots(&bucket.prefix, &folder_id)))
-        .try_collect()
+    let listed_snapshots: Vec<Listed> = bucket
+        .list(&layout::snapshots(&bucket.prefix, &folder_id))
         .await?;
     let ours_is_newest = cache.snapshot_name.as_ref().is_some_and(|n| {
         newest(&listed_snapshots).and_then(|m| m.location.filename().map(str::to_owned))
@@ -253,12 +245,12 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
         .await?;
         // The older snapshots go once the new one is there; all of them
         // once chunks they name are gone.
-        let mut older: Vec<&object_store::ObjectMeta> = listed_snapshots.iter().collect();
+        let mut older: Vec<&Listed> = listed_snapshots.iter().collect();
         older.sort_by_key(|m| layout::snapshot_counter(&m.location));
         let keep = if pruned { 1 } else { SNAPSHOTS_KEPT };
         let drop_n = (older.len() + 1).saturating_sub(keep);
         for m in older.into_iter().take(drop_n) {
-            bucket.store.delete(&m.location).await?;
+            bucket.delete(&m.location).await?;
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
@@ -291,7 +283,7 @@ impl Pace {
 }
 
 /// The snapshot with the highest counter.
-pub(crate) fn newest(listed: &[object_store::ObjectMeta]) -> Option<&object_store::ObjectMeta> {
+pub(crate) fn newest(listed: &[Listed]) -> Option<&Listed> {
     listed
         .iter()
         .filter(|m| layout::snapshot_counter(&m.location).is_some())
@@ -427,7 +419,6 @@ async fn prune(
     }
     for name in doomed {
         bucket
-            .store
             .delete(&layout::packs(&bucket.prefix, folder_id).join(name.as_str()))
             .await?;
         cache.packs.remove(&name);
@@ -476,11 +467,10 @@ pub(crate) fn open_snapshot(
 /// bucket's copy differs.
 pub async fn push_vault(bucket: &Bucket, envelope: &[u8]) -> Result<bool> {
     let path = layout::vault(&bucket.prefix);
-    let same = match bucket.store.get(&path).await {
-        Ok(r) => r.bytes().await?.as_ref() == envelope,
-        Err(object_store::Error::NotFound { .. }) => false,
-        Err(e) => return Err(e.into()),
-    };
+    let same = bucket
+        .get(&path)
+        .await?
+        .is_some_and(|b| b.as_ref() == envelope);
     if !same {
         bucket.put(&path, envelope.to_vec()).await?;
     }

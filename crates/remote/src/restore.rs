@@ -5,15 +5,13 @@
 use std::path::Path;
 use std::time::Instant;
 
-use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 use sovryn_store::{MasterKey, Store};
 
 use crate::layout;
+use crate::objects::{Bucket, Listed};
 use crate::pack;
 use crate::push::{newest, open_snapshot};
-use crate::target::Bucket;
 use crate::{Error, Result};
 
 /// What a restore did.
@@ -33,11 +31,10 @@ pub struct RestoreReport {
 
 /// The node's sealed config vault as the bucket keeps it, if it does.
 pub async fn fetch_vault(bucket: &Bucket) -> Result<Option<Vec<u8>>> {
-    match bucket.store.get(&layout::vault(&bucket.prefix)).await {
-        Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    Ok(bucket
+        .get(&layout::vault(&bucket.prefix))
+        .await?
+        .map(|b| b.to_vec()))
 }
 
 /// Rebuilds the store of the folder keyed `master` in `home` (a folder
@@ -53,10 +50,8 @@ pub async fn restore_folder(
     let folder_id = derived.folder_id.clone();
     let key = derived.remote;
     let mut report = RestoreReport::default();
-    let listed: Vec<object_store::ObjectMeta> = bucket
-        .store
-        .list(Some(&layout::snapshots(&bucket.prefix, &folder_id)))
-        .try_collect()
+    let listed: Vec<Listed> = bucket
+        .list(&layout::snapshots(&bucket.prefix, &folder_id))
         .await?;
     let snap = newest(&listed).ok_or_else(|| {
         Error::Spec(format!(
@@ -66,19 +61,23 @@ pub async fn restore_folder(
     })?;
     let name = snap.location.filename().unwrap_or_default().to_owned();
     report.snapshot = layout::snapshot_counter(&snap.location).unwrap_or(0);
-    let sealed = bucket.store.get(&snap.location).await?.bytes().await?;
+    let sealed = bucket
+        .get(&snap.location)
+        .await?
+        .ok_or_else(|| Error::Tampered(format!("snapshot {name} vanished")))?;
     report.bytes += sealed.len() as u64;
     let index = open_snapshot(&key, &folder_id, &name, &sealed)?;
     let mut store = Store::adopt_snapshot(home, &index, master)?;
 
-    let packs: Vec<object_store::ObjectMeta> = bucket
-        .store
-        .list(Some(&layout::packs(&bucket.prefix, &folder_id)))
-        .try_collect()
+    let packs: Vec<Listed> = bucket
+        .list(&layout::packs(&bucket.prefix, &folder_id))
         .await?;
     for meta in packs {
         let name = meta.location.filename().unwrap_or_default().to_owned();
-        let bytes = bucket.store.get(&meta.location).await?.bytes().await?;
+        let bytes = bucket
+            .get(&meta.location)
+            .await?
+            .ok_or_else(|| Error::Tampered(format!("pack {name} vanished")))?;
         report.bytes += bytes.len() as u64;
         let entries = pack::read_whole(&key, &folder_id, &name, &bytes)?;
         let chunks = pack::chunks(&bytes, &entries);

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
-use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::objects::{Bucket, ObjectStoreObjects};
 use crate::{Error, Result};
 
 const SPECS_FILE: &str = "remotes.json";
@@ -148,16 +149,16 @@ impl RemoteSpec {
                 .with_allow_http(e.starts_with("http://"))
                 .with_virtual_hosted_style_request(false);
         }
-        Ok(Bucket {
-            store: Arc::new(b.build()?),
-            prefix: object_store::path::Path::from(prefix.as_str()),
-            url: self.url.clone(),
-            max_bytes_per_sec: self.rate(),
-            dir: None,
-        })
+        Ok(Bucket::new(
+            Arc::new(ObjectStoreObjects::new(Arc::new(b.build()?), None)),
+            object_store::path::Path::from(prefix.as_str()),
+            self.url.clone(),
+            self.rate(),
+        ))
     }
 
-    fn rate(&self) -> Option<u64> {
+    /// The upload rate limit in bytes per second.
+    pub fn rate(&self) -> Option<u64> {
         self.max_kib_per_sec.filter(|k| *k > 0).map(|k| k * 1024)
     }
 
@@ -172,13 +173,13 @@ impl RemoteSpec {
                 path: dir.clone(),
                 source: e,
             })?;
-        Ok(Bucket {
-            store: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir)?),
-            prefix: object_store::path::Path::default(),
-            url: self.url.clone(),
-            max_bytes_per_sec: self.rate(),
-            dir: Some(dir),
-        })
+        let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir)?);
+        Ok(Bucket::new(
+            Arc::new(ObjectStoreObjects::new(store, Some(dir))),
+            object_store::path::Path::default(),
+            self.url.clone(),
+            self.rate(),
+        ))
     }
 }
 
@@ -240,59 +241,6 @@ fn parse_url(url: &str) -> Result<(String, String)> {
         return Err(bad());
     }
     Ok((bucket.to_owned(), prefix.to_owned()))
-}
-
-/// An opened bucket and the prefix this node's objects live under.
-#[derive(Clone)]
-pub struct Bucket {
-    pub(crate) store: Arc<dyn ObjectStore>,
-    pub(crate) prefix: object_store::path::Path,
-    url: String,
-    /// Upload rate limit.
-    pub(crate) max_bytes_per_sec: Option<u64>,
-    /// The directory of a `file://` remote: what is put there is synced.
-    dir: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for Bucket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Bucket({})", self.url)
-    }
-}
-
-impl Bucket {
-    /// `s3://BUCKET/PREFIX` or `file:///DIR`.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Puts an object. In a directory it is synced to disk (file and
-    /// directory) before this returns: the next step may count on it.
-    pub(crate) async fn put(&self, path: &object_store::path::Path, bytes: Vec<u8>) -> Result<()> {
-        use object_store::ObjectStoreExt;
-        self.store
-            .put(path, object_store::PutPayload::from(bytes))
-            .await?;
-        if let Some(dir) = &self.dir {
-            let file = dir.join(path.as_ref());
-            let sync = |p: &Path| -> std::io::Result<()> { std::fs::File::open(p)?.sync_all() };
-            let parent = file.parent().map(Path::to_owned);
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                sync(&file)?;
-                if let Some(p) = parent {
-                    sync(&p)?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| Error::Spec(format!("syncing a put: {e}")))?
-            .map_err(|e| Error::Io {
-                path: dir.clone(),
-                source: e,
-            })?;
-        }
-        Ok(())
-    }
 }
 
 /// The remotes configured in the node's home `home`.
