@@ -188,7 +188,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         return Ok(());
     }
-    let invite = matches!(cli.command, Command::Invite { .. });
+    let invite = matches!(
+        cli.command,
+        Command::Invite { .. } | Command::Remotes { .. }
+    );
     if cli.folder.len() > 1 && !invite {
         bail!("-F/--folder is given once here (only `invite` takes several)");
     }
@@ -243,13 +246,19 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::recover_cmd::recover(&ctx, &from, bucket, node)
         }
         Command::Remotes { action } => crate::remotes_cmd::remotes(&ctx, action, &chosen_folders),
-        Command::Invite { read_only, expires } => {
-            crate::invite_cmd::invite(&ctx, chosen_folders, read_only, &expires)
-        }
+        Command::Invite {
+            read_only,
+            backup,
+            expires,
+        } => crate::invite_cmd::invite(&ctx, chosen_folders, read_only, backup, &expires),
+        Command::Join {
+            code, node, backup, ..
+        } if backup => crate::backup_cmd::join(&ctx, &code, &node),
         Command::Join {
             code,
             node,
             no_passphrase,
+            ..
         } => {
             let passphrase = new_passphrase(&ctx, no_passphrase)?;
             crate::invite_cmd::join(&ctx, &code, node, passphrase)

@@ -21,7 +21,13 @@ use crate::output;
 
 /// `sovryn invite`: opens an invite on the running node, prints its code
 /// and, on a terminal, waits for the device to join.
-pub fn invite(ctx: &Ctx, folders: Vec<String>, read_only: bool, expires: &str) -> Result<()> {
+pub fn invite(
+    ctx: &Ctx,
+    folders: Vec<String>,
+    read_only: bool,
+    backup: bool,
+    expires: &str,
+) -> Result<()> {
     let ttl = humantime::parse_duration(expires)
         .with_context(|| format!("--expires {expires}: give a duration such as 15m or 2h"))?;
     let answer = control::request(
@@ -30,6 +36,7 @@ pub fn invite(ctx: &Ctx, folders: Vec<String>, read_only: bool, expires: &str) -
             folders,
             read_only,
             ttl_secs: ttl.as_secs().max(1),
+            backup,
         },
     )?
     .with_context(|| {
@@ -49,7 +56,13 @@ pub fn invite(ctx: &Ctx, folders: Vec<String>, read_only: bool, expires: &str) -
         return output::json(&answer);
     }
     let code = answer["code"].as_str().unwrap_or_default();
-    println!("On the new device, run:\n\n    sovryn join {code} --storage-path DIR\n");
+    if backup {
+        println!(
+            "On the backup machine, run:\n\n    sovryn join {code} --backup --home DIR --listen HOST:PORT\n"
+        );
+    } else {
+        println!("On the new device, run:\n\n    sovryn join {code} --storage-path DIR\n");
+    }
     if std::io::stdout().is_terminal() {
         if let Ok(qr) = qrcode::QrCode::new(code.as_bytes()) {
             println!(
@@ -240,7 +253,7 @@ pub fn join(
 ) -> Result<()> {
     let code = InviteCode::parse(code)?;
     if ctx.home.exists() {
-        return join_existing(ctx, &code, &node.storage_path);
+        return join_existing(ctx, &code, node.storage()?);
     }
     // What would make the node's creation fail is checked before the code
     // is spent on the inviter.
@@ -256,6 +269,9 @@ pub fn join(
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new()?;
     let joined = runtime.block_on(invite::join_as(secret.clone(), &code, &node.name(), addrs))?;
+    if joined.bundle.get("backup").and_then(|b| b.as_bool()) == Some(true) {
+        bail!("this code invites a backup node; the inviter now pushes to this machine: run `sovryn remotes remove backup-…` there, and join with a member's code");
+    }
     let bundle: Bundle = serde_json::from_value(joined.bundle)
         .context("the inviter sent a bundle this version does not read")?;
     let keys = granted_keys(&bundle)?;

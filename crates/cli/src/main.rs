@@ -1,5 +1,6 @@
 //! `sovryn`: the command line of a Sovryn node.
 
+mod backup_cmd;
 mod commands;
 mod daemon_cmd;
 mod folders_cmd;
@@ -77,6 +78,10 @@ pub enum Command {
         /// Take no changes from the device.
         #[arg(long)]
         read_only: bool,
+        /// Invite a backup node: it keeps the folders' sealed objects and
+        /// gets no key; this node pushes to it.
+        #[arg(long)]
+        backup: bool,
         /// How long the code works (it works once).
         #[arg(long, default_value = "15m")]
         expires: String,
@@ -120,6 +125,10 @@ pub enum Command {
         /// Store the keys unwrapped, without asking for a passphrase.
         #[arg(long)]
         no_passphrase: bool,
+        /// Become a backup node (with `invite --backup`): no storage path,
+        /// no key; it keeps the inviter's sealed objects.
+        #[arg(long)]
+        backup: bool,
     },
     /// Print this node's id (its iroh endpoint id).
     Id,

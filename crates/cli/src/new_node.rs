@@ -18,8 +18,9 @@ use crate::commands::Ctx;
 pub struct NodeArgs {
     /// The folder to keep in sync (created if missing); a node's other
     /// folders go beside it, under their names.
+    /// (Needed, except by a backup node.)
     #[arg(long)]
-    pub storage_path: PathBuf,
+    pub storage_path: Option<PathBuf>,
     /// Name of this node (default: host name).
     #[arg(long)]
     pub node_id: Option<String>,
@@ -61,10 +62,11 @@ impl NodeArgs {
                 ctx.home.dir.display()
             );
         }
-        if self.storage_path.exists() && !self.storage_path.is_dir() {
-            bail!("{} is not a directory", self.storage_path.display());
+        let storage_path = self.storage()?;
+        if storage_path.exists() && !storage_path.is_dir() {
+            bail!("{} is not a directory", storage_path.display());
         }
-        let storage = std::path::absolute(&self.storage_path)?;
+        let storage = std::path::absolute(storage_path)?;
         let home = std::path::absolute(&ctx.home.dir)?;
         if storage.starts_with(&home) || home.starts_with(&storage) {
             bail!("the storage path and the node's home must not hold one another");
@@ -74,6 +76,13 @@ impl NodeArgs {
                 .with_context(|| format!("--listen {l}"))?;
         }
         Ok(())
+    }
+
+    /// The storage path given.
+    pub fn storage(&self) -> Result<&std::path::Path> {
+        self.storage_path
+            .as_deref()
+            .context("--storage-path DIR is needed: where the folder's files go")
     }
 
     /// This node's name.
@@ -107,7 +116,7 @@ impl NodeArgs {
             let out = Node::init(
                 &ctx.home,
                 InitOptions {
-                    storage_path: self.storage_path,
+                    storage_path: self.storage()?.to_owned(),
                     node_name: Some(name),
                     listen: self.listen,
                     mcp_port: self.mcp_port,

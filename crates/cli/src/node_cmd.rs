@@ -121,6 +121,9 @@ pub fn run(
     cmd: NodeCommand,
 ) -> Result<()> {
     match cmd {
+        NodeCommand::Up { listen, .. } if crate::backup_cmd::is_backup_home(home) => {
+            crate::backup_cmd::serve(home, listen)
+        }
         NodeCommand::Up { listen, key_stdin } => up(home, passphrase_file, listen, key_stdin),
         NodeCommand::Sync { timeout, force: _ } => sync(home, json, timeout),
         NodeCommand::Peers { action } => peers(home, json, action),

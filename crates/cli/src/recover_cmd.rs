@@ -177,7 +177,7 @@ impl BucketArgs {
 
     /// The key pair from the two files (none for a `file://` remote).
     pub fn credentials(&self, url: &str) -> Result<sovryn_remote::Credentials> {
-        if url.starts_with("file://") {
+        if url.starts_with("file://") || url.starts_with("peer://") {
             return Ok(sovryn_remote::Credentials::none());
         }
         let (Some(a), Some(s)) = (&self.access_key_file, &self.secret_key_file) else {
@@ -240,6 +240,7 @@ pub fn recover(ctx: &Ctx, from: &str, bucket: BucketArgs, node: NodeArgs) -> Res
         Member(PublicKey, std::net::SocketAddr),
         Bucket(sovryn_remote::Bucket),
     }
+    let runtime = tokio::runtime::Runtime::new()?;
     let source = if from.starts_with("s3://") || from.starts_with("file://") {
         Source::Bucket(
             bucket
@@ -248,17 +249,20 @@ pub fn recover(ctx: &Ctx, from: &str, bucket: BucketArgs, node: NodeArgs) -> Res
         )
     } else {
         let (id, addr) = from.split_once('@').context(
-            "--from takes ID@HOST:PORT (a member's id and sync address) or s3://BUCKET/PREFIX",
+            "--from takes ID@HOST:PORT (a member's or a backup node's id and address) or s3://BUCKET/PREFIX",
         )?;
-        Source::Member(
-            id.parse().context("--from: not a node id")?,
-            addr.parse().context("--from: not HOST:PORT")?,
-        )
+        let id: PublicKey = id.parse().context("--from: not a node id")?;
+        let sock: std::net::SocketAddr = addr.parse().context("--from: not HOST:PORT")?;
+        // A backup node answers the backup protocol (a member refuses it):
+        // read from it as from a bucket, with a throwaway identity.
+        match runtime.block_on(backup_peer(id, sock)) {
+            Some(b) => Source::Bucket(b),
+            None => Source::Member(id, sock),
+        }
     };
     let pass = crate::unlock::passphrase(ctx.passphrase_file.as_deref(), "vault passphrase: ")?
         .context("the vault passphrase is needed: --passphrase-file FILE, or run on a terminal")?;
     let started = Instant::now();
-    let runtime = tokio::runtime::Runtime::new()?;
     let envelope = match &source {
         Source::Member(id, sock) => runtime.block_on(sovryn_net::recovery::fetch(*id, *sock))?,
         Source::Bucket(b) => {
@@ -360,6 +364,34 @@ pub fn recover(ctx: &Ctx, from: &str, bucket: BucketArgs, node: NodeArgs) -> Res
         Source::Bucket(_) => println!("Files and history restored; start it with: sovryn up"),
     }
     Ok(())
+}
+
+/// `id` at `sock` as a backup node holding a vault, if it is one.
+async fn backup_peer(id: PublicKey, sock: std::net::SocketAddr) -> Option<sovryn_remote::Bucket> {
+    let spec = sovryn_remote::RemoteSpec {
+        name: "recover".into(),
+        url: format!("peer://{id}@{sock}"),
+        endpoint: None,
+        region: None,
+        folders: Vec::new(),
+        max_kib_per_sec: None,
+        every_secs: None,
+    };
+    let bucket = sovryn_net::backup::open_remote(
+        &spec,
+        &sovryn_remote::Credentials::none(),
+        SecretKey::generate(),
+    )
+    .await
+    .ok()?;
+    let probe = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sovryn_remote::fetch_vault(&bucket),
+    );
+    match probe.await {
+        Ok(Ok(Some(_))) => Some(bucket),
+        _ => None,
+    }
 }
 
 /// A restored folder, as `recover --json` reports it.

@@ -20,7 +20,8 @@ pub enum RemotesAction {
     Add {
         /// Its name here.
         name: String,
-        /// `s3://BUCKET/PREFIX`, or `file:///DIR` (a mounted disk or share).
+        /// `s3://BUCKET/PREFIX`, `file:///DIR` (a mounted disk or share), or
+        /// `peer://ID@HOST:PORT` (a backup node; `invite --backup` adds it).
         url: String,
         #[command(flatten)]
         bucket: BucketArgs,
@@ -57,7 +58,7 @@ pub fn remotes(ctx: &Ctx, action: RemotesAction, chosen: &[String]) -> Result<()
             let creds = bucket.credentials(&url)?;
             // Refused before anything is kept when the bucket cannot be reached.
             let runtime = tokio::runtime::Runtime::new()?;
-            let opened = spec.open(&creds)?;
+            let opened = runtime.block_on(open(ctx, &spec, &creds))?;
             runtime
                 .block_on(sovryn_remote::fetch_vault(&opened))
                 .with_context(|| format!("cannot reach {url}"))?;
@@ -112,6 +113,16 @@ pub fn remotes(ctx: &Ctx, action: RemotesAction, chosen: &[String]) -> Result<()
     }
 }
 
+/// Opens a remote; a backup peer is dialled as this node.
+async fn open(
+    ctx: &Ctx,
+    spec: &sovryn_remote::RemoteSpec,
+    creds: &sovryn_remote::Credentials,
+) -> Result<sovryn_remote::Bucket> {
+    let secret = sovryn_engine::identity::load(&ctx.home.identity())?;
+    Ok(sovryn_net::backup::open_remote(spec, creds, secret).await?)
+}
+
 /// The remotes a command works on.
 fn chosen_remotes(ctx: &Ctx, name: Option<&str>) -> Result<Vec<sovryn_remote::RemoteSpec>> {
     let all = target::load(&ctx.home.dir)?;
@@ -151,7 +162,7 @@ fn sync(ctx: &Ctx, name: Option<&str>) -> Result<()> {
     let mut out = Vec::new();
     for spec in chosen_remotes(ctx, name)? {
         let (_, creds) = target::get(&ctx.home.dir, &spec.name)?;
-        let bucket = spec.open(&creds)?;
+        let bucket = runtime.block_on(open(ctx, &spec, &creds))?;
         let mut pushed = Vec::new();
         for f in kept_folders(ctx, &spec)? {
             let key = crate::unlock::master_key(&f.home, ctx.passphrase_file.as_deref())?;

@@ -79,6 +79,10 @@ pub enum Request {
         read_only: bool,
         /// How long it stays open.
         ttl_secs: u64,
+        /// The joiner is a backup peer: it gets no key, and this node
+        /// pushes the folders' sealed objects to it.
+        #[serde(default)]
+        backup: bool,
     },
     /// What became of an invite, waiting a while if it is still open.
     InviteStatus {

@@ -23,6 +23,17 @@ pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 struct Grant {
     folders: Vec<String>,
     read_only: bool,
+    #[serde(default)]
+    backup: bool,
+}
+
+/// What a backup peer is sent: who invited it, and no key.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupBundle {
+    /// Always true (a member's bundle has no such field).
+    pub backup: bool,
+    /// The inviting node, the one member that may write to it.
+    pub inviter: Device,
 }
 
 /// What a joiner is sent.
@@ -63,6 +74,7 @@ pub(crate) async fn invite_now(
     d: &Daemon,
     folder_names: Vec<String>,
     read_only: bool,
+    backup: bool,
     ttl: Duration,
 ) -> serde_json::Value {
     let home = match d.shared.with_node(|n| Ok(n.home.clone())).await {
@@ -86,7 +98,8 @@ pub(crate) async fn invite_now(
     }
     let grant = json!(Grant {
         folders: names.clone(),
-        read_only
+        read_only,
+        backup,
     });
     match d.net.create_invite(ttl, grant) {
         Ok(code) => json!({
@@ -95,6 +108,7 @@ pub(crate) async fn invite_now(
             "invite": hex::encode(code.invite),
             "folders": names,
             "read_only": read_only,
+            "backup": backup,
             "expires_in_secs": ttl.as_secs(),
         }),
         Err(e) => json!({"ok": false, "error": e.to_string()}),
@@ -133,7 +147,10 @@ pub(crate) fn join_handler(node: Home, node_key: MasterKey) -> JoinHandler {
 }
 
 fn admit(node: &Home, node_key: &MasterKey, req: JoinRequest) -> anyhow::Result<serde_json::Value> {
-    let grant: Grant = serde_json::from_value(req.grant)?;
+    let grant: Grant = serde_json::from_value(req.grant.clone())?;
+    if grant.backup {
+        return admit_backup(node, req, grant);
+    }
     let addresses: Vec<String> = req.addrs.iter().map(|a| a.to_string()).collect();
     let name = Some(req.name.clone()).filter(|n| !n.trim().is_empty());
     let mut granted = Vec::new();
@@ -182,5 +199,43 @@ fn admit(node: &Home, node_key: &MasterKey, req: JoinRequest) -> anyhow::Result<
             addresses: Vec::new(),
         },
         devices,
+    })?)
+}
+
+/// A backup peer joined: it is recorded as a remote of the folders the
+/// invite names (this node pushes their sealed objects to it) and is sent
+/// no key.
+fn admit_backup(node: &Home, req: JoinRequest, grant: Grant) -> anyhow::Result<serde_json::Value> {
+    let addr = req.addrs.first().ok_or_else(|| {
+        anyhow::anyhow!(
+            "the backup node gave no address to reach it (join with --listen HOST:PORT)"
+        )
+    })?;
+    let short = hex::encode(&req.joiner.as_bytes()[..4]);
+    let spec = sovryn_remote::RemoteSpec {
+        name: format!("backup-{short}"),
+        url: format!("peer://{}@{addr}", req.joiner),
+        endpoint: None,
+        region: None,
+        folders: grant.folders.clone(),
+        max_kib_per_sec: None,
+        every_secs: None,
+    };
+    sovryn_remote::target::add(&node.dir, spec, &sovryn_remote::Credentials::none())?;
+    let cfg = Config::load(node)?;
+    let me = sovryn_engine::identity::load(&node.identity())?.public();
+    tracing::info!(
+        "backup node {} ({}) joined: it keeps {} sealed",
+        req.joiner.fmt_short(),
+        req.name,
+        grant.folders.join(", ")
+    );
+    Ok(serde_json::to_value(BackupBundle {
+        backup: true,
+        inviter: Device {
+            id: me.to_string(),
+            name: Some(cfg.node_name.clone()),
+            addresses: Vec::new(),
+        },
     })?)
 }

@@ -74,7 +74,8 @@ async fn push_one(
 ) -> anyhow::Result<()> {
     let marker = d.shared.with_reader(|s| Ok(s.index_marker()?)).await?;
     let (_, creds) = target::get(&node_home.dir, &spec.name)?;
-    let bucket = spec.open(&creds)?;
+    let secret = sovryn_engine::identity::load(&node_home.identity())?;
+    let bucket = sovryn_net::backup::open_remote(spec, &creds, secret).await?;
     if pushed.get(&spec.name) != Some(&marker) {
         let state = d.home.dir.join("remote-state").join(&spec.name);
         let handle = tokio::runtime::Handle::current();

@@ -109,11 +109,13 @@ impl Daemon {
                     folders,
                     read_only,
                     ttl_secs,
+                    backup,
                 } => {
                     crate::invites::invite_now(
                         self,
                         folders,
                         read_only,
+                        backup,
                         std::time::Duration::from_secs(ttl_secs),
                     )
                     .await

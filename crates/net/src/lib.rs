@@ -17,6 +17,7 @@
 mod ahead;
 pub mod allowlist;
 mod assemble;
+pub mod backup;
 mod bandwidth;
 mod devices;
 pub mod endpoint;

@@ -24,6 +24,7 @@ pub mod push;
 pub mod restore;
 pub mod target;
 
+pub use object_store::path::Path as ObjectPath;
 pub use objects::{Bucket, Listed, Objects};
 pub use push::{push_folder, push_vault, PushReport};
 pub use restore::{fetch_vault, restore_folder, RestoreReport};

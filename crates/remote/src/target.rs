@@ -42,6 +42,14 @@ pub struct RemoteSpec {
 }
 
 impl RemoteSpec {
+    /// For `peer://ID@HOST:PORT`, the peer's id (hex) and address.
+    pub fn peer(&self) -> Option<(String, std::net::SocketAddr)> {
+        match parse_location(&self.url) {
+            Ok(Location::Peer { id, addr }) => Some((id, addr)),
+            _ => None,
+        }
+    }
+
     /// How often a running node looks whether the bucket needs a push.
     pub fn every(&self) -> Duration {
         Duration::from_secs(self.every_secs.unwrap_or(15).clamp(1, 24 * 3600))
@@ -105,12 +113,12 @@ impl RemoteSpec {
                 self.name
             )));
         }
-        if let Location::Dir(_) = parse_location(&self.url)? {
-            if self.endpoint.is_some() || self.region.is_some() {
-                return Err(Error::Spec(
-                    "a file:// remote takes no --endpoint or --region".into(),
-                ));
-            }
+        if !matches!(parse_location(&self.url)?, Location::S3 { .. })
+            && (self.endpoint.is_some() || self.region.is_some())
+        {
+            return Err(Error::Spec(
+                "only an s3:// remote takes --endpoint or --region".into(),
+            ));
         }
         if let Some(e) = &self.endpoint {
             let u = url::Url::parse(e)
@@ -128,6 +136,12 @@ impl RemoteSpec {
         let (bucket, prefix) = match parse_location(&self.url)? {
             Location::S3 { bucket, prefix } => (bucket, prefix),
             Location::Dir(dir) => return self.open_dir(dir),
+            Location::Peer { .. } => {
+                return Err(Error::Spec(format!(
+                    "{}: a backup peer is reached through the node (sovryn_net::backup)",
+                    self.url
+                )))
+            }
         };
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&bucket)
@@ -190,9 +204,27 @@ enum Location {
     S3 { bucket: String, prefix: String },
     /// `file:///ABSOLUTE/DIR`: a directory (a mounted disk, a NAS share).
     Dir(PathBuf),
+    /// `peer://ID@HOST:PORT`: a backup peer (opened by `sovryn_net::backup`).
+    Peer {
+        /// Its endpoint id (64 hex digits).
+        id: String,
+        /// Where it listens.
+        addr: std::net::SocketAddr,
+    },
 }
 
 fn parse_location(url: &str) -> Result<Location> {
+    if let Some(rest) = url.strip_prefix("peer://") {
+        let bad = || Error::Spec(format!("{url}: not peer://ID@HOST:PORT"));
+        let (id, addr) = rest.split_once('@').ok_or_else(bad)?;
+        if id.len() != 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        return Ok(Location::Peer {
+            id: id.to_ascii_lowercase(),
+            addr: addr.parse().map_err(|_| bad())?,
+        });
+    }
     if let Some(dir) = url.strip_prefix("file://") {
         let path = PathBuf::from(dir);
         let clean = path.is_absolute()

@@ -1,0 +1,182 @@
+//! A backup peer, as a user makes one: `invite --backup` on a member,
+//! `join CODE --backup` on the backup machine, `up` there. It keeps the
+//! member's folder sealed (no name or content anywhere in its home), a
+//! machine is rebuilt from it alone with the passphrase, and what it
+//! changed is refused.
+
+mod common;
+mod mesh;
+
+use std::path::Path;
+
+use mesh::{tree, Peer};
+
+const PASSPHRASE: &str = "a long vault passphrase for the tests";
+
+/// Every file under `dir`, with its path from `dir`.
+fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// A running member with a vault, and a running backup node it pushed to.
+fn member_and_backup() -> (Peer, Peer, std::path::PathBuf) {
+    let mut a = Peer::new("alpha", None);
+    let pf = a.dir.path().join("vault.pass");
+    std::fs::write(&pf, PASSPHRASE).unwrap();
+    a.ok(&[
+        "vault",
+        "init",
+        "--vault-passphrase-file",
+        pf.to_str().unwrap(),
+    ]);
+    a.up();
+    let code = a.json(&["invite", "--backup"])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut b = Peer::newcomer();
+    let joined = b.json(&[
+        "join",
+        &code,
+        "--backup",
+        "--node-id",
+        "vault-box",
+        "--listen",
+        &format!("127.0.0.1:{}", b.port),
+    ]);
+    assert_eq!(joined["backup"], true, "{joined}");
+    b.id = joined["node_id"].as_str().unwrap().to_owned();
+    assert!(!b.root.exists(), "a backup node has no storage path");
+    b.up();
+    let remotes = a.json(&["remotes", "list"]);
+    assert!(remotes.to_string().contains(&b.id), "{remotes}");
+    (a, b, pf)
+}
+
+fn recover_from(b: &Peer, pass: &Path) -> (Peer, std::process::Output) {
+    let r = Peer::newcomer();
+    let out = r
+        .cmd(&[
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "recover",
+            "--from",
+            &format!("{}@127.0.0.1:{}", b.id, b.port),
+            "--storage-path",
+            r.root.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{}", r.port),
+        ])
+        .output()
+        .unwrap();
+    (r, out)
+}
+
+#[test]
+fn a_backup_peer_keeps_no_name_or_content_and_rebuilds_a_machine_alone() {
+    let (mut a, b, pass) = member_and_backup();
+    for i in 0..200 {
+        a.write(
+            &format!("MARKERdir{}/MARKERfile{i:03}.txt", i % 5),
+            format!("MARKERcontent {i}\n").as_bytes(),
+        );
+    }
+    a.settle();
+    let edited = "MARKERdir0/MARKERfile000.txt";
+    std::fs::write(a.root.join(edited), "MARKERcontent edited\n").unwrap();
+    a.settle();
+    let pushed = a.json(&["remotes", "sync"]);
+    let report = &pushed["pushed"][0]["folders"][0]["report"];
+    // The running node may have pushed some already by itself.
+    let total = report["chunks"].as_u64().unwrap() + report["chunks_present"].as_u64().unwrap();
+    assert!(total >= 200, "{pushed}");
+
+    // Nothing in the backup node's home names or shows a file.
+    let held = files_under(&b.home);
+    assert!(
+        held.iter().any(|(n, _)| n.contains("objects/")),
+        "{:?}",
+        held.iter().map(|h| &h.0).collect::<Vec<_>>()
+    );
+    for (name, body) in &held {
+        assert!(!name.contains("MARKER") && !name.contains(".txt"), "{name}");
+        assert!(
+            !body.windows(6).any(|w| w == b"MARKER"),
+            "{name} shows plaintext"
+        );
+    }
+
+    // The member is gone; the backup node alone rebuilds it.
+    a.down();
+    let (r, out) = recover_from(&b, &pass);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        b.log()
+    );
+    assert_eq!(tree(&r.root), tree(&a.root));
+    let history = |p: &Peer| {
+        serde_json::to_string(&p.json(&["versions", p.root.join(edited).to_str().unwrap()]))
+            .unwrap()
+    };
+    assert_eq!(history(&r), history(&a));
+    assert!(r.ok(&["verify"]).contains(": ok"));
+}
+
+#[test]
+fn what_a_backup_peer_changed_is_refused() {
+    let (mut a, b, pass) = member_and_backup();
+    a.write("notes.txt", b"the original words");
+    a.settle();
+    a.ok(&["remotes", "sync"]);
+    a.down();
+    let (pack, mut bytes) = files_under(&b.home)
+        .into_iter()
+        .find(|(n, _)| n.contains("/p/"))
+        .unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(b.home.join(&pack), &bytes).unwrap();
+    let (r, out) = recover_from(&b, &pass);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fails authentication"), "{err}");
+    assert!(!r.home.exists());
+}
+
+#[test]
+fn only_members_write_to_a_backup_peer() {
+    let (_a, b, _) = member_and_backup();
+    // Another node, not the inviter, adds the backup node as a remote: its
+    // pushes are refused, and the backup node keeps nothing of it.
+    let c = Peer::new("gamma", None);
+    c.write("mine.txt", b"not for the backup node");
+    c.ok(&["add", c.root.to_str().unwrap()]);
+    c.ok(&[
+        "remotes",
+        "add",
+        "b",
+        &format!("peer://{}@127.0.0.1:{}", b.id, b.port),
+    ]);
+    let err = c.fails_with(&["remotes", "sync"]);
+    assert!(err.contains("not a member"), "{err}");
+    let held = files_under(&b.home.join("objects"));
+    assert!(
+        held.is_empty(),
+        "{:?}",
+        held.iter().map(|h| &h.0).collect::<Vec<_>>()
+    );
+}

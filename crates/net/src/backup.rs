@@ -1,0 +1,586 @@
+//! Backup peers (`sovryn/backup/1`): a node that keeps members' sealed
+//! objects (the packs, index snapshots and vault a remote holds,
+//! `sovryn_remote`) and never holds a key. Each request is one stream: a
+//! JSON header (at most 4 KiB, length-prefixed), the object's bytes for a
+//! put; the answer likewise. Members (the ids the backup node lists) may
+//! put and delete; anyone may read, as anyone may fetch a member's sealed
+//! vault: nothing there opens without the folder key or the passphrase.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::{Endpoint, EndpointAddr, EndpointId, SecretKey};
+use serde::{Deserialize, Serialize};
+use sovryn_remote::{Listed, Objects};
+
+/// The protocol of backup peers.
+pub const BACKUP_ALPN: &[u8] = b"sovryn/backup/1";
+/// The largest object kept (a pack is 16 MiB at most).
+pub const MAX_OBJECT: u64 = 64 << 20;
+const MAX_HEADER: usize = 4096;
+const MAX_LISTING: usize = 16 << 20;
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Request {
+    Put {
+        path: String,
+        len: u64,
+    },
+    Get {
+        path: String,
+        range: Option<(u64, u64)>,
+    },
+    List {
+        prefix: String,
+    },
+    Delete {
+        path: String,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Response {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// Get: whether the object is there; its bytes follow.
+    #[serde(default)]
+    found: bool,
+    /// List: (name, size) of each object, in a body of this many bytes.
+    #[serde(default)]
+    len: u64,
+}
+
+async fn write_header<T: Serialize>(send: &mut SendStream, h: &T) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(h)?;
+    anyhow::ensure!(body.len() <= MAX_HEADER, "header too large");
+    send.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    send.write_all(&body).await?;
+    Ok(())
+}
+
+async fn read_header<T: for<'de> Deserialize<'de>>(recv: &mut RecvStream) -> anyhow::Result<T> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    anyhow::ensure!(len <= MAX_HEADER, "a header of {len} bytes");
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// A path from a peer as a path under `root`: 1 to 8 parts of letters,
+/// digits, `-`, `_` and `.` (not `.` or `..` alone), 512 bytes at most.
+fn confined(root: &Path, rel: &str) -> anyhow::Result<PathBuf> {
+    let ok = !rel.is_empty()
+        && rel.len() <= 512
+        && rel.split('/').count() <= 8
+        && rel.split('/').all(|p| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && !p.starts_with(".tmp-")
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        });
+    anyhow::ensure!(ok, "not an object name: {rel:?}");
+    Ok(root.join(rel))
+}
+
+/// The objects a backup node keeps, in a directory.
+#[derive(Debug, Clone)]
+pub struct ObjectDir {
+    root: PathBuf,
+}
+
+impl ObjectDir {
+    /// The directory `root` (created 0700).
+    pub fn open(root: &Path) -> std::io::Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)?;
+        Ok(ObjectDir {
+            root: root.to_owned(),
+        })
+    }
+
+    fn put(&self, rel: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = confined(&self.root, rel)?;
+        let parent = path.parent().unwrap_or(&self.root);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+        let tmp = parent.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let written = f
+            .write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| std::fs::File::open(parent)?.sync_all());
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(written?)
+    }
+
+    fn get(&self, rel: &str, range: Option<(u64, u64)>) -> anyhow::Result<Option<Vec<u8>>> {
+        let path = confined(&self.root, rel)?;
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(match range {
+            None => bytes,
+            Some((a, b)) => {
+                let (a, b) = (a as usize, b as usize);
+                anyhow::ensure!(
+                    a <= b && b <= bytes.len(),
+                    "range {a}..{b} of {}",
+                    bytes.len()
+                );
+                bytes[a..b].to_vec()
+            }
+        }))
+    }
+
+    fn list(&self, prefix: &str) -> anyhow::Result<Vec<(String, u64)>> {
+        let start = if prefix.is_empty() {
+            self.root.clone()
+        } else {
+            confined(&self.root, prefix)?
+        };
+        let mut out = Vec::new();
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for e in entries {
+                let e = e?;
+                let ft = e.file_type()?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".tmp-") || ft.is_symlink() {
+                    continue;
+                }
+                if ft.is_dir() {
+                    stack.push(e.path());
+                } else if let Ok(rel) = e.path().strip_prefix(&self.root) {
+                    out.push((rel.to_string_lossy().into_owned(), e.metadata()?.len()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, rel: &str) -> anyhow::Result<()> {
+        match std::fs::remove_file(confined(&self.root, rel)?) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A backup node's service: its objects and the members who may write.
+#[derive(Debug)]
+pub struct BackupServer {
+    objects: ObjectDir,
+    members: RwLock<HashSet<EndpointId>>,
+    serving: std::sync::atomic::AtomicUsize,
+}
+
+impl BackupServer {
+    /// Serves `objects`, writable by `members`.
+    pub fn new(objects: ObjectDir, members: impl IntoIterator<Item = EndpointId>) -> Arc<Self> {
+        Arc::new(BackupServer {
+            objects,
+            members: RwLock::new(members.into_iter().collect()),
+            serving: Default::default(),
+        })
+    }
+
+    /// Replaces who may write.
+    pub fn set_members(&self, members: impl IntoIterator<Item = EndpointId>) {
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) = members.into_iter().collect();
+    }
+
+    fn is_member(&self, id: &EndpointId) -> bool {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    /// Accepts connections on `endpoint` until it closes.
+    pub async fn run(self: Arc<Self>, endpoint: Endpoint) {
+        use std::sync::atomic::Ordering;
+        while let Some(incoming) = endpoint.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                if conn.alpn() != BACKUP_ALPN {
+                    conn.close(404u32.into(), b"no such protocol");
+                    return;
+                }
+                if me.serving.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    me.serving.fetch_sub(1, Ordering::SeqCst);
+                    conn.close(429u32.into(), b"busy");
+                    return;
+                }
+                me.serve_connection(conn).await;
+                me.serving.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    }
+
+    async fn serve_connection(self: &Arc<Self>, conn: Connection) {
+        let peer = conn.remote_id();
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let answered =
+                    tokio::time::timeout(TIMEOUT, me.answer(&peer, &mut send, &mut recv)).await;
+                let error = match answered {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(format!("{e:#}")),
+                    Err(_) => Some("timed out".to_owned()),
+                };
+                if let Some(error) = error {
+                    tracing::info!("backup request from {}: {error}", peer.fmt_short());
+                    let _ = write_header(
+                        &mut send,
+                        &Response {
+                            error: Some(error),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                }
+                let _ = send.finish();
+            });
+        }
+    }
+
+    async fn answer(
+        &self,
+        peer: &EndpointId,
+        send: &mut SendStream,
+        recv: &mut RecvStream,
+    ) -> anyhow::Result<()> {
+        let request: Request = read_header(recv).await?;
+        let writes = matches!(request, Request::Put { .. } | Request::Delete { .. });
+        anyhow::ensure!(
+            !writes || self.is_member(peer),
+            "{} is not a member of this backup node",
+            peer.fmt_short()
+        );
+        let objects = self.objects.clone();
+        match request {
+            Request::Put { path, len } => {
+                anyhow::ensure!(len <= MAX_OBJECT, "an object of {len} bytes");
+                let mut body = vec![0u8; len as usize];
+                recv.read_exact(&mut body).await?;
+                tokio::task::spawn_blocking(move || objects.put(&path, &body)).await??;
+                write_header(
+                    send,
+                    &Response {
+                        ok: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+            }
+            Request::Get { path, range } => {
+                let got = tokio::task::spawn_blocking(move || objects.get(&path, range)).await??;
+                let found = got.is_some();
+                let body = got.unwrap_or_default();
+                write_header(
+                    send,
+                    &Response {
+                        ok: true,
+                        found,
+                        len: body.len() as u64,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                send.write_all(&body).await?;
+                Ok(())
+            }
+            Request::List { prefix } => {
+                let listed = tokio::task::spawn_blocking(move || objects.list(&prefix)).await??;
+                let body = serde_json::to_vec(&listed)?;
+                write_header(
+                    send,
+                    &Response {
+                        ok: true,
+                        len: body.len() as u64,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                send.write_all(&body).await?;
+                Ok(())
+            }
+            Request::Delete { path } => {
+                tokio::task::spawn_blocking(move || objects.delete(&path)).await??;
+                write_header(
+                    send,
+                    &Response {
+                        ok: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// Binds a backup node's endpoint on `listen` under `secret`.
+pub async fn bind(secret: SecretKey, listen: std::net::SocketAddr) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::builder(iroh::endpoint::presets::Minimal)
+        .secret_key(secret)
+        .alpns(vec![BACKUP_ALPN.to_vec()])
+        .relay_mode(iroh::RelayMode::Disabled)
+        .clear_ip_transports()
+        .bind_addr(listen)?
+        .bind()
+        .await?)
+}
+
+/// A backup peer as the objects of a remote (`peer://ID@HOST:PORT`),
+/// dialled from an endpoint of the member's own identity.
+pub struct PeerObjects {
+    endpoint: Endpoint,
+    addr: EndpointAddr,
+    conn: tokio::sync::Mutex<Option<Connection>>,
+}
+
+impl PeerObjects {
+    /// Dials `id` at `sock` as `secret` (a member's node key, or a throwaway
+    /// one for reading).
+    pub async fn new(
+        secret: SecretKey,
+        id: EndpointId,
+        sock: std::net::SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::builder(iroh::endpoint::presets::Minimal)
+            .secret_key(secret)
+            .alpns(Vec::new())
+            .relay_mode(iroh::RelayMode::Disabled)
+            .bind()
+            .await?;
+        Ok(PeerObjects {
+            endpoint,
+            addr: EndpointAddr::new(id).with_ip_addr(sock),
+            conn: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn connection(&self) -> anyhow::Result<Connection> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let c = tokio::time::timeout(
+            TIMEOUT,
+            self.endpoint.connect(self.addr.clone(), BACKUP_ALPN),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("the backup peer did not answer"))??;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// One request: its header, a body, then the answer and its body.
+    async fn call(
+        &self,
+        request: &Request,
+        body: &[u8],
+        limit: usize,
+    ) -> anyhow::Result<(Response, Vec<u8>)> {
+        let conn = self.connection().await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_header(&mut send, request).await?;
+        send.write_all(body).await?;
+        send.finish()?;
+        let response: Response = read_header(&mut recv).await?;
+        if let Some(e) = response.error {
+            anyhow::bail!("{e}");
+        }
+        anyhow::ensure!(
+            response.len as usize <= limit,
+            "an answer of {} bytes",
+            response.len
+        );
+        let mut out = vec![0u8; response.len as usize];
+        recv.read_exact(&mut out).await?;
+        Ok((response, out))
+    }
+
+    async fn request(
+        &self,
+        request: Request,
+        body: &[u8],
+        limit: usize,
+    ) -> sovryn_remote::Result<(Response, Vec<u8>)> {
+        tokio::time::timeout(TIMEOUT, self.call(&request, body, limit))
+            .await
+            .map_err(|_| sovryn_remote::Error::Peer("no answer in time".into()))?
+            .map_err(|e| sovryn_remote::Error::Peer(format!("{e:#}")))
+    }
+}
+
+impl Objects for PeerObjects {
+    fn put<'a>(
+        &'a self,
+        path: &'a sovryn_remote::ObjectPath,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, sovryn_remote::Result<()>> {
+        async move {
+            let len = bytes.len() as u64;
+            self.request(
+                Request::Put {
+                    path: path.to_string(),
+                    len,
+                },
+                &bytes,
+                0,
+            )
+            .await
+            .map(drop)
+        }
+        .boxed()
+    }
+
+    fn get<'a>(
+        &'a self,
+        path: &'a sovryn_remote::ObjectPath,
+        range: Option<Range<u64>>,
+    ) -> BoxFuture<'a, sovryn_remote::Result<Option<Bytes>>> {
+        async move {
+            let (r, body) = self
+                .request(
+                    Request::Get {
+                        path: path.to_string(),
+                        range: range.map(|r| (r.start, r.end)),
+                    },
+                    &[],
+                    MAX_OBJECT as usize,
+                )
+                .await?;
+            Ok(r.found.then(|| Bytes::from(body)))
+        }
+        .boxed()
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a sovryn_remote::ObjectPath,
+    ) -> BoxFuture<'a, sovryn_remote::Result<Vec<Listed>>> {
+        async move {
+            let (_, body) = self
+                .request(
+                    Request::List {
+                        prefix: prefix.to_string(),
+                    },
+                    &[],
+                    MAX_LISTING,
+                )
+                .await?;
+            let listed: Vec<(String, u64)> = serde_json::from_slice(&body).map_err(|e| {
+                sovryn_remote::Error::Peer(format!("a listing that does not parse: {e}"))
+            })?;
+            Ok(listed
+                .into_iter()
+                .map(|(name, size)| Listed {
+                    location: sovryn_remote::ObjectPath::from(name.as_str()),
+                    size,
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(
+        &'a self,
+        path: &'a sovryn_remote::ObjectPath,
+    ) -> BoxFuture<'a, sovryn_remote::Result<()>> {
+        async move {
+            self.request(
+                Request::Delete {
+                    path: path.to_string(),
+                },
+                &[],
+                0,
+            )
+            .await
+            .map(drop)
+        }
+        .boxed()
+    }
+}
+
+/// Opens remote `spec`: a backup peer (`peer://`) dialled as `secret` (the
+/// member's node key), anything else through `sovryn_remote`.
+pub async fn open_remote(
+    spec: &sovryn_remote::RemoteSpec,
+    creds: &sovryn_remote::Credentials,
+    secret: SecretKey,
+) -> sovryn_remote::Result<sovryn_remote::Bucket> {
+    let Some((id, addr)) = spec.peer() else {
+        return spec.open(creds);
+    };
+    let id: EndpointId = id
+        .parse()
+        .map_err(|_| sovryn_remote::Error::Spec(format!("{}: not an endpoint id", spec.url)))?;
+    let objects = PeerObjects::new(secret, id, addr)
+        .await
+        .map_err(|e| sovryn_remote::Error::Peer(format!("{e:#}")))?;
+    Ok(sovryn_remote::Bucket::new(
+        Arc::new(objects),
+        sovryn_remote::ObjectPath::default(),
+        spec.url.clone(),
+        spec.rate(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_stay_inside() {
+        let root = Path::new("/objects");
+        assert!(confined(root, "f1/p/abc").is_ok());
+        for bad in [
+            "", "/etc", "a/../b", "..", "a//b", "a/.tmp-1", "a b", "a/./b",
+        ] {
+            assert!(confined(root, bad).is_err(), "{bad}");
+        }
+    }
+}
