@@ -180,3 +180,34 @@ fn only_members_write_to_a_backup_peer() {
         held.iter().map(|h| &h.0).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_backup_peer_that_rolls_back_is_noticed_and_filled_again() {
+    let (mut a, b, pass) = member_and_backup();
+    a.write("first.txt", b"first");
+    a.settle();
+    a.ok(&["remotes", "sync"]);
+    let before: Vec<(String, Vec<u8>)> = files_under(&b.home.join("objects"));
+    a.write("second.txt", b"second");
+    a.settle();
+    a.ok(&["remotes", "sync"]);
+    // The backup node goes back to what it held before the second push.
+    std::fs::remove_dir_all(b.home.join("objects")).unwrap();
+    for (name, body) in &before {
+        let p = b.home.join("objects").join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    let pushed = a.json(&["remotes", "sync"]);
+    let report = &pushed["pushed"][0]["folders"][0]["report"];
+    assert_eq!(report["rolled_back"], true, "{pushed}");
+    assert!(report["snapshot"].as_u64().is_some(), "{pushed}");
+    a.down();
+    let (r, out) = recover_from(&b, &pass);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(r.root.join("second.txt")).unwrap(), b"second");
+}

@@ -13,6 +13,7 @@ use sovryn_store::{blob, ChunkId, SealedChunk, Store};
 use crate::layout::{self, size_class};
 use crate::objects::{Bucket, Listed};
 use crate::pack::{self, PACK_PAYLOAD};
+use crate::ObjectPath;
 use crate::{Error, Result};
 
 /// Snapshots kept per folder (the newest ones; older ones are deleted).
@@ -31,6 +32,9 @@ pub struct PushReport {
     pub bytes: u64,
     /// The snapshot uploaded (its counter), if the index changed.
     pub snapshot: Option<u64>,
+    /// The remote had lost what this node sent before (rolled back or
+    /// wiped); it was sent again.
+    pub rolled_back: bool,
     /// Chunks removed from the bucket (versions pruned by `gc`).
     pub pruned_chunks: usize,
     /// Packs deleted (emptied, or rewritten without the pruned chunks).
@@ -165,6 +169,27 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
     let listed_snapshots: Vec<Listed> = bucket
         .list(&layout::snapshots(&bucket.prefix, &folder_id))
         .await?;
+    // The newest snapshot this node sent is gone and nothing newer took
+    // its place: the remote was rolled back (or wiped). Said, and what it
+    // lacks is sent again.
+    if let Some(ours) = cache.snapshot_name.clone() {
+        let ours_counter = layout::snapshot_counter(&ObjectPath::from(ours.as_str()));
+        let still_there = listed_snapshots
+            .iter()
+            .any(|m| m.location.filename() == Some(ours.as_str()));
+        let newest_there =
+            newest(&listed_snapshots).and_then(|m| layout::snapshot_counter(&m.location));
+        if !still_there && newest_there < ours_counter {
+            tracing::warn!(
+                "{}: snapshot {ours} that this node sent is gone and nothing newer is there: \
+                 the remote was rolled back or wiped; sending what it lacks again",
+                bucket.url()
+            );
+            report.rolled_back = true;
+            cache = Cache::default();
+            refresh(bucket, &key, &folder_id, &mut cache).await?;
+        }
+    }
     let ours_is_newest = cache.snapshot_name.as_ref().is_some_and(|n| {
         newest(&listed_snapshots).and_then(|m| m.location.filename().map(str::to_owned))
             == Some(n.clone())
