@@ -90,10 +90,12 @@ pub enum Command {
     /// from the vault (opened with the vault passphrase: --passphrase-file
     /// or asked), its files from the members.
     Recover {
-        /// A member (ID@HOST:PORT), or a remote bucket (s3://BUCKET/PREFIX,
-        /// with --endpoint, --access-key-file and --secret-key-file).
-        #[arg(long)]
-        from: String,
+        /// A member or a backup node (ID@HOST:PORT), a bucket
+        /// (s3://BUCKET/PREFIX, with --endpoint, --access-key-file and
+        /// --secret-key-file) or a directory (file:///DIR). Backups may be
+        /// given several times: what one holds damaged is taken from the next.
+        #[arg(long, required = true)]
+        from: Vec<String>,
         #[command(flatten)]
         bucket: recover_cmd::BucketArgs,
         #[command(flatten)]

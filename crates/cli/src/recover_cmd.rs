@@ -234,47 +234,64 @@ fn open_vault(pass: &str, envelope: &vault::Envelope) -> Result<Opened> {
 /// `sovryn recover`: rebuilds a lost device from `from`: `ID@HOST:PORT`
 /// of a member, or `s3://BUCKET/PREFIX` of a remote. Nothing is written
 /// before the vault opened.
-pub fn recover(ctx: &Ctx, from: &str, bucket: BucketArgs, node: NodeArgs) -> Result<()> {
+pub fn recover(ctx: &Ctx, from: &[String], bucket: BucketArgs, node: NodeArgs) -> Result<()> {
     node.check(ctx)?;
     enum Source {
         Member(PublicKey, std::net::SocketAddr),
-        Bucket(sovryn_remote::Bucket),
+        Buckets(Vec<sovryn_remote::Bucket>),
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    let source = if from.starts_with("s3://") || from.starts_with("file://") {
-        Source::Bucket(
-            bucket
-                .spec("recover", from, Vec::new())?
-                .open(&bucket.credentials(from)?)?,
-        )
-    } else {
-        let (id, addr) = from.split_once('@').context(
-            "--from takes ID@HOST:PORT (a member's or a backup node's id and address) or s3://BUCKET/PREFIX",
-        )?;
+    let mut buckets = Vec::new();
+    let mut member = None;
+    for from in from {
+        if from.starts_with("s3://") || from.starts_with("file://") {
+            buckets.push(
+                bucket
+                    .spec("recover", from, Vec::new())?
+                    .open(&bucket.credentials(from)?)?,
+            );
+            continue;
+        }
+        let (id, addr) = from.split_once('@').with_context(|| {
+            format!("--from {from}: give ID@HOST:PORT (a member or a backup node), s3://BUCKET/PREFIX or file:///DIR")
+        })?;
         let id: PublicKey = id.parse().context("--from: not a node id")?;
         let sock: std::net::SocketAddr = addr.parse().context("--from: not HOST:PORT")?;
         // A backup node answers the backup protocol (a member refuses it):
         // read from it as from a bucket, with a throwaway identity.
         match runtime.block_on(backup_peer(id, sock)) {
-            Some(b) => Source::Bucket(b),
-            None => Source::Member(id, sock),
+            Some(b) => buckets.push(b),
+            None => member = Some((id, sock)),
         }
+    }
+    let source = match member {
+        Some(_) if from.len() > 1 => bail!(
+            "several --from are backups to take turns on (buckets, directories, backup nodes); a member is given alone"
+        ),
+        Some((id, sock)) => Source::Member(id, sock),
+        None => Source::Buckets(buckets),
     };
     let pass = crate::unlock::passphrase(ctx.passphrase_file.as_deref(), "vault passphrase: ")?
         .context("the vault passphrase is needed: --passphrase-file FILE, or run on a terminal")?;
     let started = Instant::now();
     let envelope = match &source {
         Source::Member(id, sock) => runtime.block_on(sovryn_net::recovery::fetch(*id, *sock))?,
-        Source::Bucket(b) => {
-            let bytes = runtime
-                .block_on(sovryn_remote::fetch_vault(b))?
-                .with_context(|| {
-                    format!(
-                        "{} holds no vault (push to it from a node with `vault init` done)",
-                        b.url()
-                    )
-                })?;
-            serde_json::from_slice(&bytes).context("the bucket's vault is damaged")?
+        Source::Buckets(all) => {
+            let mut found = None;
+            for b in all {
+                match runtime.block_on(sovryn_remote::fetch_vault(b)) {
+                    Ok(Some(bytes)) => {
+                        found = Some(bytes);
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("{}: {e}", b.url()),
+                }
+            }
+            let bytes = found.context(
+                "no --from holds a vault (push to it from a node with `vault init` done)",
+            )?;
+            serde_json::from_slice(&bytes).context("the backup's vault is damaged")?
         }
     };
     let Opened {
@@ -296,7 +313,7 @@ pub fn recover(ctx: &Ctx, from: &str, bucket: BucketArgs, node: NodeArgs) -> Res
             false,
             &[],
         )?),
-        Source::Bucket(_) => None,
+        Source::Buckets(_) => None,
     };
     let created = node.create(ctx, None, identity.clone(), keys, peer)?;
     // From here a failure (a bucket object that does not open) removes the
@@ -316,9 +333,9 @@ pub fn recover(ctx: &Ctx, from: &str, bucket: BucketArgs, node: NodeArgs) -> Res
         let mut restored = Vec::new();
         for f in &created.folders {
             let k = crate::unlock::master_key(&f.home, None)?;
-            if let Source::Bucket(b) = &source {
-                let report = restore_files(&runtime, b, f, &k)
-                    .with_context(|| format!("folder {} from {}", f.name, b.url()))?;
+            if let Source::Buckets(all) = &source {
+                let report = restore_files(&runtime, all, f, &k)
+                    .with_context(|| format!("folder {}", f.name))?;
                 restored.push((f.name.clone(), report));
             }
             vouch_for_recovery(&f.home, &k.derive().folder_id, &identity, &next.public())
@@ -333,15 +350,24 @@ pub fn recover(ctx: &Ctx, from: &str, bucket: BucketArgs, node: NodeArgs) -> Res
             return Err(e);
         }
     };
+    if let Source::Buckets(all) = &source {
+        for b in all {
+            runtime.block_on(b.close());
+        }
+    }
     let took = started.elapsed();
     let from_name = match &source {
         Source::Member(id, _) => id.fmt_short().to_string(),
-        Source::Bucket(b) => b.url().to_owned(),
+        Source::Buckets(all) => all
+            .iter()
+            .map(|b| b.url().to_owned())
+            .collect::<Vec<_>>()
+            .join(", "),
     };
     if ctx.json {
         return output::json(&json!({
             "node_id": created.node_id.to_string(),
-            "from": match &source { Source::Member(id, _) => id.to_string(), Source::Bucket(b) => b.url().to_owned() },
+            "from": match &source { Source::Member(id, _) => id.to_string(), Source::Buckets(_) => from_name.clone() },
             "folders": created.folders.iter().map(|f| {
                 let r = restored.iter().find(|(n, _)| n == &f.name).map(|(_, r)| r);
                 json!({"name": f.name, "storage_path": f.path, "restored": r})
@@ -361,7 +387,7 @@ pub fn recover(ctx: &Ctx, from: &str, bucket: BucketArgs, node: NodeArgs) -> Res
         Source::Member(..) => {
             println!("Start it with: sovryn up (files and history come from the members)")
         }
-        Source::Bucket(_) => println!("Files and history restored; start it with: sovryn up"),
+        Source::Buckets(_) => println!("Files and history restored; start it with: sovryn up"),
     }
     Ok(())
 }
@@ -390,7 +416,10 @@ async fn backup_peer(id: PublicKey, sock: std::net::SocketAddr) -> Option<sovryn
     );
     match probe.await {
         Ok(Ok(Some(_))) => Some(bucket),
-        _ => None,
+        _ => {
+            bucket.close().await;
+            None
+        }
     }
 }
 
@@ -406,12 +435,12 @@ struct Restored {
 /// Rebuilds folder `f`'s store from the bucket, then writes its files.
 fn restore_files(
     runtime: &tokio::runtime::Runtime,
-    bucket: &sovryn_remote::Bucket,
+    sources: &[sovryn_remote::Bucket],
     f: &crate::new_node::Placed,
     key: &MasterKey,
 ) -> Result<Restored> {
     let (store, report) =
-        runtime.block_on(sovryn_remote::restore_folder(bucket, &f.home.dir, key))?;
+        runtime.block_on(sovryn_remote::restore_folder(sources, &f.home.dir, key))?;
     drop(store);
     let mut node = sovryn_engine::Node::open(f.home.clone(), key, sovryn_store::Access::ReadWrite)?;
     let files = node.materialize_all()?;

@@ -59,9 +59,9 @@ pub fn remotes(ctx: &Ctx, action: RemotesAction, chosen: &[String]) -> Result<()
             // Refused before anything is kept when the bucket cannot be reached.
             let runtime = tokio::runtime::Runtime::new()?;
             let opened = runtime.block_on(open(ctx, &spec, &creds))?;
-            runtime
-                .block_on(sovryn_remote::fetch_vault(&opened))
-                .with_context(|| format!("cannot reach {url}"))?;
+            let reached = runtime.block_on(sovryn_remote::fetch_vault(&opened));
+            runtime.block_on(opened.close());
+            reached.with_context(|| format!("cannot reach {url}"))?;
             target::add(home, spec, &creds)?;
             if ctx.json {
                 return output::json(&json!({"ok": true, "added": name}));
@@ -196,6 +196,7 @@ fn sync(ctx: &Ctx, name: Option<&str>) -> Result<()> {
             }
             None => false,
         };
+        runtime.block_on(bucket.close());
         out.push(json!({"remote": spec.name, "folders": pushed, "vault_sent": vault}));
     }
     if ctx.json {

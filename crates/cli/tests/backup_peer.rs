@@ -138,8 +138,12 @@ fn a_backup_peer_keeps_no_name_or_content_and_rebuilds_a_machine_alone() {
 }
 
 #[test]
-fn what_a_backup_peer_changed_is_refused() {
+fn what_a_backup_peer_changed_is_refused_and_taken_from_elsewhere() {
     let (mut a, b, pass) = member_and_backup();
+    // A second remote, a directory, keeps the same folder.
+    let nas = tempfile::tempdir().unwrap();
+    let nas_url = format!("file://{}/sovryn", nas.path().display());
+    a.ok(&["remotes", "add", "nas", &nas_url]);
     a.write("notes.txt", b"the original words");
     a.settle();
     a.ok(&["remotes", "sync"]);
@@ -150,11 +154,47 @@ fn what_a_backup_peer_changed_is_refused() {
         .unwrap();
     bytes[40] ^= 1;
     std::fs::write(b.home.join(&pack), &bytes).unwrap();
+
+    // From the backup node alone: refused, nothing left behind.
     let (r, out) = recover_from(&b, &pass);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("fails authentication"), "{err}");
     assert!(!r.home.exists());
+
+    // With the directory as well: the damaged pack is refused (and said),
+    // its chunks come from the directory.
+    let r = Peer::newcomer();
+    let out = r
+        .cmd(&[
+            "--json",
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "recover",
+            "--from",
+            &format!("{}@127.0.0.1:{}", b.id, b.port),
+            "--from",
+            &nas_url,
+            "--storage-path",
+            r.root.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{}", r.port),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused = report["folders"][0]["restored"]["refused"].to_string();
+    assert!(refused.contains("fails authentication"), "{report}");
+    assert_eq!(
+        std::fs::read(r.root.join("notes.txt")).unwrap(),
+        b"the original words"
+    );
+    assert!(r.ok(&["verify"]).contains(": ok"));
 }
 
 #[test]

@@ -73,40 +73,59 @@ async fn push_one(
     pushed: &mut HashMap<String, String>,
 ) -> anyhow::Result<()> {
     let marker = d.shared.with_reader(|s| Ok(s.index_marker()?)).await?;
+    let folder_due = pushed.get(&spec.name) != Some(&marker);
+    // The vault is the node's: its daemon sends it, when it changed.
+    let vault = if d.attached.is_none() {
+        let home = d.home.clone();
+        tokio::task::spawn_blocking(move || sovryn_engine::vault::load_envelope(&home))
+            .await??
+            .map(|e| serde_json::to_vec(&e))
+            .transpose()?
+    } else {
+        None
+    };
+    let vault_key = format!("{}\0vault", spec.name);
+    let vault_hash = vault.as_ref().map(|v| blake3::hash(v).to_hex().to_string());
+    let vault_due = vault_hash.is_some() && pushed.get(&vault_key) != vault_hash.as_ref();
+    if !folder_due && !vault_due {
+        return Ok(());
+    }
     let (_, creds) = target::get(&node_home.dir, &spec.name)?;
     let secret = sovryn_engine::identity::load(&node_home.identity())?;
     let bucket = sovryn_net::backup::open_remote(spec, &creds, secret).await?;
-    if pushed.get(&spec.name) != Some(&marker) {
-        let state = d.home.dir.join("remote-state").join(&spec.name);
-        let handle = tokio::runtime::Handle::current();
-        let b = bucket.clone();
-        let report = d
-            .shared
-            .with_own_reader(move |r| {
-                handle.block_on(sovryn_remote::push_folder(&b, r.store(), &state))
-            })
-            .await??;
-        tracing::info!(
-            "remote {}: {} chunk(s) in {} pack(s) sent, {} pruned, snapshot {:?}, {:.2} s",
-            spec.name,
-            report.chunks,
-            report.packs,
-            report.pruned_chunks,
-            report.snapshot,
-            report.seconds
-        );
-        pushed.insert(spec.name.clone(), marker);
-    }
-    if d.attached.is_none() {
-        let home = d.home.clone();
-        let envelope =
-            tokio::task::spawn_blocking(move || sovryn_engine::vault::load_envelope(&home))
+    let done = async {
+        if folder_due {
+            let state = d.home.dir.join("remote-state").join(&spec.name);
+            let handle = tokio::runtime::Handle::current();
+            let b = bucket.clone();
+            let report = d
+                .shared
+                .with_own_reader(move |r| {
+                    handle.block_on(sovryn_remote::push_folder(&b, r.store(), &state))
+                })
                 .await??;
-        if let Some(e) = envelope {
-            if sovryn_remote::push_vault(&bucket, &serde_json::to_vec(&e)?).await? {
-                tracing::info!("remote {}: vault sent", spec.name);
+            tracing::info!(
+                "remote {}: {} chunk(s) in {} pack(s) sent, {} pruned, snapshot {:?}, {:.2} s",
+                spec.name,
+                report.chunks,
+                report.packs,
+                report.pruned_chunks,
+                report.snapshot,
+                report.seconds
+            );
+            pushed.insert(spec.name.clone(), marker);
+        }
+        if let (Some(v), Some(h)) = (vault.as_ref(), vault_hash) {
+            if vault_due {
+                if sovryn_remote::push_vault(&bucket, v).await? {
+                    tracing::info!("remote {}: vault sent", spec.name);
+                }
+                pushed.insert(vault_key, h);
             }
         }
+        anyhow::Ok(())
     }
-    Ok(())
+    .await;
+    bucket.close().await;
+    done
 }

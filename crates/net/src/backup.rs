@@ -425,10 +425,19 @@ impl PeerObjects {
     ) -> anyhow::Result<(Response, Vec<u8>)> {
         let conn = self.connection().await?;
         let (mut send, mut recv) = conn.open_bi().await?;
-        write_header(&mut send, request).await?;
-        send.write_all(body).await?;
-        send.finish()?;
-        let response: Response = read_header(&mut recv).await?;
+        let sent = async {
+            write_header(&mut send, request).await?;
+            send.write_all(body).await?;
+            send.finish()?;
+            anyhow::Ok(())
+        }
+        .await;
+        // A refusal stops the upload midway: its reason is in the answer.
+        let response: Response = match (read_header(&mut recv).await, sent) {
+            (Ok(r), _) => r,
+            (Err(_), Err(e)) => return Err(e),
+            (Err(e), Ok(())) => return Err(e),
+        };
         if let Some(e) = response.error {
             anyhow::bail!("{e}");
         }
@@ -456,6 +465,10 @@ impl PeerObjects {
 }
 
 impl Objects for PeerObjects {
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move { self.endpoint.close().await }.boxed()
+    }
+
     fn put<'a>(
         &'a self,
         path: &'a sovryn_remote::ObjectPath,

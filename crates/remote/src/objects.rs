@@ -37,6 +37,10 @@ pub trait Objects: Send + Sync + 'static {
     fn list<'a>(&'a self, prefix: &'a Path) -> BoxFuture<'a, Result<Vec<Listed>>>;
     /// Removes `path` (no error when it is gone already).
     fn delete<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<()>>;
+    /// Lets go of connections (a backup peer's endpoint).
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async {}.boxed()
+    }
 }
 
 /// An opened remote and the prefix this node's objects live under.
@@ -74,6 +78,11 @@ impl Bucket {
     /// Its URL (`s3://BUCKET/PREFIX`, `file:///DIR`, `peer://ID@HOST:PORT`).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Lets go of connections; call before dropping a backup peer's.
+    pub async fn close(&self) {
+        self.objects.close().await
     }
 
     pub(crate) async fn put(&self, path: &Path, bytes: Vec<u8>) -> Result<()> {

@@ -63,8 +63,13 @@ impl Store {
     /// forgets what belonged to the machine it came from: where chunks lay
     /// in its packs (they are added again with [`Store::put_sealed`]), what
     /// was on its disk, and where each peer's log stood. A snapshot of
-    /// another folder is refused when it opens.
-    pub fn adopt_snapshot(home: &Path, snapshot: &[u8], master: &MasterKey) -> Result<Store> {
+    /// another folder is refused when it opens. Also returns the chunks the
+    /// snapshot listed: what must be added for the store to be whole.
+    pub fn adopt_snapshot(
+        home: &Path,
+        snapshot: &[u8],
+        master: &MasterKey,
+    ) -> Result<(Store, Vec<ChunkId>)> {
         let db_path = home.join("index.db");
         for suffix in ["", "-wal", "-shm"] {
             let p = PathBuf::from(format!("{}{suffix}", db_path.display()));
@@ -84,6 +89,7 @@ impl Store {
         f.sync_all().map_err(|e| Error::io(&db_path, e))?;
         crate::fsync_parent(&db_path)?;
         let store = Store::open(home, master, Access::ReadWrite)?;
+        let needed = store.chunk_list()?;
         store.db.execute_batch(
             "BEGIN;
              DELETE FROM chunks;
@@ -92,6 +98,6 @@ impl Store {
              DELETE FROM meta WHERE key LIKE 'peer.%' OR key = 'index_epoch';
              COMMIT;",
         )?;
-        Ok(store)
+        Ok((store, needed))
     }
 }
