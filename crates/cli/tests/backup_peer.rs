@@ -9,27 +9,9 @@ mod mesh;
 
 use std::path::Path;
 
-use mesh::{tree, Peer};
+use mesh::{files_under, tree, Peer};
 
 const PASSPHRASE: &str = "a long vault passphrase for the tests";
-
-/// Every file under `dir`, with its path from `dir`.
-fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.push((rel, std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out
-}
 
 /// A running member with a vault, and a running backup node it pushed to.
 fn member_and_backup() -> (Peer, Peer, std::path::PathBuf) {
@@ -67,21 +49,28 @@ fn member_and_backup() -> (Peer, Peer, std::path::PathBuf) {
 }
 
 fn recover_from(b: &Peer, pass: &Path) -> (Peer, std::process::Output) {
+    recover_from_all(b, &[], pass)
+}
+
+/// `recover --json --from B [--from OTHER]...` into a fresh home.
+fn recover_from_all(b: &Peer, others: &[&str], pass: &Path) -> (Peer, std::process::Output) {
     let r = Peer::newcomer();
-    let out = r
-        .cmd(&[
-            "--passphrase-file",
-            pass.to_str().unwrap(),
-            "recover",
-            "--from",
-            &format!("{}@127.0.0.1:{}", b.id, b.port),
-            "--storage-path",
-            r.root.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{}", r.port),
-        ])
-        .output()
-        .unwrap();
+    let from_b = format!("{}@127.0.0.1:{}", b.id, b.port);
+    let listen = format!("127.0.0.1:{}", r.port);
+    let root = r.root.to_str().unwrap().to_owned();
+    let mut args = vec![
+        "--json",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+        "recover",
+        "--from",
+        &from_b,
+    ];
+    for o in others {
+        args.extend(["--from", o]);
+    }
+    args.extend(["--storage-path", &root, "--listen", &listen]);
+    let out = r.cmd(&args).output().unwrap();
     (r, out)
 }
 
@@ -164,24 +153,7 @@ fn what_a_backup_peer_changed_is_refused_and_taken_from_elsewhere() {
 
     // With the directory as well: the damaged pack is refused (and said),
     // its chunks come from the directory.
-    let r = Peer::newcomer();
-    let out = r
-        .cmd(&[
-            "--json",
-            "--passphrase-file",
-            pass.to_str().unwrap(),
-            "recover",
-            "--from",
-            &format!("{}@127.0.0.1:{}", b.id, b.port),
-            "--from",
-            &nas_url,
-            "--storage-path",
-            r.root.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{}", r.port),
-        ])
-        .output()
-        .unwrap();
+    let (r, out) = recover_from_all(&b, &[&nas_url], &pass);
     assert!(
         out.status.success(),
         "{}",

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesh::{tree, Peer};
+use mesh::{files_under, tree, Peer};
 
 const BUCKET_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/bucket.py");
 const PASSPHRASE: &str = "a long vault passphrase for the tests";
@@ -422,24 +422,6 @@ fn a_running_node_keeps_the_bucket_current_by_itself() {
         b"the first words"
     );
     a.down();
-}
-
-/// Every file under `dir`, with its path from `dir`.
-fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.push((rel, std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out
 }
 
 #[test]

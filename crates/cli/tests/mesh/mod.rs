@@ -218,6 +218,24 @@ impl Peer {
     }
 }
 
+/// Every file under `dir`, with its path from `dir`.
+pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
 /// What a tree holds: path → "dir", "link:TARGET", or "file MODE:CONTENT".
 pub fn tree(root: &Path) -> BTreeMap<String, String> {
     pub fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
