@@ -30,6 +30,9 @@ const MAX_HEADER: usize = 4096;
 const MAX_LISTING: usize = 16 << 20;
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 64;
+/// Requests answered at once, over all connections (each may hold an
+/// object in memory).
+const MAX_REQUESTS: usize = 8;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -143,24 +146,21 @@ impl ObjectDir {
     }
 
     fn get(&self, rel: &str, range: Option<(u64, u64)>) -> anyhow::Result<Option<Vec<u8>>> {
+        use std::io::{Read, Seek, SeekFrom};
         let path = confined(&self.root, rel)?;
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(Some(match range {
-            None => bytes,
-            Some((a, b)) => {
-                let (a, b) = (a as usize, b as usize);
-                anyhow::ensure!(
-                    a <= b && b <= bytes.len(),
-                    "range {a}..{b} of {}",
-                    bytes.len()
-                );
-                bytes[a..b].to_vec()
-            }
-        }))
+        let size = f.metadata()?.len();
+        let (a, b) = range.unwrap_or((0, size));
+        anyhow::ensure!(a <= b && b <= size, "range {a}..{b} of {size} bytes");
+        anyhow::ensure!(b - a <= MAX_OBJECT, "a read of {} bytes", b - a);
+        f.seek(SeekFrom::Start(a))?;
+        let mut out = vec![0u8; (b - a) as usize];
+        f.read_exact(&mut out)?;
+        Ok(Some(out))
     }
 
     fn list(&self, prefix: &str) -> anyhow::Result<Vec<(String, u64)>> {
@@ -210,6 +210,7 @@ pub struct BackupServer {
     objects: ObjectDir,
     members: RwLock<HashSet<EndpointId>>,
     serving: std::sync::atomic::AtomicUsize,
+    requests: tokio::sync::Semaphore,
 }
 
 impl BackupServer {
@@ -219,6 +220,7 @@ impl BackupServer {
             objects,
             members: RwLock::new(members.into_iter().collect()),
             serving: Default::default(),
+            requests: tokio::sync::Semaphore::new(MAX_REQUESTS),
         })
     }
 
@@ -261,6 +263,9 @@ impl BackupServer {
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let me = self.clone();
             tokio::spawn(async move {
+                let Ok(_permit) = me.requests.acquire().await else {
+                    return;
+                };
                 let answered =
                     tokio::time::timeout(TIMEOUT, me.answer(&peer, &mut send, &mut recv)).await;
                 let error = match answered {
