@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sovryn_engine::identity::SecretKey;
 use sovryn_engine::Home;
-use sovryn_net::backup::{BackupServer, ObjectDir};
+use sovryn_net::backup::BackupServer;
 use sovryn_net::invite::{self, InviteCode};
 
 use crate::commands::Ctx;
@@ -125,11 +125,10 @@ pub fn serve(home: &Home, listen: Option<String>) -> Result<()> {
                 .with_context(|| format!("backup.json: member {m}"))?,
         );
     }
-    let objects = ObjectDir::open(&home.dir.join("objects")).context("the objects directory")?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let endpoint = sovryn_net::backup::bind(secret, sock).await?;
-        let server = BackupServer::new(objects, members);
+        let server = BackupServer::open(&home.dir, members)?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "backup node {} ({})", config.name, endpoint.id())?;
         for a in endpoint.bound_sockets() {

@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use sovryn_engine::devices::DeviceList;
 use sovryn_engine::folders;
 use sovryn_remote::target;
 use sovryn_store::{Access, Store};
@@ -167,6 +168,13 @@ fn sync(ctx: &Ctx, name: Option<&str>) -> Result<()> {
         for f in kept_folders(ctx, &spec)? {
             let key = crate::unlock::master_key(&f.home, ctx.passphrase_file.as_deref())?;
             let store = Store::open(&f.home.dir, &key, Access::ReadOnly)?;
+            // A backup peer lets write whom the folder's device list names.
+            let ops = serde_json::to_vec(&DeviceList::load(&f.home)?.ops)?;
+            runtime
+                .block_on(bucket.share_device_list(store.folder_id(), ops))
+                .with_context(|| {
+                    format!("sharing folder {}'s device list with {}", f.name, spec.url)
+                })?;
             let report = runtime
                 .block_on(sovryn_remote::push_folder(
                     &bucket,

@@ -223,3 +223,53 @@ fn a_backup_peer_that_rolls_back_is_noticed_and_filled_again() {
     );
     assert_eq!(std::fs::read(r.root.join("second.txt")).unwrap(), b"second");
 }
+
+#[test]
+fn the_folders_members_may_write_and_a_revoked_one_may_not() {
+    let (a, b, _) = member_and_backup();
+    // C joins A's folder as a member; A's device list then names it.
+    let code = a.json(&["invite"])["code"].as_str().unwrap().to_owned();
+    let mut c = Peer::newcomer();
+    let root = c.root.to_str().unwrap().to_owned();
+    let listen = format!("127.0.0.1:{}", c.port);
+    c.ok(&[
+        "join",
+        &code,
+        "--storage-path",
+        &root,
+        "--node-id",
+        "gamma",
+        "--listen",
+        &listen,
+        "--no-passphrase",
+    ]);
+    c.id = c.ok(&["id"]).trim().to_owned();
+    c.up();
+    let deadline = std::time::Instant::now() + mesh::CONVERGE;
+    while !std::fs::read_to_string(a.home.join("devices.json"))
+        .unwrap_or_default()
+        .contains(&c.id)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never listed C\n{}",
+            a.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A's push hands the list to the backup node: C may write there now.
+    a.ok(&["remotes", "sync"]);
+    let backup = format!("peer://{}@127.0.0.1:{}", b.id, b.port);
+    c.ok(&["remotes", "add", "b", &backup]);
+    c.write("from-gamma.txt", b"gamma's words");
+    c.settle();
+    c.ok(&["remotes", "sync"]);
+
+    // Revoked on A, and A's next push says so: C's writes are refused.
+    a.ok(&["devices", "revoke", &c.id]);
+    a.ok(&["remotes", "sync"]);
+    c.write("after.txt", b"after the revocation");
+    c.settle();
+    let err = c.fails_with(&["remotes", "sync"]);
+    assert!(err.contains("not a member"), "{err}");
+}

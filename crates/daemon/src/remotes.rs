@@ -72,7 +72,19 @@ async fn push_one(
     spec: &sovryn_remote::RemoteSpec,
     pushed: &mut HashMap<String, String>,
 ) -> anyhow::Result<()> {
-    let marker = d.shared.with_reader(|s| Ok(s.index_marker()?)).await?;
+    // Due when the index or the device list (who may write to a backup
+    // peer) changed since the last push.
+    let home = d.home.clone();
+    let ops = tokio::task::spawn_blocking(move || {
+        sovryn_engine::devices::DeviceList::load(&home).map(|l| l.ops)
+    })
+    .await??;
+    let ops = serde_json::to_vec(&ops)?;
+    let marker = format!(
+        "{}/{}",
+        d.shared.with_reader(|s| Ok(s.index_marker()?)).await?,
+        blake3::hash(&ops).to_hex()
+    );
     let folder_due = pushed.get(&spec.name) != Some(&marker);
     // The vault is the node's: its daemon sends it, when it changed.
     let vault = if d.attached.is_none() {
@@ -95,6 +107,9 @@ async fn push_one(
     let bucket = sovryn_net::backup::open_remote(spec, &creds, secret).await?;
     let done = async {
         if folder_due {
+            // A backup peer lets write whom the folder's device list names.
+            let folder_id = d.shared.folder_id().to_owned();
+            bucket.share_device_list(&folder_id, ops.clone()).await?;
             let state = d.home.dir.join("remote-state").join(&spec.name);
             let handle = tokio::runtime::Handle::current();
             let b = bucket.clone();

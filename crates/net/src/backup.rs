@@ -42,6 +42,12 @@ enum Request {
         path: String,
         len: u64,
     },
+    /// A folder's signed device list (its operations as JSON, `len` bytes
+    /// following): who may write follows it.
+    Devices {
+        folder_id: String,
+        len: u64,
+    },
     Get {
         path: String,
         range: Option<(u64, u64)>,
@@ -204,29 +210,104 @@ impl ObjectDir {
     }
 }
 
-/// A backup node's service: its objects and the members who may write.
+/// A backup node's service: its objects, and who may write: the members
+/// it was made for (the roots) and the full members their signed device
+/// lists add, less those the lists revoke.
 #[derive(Debug)]
 pub struct BackupServer {
     objects: ObjectDir,
+    /// `HOME/devices`: one device list per folder.
+    devices: PathBuf,
+    roots: HashSet<String>,
     members: RwLock<HashSet<EndpointId>>,
     serving: std::sync::atomic::AtomicUsize,
     requests: tokio::sync::Semaphore,
 }
 
+/// The largest device list taken (bytes of JSON).
+const MAX_DEVICE_LIST: u64 = 8 << 20;
+
 impl BackupServer {
-    /// Serves `objects`, writable by `members`.
-    pub fn new(objects: ObjectDir, members: impl IntoIterator<Item = EndpointId>) -> Arc<Self> {
-        Arc::new(BackupServer {
+    /// Serves the objects in `HOME/objects`, writable by `roots` and the
+    /// members the device lists kept in `HOME/devices` add.
+    pub fn open(
+        home: &Path,
+        roots: impl IntoIterator<Item = EndpointId>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let objects = ObjectDir::open(&home.join("objects"))?;
+        let devices = home.join("devices");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&devices)?;
+        let server = Arc::new(BackupServer {
             objects,
-            members: RwLock::new(members.into_iter().collect()),
+            devices,
+            roots: roots.into_iter().map(|r| r.to_string()).collect(),
+            members: RwLock::new(HashSet::new()),
             serving: Default::default(),
             requests: tokio::sync::Semaphore::new(MAX_REQUESTS),
-        })
+        });
+        server.recompute()?;
+        Ok(server)
     }
 
-    /// Replaces who may write.
-    pub fn set_members(&self, members: impl IntoIterator<Item = EndpointId>) {
-        *self.members.write().unwrap_or_else(|e| e.into_inner()) = members.into_iter().collect();
+    fn list_home(&self, folder_id: &str) -> anyhow::Result<sovryn_engine::Home> {
+        anyhow::ensure!(
+            folder_id.len() == 32 && folder_id.chars().all(|c| c.is_ascii_hexdigit()),
+            "not a folder id: {folder_id:?}"
+        );
+        let dir = self.devices.join(folder_id);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        Ok(sovryn_engine::Home { dir })
+    }
+
+    /// Who may write, from the roots and every folder's device list.
+    fn recompute(&self) -> anyhow::Result<()> {
+        let mut writers: HashSet<String> = self.roots.clone();
+        let mut revoked = HashSet::new();
+        for e in std::fs::read_dir(&self.devices)? {
+            let home = sovryn_engine::Home { dir: e?.path() };
+            let list = sovryn_engine::devices::DeviceList::load(&home)?;
+            let members = list.members(&self.roots);
+            writers.extend(
+                members
+                    .added
+                    .iter()
+                    .filter(|(_, op)| !op.read_only)
+                    .map(|(id, _)| id.clone()),
+            );
+            revoked.extend(members.revoked);
+        }
+        let ids = writers
+            .difference(&revoked)
+            .filter_map(|id| id.parse::<EndpointId>().ok())
+            .collect();
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) = ids;
+        Ok(())
+    }
+
+    /// Merges a folder's device operations (each checked, counted only when
+    /// a trusted member signed it), then recomputes who may write.
+    fn merge_devices(&self, folder_id: &str, body: &[u8]) -> anyhow::Result<usize> {
+        let ops: Vec<sovryn_engine::devices::DeviceOp> = serde_json::from_slice(body)?;
+        anyhow::ensure!(
+            ops.len() <= 2 * sovryn_engine::devices::MAX_OPS,
+            "a device list of {} operations",
+            ops.len()
+        );
+        let home = self.list_home(folder_id)?;
+        let new = sovryn_engine::devices::DeviceList::update(&home, |l| {
+            Ok(l.merge(folder_id, &self.roots, ops))
+        })?;
+        if new > 0 {
+            self.recompute()?;
+            tracing::info!("device list of folder {folder_id}: {new} new operation(s)");
+        }
+        Ok(new)
     }
 
     fn is_member(&self, id: &EndpointId) -> bool {
@@ -350,6 +431,20 @@ impl BackupServer {
                 send.write_all(&body).await?;
                 Ok(())
             }
+            Request::Devices { folder_id, len } => {
+                anyhow::ensure!(len <= MAX_DEVICE_LIST, "a device list of {len} bytes");
+                let mut body = vec![0u8; len as usize];
+                recv.read_exact(&mut body).await?;
+                self.merge_devices(&folder_id, &body)?;
+                write_header(
+                    send,
+                    &Response {
+                        ok: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+            }
             Request::Delete { path } => {
                 tokio::task::spawn_blocking(move || objects.delete(&path)).await??;
                 write_header(
@@ -470,6 +565,27 @@ impl PeerObjects {
 }
 
 impl Objects for PeerObjects {
+    fn share_device_list<'a>(
+        &'a self,
+        folder_id: &'a str,
+        ops: Vec<u8>,
+    ) -> BoxFuture<'a, sovryn_remote::Result<()>> {
+        async move {
+            let len = ops.len() as u64;
+            self.request(
+                Request::Devices {
+                    folder_id: folder_id.to_owned(),
+                    len,
+                },
+                &ops,
+                0,
+            )
+            .await
+            .map(drop)
+        }
+        .boxed()
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         async move { self.endpoint.close().await }.boxed()
     }

@@ -37,6 +37,16 @@ pub trait Objects: Send + Sync + 'static {
     fn list<'a>(&'a self, prefix: &'a Path) -> BoxFuture<'a, Result<Vec<Listed>>>;
     /// Removes `path` (no error when it is gone already).
     fn delete<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<()>>;
+    /// Hands a folder's signed device list (its operations as JSON) to a
+    /// remote that takes part in it (a backup peer: who may write follows
+    /// it); others keep no such thing.
+    fn share_device_list<'a>(
+        &'a self,
+        _folder_id: &'a str,
+        _ops: Vec<u8>,
+    ) -> BoxFuture<'a, Result<()>> {
+        async { Ok(()) }.boxed()
+    }
     /// Lets go of connections (a backup peer's endpoint).
     fn close(&self) -> BoxFuture<'_, ()> {
         async {}.boxed()
@@ -78,6 +88,12 @@ impl Bucket {
     /// Its URL (`s3://BUCKET/PREFIX`, `file:///DIR`, `peer://ID@HOST:PORT`).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Hands a folder's signed device list to the remote, if it takes part
+    /// in it (a backup peer).
+    pub async fn share_device_list(&self, folder_id: &str, ops: Vec<u8>) -> Result<()> {
+        self.objects.share_device_list(folder_id, ops).await
     }
 
     /// Lets go of connections; call before dropping a backup peer's.
