@@ -263,7 +263,27 @@ fn the_folders_members_may_write_and_a_revoked_one_may_not() {
     c.ok(&["remotes", "add", "b", &backup]);
     c.write("from-gamma.txt", b"gamma's words");
     c.settle();
-    c.ok(&["remotes", "sync"]);
+    let from_c = c.json(&["remotes", "sync"]);
+    let c_snapshot = from_c["pushed"][0]["folders"][0]["report"]["snapshot"]
+        .as_u64()
+        .unwrap();
+
+    // A pushes again: C's snapshot names chunks A may lack, so A prunes
+    // nothing and leaves it there.
+    a.write("more.txt", b"more from alpha");
+    a.settle();
+    let pushed = a.json(&["remotes", "sync"]);
+    assert_eq!(
+        pushed["pushed"][0]["folders"][0]["report"]["pruning_skipped"], true,
+        "{pushed}"
+    );
+    let c_name = format!("/s/{c_snapshot:016x}-");
+    assert!(
+        files_under(&b.home.join("objects"))
+            .iter()
+            .any(|(n, _)| n.contains(&c_name)),
+        "C's snapshot is gone"
+    );
 
     // Revoked on A, and A's next push says so: C's writes are refused.
     a.ok(&["devices", "revoke", &c.id]);

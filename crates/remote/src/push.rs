@@ -35,6 +35,8 @@ pub struct PushReport {
     /// The remote had lost what this node sent before (rolled back or
     /// wiped); it was sent again.
     pub rolled_back: bool,
+    /// Pruning was left out: another node's snapshots are there.
+    pub pruning_skipped: bool,
     /// Chunks removed from the bucket (versions pruned by `gc`).
     pub pruned_chunks: usize,
     /// Packs deleted (emptied, or rewritten without the pruned chunks).
@@ -56,6 +58,10 @@ struct Cache {
     snapshot_marker: Option<String>,
     /// Its name.
     snapshot_name: Option<String>,
+    /// Every snapshot this node sent that may still be there: the others
+    /// are another node's, which this one neither deletes nor prunes under.
+    #[serde(default)]
+    sent_snapshots: std::collections::BTreeSet<String>,
 }
 
 fn cache_path(dir: &Path) -> PathBuf {
@@ -251,32 +257,53 @@ pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Re
         report.snapshot = Some(counter);
         cache.snapshot_seq = Some(snap.seq);
         cache.snapshot_marker = Some(marker);
+        cache.sent_snapshots.insert(name.clone());
         cache.snapshot_name = Some(name);
         save_cache(state_dir, &cache)?;
-        // What neither the new snapshot nor the store holds any more
-        // (versions `gc` pruned) leaves the bucket, by rewriting packs.
-        let mut live: HashSet<ChunkId> = snap.chunks;
-        live.extend(local.iter().copied());
-        let pruned = prune(
-            bucket,
-            store,
-            &key,
-            &folder_id,
-            &live,
-            &mut cache,
-            &mut report,
-            state_dir,
-        )
-        .await?;
-        // The older snapshots go once the new one is there; all of them
-        // once chunks they name are gone.
-        let mut older: Vec<&Listed> = listed_snapshots.iter().collect();
+        // Another node's snapshots name chunks this one may not have: while
+        // any is there, nothing is pruned and they are left alone.
+        let sent = &cache.sent_snapshots;
+        let (ours, others): (Vec<&Listed>, Vec<&Listed>) = listed_snapshots
+            .iter()
+            .partition(|m| m.location.filename().is_some_and(|n| sent.contains(n)));
+        let mut pruned = false;
+        if others.is_empty() {
+            // What neither the new snapshot nor the store holds any more
+            // (versions `gc` pruned) leaves the bucket, by rewriting packs.
+            let mut live: HashSet<ChunkId> = snap.chunks;
+            live.extend(local.iter().copied());
+            pruned = prune(
+                bucket,
+                store,
+                &key,
+                &folder_id,
+                &live,
+                &mut cache,
+                &mut report,
+                state_dir,
+            )
+            .await?;
+        } else {
+            report.pruning_skipped = true;
+            tracing::info!(
+                "{}: {} snapshot(s) of another node are there; nothing is pruned",
+                bucket.url(),
+                others.len()
+            );
+        }
+        // This node's older snapshots go once the new one is there; all of
+        // them once chunks they name are gone.
+        let mut older = ours;
         older.sort_by_key(|m| layout::snapshot_counter(&m.location));
         let keep = if pruned { 1 } else { SNAPSHOTS_KEPT };
         let drop_n = (older.len() + 1).saturating_sub(keep);
         for m in older.into_iter().take(drop_n) {
             bucket.delete(&m.location).await?;
+            if let Some(n) = m.location.filename() {
+                cache.sent_snapshots.remove(n);
+            }
         }
+        save_cache(state_dir, &cache)?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
