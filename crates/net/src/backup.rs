@@ -7,9 +7,8 @@
 //! vault: nothing there opens without the folder key or the passphrase.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::ops::Range;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -20,7 +19,7 @@ use futures::FutureExt;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::{Endpoint, EndpointAddr, EndpointId, SecretKey};
 use serde::{Deserialize, Serialize};
-use sovryn_remote::{Listed, Objects};
+use sovryn_remote::{Listed, ObjectPath, Objects};
 
 /// The protocol of backup peers.
 pub const BACKUP_ALPN: &[u8] = b"sovryn/backup/1";
@@ -91,9 +90,9 @@ async fn read_header<T: for<'de> Deserialize<'de>>(recv: &mut RecvStream) -> any
     Ok(serde_json::from_slice(&body)?)
 }
 
-/// A path from a peer as a path under `root`: 1 to 8 parts of letters,
-/// digits, `-`, `_` and `.` (not `.` or `..` alone), 512 bytes at most.
-fn confined(root: &Path, rel: &str) -> anyhow::Result<PathBuf> {
+/// An object name from a peer: 1 to 8 parts of letters, digits, `-`, `_`
+/// and `.` (not `.` or `..` alone), 512 bytes at most.
+fn object_name(rel: &str) -> anyhow::Result<ObjectPath> {
     let ok = !rel.is_empty()
         && rel.len() <= 512
         && rel.split('/').count() <= 8
@@ -101,121 +100,19 @@ fn confined(root: &Path, rel: &str) -> anyhow::Result<PathBuf> {
             !p.is_empty()
                 && p != "."
                 && p != ".."
-                && !p.starts_with(".tmp-")
                 && p.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         });
     anyhow::ensure!(ok, "not an object name: {rel:?}");
-    Ok(root.join(rel))
-}
-
-/// The objects a backup node keeps, in a directory.
-#[derive(Debug, Clone)]
-pub struct ObjectDir {
-    root: PathBuf,
-}
-
-impl ObjectDir {
-    /// The directory `root` (created 0700).
-    pub fn open(root: &Path) -> std::io::Result<Self> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)?;
-        Ok(ObjectDir {
-            root: root.to_owned(),
-        })
-    }
-
-    fn put(&self, rel: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let path = confined(&self.root, rel)?;
-        let parent = path.parent().unwrap_or(&self.root);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)?;
-        let tmp = parent.join(format!(".tmp-{:016x}", rand::random::<u64>()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let written = f
-            .write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .and_then(|()| std::fs::File::open(parent)?.sync_all());
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        Ok(written?)
-    }
-
-    fn get(&self, rel: &str, range: Option<(u64, u64)>) -> anyhow::Result<Option<Vec<u8>>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let path = confined(&self.root, rel)?;
-        let mut f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let size = f.metadata()?.len();
-        let (a, b) = range.unwrap_or((0, size));
-        anyhow::ensure!(a <= b && b <= size, "range {a}..{b} of {size} bytes");
-        anyhow::ensure!(b - a <= MAX_OBJECT, "a read of {} bytes", b - a);
-        f.seek(SeekFrom::Start(a))?;
-        let mut out = vec![0u8; (b - a) as usize];
-        f.read_exact(&mut out)?;
-        Ok(Some(out))
-    }
-
-    fn list(&self, prefix: &str) -> anyhow::Result<Vec<(String, u64)>> {
-        let start = if prefix.is_empty() {
-            self.root.clone()
-        } else {
-            confined(&self.root, prefix)?
-        };
-        let mut out = Vec::new();
-        let mut stack = vec![start];
-        while let Some(dir) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for e in entries {
-                let e = e?;
-                let ft = e.file_type()?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(".tmp-") || ft.is_symlink() {
-                    continue;
-                }
-                if ft.is_dir() {
-                    stack.push(e.path());
-                } else if let Ok(rel) = e.path().strip_prefix(&self.root) {
-                    out.push((rel.to_string_lossy().into_owned(), e.metadata()?.len()));
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    fn delete(&self, rel: &str) -> anyhow::Result<()> {
-        match std::fs::remove_file(confined(&self.root, rel)?) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
+    Ok(ObjectPath::from(rel))
 }
 
 /// A backup node's service: its objects, and who may write: the members
 /// it was made for (the roots) and the full members their signed device
 /// lists add, less those the lists revoke.
-#[derive(Debug)]
 pub struct BackupServer {
-    objects: ObjectDir,
+    /// `HOME/objects`, kept as a directory remote keeps them.
+    objects: Arc<dyn Objects>,
     /// `HOME/devices`: one device list per folder.
     devices: PathBuf,
     roots: HashSet<String>,
@@ -234,7 +131,7 @@ impl BackupServer {
         home: &Path,
         roots: impl IntoIterator<Item = EndpointId>,
     ) -> anyhow::Result<Arc<Self>> {
-        let objects = ObjectDir::open(&home.join("objects"))?;
+        let objects = sovryn_remote::objects::directory(&home.join("objects"))?;
         let devices = home.join("devices");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -383,81 +280,65 @@ impl BackupServer {
             "{} is not a member of this backup node",
             peer.fmt_short()
         );
-        let objects = self.objects.clone();
         match request {
             Request::Put { path, len } => {
+                let name = object_name(&path)?;
                 anyhow::ensure!(len <= MAX_OBJECT, "an object of {len} bytes");
                 let mut body = vec![0u8; len as usize];
                 recv.read_exact(&mut body).await?;
-                tokio::task::spawn_blocking(move || objects.put(&path, &body)).await??;
-                write_header(
-                    send,
-                    &Response {
-                        ok: true,
-                        ..Default::default()
-                    },
-                )
-                .await
+                self.objects.put(&name, body).await?;
+                reply(send, false, &[]).await
             }
             Request::Get { path, range } => {
-                let got = tokio::task::spawn_blocking(move || objects.get(&path, range)).await??;
-                let found = got.is_some();
-                let body = got.unwrap_or_default();
-                write_header(
-                    send,
-                    &Response {
-                        ok: true,
-                        found,
-                        len: body.len() as u64,
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                send.write_all(&body).await?;
-                Ok(())
+                let name = object_name(&path)?;
+                let got = self.objects.get(&name, range.map(|(a, b)| a..b)).await?;
+                reply(send, got.is_some(), &got.unwrap_or_default()).await
             }
             Request::List { prefix } => {
-                let listed = tokio::task::spawn_blocking(move || objects.list(&prefix)).await??;
-                let body = serde_json::to_vec(&listed)?;
-                write_header(
-                    send,
-                    &Response {
-                        ok: true,
-                        len: body.len() as u64,
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                send.write_all(&body).await?;
-                Ok(())
+                let name = if prefix.is_empty() {
+                    ObjectPath::default()
+                } else {
+                    object_name(&prefix)?
+                };
+                let listed: Vec<(String, u64)> = self
+                    .objects
+                    .list(&name)
+                    .await?
+                    .into_iter()
+                    .map(|l| (l.location.to_string(), l.size))
+                    .collect();
+                reply(send, false, &serde_json::to_vec(&listed)?).await
             }
             Request::Devices { folder_id, len } => {
                 anyhow::ensure!(len <= MAX_DEVICE_LIST, "a device list of {len} bytes");
                 let mut body = vec![0u8; len as usize];
                 recv.read_exact(&mut body).await?;
                 self.merge_devices(&folder_id, &body)?;
-                write_header(
-                    send,
-                    &Response {
-                        ok: true,
-                        ..Default::default()
-                    },
-                )
-                .await
+                reply(send, false, &[]).await
             }
             Request::Delete { path } => {
-                tokio::task::spawn_blocking(move || objects.delete(&path)).await??;
-                write_header(
-                    send,
-                    &Response {
-                        ok: true,
-                        ..Default::default()
-                    },
-                )
-                .await
+                self.objects.delete(&object_name(&path)?).await?;
+                reply(send, false, &[]).await
             }
         }
     }
+}
+
+/// A request's answer: done, whether the object was `found` (a get), and
+/// the `body` that follows.
+async fn reply(send: &mut SendStream, found: bool, body: &[u8]) -> anyhow::Result<()> {
+    write_header(
+        send,
+        &Response {
+            ok: true,
+            found,
+            len: body.len() as u64,
+            ..Default::default()
+        },
+    )
+    .await?;
+    send.write_all(body).await?;
+    Ok(())
 }
 
 /// Binds a backup node's endpoint on `listen` under `secret`.
@@ -709,12 +590,9 @@ mod tests {
 
     #[test]
     fn object_names_stay_inside() {
-        let root = Path::new("/objects");
-        assert!(confined(root, "f1/p/abc").is_ok());
-        for bad in [
-            "", "/etc", "a/../b", "..", "a//b", "a/.tmp-1", "a b", "a/./b",
-        ] {
-            assert!(confined(root, bad).is_err(), "{bad}");
+        assert!(object_name("f1/p/abc").is_ok());
+        for bad in ["", "/etc", "a/../b", "..", "a//b", "a b", "a/./b", "a#1"] {
+            assert!(object_name(bad).is_err(), "{bad}");
         }
     }
 }

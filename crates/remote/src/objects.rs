@@ -125,6 +125,25 @@ impl Bucket {
     }
 }
 
+/// A directory as [`Objects`] (created 0700 when missing): each object is
+/// written whole and synced, file and directory, before it counts.
+pub fn directory(dir: &std::path::Path) -> Result<Arc<dyn Objects>> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::Io {
+            path: dir.to_owned(),
+            source: e,
+        })?;
+    let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?);
+    Ok(Arc::new(ObjectStoreObjects::new(
+        store,
+        Some(dir.to_owned()),
+    )))
+}
+
 /// An `object_store` store as [`Objects`]; `dir` for a local directory,
 /// whose puts are synced (file and directory) before they count.
 pub struct ObjectStoreObjects {

@@ -178,18 +178,8 @@ impl RemoteSpec {
 
     /// A directory as a bucket (created 0700 when missing).
     fn open_dir(&self, dir: PathBuf) -> Result<Bucket> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| Error::Io {
-                path: dir.clone(),
-                source: e,
-            })?;
-        let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir)?);
         Ok(Bucket::new(
-            Arc::new(ObjectStoreObjects::new(store, Some(dir))),
+            crate::objects::directory(&dir)?,
             object_store::path::Path::default(),
             self.url.clone(),
             self.rate(),
