@@ -155,7 +155,7 @@ fn kept_folders(ctx: &Ctx, spec: &sovryn_remote::RemoteSpec) -> Result<Vec<folde
 
 /// Where this node keeps what it knows of remote `name`'s copy of a folder.
 fn state_dir(folder: &folders::Folder, name: &str) -> std::path::PathBuf {
-    folder.home.dir.join("remote-state").join(name)
+    sovryn_remote::state_dir(&folder.home.dir, name)
 }
 
 fn sync(ctx: &Ctx, name: Option<&str>) -> Result<()> {
@@ -168,18 +168,13 @@ fn sync(ctx: &Ctx, name: Option<&str>) -> Result<()> {
         for f in kept_folders(ctx, &spec)? {
             let key = crate::unlock::master_key(&f.home, ctx.passphrase_file.as_deref())?;
             let store = Store::open(&f.home.dir, &key, Access::ReadOnly)?;
-            // A backup peer lets write whom the folder's device list names.
             let ops = serde_json::to_vec(&DeviceList::load(&f.home)?.ops)?;
-            runtime
-                .block_on(bucket.share_device_list(store.folder_id(), ops))
-                .with_context(|| {
-                    format!("sharing folder {}'s device list with {}", f.name, spec.url)
-                })?;
             let report = runtime
                 .block_on(sovryn_remote::push_folder(
                     &bucket,
                     &store,
                     &state_dir(&f, &spec.name),
+                    ops,
                 ))
                 .with_context(|| format!("pushing folder {} to {}", f.name, spec.url))?;
             if !ctx.json {

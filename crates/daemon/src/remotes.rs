@@ -7,16 +7,27 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sovryn_engine::folders;
 use sovryn_engine::View;
 use sovryn_remote::target;
+use sovryn_store::IndexMarker;
 
 use crate::Daemon;
 
 /// The daemon's tick: each remote is looked at when its interval passed.
 const TICK: Duration = Duration::from_secs(1);
+
+/// What a remote last got from this daemon, and when it was looked at.
+#[derive(Default)]
+struct Sent {
+    /// The index and device list the last push of the folder carried.
+    folder: Option<(IndexMarker, blake3::Hash)>,
+    /// The vault the last push carried.
+    vault: Option<blake3::Hash>,
+    looked: Option<Instant>,
+}
 
 /// Runs for the daemon's life.
 pub(crate) async fn keep_current(d: Arc<Daemon>) -> anyhow::Result<()> {
@@ -25,9 +36,7 @@ pub(crate) async fn keep_current(d: Arc<Daemon>) -> anyhow::Result<()> {
     } else {
         d.home.clone()
     };
-    // What each remote last got from here: the index marker, the vault.
-    let mut pushed: HashMap<String, String> = HashMap::new();
-    let mut looked: HashMap<String, std::time::Instant> = HashMap::new();
+    let mut sent: HashMap<String, Sent> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
         let specs = match target::load(&node_home.dir) {
@@ -48,14 +57,13 @@ pub(crate) async fn keep_current(d: Arc<Daemon>) -> anyhow::Result<()> {
             let keeps = name
                 .as_ref()
                 .is_some_and(|n| spec.folders.is_empty() || spec.folders.contains(n));
-            let due = looked
-                .get(&spec.name)
-                .is_none_or(|t| t.elapsed() >= spec.every());
+            let state = sent.entry(spec.name.clone()).or_default();
+            let due = state.looked.is_none_or(|t| t.elapsed() >= spec.every());
             if !keeps || !due {
                 continue;
             }
-            looked.insert(spec.name.clone(), std::time::Instant::now());
-            if let Err(e) = push_one(&d, &node_home, &spec, &mut pushed).await {
+            state.looked = Some(Instant::now());
+            if let Err(e) = push_one(&d, &node_home, &spec, state).await {
                 tracing::warn!(
                     "remote {}: {e:#}; trying again in {} s",
                     spec.name,
@@ -66,26 +74,25 @@ pub(crate) async fn keep_current(d: Arc<Daemon>) -> anyhow::Result<()> {
     }
 }
 
+/// Pushes the folder (and, on the node's daemon, the vault) to `spec` when
+/// either changed since `sent`.
 async fn push_one(
     d: &Arc<Daemon>,
     node_home: &sovryn_engine::Home,
     spec: &sovryn_remote::RemoteSpec,
-    pushed: &mut HashMap<String, String>,
+    sent: &mut Sent,
 ) -> anyhow::Result<()> {
-    // Due when the index or the device list (who may write to a backup
-    // peer) changed since the last push.
     let home = d.home.clone();
     let ops = tokio::task::spawn_blocking(move || {
         sovryn_engine::devices::DeviceList::load(&home).map(|l| l.ops)
     })
     .await??;
     let ops = serde_json::to_vec(&ops)?;
-    let marker = format!(
-        "{}/{}",
+    let folder = (
         d.shared.with_reader(|s| Ok(s.index_marker()?)).await?,
-        blake3::hash(&ops).to_hex()
+        blake3::hash(&ops),
     );
-    let folder_due = pushed.get(&spec.name) != Some(&marker);
+    let folder_due = sent.folder != Some(folder);
     // The vault is the node's: its daemon sends it, when it changed.
     let vault = if d.attached.is_none() {
         let home = d.home.clone();
@@ -96,9 +103,8 @@ async fn push_one(
     } else {
         None
     };
-    let vault_key = format!("{}\0vault", spec.name);
-    let vault_hash = vault.as_ref().map(|v| blake3::hash(v).to_hex().to_string());
-    let vault_due = vault_hash.is_some() && pushed.get(&vault_key) != vault_hash.as_ref();
+    let vault_hash = vault.as_deref().map(blake3::hash);
+    let vault_due = vault_hash.is_some() && sent.vault != vault_hash;
     if !folder_due && !vault_due {
         return Ok(());
     }
@@ -107,16 +113,13 @@ async fn push_one(
     let bucket = sovryn_net::backup::open_remote(spec, &creds, secret).await?;
     let done = async {
         if folder_due {
-            // A backup peer lets write whom the folder's device list names.
-            let folder_id = d.shared.folder_id().to_owned();
-            bucket.share_device_list(&folder_id, ops.clone()).await?;
-            let state = d.home.dir.join("remote-state").join(&spec.name);
+            let state = sovryn_remote::state_dir(&d.home.dir, &spec.name);
             let handle = tokio::runtime::Handle::current();
             let b = bucket.clone();
             let report = d
                 .shared
                 .with_own_reader(move |r| {
-                    handle.block_on(sovryn_remote::push_folder(&b, r.store(), &state))
+                    handle.block_on(sovryn_remote::push_folder(&b, r.store(), &state, ops))
                 })
                 .await??;
             tracing::info!(
@@ -128,15 +131,13 @@ async fn push_one(
                 report.snapshot,
                 report.seconds
             );
-            pushed.insert(spec.name.clone(), marker);
+            sent.folder = Some(folder);
         }
-        if let (Some(v), Some(h)) = (vault.as_ref(), vault_hash) {
-            if vault_due {
-                if sovryn_remote::push_vault(&bucket, v).await? {
-                    tracing::info!("remote {}: vault sent", spec.name);
-                }
-                pushed.insert(vault_key, h);
+        if let (Some(v), true) = (vault.as_ref(), vault_due) {
+            if sovryn_remote::push_vault(&bucket, v).await? {
+                tracing::info!("remote {}: vault sent", spec.name);
             }
+            sent.vault = vault_hash;
         }
         anyhow::Ok(())
     }

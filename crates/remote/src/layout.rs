@@ -34,8 +34,12 @@ pub fn new_snapshot(prefix: &Path, folder_id: &str, counter: u64) -> Path {
 
 /// The counter of a snapshot's name, if it is one.
 pub fn snapshot_counter(name: &Path) -> Option<u64> {
-    let last = name.filename()?;
-    let (counter, _) = last.split_once('-')?;
+    counter_of(name.filename()?)
+}
+
+/// The counter of a snapshot's file name (`COUNTER-RANDOM`), if it is one.
+pub fn counter_of(file_name: &str) -> Option<u64> {
+    let (counter, _) = file_name.split_once('-')?;
     u64::from_str_radix(counter, 16).ok()
 }
 

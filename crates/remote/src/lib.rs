@@ -22,11 +22,12 @@ pub mod objects;
 pub mod pack;
 pub mod push;
 pub mod restore;
+mod snapshot;
 pub mod target;
 
 pub use object_store::path::Path as ObjectPath;
 pub use objects::{Bucket, Listed, Objects};
-pub use push::{push_folder, push_vault, PushReport};
+pub use push::{push_folder, push_vault, state_dir, PushReport};
 pub use restore::{fetch_vault, restore_folder, RestoreReport};
 pub use target::{Credentials, RemoteSpec};
 

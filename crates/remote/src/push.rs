@@ -3,17 +3,17 @@
 //! bucket holds is read from its pack indexes (cached locally), so a push
 //! cut off anywhere sends again at most the pack it was writing.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use sovryn_store::{blob, ChunkId, SealedChunk, Store};
+use sovryn_store::{ChunkId, IndexMarker, SealedChunk, Store};
 
-use crate::layout::{self, size_class};
+use crate::layout;
 use crate::objects::{Bucket, Listed};
 use crate::pack::{self, PACK_PAYLOAD};
-use crate::ObjectPath;
+use crate::snapshot::{newest, Snapshot};
 use crate::{Error, Result};
 
 /// Snapshots kept per folder (the newest ones; older ones are deleted).
@@ -51,36 +51,42 @@ pub struct PushReport {
 struct Cache {
     /// Pack file name → the chunks in it.
     packs: BTreeMap<String, Vec<ChunkId>>,
-    /// The change-log sequence of the newest snapshot this node uploaded.
-    snapshot_seq: Option<u64>,
-    /// Its [`Store::index_marker`].
+    /// The index as it was when this node took its newest snapshot sent.
     #[serde(default)]
-    snapshot_marker: Option<String>,
-    /// Its name.
-    snapshot_name: Option<String>,
+    snapshot_marker: Option<IndexMarker>,
     /// Every snapshot this node sent that may still be there: the others
     /// are another node's, which this one neither deletes nor prunes under.
     #[serde(default)]
-    sent_snapshots: std::collections::BTreeSet<String>,
+    sent_snapshots: BTreeSet<String>,
 }
 
-fn cache_path(dir: &Path) -> PathBuf {
-    dir.join("cache.json")
-}
+impl Cache {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("cache.json")
+    }
 
-fn load_cache(dir: &Path) -> Cache {
-    std::fs::read(cache_path(dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
+    fn load(dir: &Path) -> Cache {
+        std::fs::read(Cache::path(dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
 
-fn save_cache(dir: &Path, cache: &Cache) -> Result<()> {
-    let bytes = serde_json::to_vec(cache).map_err(|e| Error::Spec(e.to_string()))?;
-    Ok(sovryn_store::keys::write_secret_file(
-        &cache_path(dir),
-        &bytes,
-    )?)
+    fn save(&self, dir: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(|e| Error::Spec(e.to_string()))?;
+        Ok(sovryn_store::keys::write_secret_file(
+            &Cache::path(dir),
+            &bytes,
+        )?)
+    }
+
+    /// The newest snapshot this node sent, and its counter.
+    fn newest_sent(&self) -> Option<(&str, u64)> {
+        self.sent_snapshots
+            .iter()
+            .filter_map(|n| Some((n.as_str(), layout::counter_of(n)?)))
+            .max_by_key(|(_, c)| *c)
+    }
 }
 
 /// What this node last saw of a bucket's copy of a folder (no request).
@@ -97,216 +103,294 @@ pub struct Known {
 /// What this node last saw of a bucket's copy of a folder, from the state
 /// a push keeps in `state_dir`.
 pub fn known(state_dir: &Path) -> Known {
-    let cache = load_cache(state_dir);
+    let cache = Cache::load(state_dir);
     Known {
         chunks: cache.packs.values().flatten().copied().collect(),
         packs: cache.packs.len(),
-        snapshot_seq: cache.snapshot_seq,
+        snapshot_seq: cache.snapshot_marker.map(|m| m.sequence),
     }
 }
 
-/// Reads the indexes of the folder's packs in the bucket that `cache`
-/// does not know yet; drops packs the bucket no longer has.
-async fn refresh(
+/// Where a node keeps what it knows of remote `remote`'s copy of the
+/// folder whose home is `folder_home`.
+pub fn state_dir(folder_home: &Path, remote: &str) -> PathBuf {
+    folder_home.join("remote-state").join(remote)
+}
+
+/// Sends folder `store` (a read-only handle will do) to `bucket`: its
+/// signed device list (`device_ops`, JSON; a backup peer lets write whom
+/// it names), the chunks the bucket lacks, in packs, then an index
+/// snapshot when the index changed since the last one this node sent.
+/// `state_dir` ([`state_dir`]) keeps what this node knows of the bucket.
+pub async fn push_folder(
     bucket: &Bucket,
-    key: &[u8; 32],
-    folder_id: &str,
-    cache: &mut Cache,
-) -> Result<()> {
-    let listed: Vec<Listed> = bucket
-        .list(&layout::packs(&bucket.prefix, folder_id))
-        .await?;
-    let names: HashSet<String> = listed
-        .iter()
-        .filter_map(|m| m.location.filename().map(str::to_owned))
-        .collect();
-    cache.packs.retain(|n, _| names.contains(n));
-    for meta in listed {
-        let Some(name) = meta.location.filename().map(str::to_owned) else {
-            continue;
-        };
-        if cache.packs.contains_key(&name) || meta.size < 4 {
-            continue;
-        }
-        let trailer = bucket
-            .get_range(&meta.location, meta.size - 4..meta.size)
-            .await?;
-        let len = pack::index_len(&trailer)? as u64;
-        let Some(start) = meta.size.checked_sub(4 + len) else {
-            tracing::warn!("bucket pack {name} is damaged; its chunks are sent again");
-            continue;
-        };
-        let sealed = bucket
-            .get_range(&meta.location, start..meta.size - 4)
-            .await?;
-        match pack::open_index(key, folder_id, &name, &sealed, meta.size) {
-            Ok(entries) => {
-                cache
-                    .packs
-                    .insert(name, entries.into_iter().map(|e| e.id).collect());
-            }
-            Err(e) => tracing::warn!("{e}; its chunks are sent again"),
-        }
-    }
-    Ok(())
-}
-
-/// Sends folder `store` (a read-only handle will do) to `bucket`: the
-/// chunks it lacks, in packs, then an index snapshot when the index
-/// changed since the last one this node sent. `state_dir` keeps what this
-/// node knows of the bucket.
-pub async fn push_folder(bucket: &Bucket, store: &Store, state_dir: &Path) -> Result<PushReport> {
+    store: &Store,
+    state_dir: &Path,
+    device_ops: Vec<u8>,
+) -> Result<PushReport> {
     let started = Instant::now();
+    bucket
+        .share_device_list(store.folder_id(), device_ops)
+        .await?;
     std::fs::create_dir_all(state_dir).map_err(|e| Error::Io {
         path: state_dir.to_owned(),
         source: e,
     })?;
-    let folder_id = store.folder_id().to_owned();
-    let key = store.codec().keys().remote;
-    let mut cache = load_cache(state_dir);
-    refresh(bucket, &key, &folder_id, &mut cache).await?;
-    let mut report = PushReport::default();
-    let pace = Pace::new(bucket.max_bytes_per_sec);
-
+    let mut push = Push {
+        bucket,
+        store,
+        key: store.codec().keys().remote,
+        folder_id: store.folder_id().to_owned(),
+        state_dir,
+        cache: Cache::load(state_dir),
+        report: PushReport::default(),
+        pace: Pace::new(bucket.max_bytes_per_sec),
+        batch: Batch::default(),
+    };
+    push.refresh().await?;
     // The snapshot is taken first: every chunk it names is in the store
     // now, so in the chunk list read next, and in the bucket before the
     // snapshot is.
     let marker = store.index_marker()?;
-    let listed_snapshots: Vec<Listed> = bucket
-        .list(&layout::snapshots(&bucket.prefix, &folder_id))
+    let listed = bucket
+        .list(&layout::snapshots(&bucket.prefix, &push.folder_id))
         .await?;
-    // The newest snapshot this node sent is gone and nothing newer took
-    // its place: the remote was rolled back (or wiped). Said, and what it
-    // lacks is sent again.
-    if let Some(ours) = cache.snapshot_name.clone() {
-        let ours_counter = layout::snapshot_counter(&ObjectPath::from(ours.as_str()));
-        let still_there = listed_snapshots
-            .iter()
-            .any(|m| m.location.filename() == Some(ours.as_str()));
-        let newest_there =
-            newest(&listed_snapshots).and_then(|m| layout::snapshot_counter(&m.location));
-        if !still_there && newest_there < ours_counter {
-            tracing::warn!(
-                "{}: snapshot {ours} that this node sent is gone and nothing newer is there: \
-                 the remote was rolled back or wiped; sending what it lacks again",
-                bucket.url()
-            );
-            report.rolled_back = true;
-            cache = Cache::default();
-            refresh(bucket, &key, &folder_id, &mut cache).await?;
-        }
-    }
-    let ours_is_newest = cache.snapshot_name.as_ref().is_some_and(|n| {
-        newest(&listed_snapshots).and_then(|m| m.location.filename().map(str::to_owned))
-            == Some(n.clone())
-    });
-    let snapshot = if cache.snapshot_marker.as_deref() == Some(marker.as_str()) && ours_is_newest {
+    push.notice_rollback(&listed).await?;
+    let ours_is_newest = push.cache.newest_sent().map(|(n, _)| n)
+        == newest(&listed).and_then(|m| m.location.filename());
+    let snapshot = if push.cache.snapshot_marker == Some(marker) && ours_is_newest {
         None
     } else {
-        Some(take_snapshot(store, state_dir)?)
+        Some(Snapshot::take(store, state_dir)?)
     };
 
-    let present: HashSet<ChunkId> = cache.packs.values().flatten().copied().collect();
+    let present: HashSet<ChunkId> = push.cache.packs.values().flatten().copied().collect();
     let local = store.chunk_list()?;
-    let mut batch = Batch::default();
     for id in &local {
         if present.contains(id) {
-            report.chunks_present += 1;
-            continue;
-        }
-        batch.add(store.read_sealed(id)?);
-        if batch.bytes >= PACK_PAYLOAD {
-            let full = std::mem::take(&mut batch);
-            send_pack(
-                bucket,
-                &key,
-                &folder_id,
-                full.chunks,
-                &mut cache,
-                &mut report,
-                state_dir,
-            )
-            .await?;
-            pace.wait(report.bytes).await;
+            push.report.chunks_present += 1;
+        } else {
+            push.queue(store.read_sealed(id)?).await?;
         }
     }
-    if !batch.chunks.is_empty() {
-        send_pack(
-            bucket,
-            &key,
-            &folder_id,
-            batch.chunks,
-            &mut cache,
-            &mut report,
-            state_dir,
-        )
-        .await?;
+    push.flush().await?;
+    if let Some(snap) = snapshot {
+        push.send_snapshot(snap, marker, &listed, &local).await?;
+    }
+    push.report.seconds = started.elapsed().as_secs_f64();
+    Ok(push.report)
+}
+
+/// One push in progress: where to, what is known of the remote, what was
+/// done, and the chunks queued for the next pack.
+struct Push<'a> {
+    bucket: &'a Bucket,
+    store: &'a Store,
+    key: [u8; 32],
+    folder_id: String,
+    state_dir: &'a Path,
+    cache: Cache,
+    report: PushReport,
+    pace: Pace,
+    batch: Batch,
+}
+
+impl Push<'_> {
+    /// Reads the indexes of the folder's packs in the bucket that the cache
+    /// does not know yet; drops packs the bucket no longer has.
+    async fn refresh(&mut self) -> Result<()> {
+        let listed: Vec<Listed> = self
+            .bucket
+            .list(&layout::packs(&self.bucket.prefix, &self.folder_id))
+            .await?;
+        let names: HashSet<&str> = listed
+            .iter()
+            .filter_map(|m| m.location.filename())
+            .collect();
+        self.cache.packs.retain(|n, _| names.contains(n.as_str()));
+        for meta in &listed {
+            let Some(name) = meta.location.filename() else {
+                continue;
+            };
+            if self.cache.packs.contains_key(name) || meta.size < 4 {
+                continue;
+            }
+            let trailer = self
+                .bucket
+                .get_range(&meta.location, meta.size - 4..meta.size)
+                .await?;
+            let len = pack::index_len(&trailer)? as u64;
+            let Some(start) = meta.size.checked_sub(4 + len) else {
+                tracing::warn!("bucket pack {name} is damaged; its chunks are sent again");
+                continue;
+            };
+            let sealed = self
+                .bucket
+                .get_range(&meta.location, start..meta.size - 4)
+                .await?;
+            match pack::open_index(&self.key, &self.folder_id, name, &sealed, meta.size) {
+                Ok(entries) => {
+                    let ids = entries.into_iter().map(|e| e.id).collect();
+                    self.cache.packs.insert(name.to_owned(), ids);
+                }
+                Err(e) => tracing::warn!("{e}; its chunks are sent again"),
+            }
+        }
+        Ok(())
     }
 
-    if let Some(snap) = snapshot {
-        let counter = listed_snapshots
+    /// The newest snapshot this node sent is gone and nothing newer took
+    /// its place: the remote was rolled back (or wiped). Said, and what it
+    /// lacks is sent again.
+    async fn notice_rollback(&mut self, listed: &[Listed]) -> Result<()> {
+        let Some((ours, counter)) = self.cache.newest_sent() else {
+            return Ok(());
+        };
+        let still_there = listed.iter().any(|m| m.location.filename() == Some(ours));
+        let newest_there = newest(listed).and_then(|m| layout::snapshot_counter(&m.location));
+        if still_there || newest_there >= Some(counter) {
+            return Ok(());
+        }
+        tracing::warn!(
+            "{}: snapshot {ours} that this node sent is gone and nothing newer is there: \
+             the remote was rolled back or wiped; sending what it lacks again",
+            self.bucket.url()
+        );
+        self.report.rolled_back = true;
+        self.cache = Cache::default();
+        self.refresh().await
+    }
+
+    /// Queues a chunk; a pack's worth queued goes out.
+    async fn queue(&mut self, chunk: SealedChunk) -> Result<()> {
+        self.batch.add(chunk);
+        if self.batch.bytes >= PACK_PAYLOAD {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is queued as one pack, recorded once the bucket has it,
+    /// at the remote's rate.
+    async fn flush(&mut self) -> Result<()> {
+        let chunks = std::mem::take(&mut self.batch).chunks;
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let path = layout::new_pack(&self.bucket.prefix, &self.folder_id);
+        let name = path.filename().unwrap_or_default().to_owned();
+        let (bytes, entries) = pack::build(&self.key, &self.folder_id, &name, chunks)?;
+        self.report.bytes += bytes.len() as u64;
+        self.report.packs += 1;
+        self.report.chunks += entries.len();
+        self.bucket.put(&path, bytes).await?;
+        let ids = entries.into_iter().map(|e| e.id).collect();
+        self.cache.packs.insert(name, ids);
+        self.cache.save(self.state_dir)?;
+        self.pace.wait(self.report.bytes).await;
+        Ok(())
+    }
+
+    /// Sends `snap` (taken at `marker`; `listed` are the snapshots there
+    /// before, `local` the store's chunks), then prunes what neither names
+    /// and deletes this node's older snapshots.
+    async fn send_snapshot(
+        &mut self,
+        snap: Snapshot,
+        marker: IndexMarker,
+        listed: &[Listed],
+        local: &[ChunkId],
+    ) -> Result<()> {
+        let counter = listed
             .iter()
             .filter_map(|m| layout::snapshot_counter(&m.location))
             .max()
             .map_or(1, |c| c + 1);
-        let path = layout::new_snapshot(&bucket.prefix, &folder_id, counter);
+        let path = layout::new_snapshot(&self.bucket.prefix, &self.folder_id, counter);
         let name = path.filename().unwrap_or_default().to_owned();
-        let sealed = seal_snapshot(&key, &folder_id, &name, &snap.index)?;
-        report.bytes += sealed.len() as u64;
-        bucket.put(&path, sealed).await?;
-        report.snapshot = Some(counter);
-        cache.snapshot_seq = Some(snap.seq);
-        cache.snapshot_marker = Some(marker);
-        cache.sent_snapshots.insert(name.clone());
-        cache.snapshot_name = Some(name);
-        save_cache(state_dir, &cache)?;
+        let sealed = snap.seal(&self.key, &self.folder_id, &name)?;
+        self.report.bytes += sealed.len() as u64;
+        self.bucket.put(&path, sealed).await?;
+        self.report.snapshot = Some(counter);
+        self.cache.snapshot_marker = Some(marker);
+        self.cache.sent_snapshots.insert(name);
+        self.cache.save(self.state_dir)?;
         // Another node's snapshots name chunks this one may not have: while
         // any is there, nothing is pruned and they are left alone.
-        let sent = &cache.sent_snapshots;
-        let (ours, others): (Vec<&Listed>, Vec<&Listed>) = listed_snapshots
+        let sent = &self.cache.sent_snapshots;
+        let (mut ours, others): (Vec<&Listed>, Vec<&Listed>) = listed
             .iter()
             .partition(|m| m.location.filename().is_some_and(|n| sent.contains(n)));
-        let mut pruned = false;
-        if others.is_empty() {
+        let pruned = if others.is_empty() {
             // What neither the new snapshot nor the store holds any more
             // (versions `gc` pruned) leaves the bucket, by rewriting packs.
-            let mut live: HashSet<ChunkId> = snap.chunks;
+            let mut live = snap.chunks;
             live.extend(local.iter().copied());
-            pruned = prune(
-                bucket,
-                store,
-                &key,
-                &folder_id,
-                &live,
-                &mut cache,
-                &mut report,
-                state_dir,
-            )
-            .await?;
+            self.prune(&live).await?
         } else {
-            report.pruning_skipped = true;
+            self.report.pruning_skipped = true;
             tracing::info!(
                 "{}: {} snapshot(s) of another node are there; nothing is pruned",
-                bucket.url(),
+                self.bucket.url(),
                 others.len()
             );
-        }
+            false
+        };
         // This node's older snapshots go once the new one is there; all of
         // them once chunks they name are gone.
-        let mut older = ours;
-        older.sort_by_key(|m| layout::snapshot_counter(&m.location));
+        ours.sort_by_key(|m| layout::snapshot_counter(&m.location));
         let keep = if pruned { 1 } else { SNAPSHOTS_KEPT };
-        let drop_n = (older.len() + 1).saturating_sub(keep);
-        for m in older.into_iter().take(drop_n) {
-            bucket.delete(&m.location).await?;
+        let drop_n = (ours.len() + 1).saturating_sub(keep);
+        for m in ours.into_iter().take(drop_n) {
+            self.bucket.delete(&m.location).await?;
             if let Some(n) = m.location.filename() {
-                cache.sent_snapshots.remove(n);
+                self.cache.sent_snapshots.remove(n);
             }
         }
-        save_cache(state_dir, &cache)?;
+        self.cache.save(self.state_dir)
     }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+
+    /// Removes from the bucket the chunks outside `live`: a pack holding
+    /// only such chunks is deleted, one holding some live ones too is
+    /// rewritten (its live chunks sent in new packs first, then it is
+    /// deleted). A live chunk this store no longer has keeps its pack as it
+    /// is. Whether any chunk went.
+    async fn prune(&mut self, live: &HashSet<ChunkId>) -> Result<bool> {
+        let mut doomed = Vec::new();
+        let mut moving = Vec::new();
+        // A chunk in two packs (two pushes at once) is moved once.
+        let mut moved: HashSet<ChunkId> = HashSet::new();
+        for (name, ids) in &self.cache.packs {
+            if ids.iter().all(|id| live.contains(id)) {
+                continue;
+            }
+            let kept: Option<Vec<SealedChunk>> = ids
+                .iter()
+                .filter(|id| live.contains(id) && !moved.contains(id))
+                .map(|id| self.store.read_sealed(id).ok())
+                .collect();
+            let Some(kept) = kept else { continue };
+            self.report.pruned_chunks += ids.iter().filter(|id| !live.contains(id)).count();
+            moved.extend(kept.iter().map(|c| c.id));
+            moving.extend(kept);
+            doomed.push(name.clone());
+        }
+        if doomed.is_empty() {
+            return Ok(false);
+        }
+        for c in moving {
+            self.queue(c).await?;
+        }
+        self.flush().await?;
+        for name in doomed {
+            let path = layout::packs(&self.bucket.prefix, &self.folder_id).join(name.as_str());
+            self.bucket.delete(&path).await?;
+            self.cache.packs.remove(&name);
+            self.report.packs_deleted += 1;
+        }
+        self.cache.save(self.state_dir)?;
+        Ok(true)
+    }
 }
 
 /// Keeps a push's uploads under a rate: after each pack it waits until the
@@ -334,57 +418,6 @@ impl Pace {
     }
 }
 
-/// The snapshot with the highest counter.
-pub(crate) fn newest(listed: &[Listed]) -> Option<&Listed> {
-    listed
-        .iter()
-        .filter(|m| layout::snapshot_counter(&m.location).is_some())
-        .max_by_key(|m| layout::snapshot_counter(&m.location))
-}
-
-async fn send_pack(
-    bucket: &Bucket,
-    key: &[u8; 32],
-    folder_id: &str,
-    chunks: Vec<SealedChunk>,
-    cache: &mut Cache,
-    report: &mut PushReport,
-    state_dir: &Path,
-) -> Result<()> {
-    let path = layout::new_pack(&bucket.prefix, folder_id);
-    let name = path.filename().unwrap_or_default().to_owned();
-    let (bytes, entries) = pack::build(key, folder_id, &name, chunks)?;
-    report.bytes += bytes.len() as u64;
-    report.packs += 1;
-    report.chunks += entries.len();
-    bucket.put(&path, bytes).await?;
-    cache
-        .packs
-        .insert(name, entries.into_iter().map(|e| e.id).collect());
-    save_cache(state_dir, cache)
-}
-
-/// A consistent copy of the store's index, in memory, with the chunks it
-/// lists and the sequence it was taken at.
-struct Snapshot {
-    index: Vec<u8>,
-    chunks: HashSet<ChunkId>,
-    seq: u64,
-}
-
-fn take_snapshot(store: &Store, state_dir: &Path) -> Result<Snapshot> {
-    let seq = store.sequence()?;
-    let tmp = state_dir.join(format!(".snapshot-{:016x}.tmp", rand::random::<u64>()));
-    let taken = (|| -> sovryn_store::Result<Snapshot> {
-        store.snapshot_index(&tmp)?;
-        let chunks = Store::chunks_in_snapshot(&tmp)?.into_iter().collect();
-        let index = std::fs::read(&tmp).map_err(|e| sovryn_store::Error::io(&tmp, e))?;
-        Ok(Snapshot { index, chunks, seq })
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    Ok(taken?)
-}
-
 /// Sealed chunks gathered for one pack.
 #[derive(Default)]
 struct Batch {
@@ -397,122 +430,6 @@ impl Batch {
         self.bytes += c.sealed.len();
         self.chunks.push(c);
     }
-}
-
-/// Removes from the bucket the chunks outside `live`: a pack holding only
-/// such chunks is deleted, one holding some live ones too is rewritten
-/// (its live chunks sent in new packs first, then it is deleted). A live
-/// chunk this store no longer has keeps its pack as it is. Whether any
-/// chunk went.
-#[allow(clippy::too_many_arguments)]
-async fn prune(
-    bucket: &Bucket,
-    store: &Store,
-    key: &[u8; 32],
-    folder_id: &str,
-    live: &HashSet<ChunkId>,
-    cache: &mut Cache,
-    report: &mut PushReport,
-    state_dir: &Path,
-) -> Result<bool> {
-    let mut doomed = Vec::new();
-    let mut batch = Batch::default();
-    // A chunk in two packs (two pushers at once) is moved once.
-    let mut moved: HashSet<ChunkId> = HashSet::new();
-    for (name, ids) in &cache.packs {
-        if ids.iter().all(|id| live.contains(id)) {
-            continue;
-        }
-        let mut kept = Vec::new();
-        let mut all_readable = true;
-        for id in ids.iter().filter(|id| live.contains(id)) {
-            if moved.contains(id) {
-                continue;
-            }
-            match store.read_sealed(id) {
-                Ok(c) => kept.push(c),
-                Err(_) => {
-                    all_readable = false;
-                    break;
-                }
-            }
-        }
-        if !all_readable {
-            continue;
-        }
-        report.pruned_chunks += ids.iter().filter(|id| !live.contains(id)).count();
-        for c in kept {
-            moved.insert(c.id);
-            batch.add(c);
-        }
-        doomed.push(name.clone());
-    }
-    if doomed.is_empty() {
-        return Ok(false);
-    }
-    while !batch.chunks.is_empty() {
-        let mut part = Batch::default();
-        while part.bytes < PACK_PAYLOAD {
-            match batch.chunks.pop() {
-                Some(c) => part.add(c),
-                None => break,
-            }
-        }
-        send_pack(
-            bucket,
-            key,
-            folder_id,
-            part.chunks,
-            cache,
-            report,
-            state_dir,
-        )
-        .await?;
-    }
-    for name in doomed {
-        bucket
-            .delete(&layout::packs(&bucket.prefix, folder_id).join(name.as_str()))
-            .await?;
-        cache.packs.remove(&name);
-        report.packs_deleted += 1;
-    }
-    save_cache(state_dir, cache)?;
-    Ok(true)
-}
-
-/// `plain` compressed, its length in front, zero-padded inside the seal
-/// to a size class, sealed and bound to the snapshot's name.
-fn seal_snapshot(key: &[u8; 32], folder_id: &str, name: &str, plain: &[u8]) -> Result<Vec<u8>> {
-    let packed = zstd::bulk::compress(plain, 3)
-        .map_err(|e| Error::Spec(format!("compressing a snapshot: {e}")))?;
-    let mut body = (packed.len() as u64).to_le_bytes().to_vec();
-    body.extend_from_slice(&packed);
-    body.resize(size_class(body.len() + blob::OVERHEAD) - blob::OVERHEAD, 0);
-    Ok(blob::seal(key, &pack::aad(folder_id, "s", name), &body))
-}
-
-/// The index of a snapshot sealed by [`seal_snapshot`].
-pub(crate) fn open_snapshot(
-    key: &[u8; 32],
-    folder_id: &str,
-    name: &str,
-    sealed: &[u8],
-) -> Result<Vec<u8>> {
-    let body = blob::open(key, &pack::aad(folder_id, "s", name), sealed)
-        .map_err(|_| Error::Tampered(format!("snapshot {name} fails authentication")))?;
-    let bad = || Error::Tampered(format!("snapshot {name} is malformed"));
-    let len = u64::from_le_bytes(
-        body.get(..8)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    );
-    let len = usize::try_from(len).map_err(|_| bad())?;
-    let packed = body
-        .get(8..8usize.checked_add(len).ok_or_else(bad)?)
-        .ok_or_else(bad)?;
-    // Authenticated above: only a holder of the folder key made it.
-    zstd::stream::decode_all(packed).map_err(|_| bad())
 }
 
 /// Sends the node's sealed config vault (its envelope as stored) when the

@@ -13,7 +13,7 @@ use sovryn_store::{ChunkId, MasterKey, SealedChunk, Store};
 use crate::layout;
 use crate::objects::{Bucket, Listed};
 use crate::pack;
-use crate::push::{newest, open_snapshot};
+use crate::snapshot::{self, newest};
 use crate::{Error, Result};
 
 /// What a restore did.
@@ -151,7 +151,7 @@ async fn newest_snapshot(
         .get(&snap.location)
         .await?
         .ok_or_else(|| Error::Tampered(format!("snapshot {name} vanished")))?;
-    let index = open_snapshot(key, folder_id, &name, &sealed)?;
+    let index = snapshot::open(key, folder_id, &name, &sealed)?;
     let counter = layout::snapshot_counter(&snap.location).unwrap_or(0);
     Ok(Some((counter, index, sealed.len() as u64)))
 }

@@ -36,7 +36,9 @@ pub use model::{
 };
 pub use prepared::PreparedContent;
 pub use retention::RetentionPolicy;
-pub use store::{Access, DurableChunks, GcReport, Ingested, Store, VerifyReport, ANNOUNCE_BYTES};
+pub use store::{
+    Access, DurableChunks, GcReport, IndexMarker, Ingested, Store, VerifyReport, ANNOUNCE_BYTES,
+};
 pub use vv::{Causality, VersionVector};
 
 /// Errors of the store.

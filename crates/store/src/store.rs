@@ -281,6 +281,7 @@ mod maintenance;
 mod queries;
 mod schema;
 mod snapshot;
+pub use snapshot::IndexMarker;
 
 impl Store {
     /// Opens (creating on first use) the store in `home` under `master`.

@@ -3,38 +3,55 @@
 
 use super::*;
 
+/// What changes whenever a snapshot of the index would: the change log's
+/// sequence, and the number of versions and chunks (which `gc` lowers
+/// without a new sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexMarker {
+    /// The change log's newest sequence.
+    pub sequence: u64,
+    /// Versions kept.
+    pub versions: u64,
+    /// Chunks kept.
+    pub chunks: u64,
+}
+
+/// Every chunk id the index `db` lists.
+fn chunk_ids(db: &Connection) -> Result<Vec<ChunkId>> {
+    let mut stmt = db.prepare("SELECT id FROM chunks")?;
+    let ids = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+        .map(|b| ChunkId::from_slice(&b?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ids)
+}
+
 impl Store {
     /// Every chunk id the store holds.
     pub fn chunk_list(&self) -> Result<Vec<ChunkId>> {
-        let mut stmt = self.db.prepare("SELECT id FROM chunks")?;
-        let ids = stmt
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
-            .map(|b| ChunkId::from_slice(&b?))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(ids)
+        chunk_ids(&self.db)
     }
 
-    /// What changes whenever a snapshot of the index would: the change
-    /// log's sequence, and the number of versions and chunks (which `gc`
-    /// lowers without a new sequence).
-    pub fn index_marker(&self) -> Result<String> {
+    /// The index as a snapshot of it now would be ([`IndexMarker`]).
+    pub fn index_marker(&self) -> Result<IndexMarker> {
         let (versions, chunks): (i64, i64) = self.db.query_row(
             "SELECT (SELECT COUNT(*) FROM versions), (SELECT COUNT(*) FROM chunks)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok(format!("{}/{versions}/{chunks}", self.sequence()?))
+        Ok(IndexMarker {
+            sequence: self.sequence()?,
+            versions: versions.max(0) as u64,
+            chunks: chunks.max(0) as u64,
+        })
     }
 
     /// The chunk ids an index file made by [`Store::snapshot_index`] lists.
     pub fn chunks_in_snapshot(path: &Path) -> Result<Vec<ChunkId>> {
-        let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let mut stmt = db.prepare("SELECT id FROM chunks")?;
-        let ids = stmt
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
-            .map(|b| ChunkId::from_slice(&b?))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(ids)
+        chunk_ids(&Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?)
     }
 
     /// Writes a consistent copy of the index (what is committed now) to
