@@ -97,7 +97,7 @@ pub enum Command {
         #[arg(long, required = true)]
         from: Vec<String>,
         #[command(flatten)]
-        bucket: recover_cmd::BucketArgs,
+        bucket: remotes_cmd::BucketArgs,
         #[command(flatten)]
         node: new_node::NodeArgs,
     },

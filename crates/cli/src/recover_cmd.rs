@@ -131,62 +131,6 @@ fn vouch_for_recovery(
     Ok(())
 }
 
-/// Where the S3 bucket of `recover --from s3://…` is and how to sign in.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct BucketArgs {
-    /// The S3 endpoint (e.g. http://127.0.0.1:9000); default: AWS.
-    #[arg(long)]
-    pub endpoint: Option<String>,
-    /// The bucket's region (default us-east-1).
-    #[arg(long)]
-    pub region: Option<String>,
-    /// A file holding the access key id.
-    #[arg(long)]
-    pub access_key_file: Option<std::path::PathBuf>,
-    /// A file holding the secret access key.
-    #[arg(long)]
-    pub secret_key_file: Option<std::path::PathBuf>,
-    /// Upload at most this many KiB/s (`remotes add`).
-    #[arg(long)]
-    pub max_kib_per_sec: Option<u64>,
-    /// How often a running node pushes what changed, in seconds
-    /// (`remotes add`; default 15).
-    #[arg(long, value_name = "SECS")]
-    pub every: Option<u64>,
-}
-
-impl BucketArgs {
-    /// The remote `url` (`s3://BUCKET/PREFIX`) described by these options.
-    pub fn spec(
-        &self,
-        name: &str,
-        url: &str,
-        folders: Vec<String>,
-    ) -> Result<sovryn_remote::RemoteSpec> {
-        Ok(sovryn_remote::RemoteSpec {
-            name: name.to_owned(),
-            url: url.to_owned(),
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            folders,
-            max_kib_per_sec: self.max_kib_per_sec,
-            every_secs: self.every,
-        }
-        .checked()?)
-    }
-
-    /// The key pair from the two files (none for a `file://` remote).
-    pub fn credentials(&self, url: &str) -> Result<sovryn_remote::Credentials> {
-        if url.starts_with("file://") || url.starts_with("peer://") {
-            return Ok(sovryn_remote::Credentials::none());
-        }
-        let (Some(a), Some(s)) = (&self.access_key_file, &self.secret_key_file) else {
-            bail!("a bucket needs --access-key-file FILE and --secret-key-file FILE");
-        };
-        Ok(sovryn_remote::Credentials::from_files(a, s)?)
-    }
-}
-
 /// What the vault gave: its contents and key, the folders' keys, and the
 /// recovery identity the new node takes.
 struct Opened {
@@ -234,7 +178,12 @@ fn open_vault(pass: &str, envelope: &vault::Envelope) -> Result<Opened> {
 /// `sovryn recover`: rebuilds a lost device from `from`: `ID@HOST:PORT`
 /// of a member, or `s3://BUCKET/PREFIX` of a remote. Nothing is written
 /// before the vault opened.
-pub fn recover(ctx: &Ctx, from: &[String], bucket: BucketArgs, node: NodeArgs) -> Result<()> {
+pub fn recover(
+    ctx: &Ctx,
+    from: &[String],
+    bucket: crate::remotes_cmd::BucketArgs,
+    node: NodeArgs,
+) -> Result<()> {
     node.check(ctx)?;
     enum Source {
         Member(PublicKey, std::net::SocketAddr),
@@ -245,11 +194,10 @@ pub fn recover(ctx: &Ctx, from: &[String], bucket: BucketArgs, node: NodeArgs) -
     let mut member = None;
     for from in from {
         if from.starts_with("s3://") || from.starts_with("file://") {
-            buckets.push(
-                bucket
-                    .spec("recover", from, Vec::new())?
-                    .open(&bucket.credentials(from)?)?,
-            );
+            buckets.push({
+                let spec = bucket.spec("recover", from, Vec::new())?;
+                spec.open(&bucket.credentials(&spec)?)?
+            });
             continue;
         }
         let (id, addr) = from.split_once('@').with_context(|| {
@@ -394,15 +342,7 @@ pub fn recover(ctx: &Ctx, from: &[String], bucket: BucketArgs, node: NodeArgs) -
 
 /// `id` at `sock` as a backup node holding a vault, if it is one.
 async fn backup_peer(id: PublicKey, sock: std::net::SocketAddr) -> Option<sovryn_remote::Bucket> {
-    let spec = sovryn_remote::RemoteSpec {
-        name: "recover".into(),
-        url: format!("peer://{id}@{sock}"),
-        endpoint: None,
-        region: None,
-        folders: Vec::new(),
-        max_kib_per_sec: None,
-        every_secs: None,
-    };
+    let spec = sovryn_remote::RemoteSpec::new("recover", format!("peer://{id}@{sock}"));
     let bucket = sovryn_net::backup::open_remote(
         &spec,
         &sovryn_remote::Credentials::none(),

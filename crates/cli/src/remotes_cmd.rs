@@ -11,7 +11,6 @@ use sovryn_store::{Access, Store};
 
 use crate::commands::Ctx;
 use crate::output;
-use crate::recover_cmd::BucketArgs;
 
 /// `sovryn remotes ...`.
 #[derive(clap::Subcommand, Debug)]
@@ -47,6 +46,66 @@ pub enum RemotesAction {
     },
 }
 
+/// Where a remote's S3 bucket is and how to sign in, and how to push to a
+/// remote (`remotes add`, `recover --from s3://…`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BucketArgs {
+    /// The S3 endpoint (e.g. http://127.0.0.1:9000); default: AWS.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// The bucket's region (default us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// A file holding the access key id.
+    #[arg(long)]
+    pub access_key_file: Option<std::path::PathBuf>,
+    /// A file holding the secret access key.
+    #[arg(long)]
+    pub secret_key_file: Option<std::path::PathBuf>,
+    /// Upload at most this many KiB/s (`remotes add`).
+    #[arg(long)]
+    pub max_kib_per_sec: Option<u64>,
+    /// How often a running node pushes what changed, in seconds
+    /// (`remotes add`; default 15).
+    #[arg(long, value_name = "SECS")]
+    pub every: Option<u64>,
+}
+
+impl BucketArgs {
+    /// Remote `name` at `url` as these options describe it.
+    pub fn spec(
+        &self,
+        name: &str,
+        url: &str,
+        folders: Vec<String>,
+    ) -> Result<sovryn_remote::RemoteSpec> {
+        Ok(sovryn_remote::RemoteSpec {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            folders,
+            max_kib_per_sec: self.max_kib_per_sec,
+            every_secs: self.every,
+        }
+        .checked()?)
+    }
+
+    /// The key pair from the two files (none for a remote that needs none).
+    pub fn credentials(
+        &self,
+        spec: &sovryn_remote::RemoteSpec,
+    ) -> Result<sovryn_remote::Credentials> {
+        if !spec.needs_keys() {
+            return Ok(sovryn_remote::Credentials::none());
+        }
+        let (Some(a), Some(s)) = (&self.access_key_file, &self.secret_key_file) else {
+            bail!("a bucket needs --access-key-file FILE and --secret-key-file FILE");
+        };
+        Ok(sovryn_remote::Credentials::from_files(a, s)?)
+    }
+}
+
 /// Runs a `remotes` action; `chosen` are the folders given with `-F`.
 pub fn remotes(ctx: &Ctx, action: RemotesAction, chosen: &[String]) -> Result<()> {
     let home = &ctx.home.dir;
@@ -56,7 +115,7 @@ pub fn remotes(ctx: &Ctx, action: RemotesAction, chosen: &[String]) -> Result<()
                 folders::find(&ctx.home, f)?;
             }
             let spec = bucket.spec(&name, &url, chosen.to_vec())?;
-            let creds = bucket.credentials(&url)?;
+            let creds = bucket.credentials(&spec)?;
             // Refused before anything is kept when the bucket cannot be reached.
             let runtime = tokio::runtime::Runtime::new()?;
             let opened = runtime.block_on(open(ctx, &spec, &creds))?;

@@ -147,7 +147,7 @@ pub(crate) fn join_handler(node: Home, node_key: MasterKey) -> JoinHandler {
 }
 
 fn admit(node: &Home, node_key: &MasterKey, req: JoinRequest) -> anyhow::Result<serde_json::Value> {
-    let grant: Grant = serde_json::from_value(req.grant.clone())?;
+    let grant = Grant::deserialize(&req.grant)?;
     if grant.backup {
         return admit_backup(node, req, grant);
     }
@@ -179,8 +179,6 @@ fn admit(node: &Home, node_key: &MasterKey, req: JoinRequest) -> anyhow::Result<
             read_only: grant.read_only,
         });
     }
-    let cfg = Config::load(node)?;
-    let me = sovryn_engine::identity::load(&node.identity())?.public();
     // The other members reach the joiner through the signed device list
     // of each folder it was granted, not through this bundle (which would
     // tell it about folders it was not granted).
@@ -193,13 +191,20 @@ fn admit(node: &Home, node_key: &MasterKey, req: JoinRequest) -> anyhow::Result<
     );
     Ok(serde_json::to_value(Bundle {
         folders: granted,
-        inviter: Device {
-            id: me.to_string(),
-            name: Some(cfg.node_name.clone()),
-            addresses: Vec::new(),
-        },
+        inviter: this_node(node)?,
         devices,
     })?)
+}
+
+/// This node as a joiner is told of it.
+fn this_node(node: &Home) -> anyhow::Result<Device> {
+    Ok(Device {
+        id: sovryn_engine::identity::load(&node.identity())?
+            .public()
+            .to_string(),
+        name: Some(Config::load(node)?.node_name),
+        addresses: Vec::new(),
+    })
 }
 
 /// A backup peer joined: it is recorded as a remote of the folders the
@@ -213,17 +218,13 @@ fn admit_backup(node: &Home, req: JoinRequest, grant: Grant) -> anyhow::Result<s
     })?;
     let short = hex::encode(&req.joiner.as_bytes()[..4]);
     let spec = sovryn_remote::RemoteSpec {
-        name: format!("backup-{short}"),
-        url: format!("peer://{}@{addr}", req.joiner),
-        endpoint: None,
-        region: None,
         folders: grant.folders.clone(),
-        max_kib_per_sec: None,
-        every_secs: None,
+        ..sovryn_remote::RemoteSpec::new(
+            &format!("backup-{short}"),
+            format!("peer://{}@{addr}", req.joiner),
+        )
     };
     sovryn_remote::target::add(&node.dir, spec, &sovryn_remote::Credentials::none())?;
-    let cfg = Config::load(node)?;
-    let me = sovryn_engine::identity::load(&node.identity())?.public();
     tracing::info!(
         "backup node {} ({}) joined: it keeps {} sealed",
         req.joiner.fmt_short(),
@@ -232,10 +233,6 @@ fn admit_backup(node: &Home, req: JoinRequest, grant: Grant) -> anyhow::Result<s
     );
     Ok(serde_json::to_value(BackupBundle {
         backup: true,
-        inviter: Device {
-            id: me.to_string(),
-            name: Some(cfg.node_name.clone()),
-            addresses: Vec::new(),
-        },
+        inviter: this_node(node)?,
     })?)
 }

@@ -21,7 +21,7 @@ const CREDENTIALS_DIR: &str = "remotes";
 pub struct RemoteSpec {
     /// Its name (letters, digits, `-`, `_`; at most 32).
     pub name: String,
-    /// `s3://BUCKET/PREFIX`.
+    /// `s3://BUCKET/PREFIX`, `file:///DIR` or `peer://ID@HOST:PORT`.
     pub url: String,
     /// The S3 endpoint (`http://127.0.0.1:9000`); none: AWS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,21 +39,6 @@ pub struct RemoteSpec {
     /// seconds (default 15).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every_secs: Option<u64>,
-}
-
-impl RemoteSpec {
-    /// For `peer://ID@HOST:PORT`, the peer's id (hex) and address.
-    pub fn peer(&self) -> Option<(String, std::net::SocketAddr)> {
-        match parse_location(&self.url) {
-            Ok(Location::Peer { id, addr }) => Some((id, addr)),
-            _ => None,
-        }
-    }
-
-    /// How often a running node looks whether the bucket needs a push.
-    pub fn every(&self) -> Duration {
-        Duration::from_secs(self.every_secs.unwrap_or(15).clamp(1, 24 * 3600))
-    }
 }
 
 /// An access key pair. Never printed.
@@ -99,6 +84,37 @@ impl Credentials {
 }
 
 impl RemoteSpec {
+    /// Remote `name` at `url`, with no other option set.
+    pub fn new(name: &str, url: String) -> Self {
+        RemoteSpec {
+            name: name.to_owned(),
+            url,
+            endpoint: None,
+            region: None,
+            folders: Vec::new(),
+            max_kib_per_sec: None,
+            every_secs: None,
+        }
+    }
+
+    /// For `peer://ID@HOST:PORT`, the peer's id (hex) and address.
+    pub fn peer(&self) -> Option<(String, std::net::SocketAddr)> {
+        match parse_location(&self.url) {
+            Ok(Location::Peer { id, addr }) => Some((id, addr)),
+            _ => None,
+        }
+    }
+
+    /// Whether it takes an access key pair (an S3 bucket does).
+    pub fn needs_keys(&self) -> bool {
+        matches!(parse_location(&self.url), Ok(Location::S3 { .. }))
+    }
+
+    /// How often a running node looks whether the bucket needs a push.
+    pub fn every(&self) -> Duration {
+        Duration::from_secs(self.every_secs.unwrap_or(15).clamp(1, 24 * 3600))
+    }
+
     /// Checks a spec given by the user.
     pub fn checked(self) -> Result<Self> {
         let ok_name = !self.name.is_empty()
@@ -368,15 +384,7 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
-        let spec = |name: &str| RemoteSpec {
-            name: name.into(),
-            url: "s3://bkt/p".into(),
-            endpoint: None,
-            region: None,
-            folders: vec![],
-            max_kib_per_sec: None,
-            every_secs: None,
-        };
+        let spec = |name: &str| RemoteSpec::new(name, "s3://bkt/p".into());
         assert!(spec("ok_1").checked().is_ok());
         assert_eq!(
             parse_location("file:///mnt/nas/x").unwrap(),
