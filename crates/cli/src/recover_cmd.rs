@@ -137,6 +137,8 @@ struct Opened {
     key: VaultKey,
     contents: vault::Contents,
     keys: Vec<(FolderName, MasterKey)>,
+    /// The default folder's key, which is the node's.
+    node_key: MasterKey,
     identity: SecretKey,
 }
 
@@ -164,19 +166,23 @@ fn open_vault(pass: &str, envelope: &vault::Envelope) -> Result<Opened> {
             MasterKey::from_hex(&f.key).context("the vault holds a bad folder key")?,
         ));
     }
-    if !keys.iter().any(|(n, _)| n.is_default()) {
-        bail!("the vault has no default folder");
-    }
+    let node_key = keys
+        .iter()
+        .find(|(n, _)| n.is_default())
+        .map(|(_, k)| k.clone())
+        .context("the vault has no default folder")?;
     Ok(Opened {
         key,
         contents,
         keys,
+        node_key,
         identity,
     })
 }
 
 /// `sovryn recover`: rebuilds a lost device from `from`: `ID@HOST:PORT`
-/// of a member, or `s3://BUCKET/PREFIX` of a remote. Nothing is written
+/// of a member, or backups (buckets, directories, backup nodes) taken in
+/// turn. Nothing is written
 /// before the vault opened.
 pub fn recover(
     ctx: &Ctx,
@@ -246,13 +252,9 @@ pub fn recover(
         key,
         mut contents,
         keys,
+        node_key,
         identity,
     } = open_vault(&pass, &envelope)?;
-    let node_key = keys
-        .iter()
-        .find(|(n, _)| n.is_default())
-        .map(|(_, k)| k.clone())
-        .context("the vault has no default folder")?;
     let peer = match &source {
         Source::Member(id, sock) => Some(PeerConfig::checked(
             id,

@@ -9,21 +9,11 @@ mod mesh;
 
 use std::path::Path;
 
-use mesh::{files_under, tree, Peer};
-
-const PASSPHRASE: &str = "a long vault passphrase for the tests";
+use mesh::{files_under, recover_new, tree, with_vault, Peer};
 
 /// A running member with a vault, and a running backup node it pushed to.
 fn member_and_backup() -> (Peer, Peer, std::path::PathBuf) {
-    let mut a = Peer::new("alpha", None);
-    let pf = a.dir.path().join("vault.pass");
-    std::fs::write(&pf, PASSPHRASE).unwrap();
-    a.ok(&[
-        "vault",
-        "init",
-        "--vault-passphrase-file",
-        pf.to_str().unwrap(),
-    ]);
+    let (mut a, pf) = with_vault("alpha");
     a.up();
     let code = a.json(&["invite", "--backup"])["code"]
         .as_str()
@@ -54,24 +44,10 @@ fn recover_from(b: &Peer, pass: &Path) -> (Peer, std::process::Output) {
 
 /// `recover --json --from B [--from OTHER]...` into a fresh home.
 fn recover_from_all(b: &Peer, others: &[&str], pass: &Path) -> (Peer, std::process::Output) {
-    let r = Peer::newcomer();
     let from_b = format!("{}@127.0.0.1:{}", b.id, b.port);
-    let listen = format!("127.0.0.1:{}", r.port);
-    let root = r.root.to_str().unwrap().to_owned();
-    let mut args = vec![
-        "--json",
-        "--passphrase-file",
-        pass.to_str().unwrap(),
-        "recover",
-        "--from",
-        &from_b,
-    ];
-    for o in others {
-        args.extend(["--from", o]);
-    }
-    args.extend(["--storage-path", &root, "--listen", &listen]);
-    let out = r.cmd(&args).output().unwrap();
-    (r, out)
+    let mut from = vec![from_b.as_str()];
+    from.extend_from_slice(others);
+    recover_new(pass, &from, &[])
 }
 
 #[test]

@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesh::{files_under, tree, Peer};
+use mesh::{files_under, recover_new, tree, with_vault, Peer};
 
 const BUCKET_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/bucket.py");
-const PASSPHRASE: &str = "a long vault passphrase for the tests";
 
 /// A moto S3 server on 127.0.0.1, stopped when dropped.
 struct S3 {
@@ -124,15 +123,7 @@ fn strs(v: &[String]) -> Vec<&str> {
 
 /// A node whose folder is backed up to the bucket (vault made, remote added).
 fn backed_up(s3: &S3, extra: &[&str]) -> (Peer, PathBuf) {
-    let a = Peer::new("alpha", None);
-    let pf = a.dir.path().join("vault.pass");
-    std::fs::write(&pf, PASSPHRASE).unwrap();
-    a.ok(&[
-        "vault",
-        "init",
-        "--vault-passphrase-file",
-        pf.to_str().unwrap(),
-    ]);
+    let (a, pf) = with_vault("alpha");
     let mut add = vec![
         "remotes".to_owned(),
         "add".into(),
@@ -147,22 +138,7 @@ fn backed_up(s3: &S3, extra: &[&str]) -> (Peer, PathBuf) {
 
 /// `recover --from s3://…` into a fresh home.
 fn recover(s3: &S3, pass_file: &Path) -> (Peer, std::process::Output) {
-    let r = Peer::newcomer();
-    let mut args = vec![
-        "--json".to_owned(),
-        "--passphrase-file".into(),
-        pass_file.display().to_string(),
-        "recover".into(),
-        "--from".into(),
-        "s3://bkt/backups".into(),
-        "--storage-path".into(),
-        r.root.display().to_string(),
-        "--listen".into(),
-        format!("127.0.0.1:{}", r.port),
-    ];
-    args.extend(s3.args());
-    let out = r.cmd(&strs(&args)).output().unwrap();
-    (r, out)
+    recover_new(pass_file, &["s3://bkt/backups"], &s3.args())
 }
 
 #[test]
@@ -426,15 +402,7 @@ fn a_running_node_keeps_the_bucket_current_by_itself() {
 
 #[test]
 fn a_directory_remote_shows_no_name_and_rebuilds_a_node_alone() {
-    let a = Peer::new("alpha", None);
-    let pf = a.dir.path().join("vault.pass");
-    std::fs::write(&pf, PASSPHRASE).unwrap();
-    a.ok(&[
-        "vault",
-        "init",
-        "--vault-passphrase-file",
-        pf.to_str().unwrap(),
-    ]);
+    let (a, pf) = with_vault("alpha");
     let nas = tempfile::tempdir().unwrap();
     let url = format!("file://{}/sovryn", nas.path().display());
     a.ok(&["remotes", "add", "nas", &url]);
@@ -459,21 +427,7 @@ fn a_directory_remote_shows_no_name_and_rebuilds_a_node_alone() {
             "{name} shows plaintext"
         );
     }
-    let r = Peer::newcomer();
-    let out = r
-        .cmd(&[
-            "--passphrase-file",
-            pf.to_str().unwrap(),
-            "recover",
-            "--from",
-            &url,
-            "--storage-path",
-            r.root.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{}", r.port),
-        ])
-        .output()
-        .unwrap();
+    let (r, out) = recover_new(&pf, &[&url], &[]);
     assert!(
         out.status.success(),
         "{}",

@@ -59,19 +59,5 @@ pub enum Error {
     },
 }
 
-/// Syncs a file just written, then its directory.
-pub(crate) fn fsync_with_parent(file: &std::path::Path) -> Result<()> {
-    let sync = |p: &std::path::Path| -> std::io::Result<()> { std::fs::File::open(p)?.sync_all() };
-    let io = |e| Error::Io {
-        path: file.to_owned(),
-        source: e,
-    };
-    sync(file).map_err(io)?;
-    if let Some(parent) = file.parent() {
-        sync(parent).map_err(io)?;
-    }
-    Ok(())
-}
-
 /// The result type of remotes.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

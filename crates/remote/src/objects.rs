@@ -146,14 +146,14 @@ pub fn directory(dir: &std::path::Path) -> Result<Arc<dyn Objects>> {
 
 /// An `object_store` store as [`Objects`]; `dir` for a local directory,
 /// whose puts are synced (file and directory) before they count.
-pub struct ObjectStoreObjects {
+pub(crate) struct ObjectStoreObjects {
     store: Arc<dyn ObjectStore>,
     dir: Option<PathBuf>,
 }
 
 impl ObjectStoreObjects {
     /// Wraps `store`.
-    pub fn new(store: Arc<dyn ObjectStore>, dir: Option<PathBuf>) -> Self {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, dir: Option<PathBuf>) -> Self {
         ObjectStoreObjects { store, dir }
     }
 }
@@ -166,9 +166,16 @@ impl Objects for ObjectStoreObjects {
                 .await?;
             if let Some(dir) = &self.dir {
                 let file = dir.join(path.as_ref());
-                tokio::task::spawn_blocking(move || crate::fsync_with_parent(&file))
-                    .await
-                    .map_err(|e| Error::Spec(format!("syncing a put: {e}")))??;
+                tokio::task::spawn_blocking(move || -> Result<()> {
+                    let synced = std::fs::File::open(&file).and_then(|f| f.sync_all());
+                    synced.map_err(|e| Error::Io {
+                        path: file.clone(),
+                        source: e,
+                    })?;
+                    Ok(sovryn_store::fsync_parent(&file)?)
+                })
+                .await
+                .map_err(|e| Error::Spec(format!("syncing a put: {e}")))??;
             }
             Ok(())
         }

@@ -218,6 +218,45 @@ impl Peer {
     }
 }
 
+/// The vault passphrase of the backup tests.
+pub const VAULT_PASSPHRASE: &str = "a long vault passphrase for the tests";
+
+/// A node named `name` with a vault sealed by [`VAULT_PASSPHRASE`], and
+/// the file holding that passphrase.
+pub fn with_vault(name: &str) -> (Peer, PathBuf) {
+    let a = Peer::new(name, None);
+    let pf = a.dir.path().join("vault.pass");
+    std::fs::write(&pf, VAULT_PASSPHRASE).unwrap();
+    a.ok(&[
+        "vault",
+        "init",
+        "--vault-passphrase-file",
+        pf.to_str().unwrap(),
+    ]);
+    (a, pf)
+}
+
+/// `sovryn --json recover --from F...` (with `extra` options) into a fresh
+/// home, the passphrase from `pass`.
+pub fn recover_new(pass: &Path, from: &[&str], extra: &[String]) -> (Peer, std::process::Output) {
+    let r = Peer::newcomer();
+    let listen = format!("127.0.0.1:{}", r.port);
+    let root = r.root.to_str().unwrap().to_owned();
+    let mut args = vec![
+        "--json",
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+        "recover",
+    ];
+    for f in from {
+        args.extend(["--from", f]);
+    }
+    args.extend(["--storage-path", &root, "--listen", &listen]);
+    args.extend(extra.iter().map(String::as_str));
+    let out = r.cmd(&args).output().unwrap();
+    (r, out)
+}
+
 /// Every file under `dir`, with its path from `dir`.
 pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
