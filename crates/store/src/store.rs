@@ -349,18 +349,21 @@ impl Store {
         Ok(store)
     }
 
+    /// The index's file.
+    pub(crate) fn db_path(&self) -> Result<PathBuf> {
+        self.db
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::Corrupt("the index has no file".into()))
+    }
+
     /// A second, read-only handle on the same index and packs, for queries
     /// (change log, chunk reads) that should not wait for this handle's
     /// writes. It sees what is committed; chunks appended but not yet
     /// flushed or committed are not visible through it.
     pub fn reader(&self) -> Result<Store> {
-        let path = self
-            .db
-            .path()
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .ok_or_else(|| Error::Corrupt("the index has no file".into()))?;
-        let db = Connection::open(&path)?;
+        let db = Connection::open(self.db_path()?)?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         db.pragma_update(None, "query_only", "ON")?;
         Ok(Store {

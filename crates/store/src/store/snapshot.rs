@@ -57,14 +57,8 @@ impl Store {
     /// Writes a consistent copy of the index (what is committed now) to
     /// `dest`, a path that must not exist, without blocking the writer.
     pub fn snapshot_index(&self, dest: &Path) -> Result<()> {
-        let path = self
-            .db
-            .path()
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .ok_or_else(|| Error::Corrupt("the index has no file".into()))?;
         let db = Connection::open_with_flags(
-            &path,
+            self.db_path()?,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
