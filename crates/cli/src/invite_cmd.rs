@@ -205,6 +205,13 @@ pub fn devices(ctx: &Ctx, action: DevicesAction) -> Result<()> {
                     d["vouched_by"].as_array().map_or(0, |v| v.len()),
                 );
             }
+            for b in answer["backups"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{}  {}  backup node (no key)",
+                    b["id"].as_str().unwrap_or("?"),
+                    b["name"].as_str().unwrap_or("-"),
+                );
+            }
             for r in answer["revoked"].as_array().cloned().unwrap_or_default() {
                 println!("{}  revoked", r.as_str().unwrap_or("?"));
             }

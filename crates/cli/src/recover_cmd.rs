@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sovryn_engine::config::PeerConfig;
-use sovryn_engine::devices::{DeviceList, DeviceOp, OpKind};
+use sovryn_engine::devices::{DeviceList, DeviceOp, OpKind, Role};
 use sovryn_engine::folders::{self, FolderName};
 use sovryn_engine::identity::{PublicKey, SecretKey};
 use sovryn_engine::vault::{self, VaultKey, FOLDERS_ENTRY, RECOVERY_ENTRY};
@@ -122,7 +122,7 @@ fn vouch_for_recovery(
                 OpKind::Add,
                 recovery,
                 Some("recovery".into()),
-                false,
+                Role::Member,
                 Vec::new(),
             ));
         }

@@ -80,13 +80,12 @@ impl BucketArgs {
         folders: Vec<String>,
     ) -> Result<sovryn_remote::RemoteSpec> {
         Ok(sovryn_remote::RemoteSpec {
-            name: name.to_owned(),
-            url: url.to_owned(),
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             folders,
             max_kib_per_sec: self.max_kib_per_sec,
             every_secs: self.every,
+            ..sovryn_remote::RemoteSpec::new(name, url.to_owned())
         }
         .checked()?)
     }

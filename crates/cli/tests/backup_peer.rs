@@ -201,7 +201,7 @@ fn a_backup_peer_that_rolls_back_is_noticed_and_filled_again() {
 }
 
 #[test]
-fn the_folders_members_may_write_and_a_revoked_one_may_not() {
+fn every_member_keeps_the_folder_on_a_listed_backup_node_and_a_revoked_one_may_not() {
     let (a, b, _) = member_and_backup();
     // C joins A's folder as a member; A's device list then names it.
     let code = a.json(&["invite"])["code"].as_str().unwrap().to_owned();
@@ -233,10 +233,25 @@ fn the_folders_members_may_write_and_a_revoked_one_may_not() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // C learns of the backup node from the signed device list A gossips,
+    // and keeps the folder there too, with nothing set up by hand.
+    let deadline = std::time::Instant::now() + mesh::CONVERGE;
+    loop {
+        let remotes = c.json(&["remotes", "list"]);
+        if remotes.to_string().contains(&b.id) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "C never learned of the backup node: {remotes}\n{}",
+            c.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let listed = c.json(&["devices", "list"]);
+    assert!(listed["backups"].to_string().contains(&b.id), "{listed}");
     // A's push hands the list to the backup node: C may write there now.
     a.ok(&["remotes", "sync"]);
-    let backup = format!("peer://{}@127.0.0.1:{}", b.id, b.port);
-    c.ok(&["remotes", "add", "b", &backup]);
     c.write("from-gamma.txt", b"gamma's words");
     c.settle();
     let from_c = c.json(&["remotes", "sync"]);
@@ -268,4 +283,12 @@ fn the_folders_members_may_write_and_a_revoked_one_may_not() {
     c.settle();
     let err = c.fails_with(&["remotes", "sync"]);
     assert!(err.contains("not a member"), "{err}");
+
+    // The backup node revoked: no member pushes to it any more.
+    a.ok(&["devices", "revoke", &b.id]);
+    let deadline = std::time::Instant::now() + mesh::CONVERGE;
+    while a.json(&["remotes", "list"]).to_string().contains(&b.id) {
+        assert!(std::time::Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -640,7 +640,7 @@ async fn narrowing_a_connected_peer_applies_at_once() {
 /// operation a full member signed, relayed by the same peer, does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_device_operations_change_no_peer() {
-    use sovryn_engine::devices::{DeviceOp, OpKind};
+    use sovryn_engine::devices::{DeviceOp, OpKind, Role};
     let (n, port) = node_with_files();
     let key = n.folder_key();
     let (mkey, _) = keys(&key);
@@ -663,7 +663,7 @@ async fn forged_device_operations_change_no_peer() {
         SecretKey::generate(),
     );
     let op = |by: &SecretKey, kind, who: &SecretKey, f: &str| {
-        DeviceOp::new(f, by, kind, &who.public(), None, false, vec![])
+        DeviceOp::new(f, by, kind, &who.public(), None, Role::Member, vec![])
     };
     let mut tampered = op(&beta, OpKind::Add, &x, &folder);
     tampered.device = y.public().to_string();

@@ -6,7 +6,7 @@
 use serde_json::json;
 use sovryn_engine::config::PeerConfig;
 use sovryn_engine::devices::{
-    apply_to_config, rotate_after_revocation, signing_roots, DeviceList, DeviceOp, OpKind,
+    apply_to_config, rotate_after_revocation, signing_roots, DeviceList, DeviceOp, OpKind, Role,
 };
 use sovryn_engine::identity::PublicKey;
 use sovryn_engine::Config;
@@ -95,7 +95,7 @@ pub(crate) async fn revoke_now(d: &Daemon, id: &str) -> serde_json::Value {
                     OpKind::Revoke,
                     &key,
                     None,
-                    false,
+                    Role::Member,
                     Vec::new(),
                 ));
                 Ok(list.clone())
@@ -158,9 +158,15 @@ pub(crate) async fn list_now(d: &Daemon) -> serde_json::Value {
                     })
                 })
                 .collect();
+            let backups: Vec<serde_json::Value> = members
+                .backups
+                .values()
+                .map(|o| json!({"id": o.device, "name": o.name, "addresses": o.addresses, "added_by": o.by}))
+                .collect();
             Ok(json!({
                 "ok": true,
                 "devices": devices,
+                "backups": backups,
                 "revoked": members.revoked,
                 "operations": list.ops.len(),
             }))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sovryn_engine::config::PeerConfig;
+use sovryn_engine::devices::{DeviceList, DeviceOp, OpKind, Role};
 use sovryn_engine::folders::{self, FolderName};
 use sovryn_engine::{Config, Home};
 use sovryn_net::invite::{JoinHandler, JoinRequest};
@@ -149,7 +150,7 @@ pub(crate) fn join_handler(node: Home, node_key: MasterKey) -> JoinHandler {
 fn admit(node: &Home, node_key: &MasterKey, req: JoinRequest) -> anyhow::Result<serde_json::Value> {
     let grant = Grant::deserialize(&req.grant)?;
     if grant.backup {
-        return admit_backup(node, req, grant);
+        return admit_backup(node, node_key, req, grant);
     }
     let addresses: Vec<String> = req.addrs.iter().map(|a| a.to_string()).collect();
     let name = Some(req.name.clone()).filter(|n| !n.trim().is_empty());
@@ -157,11 +158,7 @@ fn admit(node: &Home, node_key: &MasterKey, req: JoinRequest) -> anyhow::Result<
     for raw in &grant.folders {
         let fname = FolderName::parse(raw)?;
         let home = folders::folder_home(node, &fname);
-        let key = if fname.is_default() {
-            node_key.clone()
-        } else {
-            folders::open_key(&home, node_key)?
-        };
+        let key = folder_key(node_key, &fname, &home)?;
         let peer = PeerConfig::checked(
             &req.joiner,
             addresses.clone(),
@@ -196,6 +193,15 @@ fn admit(node: &Home, node_key: &MasterKey, req: JoinRequest) -> anyhow::Result<
     })?)
 }
 
+/// The key of folder `name` (at `home`), which the node's key opens.
+fn folder_key(node_key: &MasterKey, name: &FolderName, home: &Home) -> anyhow::Result<MasterKey> {
+    Ok(if name.is_default() {
+        node_key.clone()
+    } else {
+        folders::open_key(home, node_key)?
+    })
+}
+
 /// This node as a joiner is told of it.
 fn this_node(node: &Home) -> anyhow::Result<Device> {
     Ok(Device {
@@ -207,24 +213,44 @@ fn this_node(node: &Home) -> anyhow::Result<Device> {
     })
 }
 
-/// A backup peer joined: it is recorded as a remote of the folders the
-/// invite names (this node pushes their sealed objects to it) and is sent
-/// no key.
-fn admit_backup(node: &Home, req: JoinRequest, grant: Grant) -> anyhow::Result<serde_json::Value> {
-    let addr = req.addrs.first().ok_or_else(|| {
-        anyhow::anyhow!(
-            "the backup node gave no address to reach it (join with --listen HOST:PORT)"
-        )
-    })?;
-    let short = hex::encode(&req.joiner.as_bytes()[..4]);
-    let spec = sovryn_remote::RemoteSpec {
-        folders: grant.folders.clone(),
-        ..sovryn_remote::RemoteSpec::new(
-            &format!("backup-{short}"),
-            format!("peer://{}@{addr}", req.joiner),
-        )
-    };
-    sovryn_remote::target::add(&node.dir, spec, &sovryn_remote::Credentials::none())?;
+/// A backup peer joined: an add with the backup role, signed here, goes
+/// into the device list of each folder the invite names, so every member
+/// learns of it and pushes those folders' sealed objects to it (as a
+/// remote, `crate::remotes`). It is sent no key.
+fn admit_backup(
+    node: &Home,
+    node_key: &MasterKey,
+    req: JoinRequest,
+    grant: Grant,
+) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        !req.addrs.is_empty(),
+        "the backup node gave no address to reach it (join with --listen HOST:PORT)"
+    );
+    let addresses: Vec<String> = req.addrs.iter().map(|a| a.to_string()).collect();
+    let secret = sovryn_engine::identity::load(&node.identity())?;
+    let name = Some(req.name.clone()).filter(|n| !n.trim().is_empty() && n.len() <= 64);
+    for raw in &grant.folders {
+        let fname = FolderName::parse(raw)?;
+        let home = folders::folder_home(node, &fname);
+        let folder_id = folder_key(node_key, &fname, &home)?.derive().folder_id;
+        DeviceList::update(&home, |list| {
+            list.ops.push(DeviceOp::new(
+                &folder_id,
+                &secret,
+                OpKind::Add,
+                &req.joiner,
+                name.clone(),
+                Role::Backup,
+                addresses.clone(),
+            ));
+            Ok(())
+        })?;
+        let (_, listed) = crate::remotes::listed_backups(&home, &secret.public())?;
+        sovryn_remote::target::follow_listed_backups(&node.dir, fname.as_str(), &listed)?;
+        // Members hear of it now (the folder's sessions send the list).
+        let _ = crate::control::request(&home, &crate::control::Request::SharedStateChanged);
+    }
     tracing::info!(
         "backup node {} ({}) joined: it keeps {} sealed",
         req.joiner.fmt_short(),

@@ -37,8 +37,18 @@ pub(crate) async fn keep_current(d: Arc<Daemon>) -> anyhow::Result<()> {
         d.home.clone()
     };
     let mut sent: HashMap<String, Sent> = HashMap::new();
+    let mut followed: Option<blake3::Hash> = None;
     loop {
         tokio::time::sleep(TICK).await;
+        let name = folders::list(&node_home)
+            .ok()
+            .and_then(|all| all.into_iter().find(|f| f.home.dir == d.home.dir))
+            .map(|f| f.name.as_str().to_owned());
+        if let Some(name) = &name {
+            if let Err(e) = follow_device_list(&d, &node_home, name, &mut followed).await {
+                tracing::warn!("remotes: following the device list: {e:#}");
+            }
+        }
         let specs = match target::load(&node_home.dir) {
             Ok(s) => s,
             Err(e) => {
@@ -49,10 +59,6 @@ pub(crate) async fn keep_current(d: Arc<Daemon>) -> anyhow::Result<()> {
         if specs.is_empty() {
             continue;
         }
-        let name = folders::list(&node_home)
-            .ok()
-            .and_then(|all| all.into_iter().find(|f| f.home.dir == d.home.dir))
-            .map(|f| f.name.as_str().to_owned());
         for spec in specs {
             let keeps = name
                 .as_ref()
@@ -72,6 +78,62 @@ pub(crate) async fn keep_current(d: Arc<Daemon>) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The backup nodes the folder's device list names become remotes keeping
+/// the folder (and a revoked one keeps it no more), whichever member
+/// invited them: every member pushes to them. Looked at when the list
+/// changed since `followed`.
+async fn follow_device_list(
+    d: &Arc<Daemon>,
+    node_home: &sovryn_engine::Home,
+    folder: &str,
+    followed: &mut Option<blake3::Hash>,
+) -> anyhow::Result<()> {
+    let (home, node_dir, folder, me) = (
+        d.home.clone(),
+        node_home.dir.clone(),
+        folder.to_owned(),
+        d.net.id(),
+    );
+    let seen = *followed;
+    let now = tokio::task::spawn_blocking(move || -> anyhow::Result<blake3::Hash> {
+        let (hash, listed) = listed_backups(&home, &me)?;
+        if seen != Some(hash) && target::follow_listed_backups(&node_dir, &folder, &listed)? {
+            tracing::info!(
+                "remotes: folder {folder} is kept by {} backup node(s) of its device list",
+                listed.len()
+            );
+        }
+        Ok(hash)
+    })
+    .await??;
+    *followed = Some(now);
+    Ok(())
+}
+
+/// The backup nodes the device list of the folder in `home` names (not
+/// revoked, with an address), and a hash of what they follow from.
+pub(crate) fn listed_backups(
+    home: &sovryn_engine::Home,
+    me: &sovryn_engine::identity::PublicKey,
+) -> anyhow::Result<(blake3::Hash, Vec<target::ListedBackup>)> {
+    let list = sovryn_engine::devices::DeviceList::load(home)?;
+    let peers = sovryn_engine::Config::load(home)?.peers;
+    let hash = blake3::hash(&serde_json::to_vec(&(&list.ops, &peers))?);
+    let members = list.members(&sovryn_engine::devices::signing_roots(me, &peers));
+    let listed = members
+        .backups
+        .values()
+        .filter_map(|op| {
+            let address = op.addresses.iter().find_map(|a| a.parse().ok())?;
+            Some(target::ListedBackup {
+                id: op.device.clone(),
+                address,
+            })
+        })
+        .collect();
+    Ok((hash, listed))
 }
 
 /// Pushes the folder (and, on the node's daemon, the vault) to `spec` when

@@ -701,23 +701,7 @@ fn valid_cidr(s: &str) -> bool {
 /// Runs `f` holding the exclusive lock file `name` in `home` (processes
 /// and threads that edit one file of the home take turns).
 pub fn with_lock<T>(home: &Home, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
-    let path = home.dir.join(name);
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    // SAFETY: flock on a descriptor we own; released when `lock` drops.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(Error::io(&path, std::io::Error::last_os_error()));
-    }
-    let out = f();
-    drop(lock);
-    out
+    sovryn_store::with_file_lock(&home.dir.join(name), f)
 }
 
 #[cfg(test)]

@@ -50,6 +50,10 @@ pub struct DeviceOp {
     /// Its changes are not taken.
     #[serde(default)]
     pub read_only: bool,
+    /// A backup node: it keeps the folder's sealed objects, holds no key,
+    /// and is never a sync peer or a signer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
     /// Where it listens (`HOST:PORT`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
@@ -69,9 +73,23 @@ struct Signed<'a> {
     device: &'a str,
     name: &'a Option<String>,
     read_only: bool,
+    // Absent when false, so operations signed before roles existed check.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    backup: bool,
     addresses: &'a [String],
     by: &'a str,
     at_ms: u64,
+}
+
+/// What an added device is to the folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A full member: its changes are taken, and it may add devices.
+    Member,
+    /// A member whose changes are not taken.
+    ReadOnly,
+    /// A backup node: sealed objects only, no key.
+    Backup,
 }
 
 impl DeviceOp {
@@ -83,6 +101,7 @@ impl DeviceOp {
             device: &self.device,
             name: &self.name,
             read_only: self.read_only,
+            backup: self.backup,
             addresses: &self.addresses,
             by: &self.by,
             at_ms: self.at_ms,
@@ -97,14 +116,15 @@ impl DeviceOp {
         kind: OpKind,
         device: &PublicKey,
         name: Option<String>,
-        read_only: bool,
+        role: Role,
         addresses: Vec<String>,
     ) -> DeviceOp {
         let mut op = DeviceOp {
             kind,
             device: device.to_string(),
             name,
-            read_only,
+            read_only: role == Role::ReadOnly,
+            backup: role == Role::Backup,
             addresses,
             by: secret.public().to_string(),
             at_ms: crate::node::now_ms(),
@@ -112,6 +132,15 @@ impl DeviceOp {
         };
         op.sig = hex::encode(secret.sign(&op.signed_bytes(folder)).to_bytes());
         op
+    }
+
+    /// What the operation makes the device (for an add).
+    pub fn role(&self) -> Role {
+        match (self.backup, self.read_only) {
+            (true, _) => Role::Backup,
+            (false, true) => Role::ReadOnly,
+            (false, false) => Role::Member,
+        }
     }
 
     /// Checks a received operation: well-formed, signed by `by`, for
@@ -126,6 +155,9 @@ impl DeviceOp {
             .is_some_and(|n| n.len() > 64 || n.chars().any(char::is_control))
         {
             return Err(bad("bad name"));
+        }
+        if self.backup && self.read_only {
+            return Err(bad("a backup node is not a read-only member"));
         }
         if self.addresses.len() > 16 {
             return Err(bad("too many addresses"));
@@ -156,8 +188,10 @@ pub struct DeviceList {
 /// Who is a member, as the operations say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Members {
-    /// Devices added and not revoked, with the newest counted add of each.
+    /// Members added and not revoked, with the newest counted add of each.
     pub added: BTreeMap<String, DeviceOp>,
+    /// Backup nodes added and not revoked, likewise: never members.
+    pub backups: BTreeMap<String, DeviceOp>,
     /// Devices revoked.
     pub revoked: BTreeSet<String>,
     /// Who may sign operations (roots included).
@@ -235,7 +269,10 @@ impl DeviceList {
             loop {
                 let before = signers.len();
                 for o in newest.values() {
-                    if !o.read_only && signers.contains(&o.by) && !revoked.contains(&o.device) {
+                    if o.role() == Role::Member
+                        && signers.contains(&o.by)
+                        && !revoked.contains(&o.device)
+                    {
                         signers.insert(o.device.clone());
                     }
                 }
@@ -262,8 +299,10 @@ impl DeviceList {
                 }
             }
         }
+        let (backups, added) = added.into_iter().partition(|(_, o)| o.backup);
         Members {
             added,
+            backups,
             revoked,
             signers,
         }
@@ -337,6 +376,7 @@ impl DeviceList {
                 .max_by_key(|o| o.at_ms);
             let same = current.is_some_and(|o| {
                 o.kind == OpKind::Add
+                    && !o.backup
                     && o.read_only == p.read_only
                     && o.addresses == p.addresses
                     && o.name == p.name
@@ -348,7 +388,11 @@ impl DeviceList {
                     OpKind::Add,
                     &id,
                     p.name.clone(),
-                    p.read_only,
+                    if p.read_only {
+                        Role::ReadOnly
+                    } else {
+                        Role::Member
+                    },
                     p.addresses.clone(),
                 ));
                 signed = true;
@@ -443,11 +487,27 @@ mod tests {
     }
 
     fn add(f: &str, by: &SecretKey, who: &SecretKey) -> DeviceOp {
-        DeviceOp::new(f, by, OpKind::Add, &who.public(), None, false, vec![])
+        DeviceOp::new(
+            f,
+            by,
+            OpKind::Add,
+            &who.public(),
+            None,
+            Role::Member,
+            vec![],
+        )
     }
 
     fn revoke(f: &str, by: &SecretKey, who: &SecretKey) -> DeviceOp {
-        DeviceOp::new(f, by, OpKind::Revoke, &who.public(), None, false, vec![])
+        DeviceOp::new(
+            f,
+            by,
+            OpKind::Revoke,
+            &who.public(),
+            None,
+            Role::Member,
+            vec![],
+        )
     }
 
     fn roots(keys: &[&SecretKey]) -> HashSet<String> {
@@ -520,7 +580,15 @@ mod tests {
         let mut list = DeviceList::default();
         list.merge(f, &roots, vec![add(f, &a, &r)]);
         // The same signer's add of R, later and read-only.
-        let mut ro = DeviceOp::new(f, &a, OpKind::Add, &r.public(), None, true, vec![]);
+        let mut ro = DeviceOp::new(
+            f,
+            &a,
+            OpKind::Add,
+            &r.public(),
+            None,
+            Role::ReadOnly,
+            vec![],
+        );
         ro.at_ms = list.ops[0].at_ms + 1;
         ro.sig = hex::encode(a.sign(&ro.signed_bytes(f)).to_bytes());
         list.merge(f, &roots, vec![ro]);
@@ -549,12 +617,42 @@ mod tests {
             f,
             &roots,
             vec![
-                DeviceOp::new(f, &a, OpKind::Add, &y.public(), None, true, vec![]),
+                DeviceOp::new(
+                    f,
+                    &a,
+                    OpKind::Add,
+                    &y.public(),
+                    None,
+                    Role::ReadOnly,
+                    vec![],
+                ),
                 add(f, &y, &z),
             ],
         );
         let m = list.members(&roots);
         assert!(has(&m, &y) && !has(&m, &z));
+    }
+
+    #[test]
+    fn a_backup_node_is_listed_but_neither_a_member_nor_a_signer() {
+        let (a, k, x) = (key(), key(), key());
+        let f = "folder";
+        let roots = roots(&[&a]);
+        let backup = DeviceOp::new(f, &a, OpKind::Add, &k.public(), None, Role::Backup, vec![]);
+        assert!(backup.check(f).is_ok());
+        let mut list = DeviceList::default();
+        assert_eq!(list.merge(f, &roots, vec![backup.clone()]), 1);
+        // What the backup node signs is not kept.
+        assert_eq!(list.merge(f, &roots, vec![add(f, &k, &x)]), 0);
+        let m = list.members(&roots);
+        assert!(!has(&m, &k) && m.backups.contains_key(&k.public().to_string()));
+        assert!(!m.signers.contains(&k.public().to_string()));
+        // The role is signed: dropping it breaks the signature.
+        let mut member = backup;
+        member.backup = false;
+        assert!(member.check(f).is_err());
+        list.merge(f, &roots, vec![revoke(f, &a, &k)]);
+        assert!(list.members(&roots).backups.is_empty());
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct RemoteSpec {
     /// seconds (default 15).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every_secs: Option<u64>,
+    /// A backup node a folder's signed device list brought (not the
+    /// user's own remote): it follows the list ([`follow_listed_backups`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub via_list: bool,
 }
 
 /// An access key pair. Never printed.
@@ -94,6 +98,7 @@ impl RemoteSpec {
             folders: Vec::new(),
             max_kib_per_sec: None,
             every_secs: None,
+            via_list: false,
         }
     }
 
@@ -306,9 +311,19 @@ fn credentials_path(home: &Path, name: &str) -> PathBuf {
         .join(format!("{name}.credentials"))
 }
 
+/// Runs `f` on the remotes of `home` under their lock (the CLI and every
+/// folder's daemon may change them).
+fn locked<T>(home: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    sovryn_store::with_file_lock(&home.join("remotes.lock"), f)
+}
+
 /// Adds a remote (its name must be new), keeping its credentials beside.
 pub fn add(home: &Path, spec: RemoteSpec, creds: &Credentials) -> Result<()> {
     let spec = spec.checked()?;
+    locked(home, || add_locked(home, spec, creds))
+}
+
+fn add_locked(home: &Path, spec: RemoteSpec, creds: &Credentials) -> Result<()> {
     let mut all = load(home)?;
     if all.iter().any(|s| s.name == spec.name) {
         return Err(Error::Spec(format!(
@@ -316,19 +331,39 @@ pub fn add(home: &Path, spec: RemoteSpec, creds: &Credentials) -> Result<()> {
             spec.name
         )));
     }
+    write_credentials(home, &spec.name, creds)?;
+    all.push(spec);
+    save(home, &all)
+}
+
+fn write_credentials(home: &Path, name: &str, creds: &Credentials) -> Result<()> {
     let dir = home.join(CREDENTIALS_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
         path: dir.clone(),
         source: e,
     })?;
     let bytes = serde_json::to_vec(creds).map_err(|e| Error::Spec(e.to_string()))?;
-    sovryn_store::keys::write_secret_file(&credentials_path(home, &spec.name), &bytes)?;
-    all.push(spec);
-    save(home, &all)
+    Ok(sovryn_store::keys::write_secret_file(
+        &credentials_path(home, name),
+        &bytes,
+    )?)
+}
+
+fn remove_credentials(home: &Path, name: &str) -> Result<()> {
+    let p = credentials_path(home, name);
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Io { path: p, source: e }),
+    }
 }
 
 /// Removes remote `name` and its credentials (what the bucket holds stays).
 pub fn remove(home: &Path, name: &str) -> Result<()> {
+    locked(home, || remove_locked(home, name))
+}
+
+fn remove_locked(home: &Path, name: &str) -> Result<()> {
     let mut all = load(home)?;
     let before = all.len();
     all.retain(|s| s.name != name);
@@ -336,12 +371,80 @@ pub fn remove(home: &Path, name: &str) -> Result<()> {
         return Err(Error::Spec(format!("no remote named '{name}'")));
     }
     save(home, &all)?;
-    let p = credentials_path(home, name);
-    match std::fs::remove_file(&p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Io { path: p, source: e }),
-    }
+    remove_credentials(home, name)
+}
+
+/// A backup node a folder's signed device list names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedBackup {
+    /// Its node id (hex).
+    pub id: String,
+    /// Where it listens.
+    pub address: std::net::SocketAddr,
+}
+
+/// Brings the remotes the device lists brought in line with folder
+/// `folder`'s list, which names `listed` (revoked ones left out): each
+/// becomes a remote keeping the folder (`backup-` and the start of its id),
+/// and a remote the list brought keeps the folder no more once the list
+/// drops it (and goes when it keeps no folder). The user's own remotes are
+/// left alone. Returns whether anything changed.
+pub fn follow_listed_backups(home: &Path, folder: &str, listed: &[ListedBackup]) -> Result<bool> {
+    locked(home, || {
+        let mut all = load(home)?;
+        let before = all.clone();
+        for b in listed {
+            let url = format!("peer://{}@{}", b.id, b.address);
+            match all
+                .iter_mut()
+                .find(|s| s.peer().is_some_and(|(id, _)| id == b.id))
+            {
+                Some(s) if s.via_list => {
+                    s.url = url;
+                    if !s.folders.iter().any(|f| f == folder) {
+                        s.folders.push(folder.to_owned());
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    let short = b.id.get(..8).unwrap_or(&b.id);
+                    let mut name = format!("backup-{short}");
+                    while all.iter().any(|s| s.name == name) {
+                        name.push('x');
+                    }
+                    let spec = RemoteSpec {
+                        folders: vec![folder.to_owned()],
+                        via_list: true,
+                        ..RemoteSpec::new(&name, url)
+                    }
+                    .checked()?;
+                    write_credentials(home, &spec.name, &Credentials::none())?;
+                    all.push(spec);
+                }
+            }
+        }
+        let mut gone = Vec::new();
+        for s in all.iter_mut().filter(|s| s.via_list) {
+            let still = s
+                .peer()
+                .is_some_and(|(id, _)| listed.iter().any(|b| b.id == id));
+            if !still {
+                s.folders.retain(|f| f != folder);
+                if s.folders.is_empty() {
+                    gone.push(s.name.clone());
+                }
+            }
+        }
+        all.retain(|s| !gone.contains(&s.name));
+        if all == before {
+            return Ok(false);
+        }
+        save(home, &all)?;
+        for name in gone {
+            remove_credentials(home, &name)?;
+        }
+        Ok(true)
+    })
 }
 
 /// Remote `name` and its credentials.
@@ -395,5 +498,35 @@ mod tests {
         }
         assert!(spec("no/slash").checked().is_err());
         assert!(spec("").checked().is_err());
+    }
+
+    #[test]
+    fn listed_backups_follow_the_device_list_and_the_users_remotes_stay() {
+        let home = tempfile::tempdir().unwrap();
+        let id = |c: char| std::iter::repeat_n(c, 64).collect::<String>();
+        let b = |c: char, port: u16| ListedBackup {
+            id: id(c),
+            address: format!("127.0.0.1:{port}").parse().unwrap(),
+        };
+        // The user's own remote on the node `c`.
+        let own = RemoteSpec::new("mine", format!("peer://{}@127.0.0.1:9", id('c')));
+        add(home.path(), own.clone(), &Credentials::none()).unwrap();
+        assert!(follow_listed_backups(home.path(), "docs", &[b('a', 1), b('c', 2)]).unwrap());
+        assert!(follow_listed_backups(home.path(), "photos", &[b('a', 3)]).unwrap());
+        assert!(!follow_listed_backups(home.path(), "photos", &[b('a', 3)]).unwrap());
+        let all = load(home.path()).unwrap();
+        assert_eq!(all.len(), 2, "{all:?}");
+        let listed = &all[1];
+        assert!(listed.via_list && listed.name == "backup-aaaaaaaa");
+        assert_eq!(listed.folders, ["docs", "photos"]);
+        assert!(listed.url.ends_with("@127.0.0.1:3"), "the newest address");
+        assert!(get(home.path(), &listed.name).is_ok());
+        assert_eq!(all[0], own);
+        // Dropped by one folder's list, then the other's: gone.
+        follow_listed_backups(home.path(), "docs", &[]).unwrap();
+        assert_eq!(load(home.path()).unwrap()[1].folders, ["photos"]);
+        follow_listed_backups(home.path(), "photos", &[]).unwrap();
+        assert_eq!(load(home.path()).unwrap(), [own]);
+        assert!(!credentials_path(home.path(), "backup-aaaaaaaa").exists());
     }
 }

@@ -105,6 +105,30 @@ pub fn fsync_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` holding an exclusive lock on the file `path` (created, mode
+/// 0600), so two processes that change one file do it one after the other.
+pub fn with_file_lock<T, E: From<Error>>(
+    path: &Path,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    // SAFETY: flock on a descriptor we own; released when `lock` drops.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(Error::io(path, std::io::Error::last_os_error()).into());
+    }
+    let out = f();
+    drop(lock);
+    out
+}
+
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
