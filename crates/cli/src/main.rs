@@ -277,7 +277,7 @@ pub enum ConfigAction {
 
 /// Default filter of the log file `sovryn up` writes (`$SOVRYN_FILE_LOG` overrides).
 const FILE_LOG: &str =
-    "warn,sovryn=info,sovryn_cli=info,sovryn_engine=info,sovryn_net=info,sovryn_store=info";
+    "warn,sovryn=info,sovryn_cli=info,sovryn_daemon=info,sovryn_engine=info,sovryn_net=info,sovryn_remote=info,sovryn_store=info";
 
 /// Logs to stderr (filter `--log`); `sovryn up` also appends JSON lines to
 /// HOME/sovryn.log (read by `sovryn logs`).

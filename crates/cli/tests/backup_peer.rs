@@ -200,10 +200,22 @@ fn a_backup_peer_that_rolls_back_is_noticed_and_filled_again() {
     assert_eq!(std::fs::read(r.root.join("second.txt")).unwrap(), b"second");
 }
 
-#[test]
-fn every_member_keeps_the_folder_on_a_listed_backup_node_and_a_revoked_one_may_not() {
-    let (a, b, _) = member_and_backup();
-    // C joins A's folder as a member; A's device list then names it.
+/// Waits until `check` holds, or fails saying `what` and showing `log`.
+fn wait_until(what: &str, log: &Peer, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + mesh::CONVERGE;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}\n{}",
+            log.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A running member C that joined A's folder and learned of backup node B
+/// from the signed device list A gossips (nothing set up by hand).
+fn member_that_learns_of(a: &Peer, b: &Peer) -> Peer {
     let code = a.json(&["invite"])["code"].as_str().unwrap().to_owned();
     let mut c = Peer::newcomer();
     let root = c.root.to_str().unwrap().to_owned();
@@ -221,33 +233,43 @@ fn every_member_keeps_the_folder_on_a_listed_backup_node_and_a_revoked_one_may_n
     ]);
     c.id = c.ok(&["id"]).trim().to_owned();
     c.up();
-    let deadline = std::time::Instant::now() + mesh::CONVERGE;
-    while !std::fs::read_to_string(a.home.join("devices.json"))
-        .unwrap_or_default()
-        .contains(&c.id)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A never listed C\n{}",
-            a.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    // C learns of the backup node from the signed device list A gossips,
-    // and keeps the folder there too, with nothing set up by hand.
-    let deadline = std::time::Instant::now() + mesh::CONVERGE;
-    loop {
-        let remotes = c.json(&["remotes", "list"]);
-        if remotes.to_string().contains(&b.id) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "C never learned of the backup node: {remotes}\n{}",
-            c.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until("A never listed C", a, || {
+        std::fs::read_to_string(a.home.join("devices.json"))
+            .unwrap_or_default()
+            .contains(&c.id)
+    });
+    wait_until("C never learned of the backup node", &c, || {
+        c.json(&["remotes", "list"]).to_string().contains(&b.id)
+    });
+    c
+}
+
+#[test]
+fn a_member_that_was_away_catches_up_from_the_backup_node_alone() {
+    let (mut a, b, _) = member_and_backup();
+    let mut c = member_that_learns_of(&a, &b);
+    c.down();
+    a.write("while-away/notes.txt", b"written while gamma was away");
+    a.settle();
+    a.ok(&["remotes", "sync"]);
+    a.down();
+    // Only the backup node is there when C comes back.
+    c.up();
+    let path = c.root.join("while-away/notes.txt");
+    wait_until("C never caught up from B", &c, || {
+        std::fs::read(&path).is_ok_and(|b| b == b"written while gamma was away")
+    });
+    assert!(
+        c.log().contains("took 1 other member snapshot"),
+        "{}",
+        c.log()
+    );
+}
+
+#[test]
+fn every_member_keeps_the_folder_on_a_listed_backup_node_and_a_revoked_one_may_not() {
+    let (a, b, _) = member_and_backup();
+    let c = member_that_learns_of(&a, &b);
     let listed = c.json(&["devices", "list"]);
     assert!(listed["backups"].to_string().contains(&b.id), "{listed}");
     // A's push hands the list to the backup node: C may write there now.
@@ -286,9 +308,7 @@ fn every_member_keeps_the_folder_on_a_listed_backup_node_and_a_revoked_one_may_n
 
     // The backup node revoked: no member pushes to it any more.
     a.ok(&["devices", "revoke", &b.id]);
-    let deadline = std::time::Instant::now() + mesh::CONVERGE;
-    while a.json(&["remotes", "list"]).to_string().contains(&b.id) {
-        assert!(std::time::Instant::now() < deadline, "{}", a.log());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until("A still pushes to the revoked backup node", &a, || {
+        !a.json(&["remotes", "list"]).to_string().contains(&b.id)
+    });
 }

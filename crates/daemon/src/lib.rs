@@ -10,6 +10,7 @@
 //!   restore, gc), run here or by the command line itself.
 //! * [`local_socket`]: sockets only this user may use.
 
+mod catch_up;
 pub mod control;
 mod devices;
 mod error;

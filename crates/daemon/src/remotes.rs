@@ -1,9 +1,12 @@
 //! Keeping remote buckets current (`sovryn_remote`): each folder's daemon
-//! pushes its folder to every remote that keeps it whenever its index has
-//! changed since the last push (looked at every `RemoteSpec::every`), and
-//! the node's daemon sends the vault too. A failed push (the bucket down) is
-//! logged and tried again next round; a push resumes from what the bucket
-//! holds, so nothing is sent twice.
+//! takes what other members pushed there while one of them is offline
+//! (`crate::catch_up`), then pushes its folder to every remote that keeps
+//! it whenever its index has changed since the last push (looked at every
+//! `RemoteSpec::every`); the node's daemon sends the vault too. The backup
+//! nodes a folder's signed device list names are remotes of every member
+//! ([`follow_device_list`]). A failed round (the bucket down) is logged and
+//! tried again next round; a push resumes from what the bucket holds, so
+//! nothing is sent twice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,7 +72,7 @@ pub(crate) async fn keep_current(d: Arc<Daemon>) -> anyhow::Result<()> {
                 continue;
             }
             state.looked = Some(Instant::now());
-            if let Err(e) = push_one(&d, &node_home, &spec, state).await {
+            if let Err(e) = keep_one(&d, &node_home, &spec, state).await {
                 tracing::warn!(
                     "remote {}: {e:#}; trying again in {} s",
                     spec.name,
@@ -136,12 +139,44 @@ pub(crate) fn listed_backups(
     Ok((hash, listed))
 }
 
-/// Pushes the folder (and, on the node's daemon, the vault) to `spec` when
-/// either changed since `sent`.
-async fn push_one(
+/// Takes from `spec` what other members pushed there since this node last
+/// looked (`crate::catch_up`), then pushes the folder (and, on the node's
+/// daemon, the vault) when either changed since `sent`.
+async fn keep_one(
     d: &Arc<Daemon>,
     node_home: &sovryn_engine::Home,
     spec: &sovryn_remote::RemoteSpec,
+    sent: &mut Sent,
+) -> anyhow::Result<()> {
+    let (_, creds) = target::get(&node_home.dir, &spec.name)?;
+    let secret = sovryn_engine::identity::load(&node_home.identity())?;
+    let bucket = sovryn_net::backup::open_remote(spec, &creds, secret).await?;
+    let state = sovryn_remote::state_dir(&d.home.dir, &spec.name);
+    let done = async {
+        let caught = crate::catch_up::take_foreign_states(d, &bucket, &state).await?;
+        if caught.snapshots > 0 {
+            tracing::info!(
+                "remote {}: took {} other member snapshot(s): {} path(s) changed, {} chunk(s) fetched",
+                spec.name,
+                caught.snapshots,
+                caught.changed,
+                caught.chunks
+            );
+        }
+        push_changes(d, spec, &bucket, &state, sent).await
+    }
+    .await;
+    bucket.close().await;
+    done
+}
+
+/// Pushes the folder (and, on the node's daemon, the vault) to `bucket`
+/// when either changed since `sent`.
+async fn push_changes(
+    d: &Arc<Daemon>,
+    spec: &sovryn_remote::RemoteSpec,
+    bucket: &sovryn_remote::Bucket,
+    state: &std::path::Path,
     sent: &mut Sent,
 ) -> anyhow::Result<()> {
     let home = d.home.clone();
@@ -170,40 +205,31 @@ async fn push_one(
     if !folder_due && !vault_due {
         return Ok(());
     }
-    let (_, creds) = target::get(&node_home.dir, &spec.name)?;
-    let secret = sovryn_engine::identity::load(&node_home.identity())?;
-    let bucket = sovryn_net::backup::open_remote(spec, &creds, secret).await?;
-    let done = async {
-        if folder_due {
-            let state = sovryn_remote::state_dir(&d.home.dir, &spec.name);
-            let handle = tokio::runtime::Handle::current();
-            let b = bucket.clone();
-            let report = d
-                .shared
-                .with_own_reader(move |r| {
-                    handle.block_on(sovryn_remote::push_folder(&b, r.store(), &state, ops))
-                })
-                .await??;
-            tracing::info!(
-                "remote {}: {} chunk(s) in {} pack(s) sent, {} pruned, snapshot {:?}, {:.2} s",
-                spec.name,
-                report.chunks,
-                report.packs,
-                report.pruned_chunks,
-                report.snapshot,
-                report.seconds
-            );
-            sent.folder = Some(folder);
-        }
-        if let (Some(v), true) = (vault.as_ref(), vault_due) {
-            if sovryn_remote::push_vault(&bucket, v).await? {
-                tracing::info!("remote {}: vault sent", spec.name);
-            }
-            sent.vault = vault_hash;
-        }
-        anyhow::Ok(())
+    if folder_due {
+        let handle = tokio::runtime::Handle::current();
+        let (b, state) = (bucket.clone(), state.to_owned());
+        let report = d
+            .shared
+            .with_own_reader(move |r| {
+                handle.block_on(sovryn_remote::push_folder(&b, r.store(), &state, ops))
+            })
+            .await??;
+        tracing::info!(
+            "remote {}: {} chunk(s) in {} pack(s) sent, {} pruned, snapshot {:?}, {:.2} s",
+            spec.name,
+            report.chunks,
+            report.packs,
+            report.pruned_chunks,
+            report.snapshot,
+            report.seconds
+        );
+        sent.folder = Some(folder);
     }
-    .await;
-    bucket.close().await;
-    done
+    if let (Some(v), true) = (vault.as_ref(), vault_due) {
+        if sovryn_remote::push_vault(bucket, v).await? {
+            tracing::info!("remote {}: vault sent", spec.name);
+        }
+        sent.vault = vault_hash;
+    }
+    Ok(())
 }

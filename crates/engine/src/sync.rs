@@ -209,6 +209,39 @@ impl Node {
         Ok(out)
     }
 
+    /// Of a peer's states (path, state), those worth fetching and applying:
+    /// paths this node's rules keep whose state is not already here or
+    /// dominated by the one here.
+    pub fn useful_states(
+        &self,
+        states: impl IntoIterator<Item = (String, Entry)>,
+    ) -> Result<Vec<(String, Entry)>> {
+        let mut keep = Vec::new();
+        for (path, entry) in states {
+            // What this node's rules leave out is neither fetched nor
+            // written out (the apply would skip it anyway).
+            if !self.rules.keeps(&path, entry.kind == EntryKind::Dir) {
+                continue;
+            }
+            let useful = match self.store.file(&path)? {
+                None => true,
+                Some(l) => match entry.vv.compare(&l.entry.vv) {
+                    sovryn_store::Causality::DominatedBy => false,
+                    // The same vector for other content (a restored node
+                    // reused counters).
+                    sovryn_store::Causality::Equal => {
+                        !(l.entry.same_content(&entry) || (l.entry.deleted && entry.deleted))
+                    }
+                    _ => true,
+                },
+            };
+            if useful {
+                keep.push((path, entry));
+            }
+        }
+        Ok(keep)
+    }
+
     /// Applies remote states (path, state). The chunks of every live remote
     /// file must already be in the store. Deletions come first, deepest
     /// first (so a removed directory is empty when its turn comes and a file

@@ -351,33 +351,7 @@ impl SyncNet {
                         let mut keep = Vec::new();
                         let mut old = Vec::new();
                         if !read_only {
-                            for (path, entry) in current {
-                                // What this node's rules leave out is
-                                // neither fetched nor written out (the
-                                // apply would skip it anyway).
-                                if !n
-                                    .rules
-                                    .keeps(&path, entry.kind == sovryn_store::EntryKind::Dir)
-                                {
-                                    continue;
-                                }
-                                let useful = match n.store.file(&path)? {
-                                    None => true,
-                                    Some(l) => match entry.vv.compare(&l.entry.vv) {
-                                        Causality::DominatedBy => false,
-                                        // The same vector for other content
-                                        // (a restored node reused counters).
-                                        Causality::Equal => {
-                                            !(l.entry.same_content(&entry)
-                                                || (l.entry.deleted && entry.deleted))
-                                        }
-                                        _ => true,
-                                    },
-                                };
-                                if useful {
-                                    keep.push((path, entry));
-                                }
-                            }
+                            keep = n.useful_states(current)?;
                             for (path, entry) in history {
                                 if n.store.file(&path)?.is_none() {
                                     old.push((path, entry));

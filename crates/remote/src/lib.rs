@@ -17,9 +17,11 @@
 
 #![deny(missing_docs)]
 
+mod cache;
 pub mod layout;
 pub mod objects;
 pub mod pack;
+pub mod pull;
 pub mod push;
 pub mod restore;
 mod snapshot;

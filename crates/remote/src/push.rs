@@ -3,13 +3,14 @@
 //! bucket holds is read from its pack indexes (cached locally), so a push
 //! cut off anywhere sends again at most the pack it was writing.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sovryn_store::{ChunkId, IndexMarker, SealedChunk, Store};
 
+use crate::cache::Cache;
 use crate::layout;
 use crate::objects::{Bucket, Listed};
 use crate::pack::{self, PACK_PAYLOAD};
@@ -43,50 +44,6 @@ pub struct PushReport {
     pub packs_deleted: usize,
     /// Wall time.
     pub seconds: f64,
-}
-
-/// What this node knows of a bucket's contents, so a push does not read
-/// every pack's index again.
-#[derive(Default, Serialize, Deserialize)]
-struct Cache {
-    /// Pack file name → the chunks in it.
-    packs: BTreeMap<String, Vec<ChunkId>>,
-    /// The index as it was when this node took its newest snapshot sent.
-    #[serde(default)]
-    snapshot_marker: Option<IndexMarker>,
-    /// Every snapshot this node sent that may still be there: the others
-    /// are another node's, which this one neither deletes nor prunes under.
-    #[serde(default)]
-    sent_snapshots: BTreeSet<String>,
-}
-
-impl Cache {
-    fn path(dir: &Path) -> PathBuf {
-        dir.join("cache.json")
-    }
-
-    fn load(dir: &Path) -> Cache {
-        std::fs::read(Cache::path(dir))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-
-    fn save(&self, dir: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec(self).map_err(|e| Error::Spec(e.to_string()))?;
-        Ok(sovryn_store::keys::write_secret_file(
-            &Cache::path(dir),
-            &bytes,
-        )?)
-    }
-
-    /// The newest snapshot this node sent, and its counter.
-    fn newest_sent(&self) -> Option<(&str, u64)> {
-        self.sent_snapshots
-            .iter()
-            .filter_map(|n| Some((n.as_str(), layout::counter_of(n)?)))
-            .max_by_key(|(_, c)| *c)
-    }
 }
 
 /// What this node last saw of a bucket's copy of a folder (no request).
@@ -147,7 +104,9 @@ pub async fn push_folder(
         pace: Pace::new(bucket.max_bytes_per_sec),
         batch: Batch::default(),
     };
-    push.refresh().await?;
+    push.cache
+        .refresh(bucket, &push.key, &push.folder_id)
+        .await?;
     // The snapshot is taken first: every chunk it names is in the store
     // now, so in the chunk list read next, and in the bucket before the
     // snapshot is.
@@ -196,49 +155,6 @@ struct Push<'a> {
 }
 
 impl Push<'_> {
-    /// Reads the indexes of the folder's packs in the bucket that the cache
-    /// does not know yet; drops packs the bucket no longer has.
-    async fn refresh(&mut self) -> Result<()> {
-        let listed: Vec<Listed> = self
-            .bucket
-            .list(&layout::packs(&self.bucket.prefix, &self.folder_id))
-            .await?;
-        let names: HashSet<&str> = listed
-            .iter()
-            .filter_map(|m| m.location.filename())
-            .collect();
-        self.cache.packs.retain(|n, _| names.contains(n.as_str()));
-        for meta in &listed {
-            let Some(name) = meta.location.filename() else {
-                continue;
-            };
-            if self.cache.packs.contains_key(name) || meta.size < 4 {
-                continue;
-            }
-            let trailer = self
-                .bucket
-                .get_range(&meta.location, meta.size - 4..meta.size)
-                .await?;
-            let len = pack::index_len(&trailer)? as u64;
-            let Some(start) = meta.size.checked_sub(4 + len) else {
-                tracing::warn!("bucket pack {name} is damaged; its chunks are sent again");
-                continue;
-            };
-            let sealed = self
-                .bucket
-                .get_range(&meta.location, start..meta.size - 4)
-                .await?;
-            match pack::open_index(&self.key, &self.folder_id, name, &sealed, meta.size) {
-                Ok(entries) => {
-                    let ids = entries.into_iter().map(|e| e.id).collect();
-                    self.cache.packs.insert(name.to_owned(), ids);
-                }
-                Err(e) => tracing::warn!("{e}; its chunks are sent again"),
-            }
-        }
-        Ok(())
-    }
-
     /// The newest snapshot this node sent is gone and nothing newer took
     /// its place: the remote was rolled back (or wiped). Said, and what it
     /// lacks is sent again.
@@ -258,7 +174,9 @@ impl Push<'_> {
         );
         self.report.rolled_back = true;
         self.cache = Cache::default();
-        self.refresh().await
+        self.cache
+            .refresh(self.bucket, &self.key, &self.folder_id)
+            .await
     }
 
     /// Queues a chunk; a pack's worth queued goes out.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 use std::collections::HashSet;
 
-use sovryn_store::{ChunkId, MasterKey, SealedChunk, Store};
+use sovryn_store::{ChunkCodec, ChunkId, MasterKey, SealedChunk, Store};
 
 use crate::layout;
 use crate::objects::{Bucket, Listed};
@@ -99,7 +99,7 @@ pub async fn restore_folder(
             if missing.is_empty() {
                 break;
             }
-            match read_pack(b, &meta, &key, &folder_id, &store).await {
+            match read_pack(b, &meta.location, &key, &folder_id, store.codec()).await {
                 Ok((chunks, bytes)) => {
                     report.bytes += bytes;
                     let fresh: Vec<SealedChunk> = chunks
@@ -130,7 +130,7 @@ pub async fn restore_folder(
 }
 
 /// Notes an object (or a source) refused, and says so in the log.
-fn refuse(report: &mut RestoreReport, from: &Bucket, e: Error) {
+pub(crate) fn refuse(report: &mut RestoreReport, from: &Bucket, e: Error) {
     tracing::warn!("{}: {e}; taking it from elsewhere", from.url());
     report.refused.push(format!("{}: {e}", from.url()));
 }
@@ -158,16 +158,16 @@ async fn newest_snapshot(
 
 /// The chunks of one pack, every one checked under the folder key (the
 /// snapshot brought the seal epochs): all of them, or an error.
-async fn read_pack(
+pub(crate) async fn read_pack(
     b: &Bucket,
-    meta: &Listed,
+    location: &object_store::path::Path,
     key: &[u8; 32],
     folder_id: &str,
-    store: &Store,
+    codec: &ChunkCodec,
 ) -> Result<(Vec<SealedChunk>, u64)> {
-    let name = meta.location.filename().unwrap_or_default().to_owned();
+    let name = location.filename().unwrap_or_default().to_owned();
     let bytes = b
-        .get(&meta.location)
+        .get(location)
         .await?
         .ok_or_else(|| Error::Tampered(format!("pack {name} vanished")))?;
     let entries = pack::read_whole(key, folder_id, &name, &bytes)?;
@@ -178,8 +178,7 @@ async fn read_pack(
         )));
     }
     for c in &chunks {
-        store
-            .codec()
+        codec
             .check_sealed(c)
             .map_err(|e| Error::Tampered(format!("pack {name}: chunk {}: {e}", c.id)))?;
     }

@@ -236,6 +236,28 @@ fn batches<'a, R: Read + 'a>(
     })
 }
 
+/// The seal epochs index `db` keeps, opened under `wrap` (none in an
+/// index made before epochs).
+fn epochs_in(db: &Connection, wrap: &[u8; 32]) -> Result<Vec<EpochSecret>> {
+    let has_table: bool = db.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE name = 'seal_epochs'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_table {
+        return Ok(Vec::new());
+    }
+    let mut stmt = db.prepare("SELECT created_ms, sealed FROM seal_epochs")?;
+    let epochs = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+        .map(|row| {
+            let (created, sealed) = row?;
+            EpochSecret::unwrap(wrap, created as u64, &sealed)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(epochs)
+}
+
 fn file_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
     let json: String = row.get(3)?;
     let blob: Vec<u8> = row.get(4)?;
@@ -398,25 +420,7 @@ impl Store {
     /// Reads the seal epochs the index keeps into the codec. An index
     /// made before epochs (opened read-only) has none.
     fn load_epochs(&self) -> Result<()> {
-        let has_table: bool = self.db.query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'seal_epochs'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !has_table {
-            return Ok(());
-        }
-        let wrap = self.codec.keys().epoch_wrap;
-        let mut stmt = self
-            .db
-            .prepare("SELECT created_ms, sealed FROM seal_epochs")?;
-        let epochs = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
-            .map(|row| {
-                let (created, sealed) = row?;
-                EpochSecret::unwrap(&wrap, created as u64, &sealed)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let epochs = epochs_in(&self.db, &self.codec.keys().epoch_wrap)?;
         self.codec.add_epochs(&epochs);
         Ok(())
     }

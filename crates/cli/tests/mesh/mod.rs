@@ -137,7 +137,7 @@ impl Peer {
 
     /// Starts `sovryn up` and waits until it is ready.
     pub fn up(&mut self) {
-        let cmd = self.cmd(&["--log", "warn,sovryn_net=info", "up"]);
+        let cmd = self.cmd(&["--log", "warn,sovryn_net=info,sovryn_daemon=info", "up"]);
         self.node = Some(Running::start_logging_to(cmd, self.stderr.clone()));
     }
 

@@ -54,6 +54,20 @@ impl Store {
         )?)
     }
 
+    /// What another member's index file (made by [`Store::snapshot_index`],
+    /// opened under this folder's key) says: the current state of every
+    /// path, and the seal epochs it keeps (opened under this folder's key:
+    /// an epoch that does not open is an error).
+    pub fn states_in_snapshot(&self, path: &Path) -> Result<(Vec<FileRecord>, Vec<EpochSecret>)> {
+        let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = db.prepare(&format!("SELECT {FILE_COLS} FROM files"))?;
+        let states = stmt
+            .query_map([], file_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let epochs = epochs_in(&db, &self.codec.keys().epoch_wrap)?;
+        Ok((states, epochs))
+    }
+
     /// Writes a consistent copy of the index (what is committed now) to
     /// `dest`, a path that must not exist, without blocking the writer.
     pub fn snapshot_index(&self, dest: &Path) -> Result<()> {
