@@ -249,6 +249,10 @@ fn a_member_that_was_away_catches_up_from_the_backup_node_alone() {
     let (mut a, b, _) = member_and_backup();
     let mut c = member_that_learns_of(&a, &b);
     c.down();
+    // While C is away, A revokes a device (a new seal epoch starts) and
+    // writes a file.
+    let lost = iroh::SecretKey::generate().public().to_string();
+    a.ok(&["devices", "revoke", &lost]);
     a.write("while-away/notes.txt", b"written while gamma was away");
     a.settle();
     a.ok(&["remotes", "sync"]);
@@ -264,6 +268,10 @@ fn a_member_that_was_away_catches_up_from_the_backup_node_alone() {
         "{}",
         c.log()
     );
+    // The backup node relayed the signed device list: the revocation
+    // holds on C too.
+    let listed = c.json(&["devices", "list"]);
+    assert!(listed["revoked"].to_string().contains(&lost), "{listed}");
 }
 
 #[test]

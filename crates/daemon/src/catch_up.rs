@@ -28,6 +28,7 @@ pub(crate) struct Caught {
 /// node has not taken yet (`state_dir` keeps which).
 pub(crate) async fn take_foreign_states(
     d: &Arc<Daemon>,
+    spec: &sovryn_remote::RemoteSpec,
     bucket: &Bucket,
     state_dir: &std::path::Path,
 ) -> anyhow::Result<Caught> {
@@ -42,6 +43,20 @@ pub(crate) async fn take_foreign_states(
         .shared
         .with_node(|n| Ok((n.store.codec().clone(), n.store.folder_id().to_owned())))
         .await?;
+    // First the device list a backup node relays: a revocation made while
+    // this node was away is in force before any seal epoch it started is
+    // taken from a snapshot.
+    if let Some(from) = spec.peer().and_then(|(id, _)| id.parse().ok()) {
+        if let Some(body) = bucket.device_list(&folder_id).await? {
+            let ops: Vec<sovryn_engine::devices::DeviceOp> = serde_json::from_slice(&body)?;
+            anyhow::ensure!(
+                ops.len() <= 2 * sovryn_engine::devices::MAX_OPS,
+                "a device list of {} operations",
+                ops.len()
+            );
+            d.net.merge_devices(&from, ops).await?;
+        }
+    }
     let mut caught = Caught::default();
     for snap in pull::foreign_snapshots(bucket, &codec, &folder_id, state_dir).await? {
         let index = snap.index.clone();

@@ -153,7 +153,7 @@ async fn keep_one(
     let bucket = sovryn_net::backup::open_remote(spec, &creds, secret).await?;
     let state = sovryn_remote::state_dir(&d.home.dir, &spec.name);
     let done = async {
-        let caught = crate::catch_up::take_foreign_states(d, &bucket, &state).await?;
+        let caught = crate::catch_up::take_foreign_states(d, spec, &bucket, &state).await?;
         if caught.snapshots > 0 {
             tracing::info!(
                 "remote {}: took {} other member snapshot(s): {} path(s) changed, {} chunk(s) fetched",

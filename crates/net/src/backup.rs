@@ -47,6 +47,11 @@ enum Request {
         folder_id: String,
         len: u64,
     },
+    /// The folder's signed device list as this node keeps it (members
+    /// only: it names devices and their addresses).
+    DeviceList {
+        folder_id: String,
+    },
     Get {
         path: String,
         range: Option<(u64, u64)>,
@@ -274,9 +279,12 @@ impl BackupServer {
         recv: &mut RecvStream,
     ) -> anyhow::Result<()> {
         let request: Request = read_header(recv).await?;
-        let writes = matches!(request, Request::Put { .. } | Request::Delete { .. });
+        let members_only = matches!(
+            request,
+            Request::Put { .. } | Request::Delete { .. } | Request::DeviceList { .. }
+        );
         anyhow::ensure!(
-            !writes || self.is_member(peer),
+            !members_only || self.is_member(peer),
             "{} is not a member of this backup node",
             peer.fmt_short()
         );
@@ -315,6 +323,10 @@ impl BackupServer {
                 recv.read_exact(&mut body).await?;
                 self.merge_devices(&folder_id, &body)?;
                 reply(send, false, &[]).await
+            }
+            Request::DeviceList { folder_id } => {
+                let list = sovryn_engine::devices::DeviceList::load(&self.list_home(&folder_id)?)?;
+                reply(send, true, &serde_json::to_vec(&list.ops)?).await
             }
             Request::Delete { path } => {
                 self.objects.delete(&object_name(&path)?).await?;
@@ -463,6 +475,25 @@ impl Objects for PeerObjects {
             )
             .await
             .map(drop)
+        }
+        .boxed()
+    }
+
+    fn device_list<'a>(
+        &'a self,
+        folder_id: &'a str,
+    ) -> BoxFuture<'a, sovryn_remote::Result<Option<Vec<u8>>>> {
+        async move {
+            let (_, body) = self
+                .request(
+                    Request::DeviceList {
+                        folder_id: folder_id.to_owned(),
+                    },
+                    &[],
+                    MAX_DEVICE_LIST as usize,
+                )
+                .await?;
+            Ok(Some(body))
         }
         .boxed()
     }

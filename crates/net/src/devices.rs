@@ -65,9 +65,11 @@ impl SyncNet {
         }
     }
 
-    /// Merges a peer's operations; when any was new, writes what the list
-    /// now says into the configured peers and tells the other sessions.
-    pub(crate) async fn merge_devices(&self, from: &EndpointId, ops: Vec<DeviceOp>) -> Result<()> {
+    /// Merges operations a peer (or a backup node relaying them) sent;
+    /// when any was new, writes what the list now says into the configured
+    /// peers and tells the other sessions. Each is checked: only one
+    /// signed by a device this node trusts counts.
+    pub async fn merge_devices(&self, from: &EndpointId, ops: Vec<DeviceOp>) -> Result<()> {
         let folder = self.folder_id.clone();
         let me = self.endpoint.id();
         let (new, config_changed) = self

@@ -47,6 +47,12 @@ pub trait Objects: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<()>> {
         async { Ok(()) }.boxed()
     }
+    /// A folder's signed device list as the remote keeps it (operations,
+    /// JSON): a backup peer relays it between members that are never
+    /// online together; a bucket keeps none.
+    fn device_list<'a>(&'a self, _folder_id: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
+        async { Ok(None) }.boxed()
+    }
     /// Lets go of connections (a backup peer's endpoint).
     fn close(&self) -> BoxFuture<'_, ()> {
         async {}.boxed()
@@ -94,6 +100,12 @@ impl Bucket {
     /// in it (a backup peer).
     pub async fn share_device_list(&self, folder_id: &str, ops: Vec<u8>) -> Result<()> {
         self.objects.share_device_list(folder_id, ops).await
+    }
+
+    /// The folder's signed device list the remote keeps, if it keeps one
+    /// (to be checked like any peer's).
+    pub async fn device_list(&self, folder_id: &str) -> Result<Option<Vec<u8>>> {
+        self.objects.device_list(folder_id).await
     }
 
     /// Lets go of connections; call before dropping a backup peer's.
