@@ -144,18 +144,32 @@ pub fn remotes(ctx: &Ctx, action: RemotesAction, chosen: &[String]) -> Result<()
                 } else {
                     s.folders.join(", ")
                 };
-                println!(
-                    "{}\t{}\t{}\t{folders}",
-                    s.name,
-                    s.url,
+                let place = if s.peer().is_some() {
+                    if s.via_list {
+                        "backup node (device list)"
+                    } else {
+                        "backup node"
+                    }
+                } else {
                     s.endpoint.as_deref().unwrap_or("aws")
-                );
+                };
+                println!("{}\t{}\t{place}\t{folders}", s.name, s.url);
             }
             Ok(())
         }
         RemotesAction::Status { name } => status(ctx, name.as_deref()),
         RemotesAction::Sync { name } => sync(ctx, name.as_deref()),
         RemotesAction::Remove { name } => {
+            if let Some(listed) = target::load(home)?
+                .into_iter()
+                .find(|s| s.name == name && s.via_list)
+            {
+                let id = listed.peer().map(|(id, _)| id).unwrap_or_default();
+                anyhow::bail!(
+                    "remote '{name}' is a backup node of the folder's device list; every member \
+                     keeps the folder there until it is revoked: `sovryn devices revoke {id}`"
+                );
+            }
             target::remove(home, &name)?;
             for f in folders::list(&ctx.home)? {
                 let dir = state_dir(&f, &name);

@@ -280,6 +280,9 @@ fn every_member_keeps_the_folder_on_a_listed_backup_node_and_a_revoked_one_may_n
     let c = member_that_learns_of(&a, &b);
     let listed = c.json(&["devices", "list"]);
     assert!(listed["backups"].to_string().contains(&b.id), "{listed}");
+    let name = format!("backup-{}", &b.id[..8]);
+    let err = c.fails_with(&["remotes", "remove", &name]);
+    assert!(err.contains("devices revoke"), "{err}");
     // A's push hands the list to the backup node: C may write there now.
     a.ok(&["remotes", "sync"]);
     c.write("from-gamma.txt", b"gamma's words");
