@@ -9,7 +9,7 @@ mod mesh;
 
 use std::path::Path;
 
-use mesh::{files_under, recover_new, tree, with_vault, Peer};
+use mesh::{files_under, noise, recover_new, tree, with_vault, Peer};
 
 /// A running member with a vault, and a running backup node it pushed to.
 fn member_and_backup() -> (Peer, Peer, std::path::PathBuf) {
@@ -292,15 +292,10 @@ fn every_member_keeps_the_folder_on_a_listed_backup_node_and_a_revoked_one_may_n
         .as_u64()
         .unwrap();
 
-    // A pushes again: C's snapshot names chunks A may lack, so A prunes
-    // nothing and leaves it there.
+    // A pushes again: C's snapshot is C's to replace, and stays.
     a.write("more.txt", b"more from alpha");
     a.settle();
-    let pushed = a.json(&["remotes", "sync"]);
-    assert_eq!(
-        pushed["pushed"][0]["folders"][0]["report"]["pruning_skipped"], true,
-        "{pushed}"
-    );
+    a.ok(&["remotes", "sync"]);
     let c_name = format!("/s/{c_snapshot:016x}-");
     assert!(
         files_under(&b.home.join("objects"))
@@ -322,4 +317,86 @@ fn every_member_keeps_the_folder_on_a_listed_backup_node_and_a_revoked_one_may_n
     wait_until("A still pushes to the revoked backup node", &a, || {
         !a.json(&["remotes", "list"]).to_string().contains(&b.id)
     });
+}
+
+/// `remotes sync --json` with pruning's grace cut to nothing, and its report.
+fn sync_pruning_at_once(p: &Peer) -> serde_json::Value {
+    let out = p
+        .cmd(&["--json", "remotes", "sync"])
+        .env("SOVRYN_PRUNE_GRACE_SECS", "0")
+        .output()
+        .unwrap();
+    let out = common::succeeded(&["remotes", "sync"], out);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["pushed"][0]["folders"][0]["report"].clone()
+}
+
+#[test]
+fn members_sharing_a_backup_node_prune_together_and_recovery_still_works() {
+    let (mut a, b, pass) = member_and_backup();
+    let c = member_that_learns_of(&a, &b);
+    // Three versions of one file, each on C before the next.
+    for v in 0..3u64 {
+        let body = noise(v, 300_000);
+        a.write("doc.bin", &body);
+        let path = c.root.join("doc.bin");
+        wait_until("C never got the version", &c, || {
+            std::fs::read(&path).is_ok_and(|b| b == body)
+        });
+    }
+    a.write("other.txt", b"stays as it is");
+    c.wait_for_file("other.txt");
+    a.settle();
+    c.settle();
+    a.ok(&["remotes", "sync"]);
+    c.ok(&["remotes", "sync"]);
+
+    // A lets the old versions go; C's snapshot still names them: nothing
+    // of theirs leaves the backup node.
+    a.ok(&["config", "set", "retention.keep_last", "1"]);
+    a.ok(&["gc"]);
+    let report = sync_pruning_at_once(&a);
+    assert_eq!(report["packs_deleted"], 0, "{report}");
+    assert_eq!(report["pruning_skipped"], false, "{report}");
+
+    // C lets them go too: no snapshot names them, and C removes them.
+    let held = || {
+        files_under(&b.home.join("objects"))
+            .iter()
+            .map(|f| f.1.len())
+            .sum::<usize>()
+    };
+    let before = held();
+    c.ok(&["config", "set", "retention.keep_last", "1"]);
+    c.ok(&["gc"]);
+    // First the packs are marked (another member may be about to name
+    // them), and go only once the grace has passed.
+    let marks = || {
+        files_under(&b.home.join("objects"))
+            .iter()
+            .filter(|f| f.0.contains("/d/"))
+            .count()
+    };
+    let pushed = c.json(&["remotes", "sync"]);
+    let report = &pushed["pushed"][0]["folders"][0]["report"];
+    assert!(report["pruned_chunks"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["packs_deleted"], 0, "{report}");
+    assert!(marks() > 0);
+    let report = sync_pruning_at_once(&c);
+    assert!(report["packs_deleted"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(marks(), 0);
+    assert!(held() < before, "the backup node kept as much as before");
+
+    // The backup node alone still rebuilds the folder.
+    a.down();
+    drop(c);
+    let (r, out) = recover_from(&b, &pass);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        b.log()
+    );
+    assert_eq!(tree(&r.root), tree(&a.root));
+    assert!(r.ok(&["verify"]).contains(": ok"));
 }

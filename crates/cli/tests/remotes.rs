@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesh::{files_under, recover_new, tree, with_vault, Peer};
+use mesh::{files_under, noise, recover_new, tree, with_vault, Peer};
 
 const BUCKET_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/bucket.py");
 
@@ -223,19 +223,6 @@ fn a_bucket_shows_no_name_or_content_and_rebuilds_a_node_alone() {
     // What was written out counts as on disk: a scan finds nothing new.
     let scan = r.ok(&["add", r.root.to_str().unwrap()]);
     assert!(scan.contains("0 added, 0 modified, 0 deleted"), "{scan}");
-}
-
-/// Random bytes (incompressible), different for each seed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

@@ -189,7 +189,7 @@ async fn push_changes(
         d.shared.with_reader(|s| Ok(s.index_marker()?)).await?,
         blake3::hash(&ops),
     );
-    let folder_due = sent.folder != Some(folder);
+    let folder_due = sent.folder != Some(folder) || sovryn_remote::push::known(state).prune_due;
     // The vault is the node's: its daemon sends it, when it changed.
     let vault = if d.attached.is_none() {
         let home = d.home.clone();

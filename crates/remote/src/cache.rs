@@ -25,9 +25,10 @@ pub(crate) struct Cache {
     /// are another node's, which this one neither deletes nor prunes under.
     #[serde(default)]
     pub(crate) sent_snapshots: BTreeSet<String>,
-    /// Other nodes' snapshots this node took its states from (or refused).
+    /// When the first marked pack this node saw may go (ms since the
+    /// epoch): a push is due then even if nothing changed.
     #[serde(default)]
-    pub(crate) taken_snapshots: BTreeSet<String>,
+    pub(crate) marks_due_ms: Option<u64>,
 }
 
 impl Cache {

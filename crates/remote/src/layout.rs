@@ -18,6 +18,12 @@ pub fn snapshots(prefix: &Path, folder_id: &str) -> Path {
     prefix.clone().join(folder_id).join("s")
 }
 
+/// Where the marks of packs due to go lie (`d/PACK`, a pack pruning
+/// found nothing live in but what it copied elsewhere).
+pub fn marks(prefix: &Path, folder_id: &str) -> Path {
+    prefix.clone().join(folder_id).join("d")
+}
+
 /// A new pack's name: 128 random bits.
 pub fn new_pack(prefix: &Path, folder_id: &str) -> Path {
     packs(prefix, folder_id).join(hex::encode(rand::random::<[u8; 16]>()))

@@ -17,6 +17,36 @@ use crate::layout;
 use crate::objects::{Bucket, Listed};
 use crate::restore::read_pack;
 use crate::{snapshot, Error, ObjectPath, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Other nodes' snapshots this node took its states from, or refused
+/// (`taken.json` beside the push's cache, which only a push writes).
+#[derive(Default, Serialize, Deserialize)]
+struct Taken {
+    snapshots: BTreeSet<String>,
+}
+
+impl Taken {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("taken.json")
+    }
+
+    fn load(dir: &Path) -> Taken {
+        std::fs::read(Taken::path(dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(|e| Error::Spec(e.to_string()))?;
+        Ok(sovryn_store::keys::write_secret_file(
+            &Taken::path(dir),
+            &bytes,
+        )?)
+    }
+}
 
 /// Snapshots taken at most per round (the rest wait for the next).
 const MAX_PER_ROUND: usize = 4;
@@ -51,15 +81,16 @@ pub async fn foreign_snapshots(
         path: state_dir.to_owned(),
         source: e,
     })?;
-    let mut cache = Cache::load(state_dir);
+    let sent = Cache::load(state_dir).sent_snapshots;
+    let mut taken = Taken::load(state_dir);
     let mut listed: Vec<Listed> = bucket
         .list(&layout::snapshots(&bucket.prefix, folder_id))
         .await?
         .into_iter()
         .filter(|m| {
-            m.location.filename().is_some_and(|n| {
-                !cache.sent_snapshots.contains(n) && !cache.taken_snapshots.contains(n)
-            })
+            m.location
+                .filename()
+                .is_some_and(|n| !sent.contains(n) && !taken.snapshots.contains(n))
         })
         .collect();
     listed.sort_by_key(|m| std::cmp::Reverse(layout::snapshot_counter(&m.location)));
@@ -81,22 +112,22 @@ pub async fn foreign_snapshots(
             }
             Err(e) => {
                 tracing::warn!("{}: {e}; refused", bucket.url());
-                cache.taken_snapshots.insert(name);
+                taken.snapshots.insert(name);
                 refused = true;
             }
         }
     }
     if refused {
-        cache.save(state_dir)?;
+        taken.save(state_dir)?;
     }
     Ok(out)
 }
 
 /// Remembers that this node took snapshot `name`'s states.
 pub fn taken(state_dir: &Path, name: &str) -> Result<()> {
-    let mut cache = Cache::load(state_dir);
-    if cache.taken_snapshots.insert(name.to_owned()) {
-        cache.save(state_dir)?;
+    let mut taken = Taken::load(state_dir);
+    if taken.snapshots.insert(name.to_owned()) {
+        taken.save(state_dir)?;
     }
     Ok(())
 }
@@ -109,11 +140,11 @@ pub async fn packs_holding(
     state_dir: &Path,
     wanted: &HashSet<ChunkId>,
 ) -> Result<Vec<ObjectPath>> {
+    // Read, not written: the push's cache is the push's to keep.
     let mut cache = Cache::load(state_dir);
     cache
         .refresh(bucket, &codec.keys().remote, folder_id)
         .await?;
-    cache.save(state_dir)?;
     let dir = layout::packs(&bucket.prefix, folder_id);
     Ok(cache
         .packs

@@ -15,7 +15,10 @@ use crate::layout;
 use crate::objects::{Bucket, Listed};
 use crate::pack::{self, PACK_PAYLOAD};
 use crate::snapshot::{newest, Snapshot};
+
+mod prune;
 use crate::{Error, Result};
+use prune::Marks;
 
 /// Snapshots kept per folder (the newest ones; older ones are deleted).
 const SNAPSHOTS_KEPT: usize = 2;
@@ -55,6 +58,8 @@ pub struct Known {
     pub packs: usize,
     /// The change-log sequence of the newest snapshot this node sent.
     pub snapshot_seq: Option<u64>,
+    /// Packs marked to go have waited their grace: a push now deletes them.
+    pub prune_due: bool,
 }
 
 /// What this node last saw of a bucket's copy of a folder, from the state
@@ -65,6 +70,9 @@ pub fn known(state_dir: &Path) -> Known {
         chunks: cache.packs.values().flatten().copied().collect(),
         packs: cache.packs.len(),
         snapshot_seq: cache.snapshot_marker.map(|m| m.sequence),
+        prune_due: cache
+            .marks_due_ms
+            .is_some_and(|t| t <= (sovryn_store::now_ns() / 1_000_000).max(0) as u64),
     }
 }
 
@@ -93,6 +101,12 @@ pub async fn push_folder(
         path: state_dir.to_owned(),
         source: e,
     })?;
+    // One push of a folder to a remote at a time (the running node's and
+    // `remotes sync`): each reads and writes what the other knows.
+    let lock_path = state_dir.join("push.lock");
+    let _lock = tokio::task::spawn_blocking(move || sovryn_store::lock_file(&lock_path))
+        .await
+        .map_err(|e| Error::Spec(format!("waiting for another push: {e}")))??;
     let mut push = Push {
         bucket,
         store,
@@ -123,19 +137,23 @@ pub async fn push_folder(
         Some(Snapshot::take(store, state_dir)?)
     };
 
-    let present: HashSet<ChunkId> = push.cache.packs.values().flatten().copied().collect();
+    let marks = push.marks().await?;
     let local = store.chunk_list()?;
-    for id in &local {
-        if present.contains(id) {
-            push.report.chunks_present += 1;
-        } else {
-            push.queue(store.read_sealed(id)?).await?;
-        }
+    push.report.chunks_present = push.send_missing(&local, &marks).await?;
+    // A pack another node marked meanwhile: what this node needs of it is
+    // sent again before a snapshot names it.
+    let marks_now = push.marks().await?;
+    if marks_now.keys().any(|k| !marks.contains_key(k)) {
+        push.send_missing(&local, &marks_now).await?;
     }
-    push.flush().await?;
+    // Live: what the store holds, and what the snapshot sent names (a `gc`
+    // may have run since it was taken).
+    let mut live: HashSet<ChunkId> = local.into_iter().collect();
     if let Some(snap) = snapshot {
-        push.send_snapshot(snap, marker, &listed, &local).await?;
+        live.extend(snap.chunks.iter().copied());
+        push.send_snapshot(snap, marker, &listed).await?;
     }
+    push.prune(live, &marks_now).await?;
     push.report.seconds = started.elapsed().as_secs_f64();
     Ok(push.report)
 }
@@ -209,15 +227,35 @@ impl Push<'_> {
         Ok(())
     }
 
+    /// Queues the chunks of `local` that no unmarked pack of the bucket
+    /// holds; how many it holds.
+    async fn send_missing(&mut self, local: &[ChunkId], marks: &Marks) -> Result<usize> {
+        let present: HashSet<ChunkId> = self
+            .cache
+            .packs
+            .iter()
+            .filter(|(name, _)| !marks.contains_key(*name))
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect();
+        let mut there = 0;
+        for id in local {
+            if present.contains(id) {
+                there += 1;
+            } else {
+                self.queue(self.store.read_sealed(id)?).await?;
+            }
+        }
+        self.flush().await?;
+        Ok(there)
+    }
+
     /// Sends `snap` (taken at `marker`; `listed` are the snapshots there
-    /// before, `local` the store's chunks), then prunes what neither names
-    /// and deletes this node's older snapshots.
+    /// before, so its counter is above theirs).
     async fn send_snapshot(
         &mut self,
         snap: Snapshot,
         marker: IndexMarker,
         listed: &[Listed],
-        local: &[ChunkId],
     ) -> Result<()> {
         let counter = listed
             .iter()
@@ -232,82 +270,7 @@ impl Push<'_> {
         self.report.snapshot = Some(counter);
         self.cache.snapshot_marker = Some(marker);
         self.cache.sent_snapshots.insert(name);
-        self.cache.save(self.state_dir)?;
-        // Another node's snapshots name chunks this one may not have: while
-        // any is there, nothing is pruned and they are left alone.
-        let sent = &self.cache.sent_snapshots;
-        let (mut ours, others): (Vec<&Listed>, Vec<&Listed>) = listed
-            .iter()
-            .partition(|m| m.location.filename().is_some_and(|n| sent.contains(n)));
-        let pruned = if others.is_empty() {
-            // What neither the new snapshot nor the store holds any more
-            // (versions `gc` pruned) leaves the bucket, by rewriting packs.
-            let mut live = snap.chunks;
-            live.extend(local.iter().copied());
-            self.prune(&live).await?
-        } else {
-            self.report.pruning_skipped = true;
-            tracing::info!(
-                "{}: {} snapshot(s) of another node are there; nothing is pruned",
-                self.bucket.url(),
-                others.len()
-            );
-            false
-        };
-        // This node's older snapshots go once the new one is there; all of
-        // them once chunks they name are gone.
-        ours.sort_by_key(|m| layout::snapshot_counter(&m.location));
-        let keep = if pruned { 1 } else { SNAPSHOTS_KEPT };
-        let drop_n = (ours.len() + 1).saturating_sub(keep);
-        for m in ours.into_iter().take(drop_n) {
-            self.bucket.delete(&m.location).await?;
-            if let Some(n) = m.location.filename() {
-                self.cache.sent_snapshots.remove(n);
-            }
-        }
         self.cache.save(self.state_dir)
-    }
-
-    /// Removes from the bucket the chunks outside `live`: a pack holding
-    /// only such chunks is deleted, one holding some live ones too is
-    /// rewritten (its live chunks sent in new packs first, then it is
-    /// deleted). A live chunk this store no longer has keeps its pack as it
-    /// is. Whether any chunk went.
-    async fn prune(&mut self, live: &HashSet<ChunkId>) -> Result<bool> {
-        let mut doomed = Vec::new();
-        let mut moving = Vec::new();
-        // A chunk in two packs (two pushes at once) is moved once.
-        let mut moved: HashSet<ChunkId> = HashSet::new();
-        for (name, ids) in &self.cache.packs {
-            if ids.iter().all(|id| live.contains(id)) {
-                continue;
-            }
-            let kept: Option<Vec<SealedChunk>> = ids
-                .iter()
-                .filter(|id| live.contains(id) && !moved.contains(id))
-                .map(|id| self.store.read_sealed(id).ok())
-                .collect();
-            let Some(kept) = kept else { continue };
-            self.report.pruned_chunks += ids.iter().filter(|id| !live.contains(id)).count();
-            moved.extend(kept.iter().map(|c| c.id));
-            moving.extend(kept);
-            doomed.push(name.clone());
-        }
-        if doomed.is_empty() {
-            return Ok(false);
-        }
-        for c in moving {
-            self.queue(c).await?;
-        }
-        self.flush().await?;
-        for name in doomed {
-            let path = layout::packs(&self.bucket.prefix, &self.folder_id).join(name.as_str());
-            self.bucket.delete(&path).await?;
-            self.cache.packs.remove(&name);
-            self.report.packs_deleted += 1;
-        }
-        self.cache.save(self.state_dir)?;
-        Ok(true)
     }
 }
 

@@ -35,6 +35,16 @@ impl Snapshot {
         Ok(taken?)
     }
 
+    /// The chunks an opened snapshot's index names (read through a temp
+    /// file in `scratch`).
+    pub(crate) fn chunks_named(index: &[u8], scratch: &Path) -> Result<HashSet<ChunkId>> {
+        let tmp = scratch.join(format!(".named-{:016x}.tmp", rand::random::<u64>()));
+        let named = sovryn_store::keys::write_secret_file(&tmp, index)
+            .and_then(|()| Store::chunks_in_snapshot(&tmp));
+        let _ = std::fs::remove_file(&tmp);
+        Ok(named?.into_iter().collect())
+    }
+
     /// Sealed for the remote as snapshot `name` of `folder_id`.
     pub(crate) fn seal(&self, key: &[u8; 32], folder_id: &str, name: &str) -> Result<Vec<u8>> {
         let packed = zstd::bulk::compress(&self.index, 3)

@@ -105,12 +105,9 @@ pub fn fsync_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` holding an exclusive lock on the file `path` (created, mode
-/// 0600), so two processes that change one file do it one after the other.
-pub fn with_file_lock<T, E: From<Error>>(
-    path: &Path,
-    f: impl FnOnce() -> std::result::Result<T, E>,
-) -> std::result::Result<T, E> {
+/// Takes an exclusive lock on the file `path` (created, mode 0600),
+/// waiting for whoever holds it; held until the returned file is dropped.
+pub fn lock_file(path: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
     let lock = std::fs::OpenOptions::new()
@@ -122,8 +119,18 @@ pub fn with_file_lock<T, E: From<Error>>(
         .map_err(|e| Error::io(path, e))?;
     // SAFETY: flock on a descriptor we own; released when `lock` drops.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(Error::io(path, std::io::Error::last_os_error()).into());
+        return Err(Error::io(path, std::io::Error::last_os_error()));
     }
+    Ok(lock)
+}
+
+/// Runs `f` holding an exclusive lock on the file `path` ([`lock_file`]),
+/// so two processes that change one file do it one after the other.
+pub fn with_file_lock<T, E: From<Error>>(
+    path: &Path,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let lock = lock_file(path)?;
     let out = f();
     drop(lock);
     out
