@@ -7,13 +7,16 @@
 //! * `FOLDER/p/RANDOM`: packs, sealed chunks in shuffled order padded to a
 //!   size class, with their own sealed index at the end ([`pack`]);
 //! * `FOLDER/s/COUNTER-RANDOM`: index snapshots (names, versions, search
-//!   index), compressed, padded and sealed.
+//!   index), compressed, padded and sealed;
+//! * `FOLDER/d/PACK`: marks of packs due to go (the time they were marked),
+//!   where several nodes push one folder (`push::prune`).
 //!
 //! `FOLDER` is the folder's public id; no object name or byte carries a
 //! file name, and a member opening anything checks that it was sealed
 //! under the folder key for exactly that name. [`push`] sends what the
-//! bucket lacks (resuming from what is there), [`restore`] rebuilds a
-//! folder's store from the bucket alone.
+//! bucket lacks (resuming from what is there), [`pull`] takes what other
+//! members sent, [`restore`] rebuilds a folder's store from the bucket
+//! alone.
 
 #![deny(missing_docs)]
 
