@@ -6,6 +6,8 @@ pytest puts `tests/` on the import path because `tests/conftest.py` exists.
 import os
 import re
 import socket
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,62 @@ def listing(result) -> dict:
                         "modified": modified, "name": name})
     return {"path": "" if path == "/" else path, "total": total, "next_cursor": cursor,
             "entries": entries}
+
+
+class Node:
+    """A node made with `sovryn init` in `tmp`, started with `up()` (MCP and
+    the file API on `mcp_port`)."""
+
+    def __init__(self, tmp: Path, name: str, folder_key: Path | None = None):
+        self.bin = sovryn_bin()
+        self.name = name
+        self.home = tmp / f"{name}-home"
+        self.folder = tmp / f"{name}-folder"
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.mcp_port = free_port()
+        args = ["init", "--storage-path", str(self.folder), "--node-id", name, "--no-passphrase",
+                "--listen", f"127.0.0.1:{self.port}", "--mcp-port", str(self.mcp_port)]
+        if folder_key:
+            args += ["--folder-key-file", str(folder_key)]
+        self.run(*args)
+        self.id = self.run("id").stdout.strip()
+        self.proc = None
+        self.lines: list[str] = []
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([self.bin, "--home", str(self.home), *args],
+                              check=True, capture_output=True, text=True, timeout=60)
+
+    def up(self) -> None:
+        self.proc = subprocess.Popen([self.bin, "--home", str(self.home), "up"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready = threading.Event()
+
+        def pump():
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                if line.strip() == "ready":
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(30):
+            self.proc.kill()
+            log = self.home / "sovryn.log"
+            tail = log.read_text()[-4000:] if log.exists() else ""
+            raise RuntimeError(f"{self.name} did not start: {self.lines} {self.proc.stderr.read()}\nlog:\n{tail}")
+
+    def mcp_url(self) -> str | None:
+        for line in self.lines:
+            if line.startswith("MCP listening on "):
+                return line.split()[-1]
+        return None
+
+    def stop(self) -> int | None:
+        if not self.proc:
+            return None
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None

@@ -24,6 +24,7 @@ pub mod peer_state;
 pub mod rules;
 pub mod scan;
 pub mod sync;
+pub mod upload;
 pub mod vault;
 pub mod view;
 pub mod watch;

@@ -144,14 +144,14 @@ impl HttpOptions {
     }
 }
 
-struct Auth {
+pub(crate) struct Auth {
     /// The token database, used on blocking threads only: a lookup may wait
     /// on SQLite's locks, which must never stall the async runtime.
     tokens: Arc<Mutex<TokenVerifier>>,
     jwt: Option<JwtVerifier>,
     no_auth: bool,
     scheme: &'static str,
-    limiter: DefaultKeyedRateLimiter<String>,
+    pub(crate) limiter: DefaultKeyedRateLimiter<String>,
     /// Per client network, token or not (4× a token's rate): bounds guessing and floods.
     ip_limiter: ClientLimiter,
     /// Which refused authentications reach the audit log.
@@ -159,12 +159,12 @@ struct Auth {
     /// Live sessions by owner (caps, ownership, revocation).
     sessions: Arc<Sessions>,
     max_body: usize,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// Who authenticated a request, and with what kind of credential.
-struct Caller {
-    principal: Principal,
+pub(crate) struct Caller {
+    pub(crate) principal: Principal,
     source: Source,
 }
 
@@ -225,7 +225,7 @@ fn metadata_url(scheme: &str, headers: &HeaderMap) -> String {
     format!("{scheme}://{host}/.well-known/oauth-protected-resource")
 }
 
-fn error_body(status: StatusCode, msg: &str) -> Response {
+pub(crate) fn error_body(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({ "error": msg }))).into_response()
 }
 
@@ -351,7 +351,7 @@ fn session_refused(refusal: Refusal, id: serde_json::Value) -> Response {
     r
 }
 
-fn too_many(wait: Duration) -> Response {
+pub(crate) fn too_many(wait: Duration) -> Response {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let mut r = error_body(
         StatusCode::TOO_MANY_REQUESTS,
@@ -362,7 +362,9 @@ fn too_many(wait: Duration) -> Response {
     r
 }
 
-fn governor_wait(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> Duration {
+pub(crate) fn governor_wait(
+    not_until: governor::NotUntil<governor::clock::QuantaInstant>,
+) -> Duration {
     not_until.wait_time_from(DefaultClock::default().now())
 }
 
@@ -376,7 +378,7 @@ fn now_secs() -> i64 {
 /// Who presented the request's bearer credential (a token from `mcp.db` or a
 /// JWT), or the 401/500 response to send. A refusal is audited (see
 /// [`Auth::refused`]). The token database is read on a blocking thread.
-async fn authenticate(
+pub(crate) async fn authenticate(
     st: &Arc<Auth>,
     headers: &HeaderMap,
     client: Option<IpAddr>,
@@ -453,14 +455,14 @@ async fn authenticate(
 }
 
 /// The connected client's address.
-fn client_of(req: &Request) -> Option<IpAddr> {
+pub(crate) fn client_of(req: &Request) -> Option<IpAddr> {
     req.extensions()
         .get::<ConnectInfo<PeerAddr>>()
         .map(|ConnectInfo(PeerAddr(a))| a.ip())
 }
 
 /// The 429 to send when the client's network is over its rate.
-fn check_ip(st: &Auth, client: Option<IpAddr>) -> Option<Response> {
+pub(crate) fn check_ip(st: &Auth, client: Option<IpAddr>) -> Option<Response> {
     let ip = client?;
     st.ip_limiter.check(ip, Instant::now()).err().map(too_many)
 }
@@ -787,11 +789,13 @@ pub fn router(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
         .with_state(auth.clone());
+    let api = crate::rest::router(auth.clone());
     let guarded = Router::new()
         .route_service("/mcp", mcp)
         .layer(axum::middleware::from_fn_with_state(auth, bearer_auth));
     Ok(public
         .merge(guarded)
+        .merge(api)
         .layer(axum::middleware::from_fn_with_state(guard, gateway::guard)))
 }
 

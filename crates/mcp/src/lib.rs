@@ -21,6 +21,7 @@ mod index;
 pub mod jwt;
 mod limits;
 pub mod resources;
+mod rest;
 mod server;
 pub mod sessions;
 pub mod tokens;

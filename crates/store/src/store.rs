@@ -544,6 +544,12 @@ impl Store {
         })
     }
 
+    /// The plaintext length of chunk `id`.
+    pub fn chunk_len(&self, id: &ChunkId) -> Result<u64> {
+        let (_, raw_len) = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
+        Ok(u64::from(raw_len))
+    }
+
     /// The plaintext of chunk `id`, verified against the id.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let (loc, raw_len) = self.location(id)?.ok_or(Error::MissingChunk(*id))?;
