@@ -31,7 +31,7 @@ impl Ctx {
 
     /// A user-typed path as a path from the folder root (relative ones from
     /// the current directory); needs no key.
-    fn resolve(&self, raw: &str) -> Result<String> {
+    pub(crate) fn resolve(&self, raw: &str) -> Result<String> {
         let config = sovryn_engine::Config::load(&self.home)?;
         Ok(sovryn_engine::paths::resolve_user_path(
             &config.storage_path,
@@ -40,7 +40,7 @@ impl Ctx {
         )?)
     }
 
-    fn ask(&self, query: sovryn_api::Query) -> Result<sovryn_api::Answer> {
+    pub(crate) fn ask(&self, query: sovryn_api::Query) -> Result<sovryn_api::Answer> {
         ask(&self.home, self.passphrase_file.as_deref(), query)
     }
 }
@@ -246,6 +246,7 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::recover_cmd::recover(&ctx, &from, bucket, node)
         }
         Command::Remotes { action } => crate::remotes_cmd::remotes(&ctx, action, &chosen_folders),
+        Command::Share { action } => crate::share_cmd::share(&ctx, action),
         Command::Invite {
             read_only,
             backup,

@@ -12,6 +12,7 @@ mod node_cmd;
 mod output;
 mod recover_cmd;
 mod remotes_cmd;
+mod share_cmd;
 mod unlock;
 mod vault_cmd;
 
@@ -106,6 +107,11 @@ pub enum Command {
     Remotes {
         #[command(subcommand)]
         action: remotes_cmd::RemotesAction,
+    },
+    /// Share links to a file or directory: create, list, revoke.
+    Share {
+        #[command(subcommand)]
+        action: share_cmd::ShareAction,
     },
     /// The config vault: settings on every device, sealed with a passphrase.
     Vault {

@@ -150,7 +150,7 @@ pub(crate) struct Auth {
     tokens: Arc<Mutex<TokenVerifier>>,
     jwt: Option<JwtVerifier>,
     no_auth: bool,
-    scheme: &'static str,
+    pub(crate) scheme: &'static str,
     pub(crate) limiter: DefaultKeyedRateLimiter<String>,
     /// Per client network, token or not (4× a token's rate): bounds guessing and floods.
     ip_limiter: ClientLimiter,
@@ -160,6 +160,8 @@ pub(crate) struct Auth {
     sessions: Arc<Sessions>,
     max_body: usize,
     pub(crate) shared: Arc<Shared>,
+    /// Share links (`/s/<token>`).
+    links: Arc<crate::rest::shares::Links>,
 }
 
 /// Who authenticated a request, and with what kind of credential.
@@ -169,6 +171,11 @@ pub(crate) struct Caller {
 }
 
 impl Auth {
+    /// The node's share links.
+    pub(crate) fn links(&self) -> &Arc<crate::rest::shares::Links> {
+        &self.links
+    }
+
     /// Audits a refused authentication from `client` (rate-limited, see
     /// [`AuthFailures`]): never the credential, at most its fingerprint.
     fn refused(&self, client: Option<IpAddr>, secret: Option<&str>, route: &str, why: &str) {
@@ -744,6 +751,7 @@ pub fn router(
         )),
         max_body: opts.max_body_bytes,
         shared: shared.clone(),
+        links: crate::rest::shares::Links::open(&home)?,
     });
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {

@@ -24,6 +24,7 @@ pub mod resources;
 mod rest;
 mod server;
 pub mod sessions;
+pub mod shares;
 pub mod tokens;
 pub mod tools;
 mod work;

@@ -70,7 +70,7 @@ async fn get_path(
                 if !call.principal.scope.allows(&rel) {
                     return Err(not_found(&rel));
                 }
-                download(&st, rec, &headers).await
+                download(&st, rec, &headers, "inline").await
             }
             Some(rec) if rec.entry.kind == EntryKind::Symlink => Err(ApiError::bad(format!(
                 "{rel} is a symbolic link (to {}); links are not followed",
@@ -169,10 +169,11 @@ fn byte_range(h: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
 
 /// A file's content from the store (the version the index holds now, not
 /// whatever the disk holds meanwhile), streamed chunk by chunk.
-async fn download(
+pub(crate) async fn download(
     st: &Arc<Auth>,
     rec: FileRecord,
     headers: &HeaderMap,
+    disposition: &str,
 ) -> Result<Response, ApiError> {
     let tag = etag(&rec.entry);
     let matches = |h: header::HeaderName| {
@@ -264,7 +265,10 @@ async fn download(
     put(
         h,
         header::CONTENT_DISPOSITION,
-        format!("inline; filename*=UTF-8''{}", percent(name_of(&rec.path))),
+        format!(
+            "{disposition}; filename*=UTF-8''{}",
+            percent(name_of(&rec.path))
+        ),
     );
     if range.is_some() {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;

@@ -25,6 +25,7 @@ use crate::tokens::{Capability, Principal};
 
 mod files;
 mod history;
+pub(crate) mod shares;
 
 /// The OpenAPI document of the routes (a test asks the running server
 /// for every route it names, and for none it does not).
@@ -43,7 +44,9 @@ pub(crate) fn router(auth: Arc<Auth>) -> Router {
         .route("/api/v1/move", post(files::move_path))
         .route("/api/v1/versions/{*path}", get(history::versions))
         .route("/api/v1/restore", post(history::restore))
+        .merge(shares::api_routes())
         .layer(axum::middleware::from_fn_with_state(auth.clone(), api_auth))
+        .merge(shares::public_routes())
         .route(
             "/api/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
