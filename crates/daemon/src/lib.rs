@@ -270,9 +270,13 @@ impl Daemon {
         }
         if this.attached.is_none() {
             let packs = sovryn_store::Store::pack_dir(&this.home.dir);
+            let home = this.home.dir.clone();
             tasks.spawn("storage gauge", async move {
                 loop {
                     metrics::gauge!("storage_used_bytes").set(dir_bytes(&packs) as f64);
+                    if let Ok(free) = sovryn_engine::fsutil::available_bytes(&home) {
+                        metrics::gauge!("storage_available_bytes").set(free as f64);
+                    }
                     tokio::time::sleep(Duration::from_secs(10)).await;
                 }
             });

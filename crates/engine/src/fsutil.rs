@@ -87,3 +87,19 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
 pub fn set_file_mode(f: &fs::File, mode: u32) -> std::io::Result<()> {
     f.set_permissions(fs::Permissions::from_mode(mode & 0o777))
 }
+
+/// Bytes free for this user on the file system holding `path`.
+pub fn available_bytes(path: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::BadPath(format!("{} holds a NUL byte", path.display())))?;
+    // SAFETY: statvfs(3) fills the zeroed struct we pass; `c` is a valid C string.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return Err(Error::io(path, std::io::Error::last_os_error()));
+        }
+        st
+    };
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}

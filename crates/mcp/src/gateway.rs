@@ -240,13 +240,13 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
+                // Every duration is a histogram (quantiles over any window
+                // and across nodes in Grafana), from 0.5 ms to a minute.
                 .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Full(
-                        "mcp_request_duration_seconds".into(),
-                    ),
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
                     &[
                         0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                        5.0,
+                        5.0, 10.0, 30.0, 60.0,
                     ],
                 )
                 .ok()?
@@ -276,6 +276,19 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
                 "mcp_auth_failures_total",
                 "requests refused with 401 (audited at a bounded rate)"
             );
+            metrics::describe_histogram!(
+                "file_read_duration_seconds",
+                metrics::Unit::Seconds,
+                "reading a file's content from the store for a client (label via: mcp, api)"
+            );
+            metrics::describe_histogram!(
+                "file_write_duration_seconds",
+                metrics::Unit::Seconds,
+                "writing a file for a client, from the request to the recorded version (label via)"
+            );
+            for c in ["mcp_requests_total", "mcp_errors_total", "mcp_auth_failures_total"] {
+                metrics::counter!(c).increment(0);
+            }
             Some(handle)
         })
         .as_ref()
@@ -288,6 +301,8 @@ fn route_label(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
         p if p.starts_with("/.well-known/") => "/.well-known",
+        p if p.starts_with("/api/v1/") => "/api/v1",
+        p if p.starts_with("/s/") => "/s",
         _ => "other",
     }
 }

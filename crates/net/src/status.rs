@@ -195,6 +195,19 @@ pub fn describe_metrics() {
         metrics::Unit::Bytes,
         "Bytes of the encrypted chunk store (pack files)"
     );
+    // Counters start at zero: rate() and alerts work before the first event.
+    for c in [
+        "files_synced_total",
+        "sync_conflicts_total",
+        "sync_errors_total",
+    ] {
+        metrics::counter!(c).increment(0);
+    }
+    metrics::describe_gauge!(
+        "storage_available_bytes",
+        metrics::Unit::Bytes,
+        "Bytes free on the file system holding the node's home"
+    );
 }
 
 /// Asks the peer for `bytes` of filler on a fresh stream; returns the bytes

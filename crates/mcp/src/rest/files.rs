@@ -212,6 +212,7 @@ pub(crate) async fn download(
     let reads = st.shared.state.reads.clone();
     let chunks = rec.entry.chunks.clone();
     tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
         let mut at = 0u64;
         for id in chunks {
             if at >= end {
@@ -248,6 +249,8 @@ pub(crate) async fn download(
                 }
             }
         }
+        metrics::histogram!("file_read_duration_seconds", "via" => "api")
+            .record(started.elapsed().as_secs_f64());
     });
     let stream = tokio_stream_from(rx);
     let mut resp = Response::new(Body::from_stream(stream));
@@ -376,6 +379,7 @@ pub(crate) async fn put(
         async move {
             call.need(Capability::Write, "upload files")?;
             let rel = call.scoped(&raw)?;
+            let started = std::time::Instant::now();
             let actor = call.principal.actor();
             let (r, a) = (rel.clone(), actor.clone());
             let (slot, existed) = on_node(&st, move |node| {
@@ -404,6 +408,8 @@ pub(crate) async fn put(
                 .map_err(|e| ApiError::internal(format!("writing the upload: {e}")))?;
             drop(out);
             let rec = on_node(&st, move |node| Ok(node.finish_upload(slot, Some(&actor))?)).await?;
+            metrics::histogram!("file_write_duration_seconds", "via" => "api")
+                .record(started.elapsed().as_secs_f64());
             changed(&st, [rel]);
             let status = if existed {
                 StatusCode::OK

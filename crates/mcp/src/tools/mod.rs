@@ -134,6 +134,16 @@ const PROGRESS_BYTES: u64 = 1024 * 1024;
 /// A file's content, read chunk by chunk: stops when the call is cancelled
 /// and reports the bytes read.
 fn load_with(node: &dyn View, rel: &str, e: &Entry, work: &Work) -> Result<Vec<u8>, String> {
+    let started = Instant::now();
+    let out = load_timed(node, rel, e, work);
+    if out.is_ok() {
+        metrics::histogram!("file_read_duration_seconds", "via" => "mcp")
+            .record(started.elapsed().as_secs_f64());
+    }
+    out
+}
+
+fn load_timed(node: &dyn View, rel: &str, e: &Entry, work: &Work) -> Result<Vec<u8>, String> {
     if e.kind != EntryKind::File {
         return Err(format!("{rel} is a {}, not a file", kind_name(e.kind)));
     }

@@ -35,12 +35,15 @@ impl SovrynServer {
         let actor = p.actor();
         let writer = self.shared.state.node.clone();
         let r = rel.clone();
+        let started = std::time::Instant::now();
         // Through the writer's queue: agents writing at once share a commit.
         let written =
             tokio::task::spawn_blocking(move || writer.write_file(&r, bytes, Some(actor), None))
                 .await
                 .map_err(|e| format!("internal error: {e}"))?
                 .map_err(|e| e.to_string())?;
+        metrics::histogram!("file_write_duration_seconds", "via" => "mcp")
+            .record(started.elapsed().as_secs_f64());
         let rec = written.record;
         let out = WriteOut {
             path: rec.path,
