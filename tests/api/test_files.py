@@ -56,7 +56,7 @@ def pair(tmp_path: Path):
     key.write_text(a.run("folder-key").stdout)
     b = Node(tmp_path, "beta", key)
     a.run("peers", "add", b.id, "--address", f"127.0.0.1:{b.port}", "--name", "beta")
-    b.run("peers", "add", a.id, "--address", f"127.0.0.1:{a.port}", "--name", "beta")
+    b.run("peers", "add", a.id, "--address", f"127.0.0.1:{a.port}", "--name", "alpha")
     for n in (a, b):
         n.run("config", "set", "sync.mdns", "false")
     a.up()
@@ -114,6 +114,16 @@ def test_files_go_up_come_down_and_reach_the_peer(pair):
     stat = ok_json(a, "GET", "/api/v1/stat/docs/hello.txt", t)
     assert stat["version"] == "v3" and stat["etag"] == etag, "the same content, the same ETag"
 
+    diff = ok_json(a, "GET", "/api/v1/diff/docs/hello.txt?from=v1&to=v2", t)
+    assert "+second" in diff["diff"], diff
+    hits = ok_json(a, "GET", "/api/v1/search?q=hello", t)["hits"]
+    assert [h["path"] for h in hits] == ["docs/hello.txt"], hits
+    assert ok_json(a, "GET", "/api/v1/conflicts", t)["conflicts"] == []
+    st = token(a, "ops", "status")
+    status = ok_json(a, "GET", "/api/v1/status", st)
+    assert status["stats"]["files"] >= 1 and status["peers"] == 1, status
+    assert [p["name"] for p in ok_json(a, "GET", "/api/v1/peers", st)["peers"]] == ["beta"]
+
     ok_json(a, "POST", "/api/v1/mkdir", t, {"path": "archive/2026"}, expect=(201,))
     ok_json(a, "POST", "/api/v1/move", t, {"from": "docs/hello.txt", "to": "archive/2026/hello.txt"})
     assert call(a, "GET", "/api/v1/files/docs/hello.txt", t)[0] == 404
@@ -135,19 +145,21 @@ def documented_routes(node):
     for path, ops in doc["paths"].items():
         for method in ops:
             if method != "parameters":
-                yield method.upper(), path.replace("{path}", "docs/x.txt"), ops[method]
+                yield method.upper(), path.replace("{path}", "docs/x.txt").replace("{id}", "0123abcd"), ops[method]
 
 
 def test_every_route_is_documented_and_refuses_the_wrong_token_capability_or_scope(pair):
     a, _ = pair
     routes = list(documented_routes(a))
-    assert len(routes) >= 9
+    assert len(routes) >= 19
     read_only = token(a, "reader", "read")
     scoped = token(a, "docs-only", "read,write", "docs/**")
     writer = token(a, "writer", "read,write")
     ok_json(a, "PUT", "/api/v1/files/notes/secret.txt", writer, b"not for docs-only", expect=(201,))
     bodies = {"/api/v1/mkdir": {"path": "docs/d"}, "/api/v1/move": {"from": "docs/x.txt", "to": "docs/y.txt"},
-              "/api/v1/restore": {"path": "docs/x.txt", "version": "v1"}}
+              "/api/v1/restore": {"path": "docs/x.txt", "version": "v1"},
+              "/api/v1/conflicts/resolve": {"path": "docs/x.txt", "keep": "local"},
+              "/api/v1/shares": {"path": "docs/x.txt"}}
     for method, path, op in routes:
         if path == "/api/v1/openapi.json":
             continue
@@ -161,6 +173,9 @@ def test_every_route_is_documented_and_refuses_the_wrong_token_capability_or_sco
         if method != "GET":
             status, _, data = call(a, method, path, read_only, body)
             assert status == 403 and b"'write' capability" in data, f"{method} {path}: {status} {data!r}"
+        elif path in ("/api/v1/status", "/api/v1/peers"):
+            status, _, data = call(a, method, path, read_only, body)
+            assert status == 403 and b"'status' capability" in data, f"{method} {path}: {status} {data!r}"
     # Nothing the documents does not name is served.
     assert call(a, "GET", "/api/v1/nothing-here", writer)[0] == 404
 
@@ -279,3 +294,36 @@ def test_a_large_upload_streams_in_bounded_memory_resumes_by_range_and_a_cut_one
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     history = ok_json(n, "GET", "/api/v1/versions/big/blob.bin", t)
     assert [v["version"] for v in history["versions"]] == ["v1"], history
+
+
+def test_the_change_stream_tells_of_local_and_peer_changes_in_scope(pair):
+    a, b = pair
+    t = token(a, "watch", "read,write", "docs/**")
+    conn = http.client.HTTPConnection("127.0.0.1", a.mcp_port, timeout=30)
+    conn.request("GET", "/api/v1/events", headers={"Authorization": f"Bearer {t}"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
+    seen = []
+
+    def read():
+        try:
+            for raw in r:
+                line = raw.decode().strip()
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:])["path"])
+        except (AttributeError, OSError, ValueError):
+            pass  # the test closed the stream
+
+    threading.Thread(target=read, daemon=True).start()
+    time.sleep(0.3)
+    ok_json(a, "PUT", "/api/v1/files/docs/local.txt", t, b"made here", expect=(201,))
+    (b.folder / "notes").mkdir()
+    (b.folder / "notes" / "hidden.txt").write_text("out of the token's scope")
+    (b.folder / "docs").mkdir(exist_ok=True)
+    (b.folder / "docs" / "from-peer.txt").write_text("made on beta")
+    wait_for(f"no event for the peer's file: {seen}", lambda: "docs/from-peer.txt" in seen)
+    assert "docs/local.txt" in seen
+    wait_for("the out-of-scope file never arrived", lambda: (a.folder / "notes" / "hidden.txt").exists())
+    time.sleep(0.3)
+    assert not [p for p in seen if p.startswith("notes")], seen
+    conn.close()

@@ -286,7 +286,11 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
                 metrics::Unit::Seconds,
                 "writing a file for a client, from the request to the recorded version (label via)"
             );
-            for c in ["mcp_requests_total", "mcp_errors_total", "mcp_auth_failures_total"] {
+            for c in [
+                "mcp_requests_total",
+                "mcp_errors_total",
+                "mcp_auth_failures_total",
+            ] {
                 metrics::counter!(c).increment(0);
             }
             Some(handle)

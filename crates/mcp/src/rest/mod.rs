@@ -25,6 +25,7 @@ use crate::tokens::{Capability, Principal};
 
 mod files;
 mod history;
+mod queries;
 pub(crate) mod shares;
 
 /// The OpenAPI document of the routes (a test asks the running server
@@ -44,6 +45,13 @@ pub(crate) fn router(auth: Arc<Auth>) -> Router {
         .route("/api/v1/move", post(files::move_path))
         .route("/api/v1/versions/{*path}", get(history::versions))
         .route("/api/v1/restore", post(history::restore))
+        .route("/api/v1/diff/{*path}", get(queries::diff))
+        .route("/api/v1/search", get(queries::search))
+        .route("/api/v1/conflicts", get(queries::conflicts))
+        .route("/api/v1/conflicts/resolve", post(queries::resolve))
+        .route("/api/v1/status", get(queries::status))
+        .route("/api/v1/peers", get(queries::peers))
+        .route("/api/v1/events", get(queries::events))
         .merge(shares::api_routes())
         .layer(axum::middleware::from_fn_with_state(auth.clone(), api_auth))
         .merge(shares::public_routes())

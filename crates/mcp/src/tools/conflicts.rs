@@ -62,7 +62,11 @@ impl SovrynServer {
 
 /// The conflict copy `rel` names (the copy, or an original with one copy),
 /// among those `p` may see; its original must be in the scope too.
-fn visible_copy_for(node: &dyn View, p: &Principal, rel: &str) -> Result<String, String> {
+pub(crate) fn visible_copy_for(
+    node: &dyn View,
+    p: &Principal,
+    rel: &str,
+) -> Result<String, String> {
     let all = visible_conflicts(node, p)?;
     let copy = match all.iter().find(|c| c.path == rel) {
         Some(c) => c,

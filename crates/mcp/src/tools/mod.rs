@@ -30,7 +30,7 @@ use crate::work::{Work, CANCELLED};
 use crate::Shared;
 use sovryn_api::rfc3339;
 
-mod conflicts;
+pub(crate) mod conflicts;
 mod history;
 mod peers;
 mod read;
@@ -272,7 +272,10 @@ fn state_of(node: &dyn View, rel: &str, spec: Option<&str>) -> Result<(u64, Entr
 }
 
 /// The conflict copies `p` may see.
-fn visible_conflicts(node: &dyn View, p: &Principal) -> Result<Vec<ConflictCopy>, String> {
+pub(crate) fn visible_conflicts(
+    node: &dyn View,
+    p: &Principal,
+) -> Result<Vec<ConflictCopy>, String> {
     Ok(node
         .conflict_copies()
         .map_err(|e| e.to_string())?
@@ -284,7 +287,7 @@ fn visible_conflicts(node: &dyn View, p: &Principal) -> Result<Vec<ConflictCopy>
 /// The peers as configured now: `config.toml` is read again, since
 /// `sovryn peers add|remove` (another process) rewrites it and a running
 /// daemon follows it.
-fn current_peers(home: &std::path::Path) -> Result<Vec<PeerConfig>, String> {
+pub(crate) fn current_peers(home: &std::path::Path) -> Result<Vec<PeerConfig>, String> {
     let home = sovryn_engine::Home {
         dir: home.to_owned(),
     };
