@@ -247,6 +247,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Remotes { action } => crate::remotes_cmd::remotes(&ctx, action, &chosen_folders),
         Command::Share { action } => crate::share_cmd::share(&ctx, action),
+        Command::Users { action } => crate::users_cmd::users(&ctx, action, &chosen_folders),
         Command::Invite {
             read_only,
             backup,

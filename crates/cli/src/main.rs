@@ -14,6 +14,7 @@ mod recover_cmd;
 mod remotes_cmd;
 mod share_cmd;
 mod unlock;
+mod users_cmd;
 mod vault_cmd;
 
 use std::path::PathBuf;
@@ -107,6 +108,12 @@ pub enum Command {
     Remotes {
         #[command(subcommand)]
         action: remotes_cmd::RemotesAction,
+    },
+    /// People who sign in to the dashboard, each in a workspace of their
+    /// own: add, list, passwd, remove.
+    Users {
+        #[command(subcommand)]
+        action: users_cmd::UsersAction,
     },
     /// Share links to a file or directory: create, list, revoke.
     Share {

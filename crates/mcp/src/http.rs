@@ -162,6 +162,8 @@ pub(crate) struct Auth {
     pub(crate) shared: Arc<Shared>,
     /// Share links (`/s/<token>`).
     links: Arc<crate::rest::shares::Links>,
+    /// Users and their sessions (the dashboard).
+    accounts: Arc<crate::rest::session::Accounts>,
 }
 
 /// Who authenticated a request, and with what kind of credential.
@@ -174,6 +176,11 @@ impl Auth {
     /// The node's share links.
     pub(crate) fn links(&self) -> &Arc<crate::rest::shares::Links> {
         &self.links
+    }
+
+    /// The node's users and their sessions.
+    pub(crate) fn accounts(&self) -> &Arc<crate::rest::session::Accounts> {
+        &self.accounts
     }
 
     /// Audits a refused authentication from `client` (rate-limited, see
@@ -752,6 +759,7 @@ pub fn router(
         max_body: opts.max_body_bytes,
         shared: shared.clone(),
         links: crate::rest::shares::Links::open(&home)?,
+        accounts: crate::rest::session::Accounts::open(&home)?,
     });
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {

@@ -27,6 +27,7 @@ pub mod sessions;
 pub mod shares;
 pub mod tokens;
 pub mod tools;
+pub mod users;
 mod work;
 
 use std::sync::Arc;

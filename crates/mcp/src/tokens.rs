@@ -328,9 +328,14 @@ impl Principal {
         caps.iter().all(|c| self.can(*c)) && self.scope.covers(scope)
     }
 
-    /// The actor recorded with versions this principal makes.
+    /// The actor recorded with versions this principal makes: `mcp:` and
+    /// the token's name, or a signed-in user's `user:NAME` as it is.
     pub fn actor(&self) -> String {
-        format!("mcp:{}", self.name)
+        if self.name.starts_with("user:") {
+            self.name.clone()
+        } else {
+            format!("mcp:{}", self.name)
+        }
     }
 
     /// Whether it holds `cap` (admin holds all).

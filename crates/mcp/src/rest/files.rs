@@ -261,6 +261,13 @@ pub(crate) async fn download(
         }
     };
     put(h, header::CONTENT_TYPE, mime.to_string());
+    // A file is someone's content, not part of this site: an HTML or SVG
+    // file opened here runs no script with the reader's session (a PDF
+    // keeps the browser's viewer, which runs none in this origin).
+    put(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff".into());
+    if mime.essence_str() != "application/pdf" {
+        put(h, header::CONTENT_SECURITY_POLICY, "sandbox; default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'".into());
+    }
     put(h, header::CONTENT_LENGTH, (end - start).to_string());
     put(h, header::ETAG, tag);
     put(h, header::ACCEPT_RANGES, "bytes".into());
@@ -361,6 +368,41 @@ pub(crate) fn record_json(rec: &FileRecord) -> serde_json::Value {
     })
 }
 
+/// Bytes the live files under `dir` hold (a workspace's use of its quota).
+pub(crate) async fn used_bytes(st: &Arc<Auth>, dir: &str) -> Result<u64, ApiError> {
+    let d = dir.to_owned();
+    on_reader(st, move |reader| {
+        Ok(reader
+            .store()
+            .files_under(&d)?
+            .iter()
+            .filter(|f| !f.entry.deleted && f.entry.kind == EntryKind::File)
+            .map(|f| f.entry.size)
+            .sum())
+    })
+    .await
+}
+
+fn over_quota(quota: u64, used: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "over your quota: this upload would take your workspace past {} ({} used); nothing was written",
+            human(quota),
+            human(used)
+        ),
+    )
+}
+
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
+    }
+}
+
 /// `PUT /api/v1/files/PATH`: the body becomes the file's new version. It
 /// is written beside the target as it arrives and put in place only once
 /// complete, so a cut upload leaves nothing; memory use does not grow with
@@ -369,6 +411,7 @@ pub(crate) async fn put(
     State(st): State<Arc<Auth>>,
     Extension(call): Extension<Call>,
     UrlPath(raw): UrlPath<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     audited(
@@ -382,6 +425,32 @@ pub(crate) async fn put(
             let started = std::time::Instant::now();
             let actor = call.principal.actor();
             let (r, a) = (rel.clone(), actor.clone());
+            // A user's quota: what their workspace holds, less the file this
+            // upload replaces, plus the upload.
+            let quota = call
+                .user
+                .as_ref()
+                .and_then(|u| u.quota.map(|q| (q, u.workspace.clone())));
+            let used = match &quota {
+                Some((_, ws)) => {
+                    let r = rel.clone();
+                    let replaced = on_reader(&st, move |reader| {
+                        Ok(live(reader.store().file(&r)?).map_or(0, |f| f.entry.size))
+                    })
+                    .await?;
+                    used_bytes(&st, ws).await?.saturating_sub(replaced)
+                }
+                None => 0,
+            };
+            let announced = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if let (Some((q, _)), Some(len)) = (&quota, announced) {
+                if used.saturating_add(len) > *q {
+                    return Err(over_quota(*q, used));
+                }
+            }
             let (slot, existed) = on_node(&st, move |node| {
                 let existed = live(node.store.file(&r)?).is_some();
                 Ok((node.begin_upload(&r, Some(&a))?, existed))
@@ -399,6 +468,12 @@ pub(crate) async fn put(
             while let Some(piece) = stream.next().await {
                 let piece = piece.map_err(|e| ApiError::bad(format!("the upload was cut: {e}")))?;
                 total += piece.len() as u64;
+                if let Some((q, _)) = &quota {
+                    if used.saturating_add(total) > *q {
+                        // The temp file goes with the slot: nothing partial stays.
+                        return Err(over_quota(*q, used));
+                    }
+                }
                 out.write_all(&piece)
                     .await
                     .map_err(|e| ApiError::internal(format!("writing the upload: {e}")))?;

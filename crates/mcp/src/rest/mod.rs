@@ -26,7 +26,9 @@ use crate::tokens::{Capability, Principal};
 mod files;
 mod history;
 mod queries;
+pub(crate) mod session;
 pub(crate) mod shares;
+mod ui;
 
 /// The OpenAPI document of the routes (a test asks the running server
 /// for every route it names, and for none it does not).
@@ -52,9 +54,14 @@ pub(crate) fn router(auth: Arc<Auth>) -> Router {
         .route("/api/v1/status", get(queries::status))
         .route("/api/v1/peers", get(queries::peers))
         .route("/api/v1/events", get(queries::events))
+        .route("/api/v1/me", get(session::me))
         .merge(shares::api_routes())
         .layer(axum::middleware::from_fn_with_state(auth.clone(), api_auth))
         .merge(shares::public_routes())
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
+        .route("/api/v1/login", post(session::login))
+        .route("/api/v1/logout", post(session::logout))
         .route(
             "/api/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
@@ -66,6 +73,10 @@ pub(crate) fn router(auth: Arc<Auth>) -> Router {
 #[derive(Clone)]
 pub(crate) struct Call {
     pub(crate) principal: Principal,
+    /// The signed-in user (a session), if not a token.
+    pub(crate) user: Option<crate::users::UserInfo>,
+    /// The session's CSRF token.
+    pub(crate) csrf: Option<String>,
     client: Option<IpAddr>,
     started: Instant,
 }
@@ -123,22 +134,38 @@ impl From<sovryn_store::Error> for ApiError {
     }
 }
 
-/// Authenticates every request of the file API (as `/mcp` does: client
-/// network rate, bearer token or JWT, the token's rate).
+/// Authenticates every request of the file API: a bearer token or JWT
+/// (as `/mcp` does: client network rate, credential, the token's rate),
+/// or else a signed-in user's session cookie (CSRF-checked for changes).
 async fn api_auth(State(st): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
     let client = client_of(&req);
     if let Some(r) = check_ip(&st, client) {
         return r;
     }
-    let caller = match authenticate(&st, req.headers(), client, "/api/v1").await {
-        Ok(c) => c,
-        Err(r) => return *r,
+    let bearer = req.headers().contains_key(header::AUTHORIZATION);
+    let session = if bearer {
+        None
+    } else {
+        session::session_caller(&st, &req)
     };
-    if let Err(not_until) = st.limiter.check_key(&caller.principal.name) {
+    let (principal, user, csrf) = match session {
+        Some(Err(r)) => return r,
+        Some(Ok((user, csrf))) => match user.principal() {
+            Ok(p) => (p, Some(user), Some(csrf)),
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+        None => match authenticate(&st, req.headers(), client, "/api/v1").await {
+            Ok(c) => (c.principal, None, None),
+            Err(r) => return *r,
+        },
+    };
+    if let Err(not_until) = st.limiter.check_key(&principal.name) {
         return too_many(governor_wait(not_until));
     }
     req.extensions_mut().insert(Call {
-        principal: caller.principal,
+        principal,
+        user,
+        csrf,
         client,
         started: Instant::now(),
     });

@@ -587,9 +587,11 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let mut r = (status, Html(html)).into_response();
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Same-origin only: a link's URL never leaves in a Referer, and the
+    // password form still sends its Origin (the gateway checks it).
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
