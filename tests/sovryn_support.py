@@ -3,6 +3,8 @@
 pytest puts `tests/` on the import path because `tests/conftest.py` exists.
 """
 
+import http.client
+import json
 import os
 import re
 import socket
@@ -106,3 +108,19 @@ class Node:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return None
+
+
+def call(node, method, path, token=None, body=None, headers=None):
+    """(status, headers, body bytes) of one request."""
+    conn = http.client.HTTPConnection("127.0.0.1", node.mcp_port, timeout=120)
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+        h["Content-Type"] = "application/json"
+    conn.request(method, path, body=body, headers=h)
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, data

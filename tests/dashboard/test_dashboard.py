@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sovryn_support import ROOT, Node
+from sovryn_support import ROOT, Node, call
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -83,7 +83,7 @@ def mesh(tmp_path: Path):
     b.run("peers", "add", a.id, "--address", f"127.0.0.1:{a.port}", "--name", "alpha")
     for n in (a, b):
         n.run("config", "set", "sync.mdns", "false")
-    for name, extra in (("ann", []), ("bob", ["--quota", "1M"])):
+    for name, extra in (("ann", []), ("bob", ["--quota", "1M"]), ("root", ["--admin"])):
         pw = tmp_path / f"{name}.pw"
         pw.write_text(f"{name}'s long password\n")
         a.run("users", "add", name, "--password-file", str(pw), *extra)
@@ -242,3 +242,32 @@ def test_a_second_user_sees_nothing_of_the_first_and_their_quota_holds(mesh):
         assert bob.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
     finally:
         bob.quit()
+
+
+def test_an_admin_sees_devices_live_makes_a_token_and_reads_the_audit_log(mesh):
+    a, b, tmp = mesh
+    d = browser(tmp / "dl-root")
+    try:
+        w = sign_in(d, a, "root")
+        click_when_steady(d, (By.CSS_SELECTOR, 'header nav button[data-view="devices"]'))
+        w.until(lambda _: "connected" in d.find_element(By.ID, "devices").text)
+        assert "beta" in d.find_element(By.ID, "devices").text
+        shot(d, "10-devices")
+        click_when_steady(d, (By.CSS_SELECTOR, 'header nav button[data-view="tokens"]'))
+        w.until(EC.visibility_of_element_located((By.ID, "token-form"))).find_element(By.ID, "token-name").send_keys("notes-agent")
+        d.find_element(By.ID, "token-paths").send_keys("docs/**")
+        click_when_steady(d, (By.CSS_SELECTOR, "#token-form button[type=submit]"))
+        secret = w.until(EC.visibility_of_element_located((By.ID, "token-secret"))).get_attribute("value")
+        assert secret.startswith("svn_")
+        shot(d, "11-tokens")
+        # The token works, only within its scope.
+        assert call(a, "GET", "/api/v1/files", secret)[0] == 200
+        assert call(a, "PUT", "/api/v1/files/docs/x.txt", secret, b"x")[0] == 403, "read only"
+        click_when_steady(d, (By.CSS_SELECTOR, 'header nav button[data-view="audit"]'))
+        w.until(lambda _: "token create" in d.find_element(By.ID, "audit").text)
+        shot(d, "12-audit-log")
+        click_when_steady(d, (By.CSS_SELECTOR, 'header nav button[data-view="status"]'))
+        w.until(EC.visibility_of_element_located((By.ID, "status")))
+        shot(d, "13-status")
+    finally:
+        d.quit()

@@ -121,8 +121,12 @@ impl Daemon {
         }
         net.set_bandwidth(limits.0, limits.1);
         sovryn_net::describe_metrics();
+        let live = net.clone();
         let mcp_state =
-            sovryn_mcp::McpState::with_channel(shared.node.clone(), shared.changes.clone())?;
+            sovryn_mcp::McpState::with_channel(shared.node.clone(), shared.changes.clone())?
+                .with_live_peers(Arc::new(move || {
+                    serde_json::to_value(live.peer_status()).unwrap_or_default()
+                }));
         let mcp = if mcp_config.enabled {
             match start_mcp(&mcp_state, &mcp_config).await {
                 Ok(m) => {

@@ -59,7 +59,14 @@ pub struct McpState {
     pub(crate) index: Arc<index::PathIndex>,
     /// Directory listings, kept while the index is unchanged.
     pub(crate) listings: Arc<sovryn_api::ListingCache<Vec<tools::ListedEntry>>>,
+    /// The peers' live state (connections, transfers), when a sync
+    /// service runs beside the server ([`McpState::with_live_peers`]).
+    pub(crate) live_peers: Option<LivePeers>,
 }
+
+/// A snapshot of the peers' live state, as JSON (an array of objects with
+/// at least `id`).
+pub type LivePeers = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl McpState {
     /// Wraps an opened node.
@@ -98,7 +105,15 @@ impl McpState {
             node,
             reads: Arc::new(reads),
             changes,
+            live_peers: None,
         })
+    }
+
+    /// Tells the server how to see the peers' live state (the daemon's
+    /// sync service), which `/api/v1/peers` adds to each configured peer.
+    pub fn with_live_peers(mut self, f: LivePeers) -> Self {
+        self.live_peers = Some(f);
+        self
     }
 
     /// The node's home directory.

@@ -23,6 +23,7 @@ use crate::audit::AuditLine;
 use crate::http::{authenticate, check_ip, client_of, error_body, governor_wait, too_many, Auth};
 use crate::tokens::{Capability, Principal};
 
+mod admin;
 mod files;
 mod history;
 mod queries;
@@ -55,6 +56,12 @@ pub(crate) fn router(auth: Arc<Auth>) -> Router {
         .route("/api/v1/peers", get(queries::peers))
         .route("/api/v1/events", get(queries::events))
         .route("/api/v1/me", get(session::me))
+        .route("/api/v1/tokens", get(admin::list).post(admin::create))
+        .route(
+            "/api/v1/tokens/{name}",
+            axum::routing::delete(admin::revoke),
+        )
+        .route("/api/v1/audit", get(admin::audit))
         .merge(shares::api_routes())
         .layer(axum::middleware::from_fn_with_state(auth.clone(), api_auth))
         .merge(shares::public_routes())

@@ -202,10 +202,26 @@ pub(crate) async fn peers(
         async move {
             call.need(Capability::Status, "list peers")?;
             let home = st.shared.home.clone();
-            let peers: Vec<PeerOut> = current_peers(&home)
+            let live = st
+                .shared
+                .state
+                .live_peers
+                .as_ref()
+                .map(|f| f())
+                .unwrap_or_default();
+            let peers: Vec<serde_json::Value> = current_peers(&home)
                 .map_err(ApiError::bad)?
                 .into_iter()
-                .map(PeerOut::from)
+                .map(|p| {
+                    let id = p.id.clone();
+                    let mut v = serde_json::to_value(PeerOut::from(p)).unwrap_or_default();
+                    // Connection, transfers and rates, as the sync service sees them now.
+                    v["live"] = live
+                        .as_array()
+                        .and_then(|all| all.iter().find(|s| s["id"] == json!(id)).cloned())
+                        .unwrap_or(serde_json::Value::Null);
+                    v
+                })
                 .collect();
             Ok(Json(json!({"peers": peers})).into_response())
         },

@@ -214,7 +214,8 @@ pub(crate) async fn login(State(st): State<Arc<Auth>>, req: Request) -> Response
     audit("ok");
     let (token, csrf) = st.accounts().open_session(user.clone());
     let mut r = Json(json!({
-        "name": user.name, "admin": user.admin, "workspace": user.workspace,
+        "name": user.name, "admin": user.admin,
+        "workspace": (!user.admin).then_some(&user.workspace),
         "quota": user.quota, "csrf": csrf,
     }))
     .into_response();
@@ -260,7 +261,8 @@ pub(crate) async fn me(
         "name": p.name,
         "capabilities": p.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         "paths": p.scope.globs(),
-        "workspace": call.user.as_ref().map(|u| u.workspace.clone()),
+        // An admin's files are the whole folder, not a workspace.
+        "workspace": call.user.as_ref().filter(|u| !u.admin).map(|u| u.workspace.clone()),
         "admin": call.user.as_ref().is_some_and(|u| u.admin),
         "quota": call.user.as_ref().and_then(|u| u.quota),
         "used": used,

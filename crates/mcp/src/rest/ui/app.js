@@ -54,7 +54,9 @@ async function start() {
   $("#who").textContent = state.me.name.replace(/^user:/, "");
   for (const b of document.querySelectorAll("header nav button")) {
     const needsStatus = ["devices", "status"].includes(b.dataset.view);
-    b.hidden = needsStatus && !state.me.capabilities.includes("status");
+    const needsAccount = ["tokens", "audit"].includes(b.dataset.view);
+    b.hidden = (needsStatus && !state.me.capabilities.includes("status"))
+      || (needsAccount && !state.me.workspace && !state.me.admin && !state.me.capabilities.includes("admin"));
   }
   follow();
   show("files");
@@ -83,7 +85,8 @@ function show(view) {
   for (const b of document.querySelectorAll("header nav button")) {
     if (b.dataset.view === view) b.setAttribute("aria-current", "page"); else b.removeAttribute("aria-current");
   }
-  ({ files: files, shares: shares, conflicts: conflicts, devices: devices, status: status })[view]();
+  clearInterval(state.poll);
+  ({ files: files, shares: shares, conflicts: conflicts, devices: devices, status: status, tokens: tokens, audit: audit })[view]();
   $("#main").focus();
 }
 
@@ -362,27 +365,103 @@ async function conflicts() {
 
 async function devices() {
   const view = $("#view");
+  const draw = async () => {
+    try {
+      const r = await api("GET", "peers");
+      const body = el("tbody");
+      for (const p of r.peers) {
+        const l = p.live || {};
+        const up = l.connected > 0;
+        const moving = (l.to_receive_bytes || 0) + (l.to_send_bytes || 0);
+        body.append(el("tr", { "data-peer": p.id }, el("td", { text: p.name || p.id.slice(0, 10) }),
+          el("td", { class: up ? "ok" : "error", text: up ? "connected" : (l.state || "not connected") }),
+          el("td", { text: moving ? `${human(l.to_receive_bytes || 0)} in, ${human(l.to_send_bytes || 0)} out` : "in sync" }),
+          el("td", { class: "hide-narrow", text: `${human(l.receive_rate || 0)}/s in, ${human(l.send_rate || 0)}/s out` }),
+          el("td", { class: "hide-narrow", text: (p.addresses || []).join(", ") }), el("td", { text: p.read_only ? "read-only" : "full" })));
+      }
+      view.replaceChildren(el("h1", { text: "Devices" }), el("table", { id: "devices" }, el("thead", {}, el("tr", {}, el("th", { text: "Device" }),
+        el("th", { text: "Link" }), el("th", { text: "Transfers" }), el("th", { class: "hide-narrow", text: "Rates" }),
+        el("th", { class: "hide-narrow", text: "Addresses" }), el("th", { text: "Rights" }))), body));
+    } catch (e) { view.replaceChildren(el("p", { class: "error", text: e.message })); clearInterval(state.poll); }
+  };
+  await draw();
+  state.poll = setInterval(() => { if (state.view === "devices") draw(); }, 2000);
+}
+
+async function tokens() {
+  const view = $("#view");
+  let r;
+  try { r = await api("GET", "tokens"); } catch (e) { view.replaceChildren(el("p", { class: "error", text: e.message })); return; }
+  const body = el("tbody");
+  for (const t of r.tokens) {
+    body.append(el("tr", {}, el("td", { text: t.name }), el("td", { text: t.capabilities.join(", ") }),
+      el("td", { class: "hide-narrow", text: t.paths.length ? t.paths.join(", ") : "everything" }),
+      el("td", { text: t.revoked ? "revoked" : t.expires ? "until " + when(t.expires * 1000) : "no expiry" }),
+      el("td", { class: "actions" }, t.revoked ? "" : el("button", { class: "danger", onclick: async () => { await api("DELETE", "tokens/" + encodeURIComponent(t.name)); tokens(); }, text: "Revoke", "aria-label": "Revoke " + t.name }))));
+  }
+  const caps = ["read", "write", "status"].map((c) => el("label", { class: "check" }, el("input", { type: "checkbox", value: c, checked: c === "read" }), " " + c));
+  const form = el("form", { id: "token-form" }, el("h2", { text: "New token for an agent" }),
+    el("label", { for: "token-name", text: "Name" }), el("input", { id: "token-name", required: true, pattern: "[A-Za-z0-9._\\-]+" }),
+    el("fieldset", {}, el("legend", { text: "It may" }), ...caps),
+    el("label", { for: "token-paths", text: "Only these paths (globs, comma-separated; empty: everything you may reach)" }),
+    el("input", { id: "token-paths", placeholder: "docs/**" }),
+    el("button", { type: "submit", text: "Create token" }), el("p", { id: "token-out", role: "status" }));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      const paths = $("#token-paths").value.split(",").map((x) => x.trim()).filter(Boolean);
+      const made = await api("POST", "tokens", { name: $("#token-name").value, paths,
+        capabilities: [...form.querySelectorAll("fieldset input:checked")].map((x) => x.value) });
+      $("#token-out").replaceChildren(`Token ${made.name} (shown only now): `, el("input", { id: "token-secret", readonly: true, value: made.token, "aria-label": "The token" }));
+    } catch (e) { $("#token-out").textContent = e.message; }
+  });
+  view.replaceChildren(el("h1", { text: "MCP tokens" }), el("table", { id: "tokens" }, el("thead", {}, el("tr", {},
+    el("th", { text: "Name" }), el("th", { text: "May" }), el("th", { class: "hide-narrow", text: "Paths" }), el("th", { text: "State" }), el("th"))), body), form);
+}
+
+async function audit() {
+  const view = $("#view");
   try {
-    const r = await api("GET", "peers");
+    const r = await api("GET", "audit?limit=300");
     const body = el("tbody");
-    for (const p of r.peers) body.append(el("tr", {}, el("td", { text: p.name || "" }), el("td", { class: "hide-narrow", text: p.id.slice(0, 16) + "…" }),
-      el("td", { text: (p.addresses || []).join(", ") }), el("td", { text: p.read_only ? "read-only" : "full" })));
-    view.replaceChildren(el("h1", { text: "Devices" }), el("table", {}, el("thead", {}, el("tr", {}, el("th", { text: "Name" }),
-      el("th", { class: "hide-narrow", text: "Id" }), el("th", { text: "Addresses" }), el("th", { text: "Rights" }))), body));
+    for (const l of r.lines) body.append(el("tr", {}, el("td", { text: when(l.time) }), el("td", { text: l.token }), el("td", { text: l.tool }),
+      el("td", { class: "hide-narrow", text: (l.paths || []).join(", ") }), el("td", { class: l.outcome === "ok" ? "ok" : "error", text: l.outcome })));
+    view.replaceChildren(el("h1", { text: "Audit log" }), el("table", { id: "audit" }, el("thead", {}, el("tr", {}, el("th", { text: "When" }),
+      el("th", { text: "Who" }), el("th", { text: "What" }), el("th", { class: "hide-narrow", text: "Paths" }), el("th", { text: "Outcome" }))), body));
   } catch (e) { view.replaceChildren(el("p", { class: "error", text: e.message })); }
+}
+
+const hist = { stored: [], files: [], versions: [] };
+function spark(values) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "spark"); svg.setAttribute("viewBox", "0 0 100 30"); svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img"); svg.setAttribute("aria-label", "trend over the last minutes");
+  const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", values.map((v, i) => `${values.length > 1 ? (100 * i) / (values.length - 1) : 50},${28 - (26 * (v - lo)) / span}`).join(" "));
+  svg.append(line);
+  return svg;
 }
 
 async function status() {
   const view = $("#view");
-  try {
-    const r = await api("GET", "status");
-    const s = r.stats;
-    const card = (label, value) => el("div", { class: "card" }, el("b", { text: value }), label);
-    view.replaceChildren(el("h1", { text: "Status of " + r.node }), el("div", { class: "cards" },
-      card("files", String(s.files)), card("versions", String(s.versions)), card("in the folder", human(s.tree_bytes)),
-      card("stored (deduplicated, compressed)", human(s.stored_bytes)), card("dedup ratio", (s.dedup_ratio || 1).toFixed(2) + "×"),
-      card("peers", String(r.peers)), card("conflicts", String(r.conflicts)), card("sync", r.paused ? "paused" : "running")));
-  } catch (e) { view.replaceChildren(el("p", { class: "error", text: e.message })); }
+  const draw = async () => {
+    try {
+      const r = await api("GET", "status");
+      const s = r.stats;
+      for (const [k, v] of [["stored", s.stored_bytes], ["files", s.files], ["versions", s.versions]]) {
+        hist[k].push(v); if (hist[k].length > 60) hist[k].shift();
+      }
+      const card = (label, value, trend) => el("div", { class: "card" }, el("b", { text: value }), label, trend ? spark(trend) : "");
+      view.replaceChildren(el("h1", { text: "Status of " + r.node }), el("div", { class: "cards", id: "status" },
+        card("files", String(s.files), hist.files), card("versions", String(s.versions), hist.versions),
+        card("in the folder", human(s.tree_bytes)), card("stored (deduplicated, compressed)", human(s.stored_bytes), hist.stored),
+        card("dedup ratio", (s.dedup_ratio || 1).toFixed(2) + "×"), card("compression ratio", (s.compression_ratio || 1).toFixed(2) + "×"),
+        card("peers", String(r.peers)), card("conflicts", String(r.conflicts)), card("sync", r.paused ? "paused" : "running")));
+    } catch (e) { view.replaceChildren(el("p", { class: "error", text: e.message })); clearInterval(state.poll); }
+  };
+  await draw();
+  state.poll = setInterval(() => { if (state.view === "status") draw(); }, 5000);
 }
 
 start();
