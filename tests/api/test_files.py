@@ -107,6 +107,8 @@ def test_files_go_up_come_down_and_reach_the_peer(pair):
     status = ok_json(a, "GET", "/api/v1/status", st)
     assert status["stats"]["files"] >= 1 and status["peers"] == 1, status
     assert [p["name"] for p in ok_json(a, "GET", "/api/v1/peers", st)["peers"]] == ["beta"]
+    folders = ok_json(a, "GET", "/api/v1/folders", t)["folders"]
+    assert folders == [{"name": "default", "served": True}], folders
 
     ok_json(a, "POST", "/api/v1/mkdir", t, {"path": "archive/2026"}, expect=(201,))
     ok_json(a, "POST", "/api/v1/move", t, {"from": "docs/hello.txt", "to": "archive/2026/hello.txt"})

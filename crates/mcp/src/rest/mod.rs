@@ -54,6 +54,7 @@ pub(crate) fn router(auth: Arc<Auth>) -> Router {
         .route("/api/v1/conflicts/resolve", post(queries::resolve))
         .route("/api/v1/status", get(queries::status))
         .route("/api/v1/peers", get(queries::peers))
+        .route("/api/v1/folders", get(queries::folders))
         .route("/api/v1/events", get(queries::events))
         .route("/api/v1/me", get(session::me))
         .route("/api/v1/tokens", get(admin::list).post(admin::create))

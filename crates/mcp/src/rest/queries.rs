@@ -229,6 +229,37 @@ pub(crate) async fn peers(
     .await
 }
 
+/// `GET /api/v1/folders`: the node's folders, and the one this API serves
+/// (the node's first, `default`; the others sync, and are reached through
+/// their own listeners).
+pub(crate) async fn folders(
+    State(st): State<Arc<Auth>>,
+    Extension(call): Extension<Call>,
+) -> Response {
+    audited(
+        &st.clone(),
+        &call.clone(),
+        "folders",
+        Vec::new(),
+        async move {
+            call.need(Capability::Read, "list folders")?;
+            let home = sovryn_engine::Home {
+                dir: st.shared.home.clone(),
+            };
+            let all = tokio::task::spawn_blocking(move || sovryn_engine::folders::list(&home))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+            let out: Vec<serde_json::Value> = all
+                .iter()
+                // Names only: where a folder lies on disk is not a client's business.
+                .map(|f| json!({"name": f.name.as_str(), "served": f.home.dir == st.shared.home}))
+                .collect();
+            Ok(Json(json!({"folders": out})).into_response())
+        },
+    )
+    .await
+}
+
 /// `GET /api/v1/events`: a server-sent event `change` (`{"path"}`) for
 /// every path in the token's scope that changes here, locally or from a
 /// peer; a comment every 15 s keeps the stream open.
