@@ -124,3 +124,17 @@ def call(node, method, path, token=None, body=None, headers=None):
     data = r.read()
     conn.close()
     return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+
+
+def linked_pair(tmp: Path) -> tuple:
+    """Two nodes of one folder, alpha and beta, each a peer of the other
+    (not started; no LAN announcements)."""
+    a = Node(tmp, "alpha")
+    key = tmp / "folder.key"
+    key.write_text(a.run("folder-key").stdout)
+    b = Node(tmp, "beta", key)
+    a.run("peers", "add", b.id, "--address", f"127.0.0.1:{b.port}", "--name", "beta")
+    b.run("peers", "add", a.id, "--address", f"127.0.0.1:{a.port}", "--name", "alpha")
+    for n in (a, b):
+        n.run("config", "set", "sync.mdns", "false")
+    return a, b

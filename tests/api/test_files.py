@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sovryn_support import Node, call
+from sovryn_support import Node, call, linked_pair
 
 
 def ok_json(node, method, path, token, body=None, expect=(200, 201)):
@@ -35,14 +35,7 @@ def wait_for(what, check, timeout=30):
 
 @pytest.fixture
 def pair(tmp_path: Path):
-    a = Node(tmp_path, "alpha")
-    key = tmp_path / "folder.key"
-    key.write_text(a.run("folder-key").stdout)
-    b = Node(tmp_path, "beta", key)
-    a.run("peers", "add", b.id, "--address", f"127.0.0.1:{b.port}", "--name", "beta")
-    b.run("peers", "add", a.id, "--address", f"127.0.0.1:{a.port}", "--name", "alpha")
-    for n in (a, b):
-        n.run("config", "set", "sync.mdns", "false")
+    a, b = linked_pair(tmp_path)
     a.up()
     b.up()
     yield a, b

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sovryn_support import ROOT, Node, call
+from sovryn_support import ROOT, call, linked_pair
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -75,14 +75,7 @@ def shot(d, name):
 
 @pytest.fixture
 def mesh(tmp_path: Path):
-    a = Node(tmp_path, "alpha")
-    key = tmp_path / "folder.key"
-    key.write_text(a.run("folder-key").stdout)
-    b = Node(tmp_path, "beta", key)
-    a.run("peers", "add", b.id, "--address", f"127.0.0.1:{b.port}", "--name", "beta")
-    b.run("peers", "add", a.id, "--address", f"127.0.0.1:{a.port}", "--name", "alpha")
-    for n in (a, b):
-        n.run("config", "set", "sync.mdns", "false")
+    a, b = linked_pair(tmp_path)
     for name, extra in (("ann", []), ("bob", ["--quota", "1M"]), ("root", ["--admin"])):
         pw = tmp_path / f"{name}.pw"
         pw.write_text(f"{name}'s long password\n")

@@ -23,17 +23,12 @@ except ImportError:  # pragma: no cover - other SDK layouts
         return httpx.AsyncClient(headers=headers, timeout=30)
 
 
-from sovryn_support import Node, free_port, sovryn_bin  # noqa: F401 (Node: re-exported)
+from sovryn_support import Node, free_port, linked_pair, sovryn_bin  # noqa: F401 (Node: re-exported)
 
 
 @pytest.fixture
 def pair(tmp_path: Path):
-    a = Node(tmp_path, "alpha")
-    key = tmp_path / "folder.key"
-    key.write_text(a.run("folder-key").stdout)
-    b = Node(tmp_path, "beta", key)
-    a.run("peers", "add", b.id, "--address", f"127.0.0.1:{b.port}", "--name", "beta")
-    b.run("peers", "add", a.id, "--address", f"127.0.0.1:{a.port}", "--name", "alpha")
+    a, b = linked_pair(tmp_path)
     token = a.run("mcp", "tokens", "create", "--name", "agent", "--capabilities", "read,write").stdout.strip()
     a.up()
     b.up()

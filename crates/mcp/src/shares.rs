@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::{invalid, Result, WithContext};
+use crate::error::{invalid, Result};
 
 /// Shortest password a link takes.
 pub const MIN_PASSWORD: usize = 8;
@@ -120,12 +120,10 @@ pub fn waste_a_password_check(password: &str) {
 impl ShareStore {
     /// Opens (creating) the links table in `home`'s `mcp.db`.
     pub fn open(home: &Path) -> Result<Self> {
-        let path = crate::tokens::db_path(home);
-        let db = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS shares(
+        Ok(ShareStore {
+            db: crate::tokens::open_db(
+                home,
+                "CREATE TABLE IF NOT EXISTS shares(
                 id TEXT PRIMARY KEY,
                 hash TEXT NOT NULL UNIQUE,
                 path TEXT NOT NULL,
@@ -137,13 +135,8 @@ impl ShareStore {
                 downloads INTEGER NOT NULL DEFAULT 0,
                 revoked INTEGER NOT NULL DEFAULT 0
             );",
-        )?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
-        Ok(ShareStore { db })
+            )?,
+        })
     }
 
     /// Makes a link; returns it and its token (shown once, never stored).

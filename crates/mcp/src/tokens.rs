@@ -375,6 +375,23 @@ pub struct TokenStore {
     db: Connection,
 }
 
+/// Opens (creating) `mcp.db` in `home` (mode 0600, WAL, a 5 s busy
+/// timeout) and makes sure `schema` (`CREATE TABLE IF NOT EXISTS …`) is
+/// there: the tokens, share links and users each keep a table of it.
+pub(crate) fn open_db(home: &Path, schema: &str) -> Result<Connection> {
+    let path = db_path(home);
+    let db = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    db.busy_timeout(std::time::Duration::from_secs(5))?;
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    db.execute_batch(schema)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(db)
+}
+
 /// The token file of a home.
 pub fn db_path(home: &Path) -> PathBuf {
     home.join("mcp.db")
@@ -437,12 +454,10 @@ fn info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
 impl TokenStore {
     /// Opens (creating) `mcp.db` in `home`.
     pub fn open(home: &Path) -> Result<Self> {
-        let path = db_path(home);
-        let db = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS tokens(
+        Ok(TokenStore {
+            db: open_db(
+                home,
+                "CREATE TABLE IF NOT EXISTS tokens(
                 name TEXT PRIMARY KEY,
                 hash TEXT NOT NULL UNIQUE,
                 capabilities TEXT NOT NULL,
@@ -451,13 +466,8 @@ impl TokenStore {
                 expires INTEGER,
                 revoked INTEGER NOT NULL DEFAULT 0
             );",
-        )?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
-        Ok(TokenStore { db })
+            )?,
+        })
     }
 
     /// Creates a token and returns its secret (shown once).

@@ -11,7 +11,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::error::{invalid, Result, WithContext};
+use crate::error::{invalid, Result};
 use crate::shares::{hash_password, password_matches, waste_a_password_check, MIN_PASSWORD};
 use crate::tokens::{Capability, PathScope, Principal};
 
@@ -102,25 +102,18 @@ fn info(name: String, admin: bool, quota: Option<i64>) -> UserInfo {
 impl UserStore {
     /// Opens (creating) the users table in `home`'s `mcp.db`.
     pub fn open(home: &Path) -> Result<Self> {
-        let path = crate::tokens::db_path(home);
-        let db = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        db.busy_timeout(std::time::Duration::from_secs(5))?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS users(
+        Ok(UserStore {
+            db: crate::tokens::open_db(
+                home,
+                "CREATE TABLE IF NOT EXISTS users(
                 name TEXT PRIMARY KEY,
                 password TEXT NOT NULL,
                 admin INTEGER NOT NULL DEFAULT 0,
                 quota INTEGER,
                 created INTEGER NOT NULL
             );",
-        )?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
-        Ok(UserStore { db })
+            )?,
+        })
     }
 
     /// Adds a user.

@@ -15,7 +15,10 @@ use sovryn_engine::View;
 use sovryn_store::{Entry, EntryKind, FileRecord};
 use tokio::io::AsyncWriteExt;
 
-use super::{audited, changed, not_found, on_node, on_reader, ApiError, Call};
+use super::{
+    audited, changed, human_bytes, name_of, not_found, on_node, on_reader, percent_path, ApiError,
+    Call,
+};
 use crate::http::Auth;
 use crate::tokens::Capability;
 
@@ -122,10 +125,6 @@ async fn listing(
         "next": next,
     }))
     .into_response())
-}
-
-fn name_of(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// The strong ETag of a file state: its content hash.
@@ -277,7 +276,7 @@ pub(crate) async fn download(
         header::CONTENT_DISPOSITION,
         format!(
             "{disposition}; filename*=UTF-8''{}",
-            percent(name_of(&rec.path))
+            percent_path(name_of(&rec.path))
         ),
     );
     if range.is_some() {
@@ -309,19 +308,6 @@ fn httpdate(ns: i64) -> String {
             .ok()
         })
         .unwrap_or_default()
-}
-
-/// RFC 5987 percent-encoding of a file name.
-fn percent(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `GET /api/v1/stat/PATH`: what the index holds of a path.
@@ -388,19 +374,10 @@ fn over_quota(quota: u64, used: u64) -> ApiError {
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(
             "over your quota: this upload would take your workspace past {} ({} used); nothing was written",
-            human(quota),
-            human(used)
+            human_bytes(quota),
+            human_bytes(used)
         ),
     )
-}
-
-fn human(n: u64) -> String {
-    match n {
-        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{n} bytes"),
-    }
 }
 
 /// `PUT /api/v1/files/PATH`: the body becomes the file's new version. It

@@ -28,6 +28,7 @@ mod files;
 mod history;
 mod queries;
 pub(crate) mod session;
+mod share_pages;
 pub(crate) mod shares;
 mod ui;
 
@@ -306,6 +307,45 @@ pub(crate) fn changed(st: &Auth, paths: impl IntoIterator<Item = String>) {
     for p in paths {
         let _ = st.shared.state.changes.send(p);
     }
+}
+
+/// A path's last part.
+pub(crate) fn name_of(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// A byte count as people read it.
+pub(crate) fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// Percent-encodes each part of a `/`-separated path (RFC 3986
+/// unreserved characters stay), for URLs and RFC 5987 file names.
+pub(crate) fn percent_path(rel: &str) -> String {
+    rel.split('/')
+        .map(|p| {
+            p.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Compares secrets in a time that does not depend on where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, Call};
+use super::{constant_time_eq, ApiError, Call};
 use crate::audit::AuditLine;
 use crate::http::{check_ip, client_of, error_body, Auth};
 use crate::users::{UserInfo, UserStore};
@@ -144,10 +144,6 @@ pub(crate) fn session_caller(
         )));
     }
     Some(Ok((user, csrf)))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// `{"name", "password"}` of a sign-in.
