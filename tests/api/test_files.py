@@ -121,6 +121,9 @@ def documented_routes(node):
     status, _, data = call(node, "GET", "/api/v1/openapi.json")
     assert status == 200
     doc = json.loads(data)
+    # A valid OpenAPI 3.1 document, as a standard validator reads it.
+    from openapi_spec_validator import validate
+    validate(doc)
     for path, ops in doc["paths"].items():
         for method in ops:
             if method != "parameters":
