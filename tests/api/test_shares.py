@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sovryn_support import Node
-from test_files import call, ok_json, token
+from test_files import call, ok_json, token, wait_for
 
 
 @pytest.fixture
@@ -136,3 +136,40 @@ def test_a_directory_link_is_a_browsable_page_and_a_zip_and_the_api_makes_and_re
     assert call(node, "DELETE", f"/api/v1/shares/{made['id']}", token(node, "ro", "read"))[0] == 403
     ok_json(node, "DELETE", f"/api/v1/shares/{made['id']}", scoped)
     assert get(url)[0] == 404
+
+
+def test_removing_a_user_revokes_their_links_and_tokens(node, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("carol's long password\n")
+    node.run("users", "add", "carol", "--password-file", str(pw))
+    status, h, body = call(node, "POST", "/api/v1/login", None, {"name": "carol", "password": "carol's long password"})
+    assert status == 200
+    cookie = h["set-cookie"].split(";")[0]
+    csrf = json.loads(body)["csrf"]
+    session = {"Cookie": cookie, "X-CSRF-Token": csrf}
+    status, _, _ = call(node, "PUT", "/api/v1/files/workspaces/carol/c.txt", None, b"carol's", headers=session)
+    assert status == 201
+    # Outside her workspace: refused; without the CSRF token: refused.
+    assert call(node, "PUT", "/api/v1/files/other.txt", None, b"x", headers=session)[0] == 403
+    assert call(node, "PUT", "/api/v1/files/workspaces/carol/d.txt", None, b"x", headers={"Cookie": cookie})[0] == 403
+    status, _, body = call(node, "POST", "/api/v1/shares", None, {"path": "workspaces/carol/c.txt"}, headers=session)
+    assert status == 201
+    url = json.loads(body)["url"]
+    status, _, body = call(node, "POST", "/api/v1/tokens", None, {"name": "laptop", "capabilities": ["read"]}, headers=session)
+    assert status == 201
+    made = json.loads(body)
+    assert made["name"] == "carol.laptop" and made["paths"] == ["workspaces/carol/**"]
+    secret = made["token"]
+    assert call(node, "GET", "/api/v1/files/workspaces/carol/c.txt", secret)[2] == b"carol's"
+    # A token cannot hold more than its maker.
+    status, _, _ = call(node, "POST", "/api/v1/tokens", None,
+                        {"name": "wide", "capabilities": ["read"], "paths": ["**"]}, headers=session)
+    assert status == 403
+    assert get(url + "?download=1")[2] == b"carol's"
+
+    out = json.loads(node.run("--json", "users", "remove", "carol").stdout)
+    assert out["tokens_revoked"] == 1 and out["links_revoked"] == 1, out
+    assert get(url)[0] == 404
+    wait_for("the removed user's token still works",
+             lambda: call(node, "GET", "/api/v1/files", secret)[0] == 401)
+    assert call(node, "GET", "/api/v1/me", None, headers={"Cookie": cookie})[0] == 401

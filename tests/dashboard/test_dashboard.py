@@ -264,3 +264,35 @@ def test_an_admin_sees_devices_live_makes_a_token_and_reads_the_audit_log(mesh):
         shot(d, "13-status")
     finally:
         d.quit()
+
+
+def test_files_dropped_on_the_page_upload_and_a_conflict_resolves_side_by_side(mesh):
+    a, b, tmp = mesh
+    d = browser(tmp / "dl-drop")
+    try:
+        w = sign_in(d, a, "ann")
+        # What a browser does when a file is dropped on the drop zone.
+        d.execute_script("""
+            const dt = new DataTransfer();
+            dt.items.add(new File(['dropped words\\n'], 'dropped.txt', {type: 'text/plain'}));
+            document.getElementById('drop').dispatchEvent(
+                new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));""")
+        dropped = a.folder / "workspaces" / "ann" / "dropped.txt"
+        wait_for("the dropped file never arrived", lambda: dropped.exists() and dropped.read_text() == "dropped words\n")
+        w.until(lambda _: d.find_elements(By.CSS_SELECTOR, '#files tr[data-name="dropped.txt"]'))
+        # A conflict: this device's notes and a copy another device wrote.
+        ws = a.folder / "workspaces" / "ann"
+        (ws / "notes.txt").write_text("mine\n")
+        (ws / "notes.sync-conflict-20261201-101010-beta.txt").write_text("theirs\n")
+        click_when_steady(d, (By.CSS_SELECTOR, 'header nav button[data-view="conflicts"]'))
+        w.until(lambda _: "theirs" in d.find_element(By.ID, "view").text and "mine" in d.find_element(By.ID, "view").text)
+        shot(d, "14-conflict")
+        keep_theirs = (By.CSS_SELECTOR, 'button[data-keep="remote"]')
+        w.until(EC.element_to_be_clickable(keep_theirs))
+        click_when_steady(d, keep_theirs)
+        w.until(lambda _: "No conflicts." in d.find_element(By.ID, "view").text)
+        wait_for("the conflict was not resolved on disk",
+                 lambda: (ws / "notes.txt").read_text() == "theirs\n"
+                 and not (ws / "notes.sync-conflict-20261201-101010-beta.txt").exists())
+    finally:
+        d.quit()

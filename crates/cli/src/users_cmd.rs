@@ -147,11 +147,15 @@ pub fn users(ctx: &Ctx, action: UsersAction, folders: &[String]) -> Result<()> {
             Ok(())
         }
         UsersAction::Remove { name } => {
-            store.remove(&name)?;
+            let (tokens, links) = store.remove(&name)?;
             if ctx.json {
-                return output::json(&json!({"ok": true, "removed": name}));
+                return output::json(&json!({
+                    "ok": true, "removed": name, "tokens_revoked": tokens, "links_revoked": links,
+                }));
             }
-            println!("user {name} removed (their workspace's files stay)");
+            println!(
+                "user {name} removed (their workspace's files stay); {tokens} token(s) and {links} share link(s) of theirs revoked"
+            );
             Ok(())
         }
     }

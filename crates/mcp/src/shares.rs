@@ -214,6 +214,14 @@ impl ShareStore {
         Ok(())
     }
 
+    /// Revokes every working link `who` made; how many.
+    pub fn revoke_made_by(&self, who: &str) -> Result<usize> {
+        Ok(self.db.execute(
+            "UPDATE shares SET revoked = 1 WHERE created_by = ?1 AND revoked = 0",
+            [who],
+        )?)
+    }
+
     /// The link `token` opens, if it works now (known, not revoked, not
     /// expired, downloads left).
     pub fn lookup(&self, token: &str) -> Result<Option<Share>> {

@@ -65,6 +65,8 @@ impl UserInfo {
 /// The users of a node (`mcp.db`).
 pub struct UserStore {
     db: Connection,
+    /// The node's home (tokens and links of a removed user are revoked).
+    home: std::path::PathBuf,
 }
 
 /// Checks a user name: 1 to 32 of `a-z`, `0-9`, `-`, `_`, starting with a
@@ -103,6 +105,7 @@ impl UserStore {
     /// Opens (creating) the users table in `home`'s `mcp.db`.
     pub fn open(home: &Path) -> Result<Self> {
         Ok(UserStore {
+            home: home.to_owned(),
             db: crate::tokens::open_db(
                 home,
                 "CREATE TABLE IF NOT EXISTS users(
@@ -179,15 +182,31 @@ impl UserStore {
         Ok(())
     }
 
-    /// Removes a user (their workspace's files stay, with their history).
-    pub fn remove(&self, name: &str) -> Result<()> {
+    /// Removes a user (their workspace's files stay, with their history)
+    /// and revokes what they made that would outlive them: their MCP tokens
+    /// (`NAME.…`) and their share links. Returns how many of each.
+    pub fn remove(&self, name: &str) -> Result<(usize, usize)> {
         let n = self
             .db
             .execute("DELETE FROM users WHERE name = ?1", [name])?;
         if n == 0 {
             invalid!("no user named '{name}' (see `sovryn users list`)");
         }
-        Ok(())
+        let tokens = crate::tokens::TokenStore::open(&self.home)?;
+        let mut revoked_tokens = 0;
+        for t in tokens.list()? {
+            let theirs = t
+                .name
+                .strip_prefix(name)
+                .is_some_and(|r| r.starts_with('.'));
+            if theirs && !t.revoked {
+                tokens.revoke(&t.name)?;
+                revoked_tokens += 1;
+            }
+        }
+        let links =
+            crate::shares::ShareStore::open(&self.home)?.revoke_made_by(&format!("user:{name}"))?;
+        Ok((revoked_tokens, links))
     }
 
     /// The user `name` if `password` is theirs. An unknown name costs a
@@ -255,7 +274,7 @@ mod tests {
             .verify("ann", "a new long password")
             .unwrap()
             .is_some());
-        store.remove("ann").unwrap();
+        assert_eq!(store.remove("ann").unwrap(), (0, 0));
         assert!(store
             .verify("ann", "a new long password")
             .unwrap()

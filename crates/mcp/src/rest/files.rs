@@ -408,6 +408,11 @@ pub(crate) async fn put(
                 .user
                 .as_ref()
                 .and_then(|u| u.quota.map(|q| (q, u.workspace.clone())));
+            // Checked and spent in one turn per user.
+            let _turn = match (&quota, &call.user) {
+                (Some(_), Some(u)) => Some(st.accounts().upload_turn(&u.name).await),
+                _ => None,
+            };
             let used = match &quota {
                 Some((_, ws)) => {
                     let r = rel.clone();

@@ -38,6 +38,9 @@ struct Session {
 pub(crate) struct Accounts {
     users: Mutex<UserStore>,
     sessions: Mutex<HashMap<String, Session>>,
+    /// One upload at a time per user with a quota: two at once cannot both
+    /// pass the check and together overrun it.
+    upload_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn hash(token: &str) -> String {
@@ -61,6 +64,7 @@ impl Accounts {
         Ok(Arc::new(Accounts {
             users: Mutex::new(UserStore::open(home)?),
             sessions: Mutex::new(HashMap::new()),
+            upload_turns: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -107,6 +111,18 @@ impl Accounts {
             },
         );
         (token, csrf)
+    }
+
+    /// Waits for user `name`'s turn to upload (held until dropped).
+    pub(crate) async fn upload_turn(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = self
+            .upload_turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        turn.lock_owned().await
     }
 
     /// Ends the sessions of users no longer there (or changed), so a

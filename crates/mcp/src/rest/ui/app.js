@@ -100,7 +100,7 @@ function follow() {
     const path = JSON.parse(ev.data).path;
     if (state.view === "files" && (parentOf(path) === state.cwd || path === state.cwd)) {
       clearTimeout(reloadSoon);
-      reloadSoon = setTimeout(() => files(true), 150);
+      reloadSoon = setTimeout(() => { if (state.view === "files") files(true); }, 150);
     }
   });
 }
@@ -112,6 +112,8 @@ async function files(quiet) {
   let listing;
   try { listing = await api("GET", "files" + (state.cwd ? "/" + enc(state.cwd) : "")); }
   catch (e) { view.replaceChildren(el("p", { class: "error", role: "alert", text: e.message })); return; }
+  // The person moved on while this loaded: their view stays.
+  if (state.view !== "files") return;
   const entries = listing.entries.slice().sort((a, b) => {
     if ((a.kind === "directory") !== (b.kind === "directory")) return a.kind === "directory" ? -1 : 1;
     const k = state.sort, d = state.asc ? 1 : -1;
@@ -340,6 +342,7 @@ async function shares() {
       el("td", { class: "hide-narrow", text: s.password ? "yes" : "no" }),
       el("td", { class: "actions" }, s.revoked ? "" : el("button", { class: "danger", onclick: async () => { await api("DELETE", "shares/" + s.id); shares(); }, text: "Revoke", "aria-label": "Revoke the link to " + s.path }))));
   }
+  if (state.view !== "shares") return;
   view.replaceChildren(el("h1", { text: "Share links" }), r.shares.length ? el("table", { id: "shares" },
     el("thead", {}, el("tr", {}, el("th", { text: "Path" }), el("th", { text: "State" }), el("th", { class: "hide-narrow", text: "Expires" }),
       el("th", { class: "hide-narrow", text: "Downloads" }), el("th", { class: "hide-narrow", text: "Password" }), el("th"))), body)
@@ -357,9 +360,11 @@ async function conflicts() {
     items.push(el("section", { class: "card" }, el("h2", { text: c.original }),
       el("div", { class: "side" }, el("div", {}, el("h3", { text: "This copy" }), el("pre", { text: mine.slice(0, 20000) })),
         el("div", {}, el("h3", { text: "From " + (c.author ? c.author.slice(0, 10) : "another device") + " at " + when(c.time) }), el("pre", { text: theirs.slice(0, 20000) }))),
-      el("div", { class: "toolbar" }, el("button", { onclick: resolve("local"), text: "Keep this copy" }),
-        el("button", { class: "plain", onclick: resolve("remote"), text: "Keep theirs" }), el("button", { class: "plain", onclick: resolve("both"), text: "Keep both" }))));
+      el("div", { class: "toolbar" }, el("button", { onclick: resolve("local"), text: "Keep this copy", "data-keep": "local" }),
+        el("button", { class: "plain", onclick: resolve("remote"), text: "Keep theirs", "data-keep": "remote" }),
+        el("button", { class: "plain", onclick: resolve("both"), text: "Keep both", "data-keep": "both" }))));
   }
+  if (state.view !== "conflicts") return;
   view.replaceChildren(el("h1", { text: "Conflicts" }), ...(items.length ? items : [el("p", { text: "No conflicts." })]));
 }
 
