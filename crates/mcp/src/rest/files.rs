@@ -75,6 +75,11 @@ async fn get_path(
                 }
                 download(&st, rec, &headers, "inline").await
             }
+            Some(rec)
+                if rec.entry.kind == EntryKind::Symlink && !call.principal.scope.allows(&rel) =>
+            {
+                Err(not_found(&rel))
+            }
             Some(rec) if rec.entry.kind == EntryKind::Symlink => Err(ApiError::bad(format!(
                 "{rel} is a symbolic link (to {}); links are not followed",
                 rec.entry.target.unwrap_or_default()

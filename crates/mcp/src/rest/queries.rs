@@ -267,8 +267,15 @@ pub(crate) async fn events(
     State(st): State<Arc<Auth>>,
     Extension(call): Extension<Call>,
 ) -> Response {
-    if let Err(e) = call.need(Capability::Read, "follow changes") {
-        return e.into_response();
+    // The subscription is audited (its events are not: they name paths the
+    // caller may see anyway).
+    let refused = audited(&st, &call, "events", Vec::new(), async {
+        call.need(Capability::Read, "follow changes")?;
+        Ok(StatusCode::OK.into_response())
+    })
+    .await;
+    if refused.status() != StatusCode::OK {
+        return refused;
     }
     let scope = call.principal.scope.clone();
     let rx = st.shared.state.changes.subscribe();
