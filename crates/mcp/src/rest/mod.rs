@@ -24,6 +24,7 @@ use crate::http::{authenticate, check_ip, client_of, error_body, governor_wait, 
 use crate::tokens::{Capability, Principal};
 
 mod admin;
+mod download;
 mod files;
 mod history;
 mod queries;

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use sovryn_engine::{paths, View};
 use sovryn_store::{EntryKind, FileRecord};
 
-use super::files::download;
+use super::download::download;
 use super::{human_bytes, name_of, on_reader, percent_path};
 use crate::audit::AuditLine;
 use crate::http::{check_ip, client_of, Auth};
