@@ -18,16 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("SOVRYN_BIN", sys.argv[1] if len(sys.argv) > 1 else "target/release/sovryn")
-from sovryn_support import Node  # noqa: E402
+from sovryn_support import Node, rss_kib  # noqa: E402
 
 MIB = int(sys.argv[2]) if len(sys.argv) > 2 else 1024
-
-
-def rss_kib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main():

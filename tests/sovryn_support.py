@@ -138,3 +138,11 @@ def linked_pair(tmp: Path) -> tuple:
     for n in (a, b):
         n.run("config", "set", "sync.mdns", "false")
     return a, b
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process `pid`, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sovryn_support import Node, call, linked_pair
+from sovryn_support import call, linked_pair, rss_kib
 
 
 def ok_json(node, method, path, token, body=None, expect=(200, 201)):
@@ -183,23 +183,7 @@ def test_every_route_is_documented_and_refuses_the_wrong_token_capability_or_sco
     assert any(l["tool"].startswith("auth /api/v1") for l in audit), "refused authentications are audited"
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 BIG_MIB = int(os.environ.get("SOVRYN_API_BIG_MIB", "1024"))
-
-
-@pytest.fixture
-def solo(tmp_path: Path):
-    n = Node(tmp_path, "solo")
-    n.run("config", "set", "sync.mdns", "false")
-    n.up()
-    yield n
-    n.stop()
 
 
 def test_a_large_upload_streams_in_bounded_memory_resumes_by_range_and_a_cut_one_leaves_nothing(solo):

@@ -10,21 +10,15 @@ import json
 import time
 import urllib.parse
 import zipfile
-from pathlib import Path
 
 import pytest
 
-from sovryn_support import Node
 from test_files import call, ok_json, token, wait_for
 
 
 @pytest.fixture
-def node(tmp_path: Path):
-    n = Node(tmp_path, "solo")
-    n.run("config", "set", "sync.mdns", "false")
-    n.up()
-    yield n
-    n.stop()
+def node(solo):
+    return solo
 
 
 def get(url, cookie=None, headers=None, method="GET", body=None):

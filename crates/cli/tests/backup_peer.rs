@@ -42,6 +42,19 @@ fn recover_from(b: &Peer, pass: &Path) -> (Peer, std::process::Output) {
     recover_from_all(b, &[], pass)
 }
 
+/// A machine rebuilt from `b` alone; the recovery must succeed (its
+/// errors and the backup node's log are shown when it does not).
+fn recovered_from(b: &Peer, pass: &Path) -> Peer {
+    let (r, out) = recover_from(b, pass);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        b.log()
+    );
+    r
+}
+
 /// `recover --json --from B [--from OTHER]...` into a fresh home.
 fn recover_from_all(b: &Peer, others: &[&str], pass: &Path) -> (Peer, std::process::Output) {
     let from_b = format!("{}@127.0.0.1:{}", b.id, b.port);
@@ -86,13 +99,7 @@ fn a_backup_peer_keeps_no_name_or_content_and_rebuilds_a_machine_alone() {
 
     // The member is gone; the backup node alone rebuilds it.
     a.down();
-    let (r, out) = recover_from(&b, &pass);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        b.log()
-    );
+    let r = recovered_from(&b, &pass);
     assert_eq!(tree(&r.root), tree(&a.root));
     let history = |p: &Peer| {
         serde_json::to_string(&p.json(&["versions", p.root.join(edited).to_str().unwrap()]))
@@ -191,12 +198,7 @@ fn a_backup_peer_that_rolls_back_is_noticed_and_filled_again() {
     assert_eq!(report["rolled_back"], true, "{pushed}");
     assert!(report["snapshot"].as_u64().is_some(), "{pushed}");
     a.down();
-    let (r, out) = recover_from(&b, &pass);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let r = recovered_from(&b, &pass);
     assert_eq!(std::fs::read(r.root.join("second.txt")).unwrap(), b"second");
 }
 
@@ -390,13 +392,7 @@ fn members_sharing_a_backup_node_prune_together_and_recovery_still_works() {
     // The backup node alone still rebuilds the folder.
     a.down();
     drop(c);
-    let (r, out) = recover_from(&b, &pass);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        b.log()
-    );
+    let r = recovered_from(&b, &pass);
     assert_eq!(tree(&r.root), tree(&a.root));
     assert!(r.ok(&["verify"]).contains(": ok"));
 }

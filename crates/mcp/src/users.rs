@@ -92,6 +92,11 @@ fn check_password(password: &str) -> Result<()> {
     Ok(())
 }
 
+/// A row of `SELECT name, admin, quota`.
+fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserInfo> {
+    Ok(info(r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?))
+}
+
 fn info(name: String, admin: bool, quota: Option<i64>) -> UserInfo {
     UserInfo {
         workspace: format!("{WORKSPACES}/{name}"),
@@ -163,9 +168,7 @@ impl UserStore {
         let mut stmt = self
             .db
             .prepare("SELECT name, admin, quota FROM users ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(info(r.get(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?))
-        })?;
+        let rows = stmt.query_map([], info_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -234,7 +237,15 @@ impl UserStore {
 
     /// The user `name`, if there is one.
     pub fn get(&self, name: &str) -> Result<Option<UserInfo>> {
-        Ok(self.list()?.into_iter().find(|u| u.name == name))
+        // One indexed row: every request of a signed-in user asks.
+        Ok(self
+            .db
+            .query_row(
+                "SELECT name, admin, quota FROM users WHERE name = ?1",
+                [name],
+                info_row,
+            )
+            .optional()?)
     }
 }
 
