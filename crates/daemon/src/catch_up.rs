@@ -24,6 +24,14 @@ pub(crate) struct Caught {
     pub chunks: usize,
 }
 
+/// Whether a remote may hold what no session brings: some configured
+/// member is not connected (or none is configured). With every member
+/// connected, the sessions carry what a remote could, and sooner.
+pub(crate) fn someone_away(d: &Daemon) -> bool {
+    let peers = d.net.peer_status();
+    peers.is_empty() || peers.iter().any(|p| p.connected == 0)
+}
+
 /// Takes the states of the other members' snapshots in `bucket` that this
 /// node has not taken yet (`state_dir` keeps which).
 pub(crate) async fn take_foreign_states(
@@ -32,12 +40,6 @@ pub(crate) async fn take_foreign_states(
     bucket: &Bucket,
     state_dir: &std::path::Path,
 ) -> anyhow::Result<Caught> {
-    // With every configured member connected, the sessions carry what the
-    // remote could, and sooner: its snapshots are not fetched for nothing.
-    let peers = d.net.peer_status();
-    if !peers.is_empty() && peers.iter().all(|p| p.connected > 0) {
-        return Ok(Caught::default());
-    }
     // The writer's codec: its clones see the seal epochs a snapshot brings.
     let (codec, folder_id) = d
         .shared

@@ -140,96 +140,128 @@ pub(crate) fn listed_backups(
 }
 
 /// Takes from `spec` what other members pushed there since this node last
-/// looked (`crate::catch_up`), then pushes the folder (and, on the node's
-/// daemon, the vault) when either changed since `sent`.
+/// looked (`crate::catch_up`, while some member is offline), then pushes
+/// the folder (and, on the node's daemon, the vault) when either changed
+/// since `sent`. With neither to do, the remote is not even opened.
 async fn keep_one(
     d: &Arc<Daemon>,
     node_home: &sovryn_engine::Home,
     spec: &sovryn_remote::RemoteSpec,
     sent: &mut Sent,
 ) -> anyhow::Result<()> {
+    let state = sovryn_remote::state_dir(&d.home.dir, &spec.name);
+    let due = Due::now(d, &state, sent).await?;
+    let catch_up = crate::catch_up::someone_away(d);
+    if !catch_up && due.is_none() {
+        return Ok(());
+    }
     let (_, creds) = target::get(&node_home.dir, &spec.name)?;
     let secret = sovryn_engine::identity::load(&node_home.identity())?;
     let bucket = sovryn_net::backup::open_remote(spec, &creds, secret).await?;
-    let state = sovryn_remote::state_dir(&d.home.dir, &spec.name);
     let done = async {
-        let caught = crate::catch_up::take_foreign_states(d, spec, &bucket, &state).await?;
-        if caught.snapshots > 0 {
-            tracing::info!(
-                "remote {}: took {} other member snapshot(s): {} path(s) changed, {} chunk(s) fetched",
-                spec.name,
-                caught.snapshots,
-                caught.changed,
-                caught.chunks
-            );
+        if catch_up {
+            let caught = crate::catch_up::take_foreign_states(d, spec, &bucket, &state).await?;
+            if caught.snapshots > 0 {
+                tracing::info!(
+                    "remote {}: took {} other member snapshot(s): {} path(s) changed, {} chunk(s) fetched",
+                    spec.name,
+                    caught.snapshots,
+                    caught.changed,
+                    caught.chunks
+                );
+            }
         }
-        push_changes(d, spec, &bucket, &state, sent).await
+        // What was taken changed the index: what is due is looked at again.
+        match Due::now(d, &state, sent).await? {
+            Some(due) => due.push(d, spec, &bucket, &state, sent).await,
+            None => Ok(()),
+        }
     }
     .await;
     bucket.close().await;
     done
 }
 
-/// Pushes the folder (and, on the node's daemon, the vault) to `bucket`
-/// when either changed since `sent`.
-async fn push_changes(
-    d: &Arc<Daemon>,
-    spec: &sovryn_remote::RemoteSpec,
-    bucket: &sovryn_remote::Bucket,
-    state: &std::path::Path,
-    sent: &mut Sent,
-) -> anyhow::Result<()> {
-    let home = d.home.clone();
-    let ops = tokio::task::spawn_blocking(move || {
-        sovryn_engine::devices::DeviceList::load(&home).map(|l| l.ops)
-    })
-    .await??;
-    let ops = serde_json::to_vec(&ops)?;
-    let folder = (
-        d.shared.with_reader(|s| Ok(s.index_marker()?)).await?,
-        blake3::hash(&ops),
-    );
-    let folder_due = sent.folder != Some(folder) || sovryn_remote::push::known(state).prune_due;
-    // The vault is the node's: its daemon sends it, when it changed.
-    let vault = if d.attached.is_none() {
+/// What a push would send: the folder (its index and device list changed
+/// since the last push, or a prune is due) and the node's vault (changed).
+struct Due {
+    folder: Option<((IndexMarker, blake3::Hash), Vec<u8>)>,
+    vault: Option<(Vec<u8>, blake3::Hash)>,
+}
+
+impl Due {
+    /// What is due now, if anything.
+    async fn now(
+        d: &Arc<Daemon>,
+        state: &std::path::Path,
+        sent: &Sent,
+    ) -> anyhow::Result<Option<Due>> {
         let home = d.home.clone();
-        tokio::task::spawn_blocking(move || sovryn_engine::vault::load_envelope(&home))
-            .await??
-            .map(|e| serde_json::to_vec(&e))
-            .transpose()?
-    } else {
-        None
-    };
-    let vault_hash = vault.as_deref().map(blake3::hash);
-    let vault_due = vault_hash.is_some() && sent.vault != vault_hash;
-    if !folder_due && !vault_due {
-        return Ok(());
-    }
-    if folder_due {
-        let handle = tokio::runtime::Handle::current();
-        let (b, state) = (bucket.clone(), state.to_owned());
-        let report = d
-            .shared
-            .with_own_reader(move |r| {
-                handle.block_on(sovryn_remote::push_folder(&b, r.store(), &state, ops))
-            })
-            .await??;
-        tracing::info!(
-            "remote {}: {} chunk(s) in {} pack(s) sent, {} pruned, snapshot {:?}, {:.2} s",
-            spec.name,
-            report.chunks,
-            report.packs,
-            report.pruned_chunks,
-            report.snapshot,
-            report.seconds
+        let ops = tokio::task::spawn_blocking(move || {
+            sovryn_engine::devices::DeviceList::load(&home).map(|l| l.ops)
+        })
+        .await??;
+        let ops = serde_json::to_vec(&ops)?;
+        let marker = (
+            d.shared.with_reader(|s| Ok(s.index_marker()?)).await?,
+            blake3::hash(&ops),
         );
-        sent.folder = Some(folder);
+        let folder = (sent.folder != Some(marker) || sovryn_remote::push::known(state).prune_due)
+            .then_some((marker, ops));
+        // The vault is the node's: its daemon sends it, when it changed.
+        let vault = if d.attached.is_none() {
+            let home = d.home.clone();
+            tokio::task::spawn_blocking(move || sovryn_engine::vault::load_envelope(&home))
+                .await??
+                .map(|e| serde_json::to_vec(&e))
+                .transpose()?
+        } else {
+            None
+        };
+        let vault = vault
+            .map(|v| {
+                let h = blake3::hash(&v);
+                (v, h)
+            })
+            .filter(|(_, h)| sent.vault != Some(*h));
+        Ok((folder.is_some() || vault.is_some()).then_some(Due { folder, vault }))
     }
-    if let (Some(v), true) = (vault.as_ref(), vault_due) {
-        if sovryn_remote::push_vault(bucket, v).await? {
-            tracing::info!("remote {}: vault sent", spec.name);
+
+    /// Sends it to `bucket`, and notes in `sent` what went.
+    async fn push(
+        self,
+        d: &Arc<Daemon>,
+        spec: &sovryn_remote::RemoteSpec,
+        bucket: &sovryn_remote::Bucket,
+        state: &std::path::Path,
+        sent: &mut Sent,
+    ) -> anyhow::Result<()> {
+        if let Some((marker, ops)) = self.folder {
+            let handle = tokio::runtime::Handle::current();
+            let (b, state) = (bucket.clone(), state.to_owned());
+            let report = d
+                .shared
+                .with_own_reader(move |r| {
+                    handle.block_on(sovryn_remote::push_folder(&b, r.store(), &state, ops))
+                })
+                .await??;
+            tracing::info!(
+                "remote {}: {} chunk(s) in {} pack(s) sent, {} pruned, snapshot {:?}, {:.2} s",
+                spec.name,
+                report.chunks,
+                report.packs,
+                report.pruned_chunks,
+                report.snapshot,
+                report.seconds
+            );
+            sent.folder = Some(marker);
         }
-        sent.vault = vault_hash;
+        if let Some((v, hash)) = self.vault {
+            if sovryn_remote::push_vault(bucket, &v).await? {
+                tracing::info!("remote {}: vault sent", spec.name);
+            }
+            sent.vault = Some(hash);
+        }
+        Ok(())
     }
-    Ok(())
 }
