@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sovryn_support import call, linked_pair, rss_kib
+from sovryn_support import Node, call, linked_pair, rss_kib
 
 
 def ok_json(node, method, path, token, body=None, expect=(200, 201)):
@@ -31,6 +31,16 @@ def wait_for(what, check, timeout=30):
     while not check():
         assert time.time() < deadline, what
         time.sleep(0.05)
+
+
+@pytest.fixture
+def solo(tmp_path: Path):
+    """One running node (no peers, no LAN announcements)."""
+    n = Node(tmp_path, "solo")
+    n.run("config", "set", "sync.mdns", "false")
+    n.up()
+    yield n
+    n.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from test_files import call, ok_json, token, wait_for
+from test_files import call, ok_json, solo, token, wait_for  # noqa: F401 (solo: a fixture)
 
 
 @pytest.fixture
